@@ -1,0 +1,16 @@
+"""Names of the compiled-graph contract, version 1 (shared/RLRP.md)."""
+
+VERSION = "1"
+TARGET_INPUT = "rlrp_target"
+RELEVANCE_OUTPUT = "rlrp_relevance"
+CLASS_OUTPUT = "rlrp_class"
+SCORE_OUTPUT = "rlrp_score"
+META_RULE = "rlrp.rule"
+META_VERSION = "rlrp.version"
+META_EXPLAINED_OUTPUT = "rlrp.explained_output"
+META_IMAGE_INPUTS = "rlrp.image_inputs"
+
+
+def relevance_output_name(input_name: str, n_image_inputs: int) -> str:
+    """Name of the relevance output for one image input."""
+    return RELEVANCE_OUTPUT if n_image_inputs == 1 else f"{RELEVANCE_OUTPUT}_{input_name}"
