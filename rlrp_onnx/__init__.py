@@ -1,0 +1,8 @@
+"""rlrp-onnx: compile ONNX image classifiers into R-LRP explainer models run by ONNX Runtime."""
+
+from .compiler import compile_model
+from .errors import RlrpError
+from .loading import load_model, save_model
+
+__all__ = ["compile_model", "RlrpError", "load_model", "save_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""Attach the contract (shared/RLRP.md) to a plan: target input, seed, relevance pass, new outputs."""
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .backward import relevance_pass
+from .contract import CLASS_OUTPUT, SCORE_OUTPUT, TARGET_INPUT, relevance_output_name
+
+
+def attach(plan, rule_name: str) -> list:
+    """Add the target input, the seed, the relevance pass and the contract outputs to the plan's graph.
+
+    Returns the new graph outputs (relevance per explained input, class, score).
+    """
+    graph, emit, logits = plan.context.graph, plan.context.emit, plan.logits
+    batch, classes = logits.shape
+    emit.scope = "contract"
+    target = gs.Variable(TARGET_INPUT, np.int64, [batch])
+    graph.inputs.append(target)
+    argmax = emit.op("ArgMax", [logits], {"axis": 1, "keepdims": 0})
+    negative = emit.op("Less", [target, emit.const(0, np.int64)])
+    chosen = emit.op("Where", [negative, argmax, target])
+    one_hot = emit.op("OneHot", [chosen, emit.ints([classes]), emit.const([0.0, 1.0])], {"axis": -1})
+    score = emit.squeeze(emit.op("GatherElements", [logits, emit.unsqueeze(chosen, [1])], {"axis": 1}), [1])
+    rho = relevance_pass(plan.context, plan.nodes, {logits.name: one_hot}, plan.inputs)
+    outputs = []
+    for image in plan.inputs:
+        emit.scope = "contract"
+        relative = rho[image.name]
+        relevance = emit.mul(image, relative if relative is not None else emit.const(0.0))
+        _name_output(relevance, relevance_output_name(image.name, len(plan.inputs)), np.float32, image.shape)
+        outputs.append(relevance)
+    _name_output(chosen, CLASS_OUTPUT, np.int64, [batch])
+    _name_output(score, SCORE_OUTPUT, np.float32, [batch])
+    return outputs + [chosen, score]
+
+
+def _name_output(tensor, name, dtype, shape) -> None:
+    tensor.name, tensor.dtype, tensor.shape = name, dtype, list(shape)

@@ -1,0 +1,81 @@
+"""Build the relevance pass: walk the planned nodes in reverse order and apply each op's rule."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .ir import Emitter, Tensor
+from .rules.registry import RULES
+
+
+class Context:
+    """What a rule may ask about the forward graph, and the emitter it writes with."""
+
+    def __init__(self, graph: gs.Graph, data: set[str]):
+        self.graph = graph
+        self.emit = Emitter(graph)
+        self._data = data
+
+    def is_data(self, tensor: Tensor) -> bool:
+        """Whether relevance flows into ``tensor`` (it depends on an explained input)."""
+        return tensor.name in self._data
+
+    @staticmethod
+    def constant(tensor: Tensor) -> np.ndarray | None:
+        """The value of a constant tensor, or None for a runtime tensor."""
+        return tensor.values if isinstance(tensor, gs.Constant) else None
+
+    @staticmethod
+    def shape(tensor: Tensor) -> list:
+        """The statically known shape (ints, or str/None for dynamic dims)."""
+        return list(tensor.shape) if tensor.shape is not None else []
+
+    def spatial(self, tensor: Tensor) -> list[int]:
+        """The static sizes of axes 2.. of an N, C, spatial... tensor."""
+        return [int(d) for d in self.shape(tensor)[2:]]
+
+    @staticmethod
+    def producer(tensor: Tensor) -> gs.Node | None:
+        return tensor.inputs[0] if tensor.inputs else None
+
+    def unbroadcast(self, rho: Tensor, operand: Tensor, result: Tensor) -> Tensor:
+        """Sum ``rho`` (shaped like ``result``) over the axes along which ``operand`` was broadcast."""
+        out_shape, in_shape = self.shape(result), self.shape(operand)
+        lead = len(out_shape) - len(in_shape)
+        axes = [i + lead for i, (a, b) in enumerate(zip(in_shape, out_shape[lead:])) if a == 1 and b != 1]
+        if axes:
+            rho = self.emit.reduce_sum(rho, axes, keepdims=True)
+        if lead:
+            rho = self.emit.reduce_sum(rho, list(range(lead)), keepdims=False)
+        return rho
+
+
+def relevance_pass(ctx: Context, nodes: Sequence[gs.Node], seeds: dict[str, Tensor],
+                   wanted: Sequence[Tensor]) -> dict[str, Tensor | None]:
+    """Propagate relative relevance from ``seeds`` back through ``nodes`` (forward topological order).
+
+    Returns the summed relative relevance of each ``wanted`` tensor (None where none arrived).
+    """
+    parts: dict[str, list[Tensor]] = defaultdict(list)
+    for name, seed in seeds.items():
+        parts[name].append(seed)
+    totals: dict[str, Tensor] = {}
+
+    def total(tensor: Tensor) -> Tensor | None:
+        if tensor.name not in totals and parts.get(tensor.name):
+            ctx.emit.scope = tensor.name
+            totals[tensor.name] = ctx.emit.total(parts[tensor.name])
+        return totals.get(tensor.name)
+
+    for node in reversed(nodes):
+        rho_out = [total(t) for t in node.outputs]
+        if all(r is None for r in rho_out):
+            continue
+        ctx.emit.scope = node.name
+        for index, rho in RULES[node.op].backward(ctx, node, rho_out).items():
+            parts[node.inputs[index].name].append(rho)
+    return {tensor.name: total(tensor) for tensor in wanted}

@@ -1,0 +1,224 @@
+"""The command line: compile, inspect, explain, demo."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections import Counter
+from pathlib import Path
+
+from .errors import RlrpError
+
+REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+DEMO_MODEL = REPO_MODELS / "efficientnet_lite0.onnx"
+DEMO_LABELS = REPO_MODELS / "imagenet_classes.txt"
+DEMO_IMAGES = REPO_MODELS / "images"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _input_shapes(values: list[str] | None) -> dict | None:
+    """``--input-shape NAME=1,3,224,224`` (or just the dims, for the single float input)."""
+    if not values:
+        return None
+    shapes = {}
+    for value in values:
+        name, _, dims = value.rpartition("=")
+        shapes[name or ""] = _ints(dims)
+    return shapes
+
+
+def cmd_compile(args) -> None:
+    from .compiler import compile_model
+    from .loading import save_model
+
+    model = compile_model(args.model, output_name=args.output, input_shapes=_resolve_shapes(args))
+    save_model(model, args.out, source=args.model)
+    print(f"wrote {args.out}")
+
+
+def _resolve_shapes(args) -> dict | None:
+    """Attach an unnamed ``--input-shape`` to the model's single float input."""
+    shapes = _input_shapes(args.input_shape)
+    if shapes and "" in shapes:
+        from .loading import load_model
+        from .passes import float_inputs
+
+        proto, label = load_model(args.model)
+        names = [i.name for i in float_inputs(proto)]
+        if len(names) != 1:
+            raise RlrpError(f"{label}: several float inputs ({', '.join(names)}); use --input-shape NAME=dims")
+        shapes[names[0]] = shapes.pop("")
+    return shapes
+
+
+def cmd_inspect(args) -> None:
+    import onnx_graphsurgeon as gs
+
+    from .loading import load_model
+    from .passes import canonicalize, float_inputs
+    from .plan import analyse, gap
+
+    proto, label = load_model(args.model)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    print(f"{label}: opset {next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))}, "
+          f"{len(proto.graph.node)} nodes")
+    for value in proto.graph.input:
+        print(f"  input  {value.name}: {_describe(value)}")
+    for value in proto.graph.output:
+        print(f"  output {value.name}: {_describe(value)}")
+    print("ops in the file: " + ", ".join(f"{op} ×{n}" for op, n in sorted(ops.items())))
+    graph = canonicalize(proto, label, _resolve_shapes(args))
+    names = {i.name for i in float_inputs(proto)}
+    plan = analyse(graph, label, [t for t in graph.inputs if t.name in names], args.output)
+    gaps = [(node, gap(plan.context, node)) for node in plan.nodes]
+    covered = sum(1 for _, reason in gaps if not reason)
+    print(f"explained output: {plan.explained_output.name} (logits: {plan.logits.name})")
+    print(f"relevance path after folding: {len(plan.nodes)} nodes, {covered} covered "
+          f"({100.0 * covered / max(len(plan.nodes), 1):.1f}%)")
+    by_op = Counter(node.op for node in plan.nodes)
+    for op, count in sorted(by_op.items()):
+        reasons = {reason for node, reason in gaps if node.op == op and reason}
+        print(f"  {op:<20} ×{count:<4} " + ("covered" if not reasons else "NOT covered: " + "; ".join(reasons)))
+    for node, reason in gaps:
+        if reason:
+            print(f"  uncovered node {node.name} ({node.op}): {reason}")
+    del gs
+
+
+def _describe(value) -> str:
+    import onnx
+
+    t = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    return f"{onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else '?'} {dims}"
+
+
+def _preprocessing(args, input_shape):
+    from .preprocess import PRESETS, Preprocessing, get_preset, infer_preprocessing
+
+    base = get_preset(args.preset) if args.preset else infer_preprocessing(input_shape, PRESETS["unit"])
+    changes = {k: v for k, v in {
+        "size": tuple(args.size) if args.size else None, "resize": args.resize, "scale": args.scale,
+        "mean": args.mean, "std": args.std, "channel_order": args.channel_order, "layout": args.layout,
+    }.items() if v is not None}
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def _image_paths(items: list[str]) -> list[str]:
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise RlrpError(f"{path}: no PNG or JPEG images in this folder")
+            paths.extend(found)
+        else:
+            paths.append(item)
+    return paths
+
+
+def _run_explain(model, images, out, args, labels_path=None) -> None:
+    from .explain import explain_images, image_input_shape, open_explainer
+    from .labels import load_labels
+
+    session = open_explainer(model, args.device, getattr(args, "output", None))
+    if session.notice:
+        print(session.notice, file=sys.stderr)
+    print(f"provider: {session.provider}")
+    preprocessing = _preprocessing(args, image_input_shape(session))
+    labels = load_labels(labels_path) if labels_path else None
+    for e in explain_images(session, _image_paths(images), preprocessing, out, labels, args.target):
+        print(f"{e.image}: class {e.target} ({e.label}), score {e.score:.4f} -> {e.heatmap}, {e.overlay}")
+
+
+def cmd_explain(args) -> None:
+    _run_explain(args.model, args.images, args.out, args, args.labels)
+
+
+def cmd_demo(args) -> None:
+    if not DEMO_MODEL.exists():
+        raise RlrpError(f"{DEMO_MODEL}: the demo model is missing; run the demo from a clone of the "
+                        "repository installed with pip install -e")
+    args.preset, args.output = "efficientnet-lite0", None
+    _run_explain(DEMO_MODEL, [str(DEMO_IMAGES)], args.out, args, DEMO_LABELS)
+
+
+def _add_preprocessing(p) -> None:
+    g = p.add_argument_group("preprocessing (default: size and layout read from the model, pixels in [0, 1])")
+    g.add_argument("--preset", help="efficientnet-lite0, imagenet or unit")
+    g.add_argument("--size", type=_ints, help="H,W fed to the model")
+    g.add_argument("--resize", choices=["stretch", "shorter_side_then_center_crop"])
+    g.add_argument("--scale", type=float, help="multiply raw 0..255 pixels by this")
+    g.add_argument("--mean", type=_floats, help="per-channel mean, after scaling")
+    g.add_argument("--std", type=_floats, help="per-channel std, after scaling")
+    g.add_argument("--channel-order", choices=["RGB", "BGR"])
+    g.add_argument("--layout", choices=["NCHW", "NHWC"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlrp-onnx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="write the R-LRP explainer model of an ONNX classifier")
+    p.add_argument("model")
+    p.add_argument("-o", "--out", required=True, help="where to write the compiled model")
+    p.add_argument("--output", help="the explained output, when several could be class scores")
+    p.add_argument("--input-shape", action="append", help="[NAME=]N,C,H,W for inputs with dynamic sizes")
+    p.set_defaults(run=cmd_compile)
+
+    p = sub.add_parser("inspect", help="list a model's ops and which ones relevance rules cover")
+    p.add_argument("model")
+    p.add_argument("--output")
+    p.add_argument("--input-shape", action="append")
+    p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("explain", help="explain images and write heatmaps")
+    p.add_argument("model", help="a source or compiled ONNX model")
+    p.add_argument("images", nargs="+", help="PNG/JPEG files or folders")
+    p.add_argument("--out", required=True, help="folder for the heatmaps")
+    p.add_argument("--labels", help="class names, one per line")
+    p.add_argument("--target", type=int, help="class to explain (default: each image's top class)")
+    p.add_argument("--output", help="the explained output, when several could be class scores")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_preprocessing(p)
+    p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser("demo", help="explain the bundled photos with the bundled EfficientNet-Lite0")
+    p.add_argument("--out", default="rlrp-demo")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--target", type=int, default=None)
+    p.set_defaults(run=cmd_demo, size=None, resize=None, scale=None, mean=None, std=None,
+                   channel_order=None, layout=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except RlrpError as error:
+        print(f"rlrp-onnx: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The pipeline: load → canonicalize → plan → build the relevance pass → attach the contract → validate."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import contract
+from .attach import attach
+from .errors import RlrpError
+from .loading import load_model
+from .passes import canonicalize, float_inputs
+from .plan import make_plan
+
+RULE_NAME = "rlrp"
+
+
+def compile_model(model, *, output_name: str | None = None,
+                  input_shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+    """Compile an ONNX classifier (path or ModelProto) into an R-LRP explainer (contract version 1).
+
+    ``output_name`` picks the explained output when several could be class scores; ``input_shapes``
+    pins the sizes of inputs whose spatial dims are dynamic, e.g. ``{"image": [1, 3, 224, 224]}``.
+    """
+    source, label = load_model(model)
+    if not float_inputs(source):
+        raise RlrpError(f"{label}: the model has no float32 input to explain")
+    graph = canonicalize(source, label, input_shapes)
+    inputs = [t for t in graph.inputs if t.name in {i.name for i in float_inputs(source)}]
+    plan = make_plan(graph, label, inputs, output_name)
+    graph.outputs.extend(attach(plan, RULE_NAME))
+    graph.cleanup().toposort()
+    compiled = gs.export_onnx(graph, do_type_check=False)
+    _keep_identity(compiled, source)
+    _set_target_default(compiled)
+    _set_metadata(compiled, {
+        contract.META_RULE: RULE_NAME,
+        contract.META_VERSION: contract.VERSION,
+        contract.META_EXPLAINED_OUTPUT: plan.explained_output.name,
+        contract.META_IMAGE_INPUTS: ",".join(t.name for t in inputs),
+    })
+    return _validated(compiled, label)
+
+
+def _keep_identity(compiled: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Carry over what describes the source model: IR version, producer, domains, metadata."""
+    compiled.ir_version = max(source.ir_version, 4)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(compiled, field, getattr(source, field))
+    known = {o.domain for o in compiled.opset_import}
+    compiled.opset_import.extend(o for o in source.opset_import if o.domain not in known)
+    compiled.metadata_props.extend(source.metadata_props)
+
+
+def _set_target_default(compiled: onnx.ModelProto) -> None:
+    """Give ``rlrp_target`` the default -1 (arg-max), so feeding it is optional."""
+    compiled.graph.initializer.append(
+        onnx.helper.make_tensor(contract.TARGET_INPUT, onnx.TensorProto.INT64, [1], [-1]))
+
+
+def _set_metadata(compiled: onnx.ModelProto, values: dict[str, str]) -> None:
+    props = {p.key: p for p in compiled.metadata_props}
+    for key, value in values.items():
+        if key in props:
+            props[key].value = value
+        else:
+            compiled.metadata_props.add(key=key, value=value)
+
+
+def _validated(compiled: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Shape inference and the full ONNX checker; a failure here is a compiler bug, reported as such."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(compiled, strict_mode=True)
+        onnx.checker.check_model(inferred, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        first = str(error).strip().splitlines()[0][:300]
+        raise RlrpError(f"{label}: internal error, the compiled model is invalid ({first})") from None
+    return compiled

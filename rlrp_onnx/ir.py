@@ -1,0 +1,95 @@
+"""Thin helpers over onnx-graphsurgeon: emit nodes and constants with unique names, opset-aware."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+Tensor = gs.Variable | gs.Constant
+
+
+class Emitter:
+    """Appends new nodes to a graph, naming each under the current scope (the forward node it serves)."""
+
+    def __init__(self, graph: gs.Graph, prefix: str = "rlrp"):
+        self.graph = graph
+        self.opset = graph.opset
+        self.prefix = prefix
+        self.scope = ""
+        self._count = 0
+        self._shapes: dict[str, gs.Variable] = {}
+
+    def _name(self, what: str) -> str:
+        self._count += 1
+        scope = f"{self.scope}/" if self.scope else ""
+        return f"{self.prefix}/{scope}{what}_{self._count}"
+
+    def op(self, op_type: str, inputs: Sequence[Tensor | None], attrs: dict | None = None,
+           n_out: int = 1, dtype=None) -> gs.Variable | list[gs.Variable]:
+        """Emit one node; ``None`` inputs become empty (omitted optional) inputs."""
+        name = self._name(op_type)
+        outs = [gs.Variable(f"{name}:{i}", dtype=dtype) for i in range(n_out)]
+        ins = [gs.Variable.empty() if t is None else t for t in inputs]
+        self.graph.nodes.append(gs.Node(op_type, name, attrs=attrs or {}, inputs=ins, outputs=outs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value, dtype=np.float32) -> gs.Constant:
+        """A new initializer holding ``value``."""
+        return gs.Constant(self._name("const"), np.ascontiguousarray(np.asarray(value, dtype=dtype)))
+
+    def ints(self, values: Sequence[int]) -> gs.Constant:
+        """A 1-D int64 initializer."""
+        return self.const(list(values), np.int64)
+
+    def shape_of(self, tensor: Tensor) -> gs.Variable:
+        """The runtime shape of ``tensor`` (one Shape node per tensor)."""
+        if tensor.name not in self._shapes:
+            self._shapes[tensor.name] = self.op("Shape", [tensor], dtype=np.int64)
+        return self._shapes[tensor.name]
+
+    # ---- ops whose signature changed across opsets ------------------------------------------
+
+    def _axes_op(self, op_type: str, x: Tensor, axes: Sequence[int], since: int, **attrs) -> gs.Variable:
+        if self.opset >= since:
+            return self.op(op_type, [x, self.ints(axes)], attrs)
+        return self.op(op_type, [x], {**attrs, "axes": list(axes)})
+
+    def reduce_sum(self, x: Tensor, axes: Sequence[int], keepdims: bool) -> gs.Variable:
+        return self._axes_op("ReduceSum", x, axes, 13, keepdims=int(keepdims))
+
+    def unsqueeze(self, x: Tensor, axes: Sequence[int]) -> gs.Variable:
+        return self._axes_op("Unsqueeze", x, axes, 13)
+
+    def squeeze(self, x: Tensor, axes: Sequence[int]) -> gs.Variable:
+        return self._axes_op("Squeeze", x, axes, 13)
+
+    def slice(self, x: Tensor, starts, ends, axes, steps=None) -> gs.Variable:
+        inputs = [x, self.ints(starts), self.ints(ends), self.ints(axes)]
+        if steps is not None:
+            inputs.append(self.ints(steps))
+        return self.op("Slice", inputs)
+
+    def pad(self, x: Tensor, pads: Sequence[int]) -> gs.Variable:
+        """Zero padding with ONNX ``pads`` layout (all begins, then all ends)."""
+        return self.op("Pad", [x, self.ints(pads)], {"mode": "constant"})
+
+    # ---- small compositions used by many rules -------------------------------------------
+
+    def mul(self, a: Tensor, b: Tensor) -> gs.Variable:
+        return self.op("Mul", [a, b])
+
+    def where(self, mask: Tensor, x: Tensor) -> gs.Variable:
+        """``x`` where ``mask`` holds, zero elsewhere."""
+        return self.op("Where", [mask, x, self.const(0.0)])
+
+    def reshape_like(self, x: Tensor, like: Tensor) -> gs.Variable:
+        return self.op("Reshape", [x, self.shape_of(like)])
+
+    def expand_like(self, x: Tensor, like: Tensor) -> gs.Variable:
+        return self.op("Expand", [x, self.shape_of(like)])
+
+    def total(self, parts: Sequence[Tensor]) -> Tensor:
+        """The sum of one or more tensors of equal shape."""
+        return parts[0] if len(parts) == 1 else self.op("Sum", list(parts))

@@ -1,0 +1,58 @@
+"""Read and write ONNX files, turning every failure into a one-line RlrpError that names the file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import RlrpError
+
+TWO_GB = 2**31
+
+
+def load_model(source) -> tuple[onnx.ModelProto, str]:
+    """Return ``(model, label)`` for a path or a ModelProto; ``label`` names it in messages."""
+    if isinstance(source, onnx.ModelProto):
+        return source, "<model>"
+    path = Path(source)
+    if not path.exists():
+        raise RlrpError(f"{path}: no such file")
+    if not path.is_file():
+        raise RlrpError(f"{path}: not a file")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, RuntimeError, ValueError, OSError) as error:
+        raise RlrpError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+    if not model.graph.node or not model.opset_import:
+        raise RlrpError(f"{path}: not an ONNX model (no graph or no opset)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as error:
+        raise RlrpError(f"{path}: corrupt ONNX model ({_first_line(error)})") from None
+    return model, str(path)
+
+
+def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:
+    """Write ``model`` to ``path`` (external data past 2 GB); never over the ``source`` file."""
+    path = Path(path)
+    if source and os.path.exists(source) and path.exists() and path.resolve() == Path(source).resolve():
+        raise RlrpError(f"{path}: refusing to overwrite the source model; choose another output path")
+    if path.is_dir():
+        raise RlrpError(f"{path}: cannot write the model: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if model.ByteSize() >= TWO_GB:
+            onnx.save_model(model, str(path), save_as_external_data=True,
+                            location=path.name + ".data")
+        else:
+            path.write_bytes(model.SerializeToString())
+    except (OSError, ValueError) as error:
+        raise RlrpError(f"{path}: cannot write the model ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,34 @@
+"""Canonicalization: turn an exported model into a graph whose relevance path has static shapes."""
+
+from __future__ import annotations
+
+import copy
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import RlrpError
+from .fold import fold_constants, infer_shapes
+from .static_shapes import float_inputs, pin_input_shapes
+
+MIN_OPSET = 11
+
+
+def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
+    """Pin input shapes, infer shapes, fold constants, and infer again; the source model is not modified."""
+    opset = opset_version(model)
+    if opset < MIN_OPSET:
+        raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}")
+    model = copy.deepcopy(model)
+    pin_input_shapes(model, label, input_shapes)
+    graph = gs.import_onnx(infer_shapes(model, label))
+    model = gs.export_onnx(fold_constants(graph), do_type_check=False)
+    return gs.import_onnx(infer_shapes(model, label))
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+__all__ = ["canonicalize", "float_inputs", "opset_version"]

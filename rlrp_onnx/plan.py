@@ -1,0 +1,106 @@
+"""Decide what is explained and which nodes relevance crosses; report every uncovered node at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .backward import Context
+from .errors import RlrpError
+from .rules import RULES
+
+TRAILING = {"Softmax", "LogSoftmax"}
+
+
+@dataclass
+class Plan:
+    """The inputs explained, the logits tensor seeded, and the nodes on the relevance path."""
+
+    inputs: list[gs.Variable]
+    explained_output: gs.Variable
+    logits: gs.Variable
+    nodes: list[gs.Node]
+    context: Context
+
+
+def _is_float(tensor) -> bool:
+    return tensor.dtype is not None and np.dtype(tensor.dtype) == np.float32
+
+
+def data_tensors(graph: gs.Graph, inputs: list[gs.Variable]) -> set[str]:
+    """Float tensors that depend on an explained input (integer tensors such as shapes carry no relevance)."""
+    data = {t.name for t in inputs}
+    for node in graph.nodes:
+        if any(t.name in data for t in node.inputs):
+            data.update(t.name for t in node.outputs if _is_float(t))
+    return data
+
+
+def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variable:
+    """The graph output holding class scores ``[N, K]``: the one named, or the only float one of rank 2."""
+    described = ", ".join(f"'{t.name}' {np.dtype(t.dtype).name if t.dtype else '?'} {t.shape}"
+                          for t in graph.outputs)
+    if name is not None:
+        chosen = [t for t in graph.outputs if t.name == name]
+        if not chosen:
+            raise RlrpError(f"{label}: no output named '{name}' (outputs: {described})")
+    else:
+        chosen = [t for t in graph.outputs if _is_float(t) and t.shape is not None and len(t.shape) == 2]
+        if not chosen:
+            raise RlrpError(f"{label}: no output holds class scores [N, K] (outputs: {described})")
+        if len(chosen) > 1:
+            names = ", ".join(t.name for t in chosen)
+            raise RlrpError(f"{label}: several outputs could be class scores ({names}); choose one with --output")
+    output = chosen[0]
+    if not _is_float(output) or output.shape is None or len(output.shape) != 2:
+        raise RlrpError(f"{label}: output '{output.name}' is not class scores [N, K] ({described})")
+    return output
+
+
+def logits_of(output: gs.Variable) -> gs.Variable:
+    """The pre-softmax scores: the input of a trailing Softmax/LogSoftmax, else the output itself."""
+    producer = output.inputs[0] if output.inputs else None
+    if producer is not None and producer.op in TRAILING:
+        return producer.inputs[0]
+    return output
+
+
+def _relevance_path(graph: gs.Graph, data: set[str], logits: gs.Variable) -> list[gs.Node]:
+    """Nodes (forward order) through which relevance flows from ``logits`` back to the inputs."""
+    reached, path = {logits.name}, []
+    for node in reversed(graph.nodes):
+        if any(t.name in reached for t in node.outputs):
+            path.append(node)
+            reached.update(t.name for t in node.inputs if t.name in data)
+    path.reverse()
+    return path
+
+
+def gap(context: Context, node: gs.Node) -> str | None:
+    """Why no rule covers ``node`` (None when one does)."""
+    rule = RULES.get(node.op)
+    if rule is None:
+        return "no relevance rule"
+    return rule.check(context, node) if rule.check else None
+
+
+def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], output_name: str | None = None) -> Plan:
+    """Find the explained output, its logits and the relevance path, without checking coverage."""
+    output = explained_output(graph, label, output_name)
+    logits = logits_of(output)
+    data = data_tensors(graph, inputs)
+    if logits.name not in data:
+        raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input")
+    return Plan(inputs, output, logits, _relevance_path(graph, data, logits), Context(graph, data))
+
+
+def make_plan(graph: gs.Graph, label: str, inputs: list[gs.Variable], output_name: str | None = None) -> Plan:
+    """Plan the relevance pass; raise one RlrpError listing every node no rule covers."""
+    plan = analyse(graph, label, inputs, output_name)
+    gaps = [f"{node.name or '<unnamed>'} ({node.op}: {reason})"
+            for node in plan.nodes if (reason := gap(plan.context, node))]
+    if gaps:
+        raise RlrpError(f"{label}: {len(gaps)} node(s) not covered: " + "; ".join(gaps))
+    return plan

@@ -1,0 +1,197 @@
+"""Turn photos into the input tensor a classifier expects, keeping the photos as the model saw them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import RlrpError
+
+RESIZES = ("stretch", "shorter_side_then_center_crop")
+RESAMPLES = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+CHANNEL_ORDERS = ("RGB", "BGR")
+LAYOUTS = ("NCHW", "NHWC")
+
+ImageSource = Union[np.ndarray, str, os.PathLike]
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RlrpError(f"unknown {option} {value!r}: choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw RGB photos become a model's input tensor.
+
+    ``size`` is the (height, width) fed to the model. ``resize`` is "stretch" (resize to ``size``,
+    ignoring the aspect ratio) or "shorter_side_then_center_crop" (scale the photo, keeping its aspect
+    ratio, so that ``size`` covers ``crop_ratio`` of each side, then cut ``size`` from the centre:
+    224 with ratio 0.875 is torchvision's Resize(256) + CenterCrop(224)). Pixel values go
+    ``(raw * scale - mean) / std`` with raw in [0, 255]; ``mean`` and ``std`` are per channel, in the
+    model's ``channel_order``.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    resize: str = "stretch"
+    crop_ratio: float = 0.875
+    scale: float = 1 / 255
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    resample: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise RlrpError(f"image size must be two positive numbers (height, width); got {self.size}")
+        _check_choice("resize", self.resize, RESIZES)
+        _check_choice("channel order", self.channel_order, CHANNEL_ORDERS)
+        _check_choice("layout", self.layout, LAYOUTS)
+        _check_choice("resample", self.resample, tuple(RESAMPLES))
+        if not 0 < self.crop_ratio <= 1:
+            raise RlrpError(f"crop ratio must be in (0, 1]; got {self.crop_ratio}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise RlrpError(f"mean and std need one value per channel (3); got {self.mean} and {self.std}")
+        if any(value == 0 for value in self.std):
+            raise RlrpError(f"std must not contain zero; got {self.std}")
+
+
+PRESETS: dict[str, Preprocessing] = {
+    # x / 127.5 - 1, i.e. [-1, 1], the whole photo resized to 224×224 (models/README.md: with a
+    # centre crop, chelsea's face is cut and the top class flips between tiger cat and Egyptian cat).
+    "efficientnet-lite0": Preprocessing(
+        size=(224, 224), resize="stretch",
+        scale=1 / 127.5, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0),
+    ),
+    "imagenet": Preprocessing(
+        size=(224, 224), resize="shorter_side_then_center_crop", crop_ratio=0.875,
+        scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    ),
+    # [0, 1]; the whole shorter side is kept, so photos are cropped but never distorted.
+    "unit": Preprocessing(size=(224, 224), resize="shorter_side_then_center_crop", crop_ratio=1.0),
+}
+
+
+def get_preset(name: str) -> Preprocessing:
+    """The preset called ``name``; RlrpError listing the known ones otherwise."""
+    if name not in PRESETS:
+        raise RlrpError(f"unknown preprocessing preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["unit"]) -> Preprocessing:
+    """``base`` adapted to a model image input of shape ``input_shape``.
+
+    The layout is NCHW when dimension 1 is 3 and NHWC when dimension 3 is 3. Fixed (integer) height
+    and width replace ``base.size``; symbolic ones (strings or None, as ONNX Runtime reports them)
+    keep it. With no preset, ``base`` is the "unit" preset ([0, 1] pixels).
+    """
+    shape = list(input_shape)
+    if len(shape) != 4:
+        raise RlrpError(f"the image input has shape {shape}; expected 4 dimensions (NCHW or NHWC)")
+    if shape[1] == 3:
+        layout, height, width = "NCHW", shape[2], shape[3]
+    elif shape[3] == 3:
+        layout, height, width = "NHWC", shape[1], shape[2]
+    else:
+        raise RlrpError(f"the image input has shape {shape}; expected 3 colour channels (NCHW or NHWC)")
+    size = tuple(fixed if _is_fixed(fixed) else default for fixed, default in zip((height, width), base.size))
+    return dataclasses.replace(base, layout=layout, size=size)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo (PNG, JPEG, anything Pillow reads) as uint8 RGB, height × width × 3.
+
+    EXIF orientation is applied; grayscale and palette images become RGB; transparent pixels are put
+    on white. Missing, unreadable, non-image or truncated files raise RlrpError naming the file.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise RlrpError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except UnidentifiedImageError:
+        raise RlrpError(f"not an image, or a format Pillow cannot read: {path}") from None
+    except Image.DecompressionBombError as error:
+        raise RlrpError(f"image too large to read safely: {path} ({error})") from None
+    except OSError as error:
+        if error.strerror:  # the file system refused: a folder, no permission, ...
+            raise RlrpError(f"cannot read image {path}: {error.strerror}") from None
+        raise RlrpError(f"cannot decode image {path}, the file is corrupt or truncated: {error}") from None
+
+
+def prepare(
+    images: ImageSource | Sequence[ImageSource], preprocessing: Preprocessing
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Batch ``images`` (paths or uint8 RGB H×W×3 arrays) for a model.
+
+    Returns the float32 input tensor and, aligned with it, the photos as the model saw them (uint8
+    RGB, after resizing and cropping, before normalisation), ready to draw heatmaps on.
+    """
+    if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+        images = [images]
+    photos = [_resize(_as_rgb_array(image), preprocessing) for image in images]
+    if not photos:
+        raise RlrpError("no images to prepare")
+    batch = np.stack(photos).astype(np.float32) * np.float32(preprocessing.scale)
+    if preprocessing.channel_order == "BGR":
+        batch = batch[..., ::-1]
+    batch = (batch - np.float32(preprocessing.mean)) / np.float32(preprocessing.std)
+    if preprocessing.layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.float32), photos
+
+
+def _is_fixed(dim) -> bool:
+    return isinstance(dim, (int, np.integer)) and dim > 0
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+def _as_rgb_array(image: ImageSource) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected a uint8 RGB image of shape (H, W, 3); got {array.dtype} {array.shape}")
+    return array
+
+
+def _resize(photo: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """The photo resized (and cropped) to ``preprocessing.size``, as uint8 RGB."""
+    out_h, out_w = preprocessing.size
+    resample = RESAMPLES[preprocessing.resample]
+    image = Image.fromarray(photo)
+    if preprocessing.resize == "stretch":
+        return np.array(image.resize((out_w, out_h), resample))
+    # Like torchvision's Resize + CenterCrop: the binding side becomes size / ratio, the other one
+    # keeps the aspect ratio (truncated), then the centre is cut out.
+    in_h, in_w = photo.shape[:2]
+    if out_h * in_w >= out_w * in_h:
+        new_h = round(out_h / preprocessing.crop_ratio)
+        new_w = max(out_w, int(new_h * in_w / in_h))
+    else:
+        new_w = round(out_w / preprocessing.crop_ratio)
+        new_h = max(out_h, int(new_w * in_h / in_w))
+    top, left = round((new_h - out_h) / 2), round((new_w - out_w) / 2)
+    resized = image.resize((new_w, new_h), resample)
+    return np.array(resized.crop((left, top, left + out_w, top + out_h)))

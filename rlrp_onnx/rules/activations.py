@@ -1,0 +1,68 @@
+"""Piecewise-linear activations: rho_x = s(x)·rho_y, a mask or slope read off the output."""
+
+from __future__ import annotations
+
+from .registry import rule
+
+
+@rule("Relu")
+def relu(ctx, node, rho):
+    """rho_x = [y > 0]·rho_y (the mask reads the output, so Conv+Relu fusion stays intact)."""
+    emit = ctx.emit
+    return {0: emit.where(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), rho[0])}
+
+
+@rule("LeakyRelu")
+def leaky_relu(ctx, node, rho):
+    """rho_x = rho_y where x > 0, alpha·rho_y elsewhere."""
+    emit = ctx.emit
+    alpha = float(node.attrs.get("alpha", 0.01))
+    positive = emit.op("Greater", [node.inputs[0], emit.const(0.0)])
+    return {0: emit.op("Where", [positive, rho[0], emit.mul(rho[0], emit.const(alpha))])}
+
+
+def _prelu_check(ctx, node):
+    if ctx.is_data(node.inputs[1]):
+        return "PRelu with a slope computed from the input is not supported"
+    return None
+
+
+@rule("PRelu", check=_prelu_check)
+def prelu(ctx, node, rho):
+    """rho_x = rho_y where x > 0, slope·rho_y elsewhere."""
+    emit = ctx.emit
+    positive = emit.op("Greater", [node.inputs[0], emit.const(0.0)])
+    return {0: emit.op("Where", [positive, rho[0], emit.mul(rho[0], node.inputs[1])])}
+
+
+def _clip_bounds(ctx, node):
+    """The constant (min, max) of a Clip node, None for an absent bound."""
+    if len(node.inputs) > 1:
+        bounds = [ctx.constant(t) if t.name else None for t in node.inputs[1:3]]
+        bounds += [None] * (2 - len(bounds))
+        return [None if b is None else float(b) for b in bounds]
+    return [node.attrs.get("min"), node.attrs.get("max")]
+
+
+def _clip_check(ctx, node):
+    for t in node.inputs[1:3]:
+        if t.name and ctx.constant(t) is None:
+            return "Clip with bounds computed at run time is not supported"
+    return None
+
+
+@rule("Clip", check=_clip_check)
+def clip(ctx, node, rho):
+    """rho_x = [min < x < max]·rho_y: where Clip saturates, the output is constant, like a bias."""
+    emit = ctx.emit
+    low, high = _clip_bounds(ctx, node)
+    y = node.outputs[0]
+    masks = []
+    if low is not None:
+        masks.append(emit.op("Greater", [y, emit.const(low)]))
+    if high is not None:
+        masks.append(emit.op("Less", [y, emit.const(high)]))
+    if not masks:
+        return {0: rho[0]}
+    mask = masks[0] if len(masks) == 1 else emit.op("And", masks)
+    return {0: emit.where(mask, rho[0])}

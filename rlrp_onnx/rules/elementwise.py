@@ -1,0 +1,65 @@
+"""Elementwise arithmetic: bias and residual sums, scaling by constants, products of two data tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import rule
+
+GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
+
+
+@rule("Add", "Sum")
+def add(ctx, node, rho):
+    """rho_u = rho_v = rho_y: a constant addend is a bias whose share stays behind; a skip splits R ∝ u, v."""
+    y = node.outputs[0]
+    return {i: ctx.unbroadcast(rho[0], t, y) for i, t in enumerate(node.inputs) if ctx.is_data(t)}
+
+
+@rule("Sub")
+def sub(ctx, node, rho):
+    """rho_u = rho_y, rho_v = −rho_y."""
+    y, result = node.outputs[0], {}
+    if ctx.is_data(node.inputs[0]):
+        result[0] = ctx.unbroadcast(rho[0], node.inputs[0], y)
+    if ctx.is_data(node.inputs[1]):
+        result[1] = ctx.unbroadcast(ctx.emit.op("Neg", [rho[0]]), node.inputs[1], y)
+    return result
+
+
+def _is_gate(ctx, tensor) -> bool:
+    producer = ctx.producer(tensor)
+    return producer is not None and producer.op in GATES
+
+
+@rule("Mul")
+def mul(ctx, node, rho):
+    """By a constant: rho_x = c·rho_y. Two data tensors: a gate is held constant (rho_u = v·rho_y,
+    rho_v = 0), otherwise each operand takes half (rho_u = v·rho_y/2, rho_v = u·rho_y/2)."""
+    emit, y = ctx.emit, node.outputs[0]
+    u, v = node.inputs
+    data = [ctx.is_data(u), ctx.is_data(v)]
+    if not all(data):
+        i = data.index(True)
+        return {i: ctx.unbroadcast(emit.mul(rho[0], node.inputs[1 - i]), node.inputs[i], y)}
+    gates = [_is_gate(ctx, u), _is_gate(ctx, v)]
+    if any(gates):
+        i = gates.index(False) if not all(gates) else 0
+        return {i: ctx.unbroadcast(emit.mul(rho[0], node.inputs[1 - i]), node.inputs[i], y)}
+    half = emit.mul(rho[0], emit.const(0.5))
+    return {i: ctx.unbroadcast(emit.mul(half, node.inputs[1 - i]), node.inputs[i], y) for i in (0, 1)}
+
+
+def _div_check(ctx, node):
+    if ctx.constant(node.inputs[1]) is None:
+        return "Div by a tensor computed at run time is not supported"
+    return None
+
+
+@rule("Div", check=_div_check)
+def div(ctx, node, rho):
+    """x / c: rho_x = rho_y·(1/c), the reciprocal taken at compile time (no Div in the relevance pass)."""
+    divisor = ctx.constant(node.inputs[1])
+    inverse = (1.0 / divisor.astype(np.float64)).astype(divisor.dtype)
+    scaled = ctx.emit.mul(rho[0], ctx.emit.const(inverse, divisor.dtype))
+    return {0: ctx.unbroadcast(scaled, node.inputs[0], node.outputs[0])}

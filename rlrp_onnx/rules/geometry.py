@@ -1,0 +1,101 @@
+"""Sliding-window geometry shared by Conv, AveragePool and MaxPool rules (static spatial sizes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window over the spatial axes, with explicit begin/end pads."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    pads_end: tuple[int, ...]
+
+    @classmethod
+    def from_node(cls, node, in_spatial, kernel) -> "Window":
+        """Read kernel/stride/dilation/pads (resolving ``auto_pad``) from a Conv or pooling node."""
+        rank = len(kernel)
+        strides = tuple(node.attrs.get("strides", [1] * rank))
+        dilations = tuple(node.attrs.get("dilations", [1] * rank))
+        auto_pad = node.attrs.get("auto_pad", "NOTSET")
+        if isinstance(auto_pad, bytes):
+            auto_pad = auto_pad.decode()
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            begin, end = [], []
+            for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
+                out = -(-size // s)
+                total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+                small, large = total // 2, total - total // 2
+                begin.append(small if auto_pad == "SAME_UPPER" else large)
+                end.append(large if auto_pad == "SAME_UPPER" else small)
+        elif auto_pad == "VALID":
+            begin, end = [0] * rank, [0] * rank
+        else:
+            pads = list(node.attrs.get("pads", [0] * (2 * rank)))
+            begin, end = pads[:rank], pads[rank:]
+        return cls(tuple(kernel), strides, dilations, tuple(begin), tuple(end))
+
+    def transpose_attrs(self, in_spatial, out_spatial) -> dict:
+        """ConvTranspose attributes that map an output-sized tensor back onto the input grid exactly.
+
+        The adjoint scatters each output position over its window; positions the forward never read
+        (rows cut off by the stride) receive zero via ``output_padding``, and windows reaching past the
+        input (ceil mode) are cropped via the end pads.
+        """
+        pads_end, output_padding = [], []
+        for size, out, k, s, d, p0 in zip(in_spatial, out_spatial, self.kernel, self.strides,
+                                           self.dilations, self.pads_begin):
+            extent = (out - 1) * s + (k - 1) * d + 1
+            extra = size + p0 - extent
+            pads_end.append(max(0, -extra))
+            output_padding.append(max(0, extra))
+        return {
+            "kernel_shape": list(self.kernel),
+            "strides": list(self.strides),
+            "dilations": list(self.dilations),
+            "pads": list(self.pads_begin) + pads_end,
+            "output_padding": output_padding,
+        }
+
+    def positions(self, in_spatial, out_spatial) -> np.ndarray:
+        """For every kernel offset and output position, the flat input position it reads (-1 in padding).
+
+        Shape ``[prod(kernel), *out_spatial]``; offsets in row-major order of the kernel.
+        """
+        grids = []
+        for size, out, k, s, d, p0 in zip(in_spatial, out_spatial, self.kernel, self.strides,
+                                           self.dilations, self.pads_begin):
+            coords = np.arange(k)[:, None] * d + np.arange(out)[None, :] * s - p0  # [k, out]
+            grids.append(np.where((coords >= 0) & (coords < size), coords, -1))
+        rank = len(grids)
+        flat = np.zeros([1] * (2 * rank), dtype=np.int64)
+        valid = np.ones([1] * (2 * rank), dtype=bool)
+        for axis, (grid, size) in enumerate(zip(grids, in_spatial)):
+            shape = [1] * (2 * rank)
+            shape[axis], shape[rank + axis] = grid.shape
+            g = grid.reshape(shape)
+            flat = flat * size + np.maximum(g, 0)
+            valid = valid & (g >= 0)
+        flat = np.where(valid, flat, -1)
+        return flat.reshape(int(np.prod(self.kernel)), *out_spatial)
+
+    def window_sizes(self, in_spatial, out_spatial, count_include_pad: bool) -> np.ndarray:
+        """The divisor of each AveragePool output: window cells inside the input (or the padded input)."""
+        sizes = np.ones([1] * len(in_spatial))
+        for axis, (size, out, k, s, d, p0, p1) in enumerate(zip(
+                in_spatial, out_spatial, self.kernel, self.strides, self.dilations,
+                self.pads_begin, self.pads_end)):
+            coords = np.arange(k)[:, None] * d + np.arange(out)[None, :] * s - p0
+            inside = (coords >= 0) & (coords < size)
+            if count_include_pad:
+                inside = coords < size + p1
+            shape = [1] * len(in_spatial)
+            shape[axis] = out
+            sizes = sizes * inside.sum(axis=0).reshape(shape)
+        return sizes

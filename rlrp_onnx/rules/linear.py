@@ -1,0 +1,103 @@
+"""Linear layers with constant weights: the relative rule is the adjoint of the linear part."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .geometry import Window
+from .registry import rule
+
+
+def _constant_weights(ctx, node):
+    weights = [ctx.constant(t) is not None for t in node.inputs[1:2]]
+    if not all(weights):
+        return f"{node.op} with weights computed at run time is not supported"
+    return None
+
+
+@rule("Conv", check=_constant_weights)
+def conv(ctx, node, rho):
+    """rho_x = ConvTranspose(rho_y, W): the same weights, geometry mapped back onto the input grid."""
+    x, w = node.inputs[0], node.inputs[1]
+    in_spatial, out_spatial = ctx.spatial(x), ctx.spatial(node.outputs[0])
+    window = Window.from_node(node, in_spatial, w.shape[2:])
+    attrs = window.transpose_attrs(in_spatial, out_spatial)
+    attrs["group"] = node.attrs.get("group", 1)
+    return {0: ctx.emit.op("ConvTranspose", [rho[0], w], attrs)}
+
+
+def _gemm_check(ctx, node):
+    data = [ctx.is_data(t) for t in node.inputs[:2]]
+    if all(data):
+        return "Gemm of two runtime tensors is not supported"
+    return None
+
+
+@rule("Gemm", check=_gemm_check)
+def gemm(ctx, node, rho):
+    """y = alpha·A'·B' (+ beta·C): rho_A' = alpha·rho·B'ᵀ, rho_B' = alpha·A'ᵀ·rho, transposed back as needed."""
+    a, b = node.inputs[0], node.inputs[1]
+    alpha = float(node.attrs.get("alpha", 1.0))
+    trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
+    result = {}
+    if ctx.is_data(a):
+        # rho_A' = alpha·rho·B'ᵀ; for transA, rho_A = (rho_A')ᵀ = alpha·B'·rhoᵀ
+        if trans_a:
+            result[0] = ctx.emit.op("Gemm", [b, rho[0]], {"alpha": alpha, "transA": trans_b, "transB": 1})
+        else:
+            result[0] = ctx.emit.op("Gemm", [rho[0], b], {"alpha": alpha, "transB": 1 - trans_b})
+    elif ctx.is_data(b):
+        # rho_B' = alpha·A'ᵀ·rho; for transB, rho_B = alpha·rhoᵀ·A'
+        if trans_b:
+            result[1] = ctx.emit.op("Gemm", [rho[0], a], {"alpha": alpha, "transA": 1, "transB": trans_a})
+        else:
+            result[1] = ctx.emit.op("Gemm", [a, rho[0]], {"alpha": alpha, "transA": 1 - trans_a})
+    if len(node.inputs) > 2 and ctx.is_data(node.inputs[2]):
+        beta = ctx.emit.mul(rho[0], ctx.emit.const(float(node.attrs.get("beta", 1.0))))
+        result[2] = ctx.unbroadcast(beta, node.inputs[2], node.outputs[0])
+    return result
+
+
+def _matmul_check(ctx, node):
+    if all(ctx.is_data(t) for t in node.inputs[:2]):
+        return "MatMul of two runtime tensors is not supported"
+    return None
+
+
+@rule("MatMul", check=_matmul_check)
+def matmul(ctx, node, rho):
+    """y = X·W: rho_X = rho·Wᵀ; y = W·X: rho_X = Wᵀ·rho (as Gemm on the shared weights where 2-D)."""
+    emit = ctx.emit
+    x_index = 0 if ctx.is_data(node.inputs[0]) else 1
+    x, w = node.inputs[x_index], node.inputs[1 - x_index]
+    w_rank = len(ctx.shape(w))
+    if x_index == 0 and w_rank == 2:
+        flat = emit.op("Reshape", [rho[0], emit.ints([-1, int(ctx.shape(w)[1])])])
+        out = emit.op("Gemm", [flat, w], {"transB": 1})
+        return {0: emit.reshape_like(out, x)}
+    if x_index == 1 and w_rank == 2 and len(ctx.shape(x)) == 2:
+        return {1: emit.op("Gemm", [w, rho[0]], {"transA": 1})}
+    perm = list(range(w_rank))
+    perm[-2:] = perm[-1], perm[-2]
+    w_t = emit.op("Transpose", [w], {"perm": perm})
+    pair = [rho[0], w_t] if x_index == 0 else [w_t, rho[0]]
+    return {x_index: ctx.unbroadcast(emit.op("MatMul", pair), x, node.outputs[0])}
+
+
+def _batchnorm_check(ctx, node):
+    if node.attrs.get("training_mode", 0):
+        return "BatchNormalization in training mode is not supported"
+    if any(ctx.constant(t) is None for t in node.inputs[1:5]):
+        return "BatchNormalization with statistics computed at run time is not supported"
+    return None
+
+
+@rule("BatchNormalization", check=_batchnorm_check)
+def batchnorm(ctx, node, rho):
+    """y = (x − mean)·scale/√(var+ε) + B: rho_x = rho·scale/√(var+ε) per channel."""
+    scale, var = ctx.constant(node.inputs[1]), ctx.constant(node.inputs[4])
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    factor = (scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)).astype(np.float32)
+    rank = len(ctx.shape(node.inputs[0]))
+    factor = factor.reshape([-1] + [1] * (rank - 2))
+    return {0: ctx.emit.mul(rho[0], ctx.emit.const(factor))}

@@ -1,0 +1,99 @@
+"""Pooling: average pools are linear maps (adjoint), max pools route relevance to the window's winner."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .geometry import Window
+from .registry import rule
+
+
+def _window(ctx, node):
+    x = node.inputs[0]
+    return Window.from_node(node, ctx.spatial(x), node.attrs["kernel_shape"])
+
+
+@rule("AveragePool")
+def average_pool(ctx, node, rho):
+    """rho_x = Aᵀ(rho_y): divide by each window's size, then spread over the window (ConvTranspose of ones)."""
+    emit, x = ctx.emit, node.inputs[0]
+    in_spatial, out_spatial = ctx.spatial(x), ctx.spatial(node.outputs[0])
+    window = _window(ctx, node)
+    sizes = window.window_sizes(in_spatial, out_spatial, bool(node.attrs.get("count_include_pad", 0)))
+    inverse = (1.0 / sizes).astype(np.float32)
+    scale = inverse.flat[0] if np.all(inverse == inverse.flat[0]) else inverse[None, None]
+    channels = int(ctx.shape(x)[1])
+    ones = emit.const(np.ones([channels, 1, *window.kernel], dtype=np.float32))
+    attrs = window.transpose_attrs(in_spatial, out_spatial)
+    attrs["group"] = channels
+    return {0: emit.op("ConvTranspose", [emit.mul(rho[0], emit.const(scale)), ones], attrs)}
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(ctx, node, rho):
+    """rho_x = rho_y / (number of spatial positions), broadcast over them."""
+    emit, x = ctx.emit, node.inputs[0]
+    scale = emit.const(1.0 / float(np.prod(ctx.spatial(x))))
+    return {0: emit.expand_like(emit.mul(rho[0], scale), x)}
+
+
+def _reduce_axes(ctx, node):
+    """The reduced axes (non-negative) of a ReduceMean/ReduceSum node, or None if not constant."""
+    rank = len(ctx.shape(node.inputs[0]))
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        axes = ctx.constant(node.inputs[1])
+        if axes is None:
+            return None
+        axes = axes.tolist()
+    else:
+        axes = node.attrs.get("axes")
+    if not axes:
+        axes = [] if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted(a % rank for a in axes)
+
+
+def _reduce_check(ctx, node):
+    if _reduce_axes(ctx, node) is None:
+        return f"{node.op} over axes computed at run time is not supported"
+    if any(not isinstance(ctx.shape(node.inputs[0])[a], int) for a in _reduce_axes(ctx, node)):
+        return f"{node.op} over a dynamic axis is not supported"
+    return None
+
+
+@rule("ReduceMean", "ReduceSum", check=_reduce_check)
+def reduce(ctx, node, rho):
+    """rho_x = rho_y broadcast back over the reduced axes (divided by their size for the mean)."""
+    emit, x = ctx.emit, node.inputs[0]
+    axes = _reduce_axes(ctx, node)
+    r = rho[0]
+    if axes and not node.attrs.get("keepdims", 1):
+        r = emit.unsqueeze(r, axes)
+    if node.op == "ReduceMean":
+        count = float(np.prod([ctx.shape(x)[a] for a in axes]))
+        r = emit.mul(r, emit.const(1.0 / count))
+    return {0: emit.expand_like(r, x)}
+
+
+def _maxpool_check(ctx, node):
+    if ctx.emit.opset < 16:
+        return f"MaxPool relevance needs opset >= 16 (model has {ctx.emit.opset})"
+    if int(node.attrs.get("storage_order", 0)) != 0:
+        return "MaxPool with storage_order=1 is not supported"
+    return None
+
+
+@rule("MaxPool", check=_maxpool_check)
+def max_pool(ctx, node, rho):
+    """Each output's rho goes to the input position that won its window (ONNX ``Indices``), summed."""
+    emit, x = ctx.emit, node.inputs[0]
+    if len(node.outputs) < 2:
+        node.outputs.append(gs.Variable(f"{node.outputs[0].name}_indices", dtype=np.int64))
+    indices = node.outputs[1]
+    flat = emit.ints([-1])
+    zeros = emit.op("ConstantOfShape", [emit.op("Shape", [emit.op("Reshape", [x, flat])])],
+                    {"value": gs.Constant("zero", np.zeros(1, dtype=np.float32))})
+    routed = emit.op("ScatterElements", [zeros, emit.op("Reshape", [indices, flat]),
+                                         emit.op("Reshape", [rho[0], flat])],
+                     {"axis": 0, "reduction": "add"})
+    return {0: emit.reshape_like(routed, x)}

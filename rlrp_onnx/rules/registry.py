@@ -1,0 +1,40 @@
+"""The rule registry: one backward rule per forward op type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx_graphsurgeon as gs
+
+    from ..backward import Context
+
+# backward(ctx, node, rho_outputs) -> {input index: relative relevance of that input}
+Backward = Callable[["Context", "gs.Node", list], dict]
+# check(ctx, node) -> None when the rule applies, else the reason it does not
+Check = Callable[["Context", "gs.Node"], "str | None"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How relative relevance crosses one forward op (shared/RLRP.md, "Rules")."""
+
+    backward: Backward
+    check: Check | None = None
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(*op_types: str, check: Check | None = None):
+    """Register the decorated backward function for ``op_types``."""
+
+    def register(backward: Backward) -> Backward:
+        for op_type in op_types:
+            if op_type in RULES:
+                raise ValueError(f"rule for {op_type} registered twice")
+            RULES[op_type] = Rule(backward, check)
+        return backward
+
+    return register

@@ -1,0 +1,108 @@
+"""Ops that only move elements: relevance is routed back to where each element came from."""
+
+from __future__ import annotations
+
+import onnx
+
+from .registry import rule
+
+
+@rule("Identity", "Dropout")
+def identity(ctx, node, rho):
+    """rho_x = rho_y (Dropout at inference is the identity)."""
+    return {0: rho[0]}
+
+
+def _float_cast(ctx, node):
+    if onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]).kind != "f":
+        return "Cast to a non-float type on the relevance path is not supported"
+    return None
+
+
+@rule("Cast", check=_float_cast)
+def cast(ctx, node, rho):
+    """rho_x = rho_y, in the input's float type."""
+    return {0: rho[0]}
+
+
+@rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def reshape(ctx, node, rho):
+    """rho_x = rho_y reshaped to x's shape."""
+    return {0: ctx.emit.reshape_like(rho[0], node.inputs[0])}
+
+
+def _pads(ctx, node):
+    """(begin, end) pads per axis of x, or None when not constant."""
+    rank = len(ctx.shape(node.inputs[0]))
+    if len(node.inputs) > 1:
+        pads = ctx.constant(node.inputs[1])
+        if pads is None:
+            return None
+        pads = pads.tolist()
+        axes = list(range(rank))
+        if len(node.inputs) > 3 and node.inputs[3].name:
+            given = ctx.constant(node.inputs[3])
+            if given is None:
+                return None
+            axes = [a % rank for a in given.tolist()]
+    else:
+        pads = list(node.attrs.get("pads", []))
+        axes = list(range(rank))
+    n = len(axes)
+    begin, end = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = int(pads[i]), int(pads[n + i])
+    return begin, end
+
+
+def _pad_check(ctx, node):
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        return f"Pad mode '{mode}' is not supported (only constant padding)"
+    pads = _pads(ctx, node)
+    if pads is None:
+        return "Pad with pads computed at run time is not supported"
+    shape = ctx.shape(node.inputs[0])
+    if any((b or e) and not isinstance(shape[a], int) for a, (b, e) in enumerate(zip(*pads))):
+        return "Pad along a dynamic axis is not supported"
+    return None
+
+
+@rule("Pad", check=_pad_check)
+def pad(ctx, node, rho):
+    """rho_x = rho_y cropped back to x (a negative pad crops, so the adjoint pads with zeros)."""
+    emit, x = ctx.emit, node.inputs[0]
+    begin, end = _pads(ctx, node)
+    shape = ctx.shape(x)
+    axes = [a for a, (b, e) in enumerate(zip(begin, end)) if b or e]
+    r = rho[0]
+    starts = [max(begin[a], 0) for a in axes]
+    ends = [s + shape[a] - max(-begin[a], 0) - max(-end[a], 0) for s, a in zip(starts, axes)]
+    if axes:
+        r = emit.slice(r, starts, ends, axes)
+    if any(b < 0 or e < 0 for b, e in zip(begin, end)):
+        r = emit.pad(r, [max(-b, 0) for b in begin] + [max(-e, 0) for e in end])
+    return {0: r}
+
+
+def _concat_check(ctx, node):
+    shapes = [ctx.shape(t) for t in node.inputs]
+    axis = node.attrs["axis"] % len(shapes[0])
+    if not all(isinstance(s[axis], int) for s in shapes):
+        return "Concat along a dynamic axis is not supported"
+    return None
+
+
+@rule("Concat", check=_concat_check)
+def concat(ctx, node, rho):
+    """Each input receives its own slice of rho_y along the concatenation axis."""
+    shapes = [ctx.shape(t) for t in node.inputs]
+    axis = node.attrs["axis"] % len(shapes[0])
+    result, start = {}, 0
+    for index, (tensor, shape) in enumerate(zip(node.inputs, shapes)):
+        size = shape[axis]
+        if ctx.is_data(tensor):
+            result[index] = ctx.emit.slice(rho[0], [start], [start + size], [axis])
+        start += size
+    return result

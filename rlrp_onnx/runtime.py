@@ -1,0 +1,212 @@
+"""Run compiled explainer models with ONNX Runtime: choose the device, feed images, read the contract."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+
+import numpy as np
+import onnx
+
+from .contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
+from .errors import RlrpError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+
+
+@dataclass(frozen=True)
+class RuntimeSession:
+    """An ONNX Runtime session and the execution provider it really runs on.
+
+    ``notice`` is set when ``device="auto"`` tried CUDA and ONNX Runtime fell back to CPU; the caller
+    shows it to the user once (the CLI prints it on stderr).
+    """
+
+    session: onnxruntime.InferenceSession
+    provider: str
+    notice: str | None = None
+
+
+class ExplainerResult(NamedTuple):
+    """What one run of a compiled model returns; unpacks as ``relevance, classes, scores, outputs``."""
+
+    relevance: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    outputs: dict[str, np.ndarray]
+
+
+def create_session(model: onnx.ModelProto | str | os.PathLike, device: str = "auto") -> RuntimeSession:
+    """Open ``model`` (a ModelProto or a path) in ONNX Runtime on ``device``: "auto", "cpu" or "cuda".
+
+    "cpu" uses only the CPU provider. "cuda" requires CUDA and raises RlrpError when it is missing or
+    its libraries fail to load. "auto" uses CUDA when it loads and otherwise CPU, saying so in
+    ``RuntimeSession.notice`` when CUDA was tried and failed. The provider reported is the one
+    ``session.get_providers()`` lists first, not the one asked for.
+    """
+    if device not in DEVICES:
+        raise RlrpError(f"unknown device {device!r} (option device): choose one of {', '.join(DEVICES)}")
+    ort = _onnxruntime()
+    source = _model_source(model)
+
+    cuda_installed = CUDA in ort.get_available_providers()
+    if device == "cuda" and not cuda_installed:
+        raise RlrpError(
+            "CUDA is not available: onnxruntime-gpu is not installed (install rlrp-onnx[gpu] "
+            "in an environment without the CPU-only onnxruntime package)"
+        )
+    wants_cuda = device == "cuda" or (device == "auto" and cuda_installed)
+    load_failure = _preload_cuda_libraries() if wants_cuda else None
+    providers = [CUDA, CPU] if wants_cuda else [CPU]
+
+    session = _open_session(ort, source, providers)
+    provider = session.get_providers()[0]
+    if not wants_cuda or provider == CUDA:
+        return RuntimeSession(session, provider)
+
+    reason = "the CUDA libraries failed to load" + (f" ({load_failure})" if load_failure else "")
+    if device == "cuda":
+        raise RlrpError(f"CUDA is not available: {reason}; use --device cpu or fix the CUDA installation")
+    return RuntimeSession(session, provider, notice=f"CUDA could not be used: {reason}; running on CPU")
+
+
+def run_explainer(
+    session: RuntimeSession | onnxruntime.InferenceSession,
+    images: np.ndarray,
+    targets: int | Sequence[int] | np.ndarray | None = None,
+) -> ExplainerResult:
+    """Run a compiled model on a batch ``images`` laid out as its image input expects.
+
+    ``targets`` are the classes to explain, one per sample (a single int applies to all; a negative
+    value means the arg-max class). When ``targets`` is None every sample is explained for its
+    arg-max class: ``rlrp_target`` is not fed, unless the model declares it without a default value,
+    then it gets -1. ``outputs`` holds every output of the model by name.
+    """
+    inference = session.session if isinstance(session, RuntimeSession) else session
+    inputs = {node.name: node for node in inference.get_inputs()}
+    output_names = [node.name for node in inference.get_outputs()]
+
+    image_names = [name for name in inputs if name != TARGET_INPUT]
+    if len(image_names) != 1:
+        names = ", ".join(image_names)
+        raise RlrpError(f"the model has {len(image_names)} image inputs ({names}); run_explainer feeds one")
+    missing = [name for name in (RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT) if name not in output_names]
+    if missing:
+        raise RlrpError(
+            f"the model has no output {missing[0]!r}: it is not a compiled explainer model "
+            "(run `rlrp-onnx compile` on it first)"
+        )
+
+    image_input = inputs[image_names[0]]
+    feed = {image_input.name: _image_feed(image_input, images)}
+    if targets is None and TARGET_INPUT in inputs:  # declared without a default: feed "arg-max"
+        targets = -1
+    if targets is not None:
+        # An input with a default value (an initializer of the same name) is listed apart.
+        overridable = {node.name for node in inference.get_overridable_initializers()}
+        if TARGET_INPUT not in inputs and TARGET_INPUT not in overridable:
+            raise RlrpError(f"the model has no input {TARGET_INPUT!r}, so a target class cannot be chosen")
+        feed[TARGET_INPUT] = _target_feed(targets, len(images))
+
+    values = inference.run(output_names, feed)
+    outputs = dict(zip(output_names, values))
+    return ExplainerResult(outputs[RELEVANCE_OUTPUT], outputs[CLASS_OUTPUT], outputs[SCORE_OUTPUT], outputs)
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise RlrpError(
+            f"ONNX Runtime is not installed ({error}): install rlrp-onnx[cpu] or, for NVIDIA GPUs, rlrp-onnx[gpu]"
+        ) from None
+    return onnxruntime
+
+
+def _model_source(model: onnx.ModelProto | str | os.PathLike) -> bytes | str:
+    """What InferenceSession accepts: the bytes of a proto, or the path of a model file."""
+    if isinstance(model, onnx.ModelProto):
+        try:
+            return model.SerializeToString()
+        except ValueError as error:  # protobuf refuses messages over 2 GB
+            raise RlrpError(
+                f"the model is too large to pass in memory ({error}); save it with external data "
+                "and pass its path instead"
+            ) from None
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise RlrpError(f"model file not found: {path}")
+    return path
+
+
+def _open_session(ort, source: bytes | str, providers: list[str]) -> onnxruntime.InferenceSession:
+    name = "the model" if isinstance(source, bytes) else source
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the defaulted rlrp_target input is intended
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as error:  # ONNX Runtime raises its own pybind exception types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RlrpError(f"ONNX Runtime cannot load {name}: {first_line}") from None
+
+
+def _preload_cuda_libraries() -> str | None:
+    """Load CUDA and cuDNN from NVIDIA's pip packages, as onnxruntime-gpu documents; return what failed.
+
+    ``onnxruntime.preload_dlls`` reports failures by printing them; they are captured here so that an
+    error can say why CUDA is missing.
+    """
+    preload = getattr(_onnxruntime(), "preload_dlls", None)
+    if preload is None:
+        return None
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except (OSError, RuntimeError) as error:
+        return str(error)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in printed.getvalue().splitlines()]
+    failures = [line for line in lines if line.startswith(("Failed to load", "WARNING"))]
+    return failures[0] if failures else None
+
+
+def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
+    """``images`` converted to the input's element type, after checking its rank and fixed sizes."""
+    images = np.asarray(images)
+    expected = node.shape
+    fits = images.ndim == len(expected) and all(
+        not isinstance(dim, int) or dim == size for dim, size in zip(expected, images.shape)
+    )
+    if not fits:
+        shown = "[" + ", ".join(str(dim) if isinstance(dim, int) else "?" for dim in expected) + "]"
+        raise RlrpError(
+            f"image batch of shape {list(images.shape)} does not fit input {node.name!r} of shape {shown}"
+        )
+    dtype = _NUMPY_TYPES.get(node.type)
+    if dtype is None:
+        raise RlrpError(f"input {node.name!r} has type {node.type}; expected a float tensor")
+    return np.ascontiguousarray(images, dtype=dtype)
+
+
+def _target_feed(targets: int | Sequence[int] | np.ndarray, batch: int) -> np.ndarray:
+    values = np.asarray(targets)
+    if values.ndim == 0:
+        values = np.full(batch, values)
+    if values.shape != (batch,) or not np.issubdtype(values.dtype, np.integer):
+        raise RlrpError(f"targets must be {batch} integer class indices, one per image; got {values.tolist()}")
+    return values.astype(np.int64)

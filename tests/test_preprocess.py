@@ -1,0 +1,176 @@
+"""Preprocessing: reading photos, presets, resizing, normalisation and layout."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from rlrp_onnx.errors import RlrpError
+from rlrp_onnx.preprocess import (
+    PRESETS,
+    Preprocessing,
+    get_preset,
+    infer_preprocessing,
+    load_image,
+    prepare,
+)
+
+
+@pytest.fixture
+def chelsea():
+    return data.chelsea()  # 300 × 451 RGB
+
+
+def save(tmp_path, name, image, **options):
+    path = tmp_path / name
+    image.save(path, **options)
+    return path
+
+
+def test_load_jpeg_and_png_give_uint8_rgb(tmp_path, chelsea):
+    png = save(tmp_path, "cat.png", Image.fromarray(chelsea))
+    jpeg = save(tmp_path, "cat.jpg", Image.fromarray(chelsea), quality=95)
+    assert np.array_equal(load_image(png), chelsea)
+    loaded = load_image(jpeg)
+    assert loaded.dtype == np.uint8 and loaded.shape == chelsea.shape
+    assert np.abs(loaded.astype(int) - chelsea).mean() < 4
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16"])
+def test_other_modes_become_rgb(tmp_path, chelsea, mode):
+    source = Image.fromarray(chelsea)
+    image = source.convert("L").convert("I;16") if mode == "I;16" else source.convert(mode)
+    loaded = load_image(save(tmp_path, "cat.png", image))
+    assert loaded.dtype == np.uint8 and loaded.shape == chelsea.shape
+    assert 60 < loaded.mean() < 200  # not black or blown out
+
+
+def test_transparent_pixels_are_white(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[:2, :, 0] = 255
+    rgba[:2, :, 3] = 255  # top half opaque red, bottom half fully transparent black
+    loaded = load_image(save(tmp_path, "a.png", Image.fromarray(rgba, "RGBA")))
+    assert (loaded[:2] == [255, 0, 0]).all()
+    assert (loaded[2:] == 255).all()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    loaded = load_image(save(tmp_path, "phone.jpg", image, exif=exif))
+    assert loaded.shape == (20, 10, 3)
+
+
+def test_missing_image_names_the_file(tmp_path):
+    with pytest.raises(RlrpError, match="not found.*nowhere.png"):
+        load_image(tmp_path / "nowhere.png")
+
+
+def test_not_an_image_names_the_file(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("hello")
+    with pytest.raises(RlrpError, match="notes.jpg"):
+        load_image(path)
+
+
+def test_folder_is_not_an_image(tmp_path):
+    with pytest.raises(RlrpError, match=str(tmp_path)):
+        load_image(tmp_path)
+
+
+def test_truncated_jpeg_names_the_file(tmp_path, chelsea):
+    full = save(tmp_path, "full.jpg", Image.fromarray(chelsea))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(RlrpError, match="cut.jpg"):
+        load_image(cut)
+
+
+def test_efficientnet_preset_maps_pixels_to_minus_one_one():
+    photo = np.array([[[0, 127, 255]]], np.uint8)
+    batch, _ = prepare(photo, dataclasses.replace(PRESETS["efficientnet-lite0"], size=(1, 1)))
+    assert np.allclose(batch[0, :, 0, 0], [0 / 127.5 - 1, 127 / 127.5 - 1, 255 / 127.5 - 1], atol=1e-6)
+
+
+def test_imagenet_preset_uses_torchvision_mean_and_std():
+    photo = np.full((2, 2, 3), 255, np.uint8)
+    batch, _ = prepare(photo, dataclasses.replace(PRESETS["imagenet"], size=(2, 2)))
+    expected = (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    assert np.allclose(batch[0, :, 0, 0], expected, atol=1e-6)
+
+
+def test_prepare_chelsea_with_efficientnet_preset(chelsea):
+    batch, photos = prepare([chelsea, chelsea], PRESETS["efficientnet-lite0"])
+    assert batch.shape == (2, 3, 224, 224) and batch.dtype == np.float32
+    assert -1.0 <= batch.min() < -0.5 and 0.5 < batch.max() <= 1.0
+    assert len(photos) == 2 and photos[0].shape == (224, 224, 3) and photos[0].dtype == np.uint8
+    # the tensor is the displayed photo, scaled
+    assert np.allclose(batch[0], photos[0].transpose(2, 0, 1) / 127.5 - 1, atol=1e-6)
+
+
+def test_center_crop_matches_resize_then_crop_by_hand(chelsea):
+    _, (photo,) = prepare(chelsea, PRESETS["imagenet"])
+    # torchvision Resize(256) + CenterCrop(224): 300 × 451 → 256 × 384, crop at (16, 80)
+    resized = np.asarray(Image.fromarray(chelsea).resize((384, 256), Image.Resampling.BILINEAR))
+    assert np.array_equal(photo, resized[16:240, 80:304])
+
+
+def test_stretch_keeps_the_whole_photo(chelsea):
+    _, (photo,) = prepare(chelsea, Preprocessing(size=(30, 45), resize="stretch"))
+    assert photo.shape == (30, 45, 3)
+    assert abs(photo.mean() - chelsea.mean()) < 2
+
+
+def test_unit_preset_bgr_and_nhwc(tmp_path, chelsea):
+    path = save(tmp_path, "cat.png", Image.fromarray(chelsea))
+    options = dataclasses.replace(PRESETS["unit"], size=(8, 12), channel_order="BGR", layout="NHWC")
+    batch, (photo,) = prepare(path, options)
+    assert batch.shape == (1, 8, 12, 3)
+    assert np.allclose(batch[0], photo[..., ::-1] / 255, atol=1e-6)
+    assert 0 <= batch.min() and batch.max() <= 1
+
+
+def test_prepare_rejects_missing_file(tmp_path):
+    with pytest.raises(RlrpError, match="gone.png"):
+        prepare([tmp_path / "gone.png"], PRESETS["unit"])
+
+
+@pytest.mark.parametrize(
+    "options, word",
+    [
+        ({"resize": "squash"}, "resize"),
+        ({"layout": "CHW"}, "layout"),
+        ({"channel_order": "RBG"}, "channel order"),
+        ({"crop_ratio": 1.5}, "crop ratio"),
+        ({"std": (1.0, 0.0, 1.0)}, "std"),
+        ({"size": (0, 224)}, "size"),
+    ],
+)
+def test_bad_options_raise(options, word):
+    with pytest.raises(RlrpError, match=word):
+        Preprocessing(**options)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(RlrpError, match="efficientnet-lite0"):
+        get_preset("resnet")
+    assert get_preset("imagenet") is PRESETS["imagenet"]
+
+
+def test_infer_preprocessing_from_input_shapes():
+    nchw = infer_preprocessing([1, 3, 160, 128])
+    assert (nchw.layout, nchw.size) == ("NCHW", (160, 128))
+    assert nchw.scale == pytest.approx(1 / 255) and nchw.mean == (0, 0, 0)
+    nhwc = infer_preprocessing(["batch", 96, 96, 3], PRESETS["efficientnet-lite0"])
+    assert (nhwc.layout, nhwc.size, nhwc.scale) == ("NHWC", (96, 96), 1 / 127.5)
+    dynamic = infer_preprocessing(["N", 3, "H", None])
+    assert dynamic.size == (224, 224)
+
+
+@pytest.mark.parametrize("shape", [[1, 1, 28, 28], [1, 3, 224], [1, 4, 224, 224]])
+def test_infer_preprocessing_rejects_non_rgb_inputs(shape):
+    with pytest.raises(RlrpError, match="shape"):
+        infer_preprocessing(shape)

@@ -1,0 +1,225 @@
+"""ONNX Runtime sessions: device choice (with fakes, no GPU needed) and running a contract model."""
+
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
+from rlrp_onnx.errors import RlrpError
+from rlrp_onnx.runtime import CPU, CUDA, RuntimeSession, create_session, run_explainer
+
+N_CLASSES, SHAPE = 5, (3, 4, 4)
+
+
+def contract_model(weights: np.ndarray) -> onnx.ModelProto:
+    """A linear classifier ``logits = flatten(image) @ W`` with the compiled-model contract by hand.
+
+    Relevance is input × gradient of the explained logit, ``image ⊙ W[:, c]``; the target input
+    defaults to [-1] (arg-max) through an initializer of the same name.
+    """
+    features = int(np.prod(SHAPE))
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["best"], axis=1, keepdims=0),
+        helper.make_node("Less", [TARGET_INPUT, "zero"], ["use_best"]),
+        helper.make_node("Where", ["use_best", "best", TARGET_INPUT], [CLASS_OUTPUT]),
+        helper.make_node("Unsqueeze", [CLASS_OUTPUT, "axis1"], ["class_column"]),
+        helper.make_node("GatherElements", ["logits", "class_column"], ["score_column"], axis=1),
+        helper.make_node("Squeeze", ["score_column", "axis1"], [SCORE_OUTPUT]),
+        helper.make_node("Gather", ["WT", CLASS_OUTPUT], ["gradient_flat"], axis=0),
+        helper.make_node("Reshape", ["gradient_flat", "image_shape"], ["gradient"]),
+        helper.make_node("Mul", ["image", "gradient"], [RELEVANCE_OUTPUT]),
+    ]
+    initializers = [
+        numpy_helper.from_array(weights.astype(np.float32), "W"),
+        numpy_helper.from_array(weights.T.astype(np.float32).copy(), "WT"),
+        numpy_helper.from_array(np.array([-1], np.int64), TARGET_INPUT),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([-1, *SHAPE], np.int64), "image_shape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_explainer",
+        inputs=[
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *SHAPE]),
+            helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, ["N"]),
+        ],
+        outputs=[
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", N_CLASSES]),
+            helper.make_tensor_value_info(RELEVANCE_OUTPUT, TensorProto.FLOAT, ["N", *SHAPE]),
+            helper.make_tensor_value_info(CLASS_OUTPUT, TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["N"]),
+        ],
+        initializer=initializers,
+    )
+    assert features == weights.shape[0]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture
+def weights():
+    return np.random.default_rng(1).normal(size=(int(np.prod(SHAPE)), N_CLASSES)).astype(np.float32)
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(2).uniform(0, 1, size=(3, *SHAPE)).astype(np.float32)
+
+
+# --- running a contract model on CPU -------------------------------------------------------------
+
+
+def test_run_explainer_explains_the_argmax_class(weights, images):
+    runtime = create_session(contract_model(weights), device="cpu")
+    assert runtime.provider == CPU and runtime.notice is None
+    relevance, classes, scores, outputs = run_explainer(runtime, images)
+
+    logits = images.reshape(len(images), -1) @ weights
+    assert np.array_equal(classes, logits.argmax(axis=1))
+    assert np.allclose(scores, logits.max(axis=1), atol=1e-5)
+    assert relevance.shape == images.shape
+    expected = images * weights[:, classes].T.reshape(images.shape)
+    assert np.allclose(relevance, expected, atol=1e-6)
+    # bias-free linear model: relevance sums to the explained logit
+    assert np.allclose(relevance.reshape(len(images), -1).sum(axis=1), scores, atol=1e-4)
+    assert np.allclose(outputs["logits"], logits, atol=1e-5)
+
+
+def test_run_explainer_feeds_targets(weights, images, tmp_path):
+    path = tmp_path / "tiny.rlrp.onnx"
+    onnx.save(contract_model(weights), path)
+    runtime = create_session(path, device="auto")  # onnxruntime here has no CUDA: quietly CPU
+    assert runtime.provider == CPU and runtime.notice is None
+
+    result = run_explainer(runtime, images, targets=[4, -1, 0])
+    logits = images.reshape(len(images), -1) @ weights
+    assert result.classes.tolist() == [4, int(logits[1].argmax()), 0]
+    assert np.allclose(result.scores, logits[[0, 1, 2], result.classes], atol=1e-5)
+
+    same_class = run_explainer(runtime.session, images, targets=2)  # a bare InferenceSession works too
+    assert same_class.classes.tolist() == [2, 2, 2]
+
+
+def test_target_input_without_default_value_gets_argmax(weights, images):
+    model = contract_model(weights)
+    defaults = [tensor for tensor in model.graph.initializer if tensor.name == TARGET_INPUT]
+    model.graph.initializer.remove(defaults[0])  # rlrp_target becomes a required input
+    runtime = create_session(model, device="cpu")
+    logits = images.reshape(len(images), -1) @ weights
+    assert np.array_equal(run_explainer(runtime, images).classes, logits.argmax(axis=1))
+    assert run_explainer(runtime, images, targets=[1, 1, 3]).classes.tolist() == [1, 1, 3]
+
+
+def test_run_explainer_rejects_bad_batches_and_targets(weights, images):
+    runtime = create_session(contract_model(weights), device="cpu")
+    with pytest.raises(RlrpError, match="does not fit input 'image'"):
+        run_explainer(runtime, images[:, :2])
+    with pytest.raises(RlrpError, match="one per image"):
+        run_explainer(runtime, images, targets=[1, 2])
+
+
+def test_run_explainer_needs_a_compiled_model(weights):
+    model = contract_model(weights)
+    del model.graph.output[1:]  # only the logits left
+    runtime = create_session(model, device="cpu")
+    with pytest.raises(RlrpError, match="rlrp-onnx compile"):
+        run_explainer(runtime, np.zeros((1, *SHAPE), np.float32))
+
+
+def test_missing_or_broken_model_file(tmp_path):
+    with pytest.raises(RlrpError, match="not found.*absent.onnx"):
+        create_session(tmp_path / "absent.onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(RlrpError, match="broken.onnx"):
+        create_session(broken, device="cpu")
+
+
+def test_unknown_device():
+    with pytest.raises(RlrpError, match="device.*auto, cpu, cuda"):
+        create_session(onnx.ModelProto(), device="gpu")
+
+
+# --- provider choice, with a fake ONNX Runtime -------------------------------------------------
+
+
+class FakeSession:
+    """Stands in for InferenceSession: records the providers asked for, reports ``runs_on``."""
+
+    runs_on: list[str] = [CPU]
+    requested: list[list[str]] = []
+
+    def __init__(self, source, providers):
+        FakeSession.requested.append(list(providers))
+
+    def get_providers(self):
+        return list(self.runs_on)
+
+
+@pytest.fixture
+def fake_ort(monkeypatch):
+    """ONNX Runtime that lists CUDA as available; whether it loads is set by FakeSession.runs_on."""
+    FakeSession.requested = []
+    FakeSession.runs_on = [CPU]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: None)
+    return FakeSession
+
+
+def test_cpu_asks_for_the_cpu_provider_only(fake_ort):
+    runtime = create_session(onnx.ModelProto(), device="cpu")
+    assert fake_ort.requested == [[CPU]]
+    assert runtime.provider == CPU and runtime.notice is None
+
+
+def test_auto_uses_cuda_when_it_loads(fake_ort):
+    fake_ort.runs_on = [CUDA, CPU]
+    runtime = create_session(onnx.ModelProto(), device="auto")
+    assert fake_ort.requested == [[CUDA, CPU]]
+    assert runtime.provider == CUDA and runtime.notice is None
+
+
+def test_auto_falls_back_to_cpu_and_says_so(fake_ort):
+    runtime = create_session(onnx.ModelProto(), device="auto")
+    assert fake_ort.requested == [[CUDA, CPU]]
+    assert isinstance(runtime, RuntimeSession)
+    assert runtime.provider == CPU
+    assert "CUDA" in runtime.notice and "CPU" in runtime.notice
+
+
+def test_cuda_raises_when_its_libraries_do_not_load(fake_ort, monkeypatch):
+    def preload():
+        print("\033[33mFailed to load libcudnn.so.9: cannot open shared object file\033[0m")
+
+    monkeypatch.setattr(onnxruntime, "preload_dlls", preload)
+    with pytest.raises(RlrpError, match="CUDA is not available.*failed to load.*libcudnn.so.9"):
+        create_session(onnx.ModelProto(), device="cuda")
+
+
+def test_cuda_raises_when_onnxruntime_gpu_is_missing(fake_ort, monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    with pytest.raises(RlrpError, match="CUDA is not available.*onnxruntime-gpu"):
+        create_session(onnx.ModelProto(), device="cuda")
+    assert fake_ort.requested == []
+
+
+def test_auto_without_onnxruntime_gpu_is_quietly_cpu(fake_ort, monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    runtime = create_session(onnx.ModelProto(), device="auto")
+    assert fake_ort.requested == [[CPU]]
+    assert runtime.provider == CPU and runtime.notice is None
+
+
+def test_missing_onnxruntime_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(RlrpError, match=r"rlrp-onnx\[cpu\].*rlrp-onnx\[gpu\]"):
+        create_session(onnx.ModelProto(), device="cpu")
