@@ -1,4 +1,4 @@
-"""The pipeline: load → canonicalize → plan → build the relevance pass → attach the contract → validate."""
+"""The pipeline: load → canonicalize → plan → build the relevance pass → graft onto the source → validate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import onnx_graphsurgeon as gs
 from . import contract
 from .attach import attach
 from .errors import RlrpError
+from .graft import graft
 from .loading import load_model
 from .passes import canonicalize, float_inputs
 from .plan import make_plan
@@ -28,10 +29,13 @@ def compile_model(model, *, output_name: str | None = None,
     graph = canonicalize(source, label, input_shapes)
     inputs = [t for t in graph.inputs if t.name in {i.name for i in float_inputs(source)}]
     plan = make_plan(graph, label, inputs, output_name)
-    graph.outputs.extend(attach(plan, RULE_NAME))
-    graph.cleanup().toposort()
-    compiled = gs.export_onnx(graph, do_type_check=False)
-    _keep_identity(compiled, source)
+    forward = {id(node) for node in graph.nodes}
+    new_outputs = attach(plan, RULE_NAME)
+    new_nodes = {node.name for node in graph.nodes if id(node) not in forward}
+    graph.outputs.extend(new_outputs)
+    graph.toposort()
+    built = gs.export_onnx(graph, do_type_check=False)
+    compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label)
     _set_target_default(compiled)
     _set_metadata(compiled, {
         contract.META_RULE: RULE_NAME,
@@ -40,16 +44,6 @@ def compile_model(model, *, output_name: str | None = None,
         contract.META_IMAGE_INPUTS: ",".join(t.name for t in inputs),
     })
     return _validated(compiled, label)
-
-
-def _keep_identity(compiled: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """Carry over what describes the source model: IR version, producer, domains, metadata."""
-    compiled.ir_version = max(source.ir_version, 4)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(compiled, field, getattr(source, field))
-    known = {o.domain for o in compiled.opset_import}
-    compiled.opset_import.extend(o for o in source.opset_import if o.domain not in known)
-    compiled.metadata_props.extend(source.metadata_props)
 
 
 def _set_target_default(compiled: onnx.ModelProto) -> None:

@@ -8,6 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import RlrpError
+from .castlike import castlike_to_cast
 from .fold import fold_constants, infer_shapes
 from .static_shapes import float_inputs, pin_input_shapes
 
@@ -15,14 +16,14 @@ MIN_OPSET = 11
 
 
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
-    """Pin input shapes, infer shapes, fold constants, and infer again; the source model is not modified."""
+    """Pin input shapes, infer shapes, simplify and fold constants, infer again; the source is not modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}")
     model = copy.deepcopy(model)
     pin_input_shapes(model, label, input_shapes)
     graph = gs.import_onnx(infer_shapes(model, label))
-    model = gs.export_onnx(fold_constants(graph), do_type_check=False)
+    model = gs.export_onnx(fold_constants(castlike_to_cast(graph)), do_type_check=False)
     return gs.import_onnx(infer_shapes(model, label))
 
 

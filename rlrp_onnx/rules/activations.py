@@ -14,10 +14,11 @@ def relu(ctx, node, rho):
 
 @rule("LeakyRelu")
 def leaky_relu(ctx, node, rho):
-    """rho_x = rho_y where x > 0, alpha·rho_y elsewhere."""
+    """rho_x = rho_y where x > 0, alpha·rho_y elsewhere (the sign read off y when alpha > 0)."""
     emit = ctx.emit
     alpha = float(node.attrs.get("alpha", 0.01))
-    positive = emit.op("Greater", [node.inputs[0], emit.const(0.0)])
+    signed = node.outputs[0] if alpha > 0 else node.inputs[0]
+    positive = emit.op("Greater", [signed, emit.const(0.0)])
     return {0: emit.op("Where", [positive, rho[0], emit.mul(rho[0], emit.const(alpha))])}
 
 

@@ -87,9 +87,8 @@ def _maxpool_check(ctx, node):
 def max_pool(ctx, node, rho):
     """Each output's rho goes to the input position that won its window (ONNX ``Indices``), summed."""
     emit, x = ctx.emit, node.inputs[0]
-    if len(node.outputs) < 2:
-        node.outputs.append(gs.Variable(f"{node.outputs[0].name}_indices", dtype=np.int64))
-    indices = node.outputs[1]
+    indices = node.outputs[1] if len(node.outputs) > 1 else \
+        emit.op("MaxPool", [x], dict(node.attrs), n_out=2)[1]
     flat = emit.ints([-1])
     zeros = emit.op("ConstantOfShape", [emit.op("Shape", [emit.op("Reshape", [x, flat])])],
                     {"value": gs.Constant("zero", np.zeros(1, dtype=np.float32))})

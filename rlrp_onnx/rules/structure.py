@@ -25,6 +25,12 @@ def cast(ctx, node, rho):
     return {0: rho[0]}
 
 
+@rule("Expand")
+def expand(ctx, node, rho):
+    """rho_x = rho_y summed over the broadcast axes."""
+    return {0: ctx.unbroadcast(rho[0], node.inputs[0], node.outputs[0])}
+
+
 @rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def reshape(ctx, node, rho):
     """rho_x = rho_y reshaped to x's shape."""

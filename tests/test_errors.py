@@ -1,0 +1,159 @@
+"""Bad input gets one clear line naming the file, node or op, and a non-zero exit — never a traceback."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx.cli import main
+
+from onnx_builders import dense_classifier, make_model
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rlrp-onnx: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def dense_path(tmp_path):
+    path = tmp_path / "dense.onnx"
+    onnx.save(dense_classifier(), path)
+    return path
+
+
+def test_missing_file(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "compile", tmp_path / "absent.onnx", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "absent.onnx", "no such file")
+
+
+def test_not_onnx(tmp_path, capsys):
+    path = tmp_path / "notes.onnx"
+    path.write_text("this is not a model\n" * 20)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "notes.onnx")
+
+
+def test_truncated_file(tmp_path, capsys, dense_path):
+    data = dense_path.read_bytes()
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 7):
+        path = tmp_path / f"cut{cut}.onnx"
+        path.write_bytes(data[:cut])
+        code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+        assert_one_line_error(code, err, path.name)
+
+
+def test_directory_as_model(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "compile", tmp_path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "not a file")
+
+
+def test_no_float_input(tmp_path, capsys):
+    model = make_model(
+        [helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["f", "w"], ["logits"])],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        {"w": np.ones((3, 2), np.float32)})
+    path = tmp_path / "ints.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "ints.onnx", "no float32 input")
+
+
+def test_output_not_class_scores(tmp_path, capsys):
+    model = make_model(
+        [helper.make_node("Conv", ["image", "w"], ["map"], pads=[1, 1, 1, 1])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("map", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        {"w": np.ones((2, 3, 3, 3), np.float32)})
+    path = tmp_path / "segmenter.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "segmenter.onnx", "class scores", "'map'")
+
+
+def test_uncovered_ops_all_listed_before_building(tmp_path, capsys):
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc1"),
+         helper.make_node("Sin", ["h"], ["s"], name="odd_sin"),
+         helper.make_node("Relu", ["s"], ["r"], name="relu"),
+         helper.make_node("Cos", ["r"], ["c"], name="odd_cos"),
+         helper.make_node("Pad", ["c", "pads"], ["logits"], mode="reflect", name="reflect_pad")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])],
+        {"w": np.ones((3, 4), np.float32), "pads": np.array([0, 2, 0, 2], np.int64)})
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "odd.onnx", "3 node(s) not covered", "odd_sin (Sin", "odd_cos (Cos",
+                          "reflect_pad (Pad: Pad mode 'reflect'")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_unwritable_output_and_source_untouched(tmp_path, capsys, dense_path):
+    before = hashlib.sha256(dense_path.read_bytes()).hexdigest()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "compile", dense_path, "-o", blocker / "sub" / "o.onnx")
+    assert_one_line_error(code, err, "cannot write")
+    code, _, err = run_cli(capsys, "compile", dense_path, "-o", dense_path)
+    assert_one_line_error(code, err, "refusing to overwrite the source")
+    assert hashlib.sha256(dense_path.read_bytes()).hexdigest() == before
+
+
+def test_dynamic_spatial_size_needs_input_shape(tmp_path, capsys):
+    model = make_model(
+        [helper.make_node("GlobalAveragePool", ["image"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["logits"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "dyn.onnx", "'image'", "--input-shape")
+    code, out, _ = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx", "--input-shape", "1,3,5,5")
+    assert code == 0 and (tmp_path / "o.onnx").exists()
+
+
+def test_python_api_raises_rlrp_error(tmp_path):
+    with pytest.raises(RlrpError, match="no such file"):
+        compile_model(tmp_path / "absent.onnx")
+
+
+def test_inspect_lists_ops_and_coverage(dense_path, capsys):
+    code, out, _ = run_cli(capsys, "inspect", dense_path)
+    assert code == 0
+    assert "Gemm ×2" in out and "Relu ×1" in out
+    assert "3 nodes, 3 covered (100.0%)" in out
+
+
+def test_inspect_reports_uncovered(tmp_path, capsys):
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
+         helper.make_node("Sin", ["h"], ["logits"], name="odd_sin")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        {"w": np.ones((3, 4), np.float32)})
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, path)
+    code, out, _ = run_cli(capsys, "inspect", path)
+    assert code == 0
+    assert "2 nodes, 1 covered (50.0%)" in out
+    assert "uncovered node odd_sin (Sin): no relevance rule" in out
