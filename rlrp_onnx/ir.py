@@ -10,8 +10,13 @@ import onnx_graphsurgeon as gs
 Tensor = gs.Variable | gs.Constant
 
 
+SHARED_CONSTANT_BYTES = 64
+
+
 class Emitter:
-    """Appends new nodes to a graph, naming each under the current scope (the forward node it serves)."""
+    """Appends new nodes to a graph under short unique names (``rlrp<n>``: the names are stored in the
+    compiled file once per node and tensor, so they are kept small), and records the forward node
+    each one serves (``scope``) for messages."""
 
     def __init__(self, graph: gs.Graph, prefix: str = "rlrp"):
         self.graph = graph
@@ -20,24 +25,30 @@ class Emitter:
         self.scope = ""
         self._count = 0
         self._shapes: dict[str, gs.Variable] = {}
+        self._constants: dict[tuple, gs.Constant] = {}
 
-    def _name(self, what: str) -> str:
+    def _name(self) -> str:
         self._count += 1
-        scope = f"{self.scope}/" if self.scope else ""
-        return f"{self.prefix}/{scope}{what}_{self._count}"
+        return f"{self.prefix}{self._count}"
 
     def op(self, op_type: str, inputs: Sequence[Tensor | None], attrs: dict | None = None,
            n_out: int = 1, dtype=None) -> gs.Variable | list[gs.Variable]:
         """Emit one node; ``None`` inputs become empty (omitted optional) inputs."""
-        name = self._name(op_type)
-        outs = [gs.Variable(f"{name}:{i}", dtype=dtype) for i in range(n_out)]
+        name = self._name()
+        outs = [gs.Variable(name if i == 0 else f"{name}_{i}", dtype=dtype) for i in range(n_out)]
         ins = [gs.Variable.empty() if t is None else t for t in inputs]
         self.graph.nodes.append(gs.Node(op_type, name, attrs=attrs or {}, inputs=ins, outputs=outs))
         return outs[0] if n_out == 1 else outs
 
     def const(self, value, dtype=np.float32) -> gs.Constant:
-        """A new initializer holding ``value``."""
-        return gs.Constant(self._name("const"), np.ascontiguousarray(np.asarray(value, dtype=dtype)))
+        """An initializer holding ``value``; small ones are shared between all uses of the same value."""
+        array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        if array.nbytes > SHARED_CONSTANT_BYTES:
+            return gs.Constant(self._name(), array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            self._constants[key] = gs.Constant(self._name(), array)
+        return self._constants[key]
 
     def ints(self, values: Sequence[int]) -> gs.Constant:
         """A 1-D int64 initializer."""

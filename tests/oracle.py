@@ -18,6 +18,16 @@ API
     * ``classes``: int64 ``(N,)``, the ``c_i`` used;
     * ``scores``: float32 ``(N,)``, ``logit[i, c_i]``.
 
+``branch_decisions(onnx_path, x)`` and ``input_times_gradient(..., kinks=...)``
+    In float32, a pre-activation within rounding distance of a kink (0 for ReLU, 0 and 6 for
+    ReLU6) can fall on different sides in torch and in ONNX Runtime, which differ in summation
+    order; each such flip moves a patch of the gradient. On a real photo through a deep net, a
+    few flips are certain, so the relative error grows to ~1e-2 for reasons unrelated to the
+    compiler. ``branch_decisions`` runs the *source* ONNX model (not the compiled one) in ONNX
+    Runtime and returns the outputs of its Relu/Clip/LeakyRelu nodes in graph order;
+    ``kinks=`` hands them to torch, whose piecewise-linear modules then take their slope from
+    those outputs while every other step of the backward pass stays torch autograd.
+
 ``relative_l2_error(a, b) -> np.ndarray``
     Per-sample ``||a_i - b_i||_2 / ||b_i||_2`` over all non-batch axes, in
     float64, shape ``(N,)``.  ``b`` is the reference.  A sample whose ``b_i`` is
@@ -26,10 +36,12 @@ API
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
-__all__ = ["input_times_gradient", "relative_l2_error", "resolve_targets"]
+__all__ = ["branch_decisions", "input_times_gradient", "relative_l2_error", "resolve_targets"]
 
 
 def resolve_targets(logits: np.ndarray, targets) -> np.ndarray:
@@ -45,9 +57,63 @@ def resolve_targets(logits: np.ndarray, targets) -> np.ndarray:
     return np.where(t >= 0, t, argmax).astype(np.int64)
 
 
-def input_times_gradient(model: torch.nn.Module, x: np.ndarray, targets=None):
+PIECEWISE_ONNX = ("Relu", "Clip", "LeakyRelu")
+PIECEWISE_TORCH = (torch.nn.ReLU, torch.nn.Hardtanh, torch.nn.LeakyReLU)  # ReLU6 is a Hardtanh
+
+
+def branch_decisions(onnx_path, x: np.ndarray) -> list[np.ndarray]:
+    """Outputs of the source model's piecewise-linear nodes, in graph order, run by ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    names = [n.output[0] for n in model.graph.node if n.op_type in PIECEWISE_ONNX]
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(names, {model.graph.input[0].name: x})
+
+
+def _slope(module: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """d act / dx read off the activation's output y."""
+    if isinstance(module, torch.nn.Hardtanh):
+        return ((y > module.min_val) & (y < module.max_val)).to(y.dtype)
+    if isinstance(module, torch.nn.LeakyReLU):
+        return torch.where(y > 0, 1.0, module.negative_slope).to(y.dtype)
+    return (y > 0).to(y.dtype)
+
+
+@contextlib.contextmanager
+def _aligned_kinks(model: torch.nn.Module, kinks: list[np.ndarray]):
+    """Make each piecewise-linear module call take its slope from the next array of ``kinks``."""
+    pending = list(kinks)
+
+    def hook(module, inputs, output):
+        if not pending:
+            raise AssertionError("more activation calls in torch than activation nodes in ONNX")
+        y = torch.from_numpy(pending.pop(0))
+        if y.shape != output.shape:
+            raise AssertionError(f"activation order differs: torch {tuple(output.shape)} vs ONNX {tuple(y.shape)}")
+        x = inputs[0]
+        return output.detach() + (x - x.detach()) * _slope(module, y)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PIECEWISE_TORCH)]
+    try:
+        yield
+        if pending:
+            raise AssertionError(f"{len(pending)} ONNX activation nodes were not matched in torch")
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def input_times_gradient(model: torch.nn.Module, x: np.ndarray, targets=None, kinks=None):
     """Input x gradient of the selected logits (see module docstring)."""
     model = model.eval()
+    if kinks is not None:
+        with _aligned_kinks(model, kinks):
+            return input_times_gradient(model, x, targets)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).requires_grad_(True)
     with torch.enable_grad():
         logits = model(xt)

@@ -108,53 +108,53 @@ class SimpleCNN(nn.Module):
 
     Layer sequence (spatial size for a 32x32 input in brackets)::
 
-        conv1   Conv2d(3, 8, 3, padding=1, bias=True)          [32]
-        bn1     BatchNorm2d(8)
+        conv1   Conv2d(3, 32, 3, padding=1, bias=True)         [32]
+        bn1     BatchNorm2d(32)
         relu1   ReLU
         pool1   MaxPool2d(2, 2)                                [16]
-        conv2   Conv2d(8, 16, 3, stride=2, padding=1)          [8]  stride 2 + padding
+        conv2   Conv2d(32, 64, 3, stride=2, padding=1)         [8]  stride 2 + padding
         relu2   ReLU
-        dw      Conv2d(16, 16, 3, padding=1, groups=16)        [8]  depthwise, with bias
-        bn2     BatchNorm2d(16)
+        dw      Conv2d(64, 64, 3, padding=1, groups=64)        [8]  depthwise, with bias
+        bn2     BatchNorm2d(64)
         lrelu   LeakyReLU(0.1)
-        dil     Conv2d(16, 16, 3, padding=2, dilation=2, bias=False)  [8]  dilated, no bias
+        dil     Conv2d(64, 64, 3, padding=2, dilation=2, bias=False)  [8]  dilated, no bias
         relu6   ReLU6
         avg_ex  AvgPool2d(3, stride=1, padding=1, count_include_pad=False)  [8]
-        pw      Conv2d(16, 16, 1, bias=False)                  [8]  1x1, no bias
+        pw      Conv2d(64, 64, 1, bias=False)                  [8]  1x1, no bias
         relu3   ReLU
         avg_in  AvgPool2d(3, stride=1, padding=1, count_include_pad=True)   [8]
         pool2   AvgPool2d(2, 2)                                [4]
-        flatten torch.flatten(x, 1)                            (16*4*4 = 256)
-        fc1     Linear(256, 32)
+        flatten torch.flatten(x, 1)                            (64*4*4 = 1024)
+        fc1     Linear(1024, 128)
         relu4   ReLU
         drop    Dropout(0.5)
-        fc2     Linear(32, num_classes)
+        fc2     Linear(128, num_classes)
     """
 
     input_shape = (3, 32, 32)
 
     def __init__(self, seed: int = 0, num_classes: int = 10):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=True)
-        self.bn1 = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1, bias=True)
+        self.bn1 = nn.BatchNorm2d(32)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, stride=2, padding=1)
         self.relu2 = nn.ReLU()
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.bn2 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+        self.bn2 = nn.BatchNorm2d(64)
         self.lrelu = nn.LeakyReLU(0.1)
-        self.dil = nn.Conv2d(16, 16, 3, padding=2, dilation=2, bias=False)
+        self.dil = nn.Conv2d(64, 64, 3, padding=2, dilation=2, bias=False)
         self.relu6 = nn.ReLU6()
         self.avg_ex = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-        self.pw = nn.Conv2d(16, 16, 1, bias=False)
+        self.pw = nn.Conv2d(64, 64, 1, bias=False)
         self.relu3 = nn.ReLU()
         self.avg_in = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)
         self.pool2 = nn.AvgPool2d(2, 2)
-        self.fc1 = nn.Linear(16 * 4 * 4, 32)
+        self.fc1 = nn.Linear(64 * 4 * 4, 128)
         self.relu4 = nn.ReLU()
         self.drop = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(32, num_classes)
+        self.fc2 = nn.Linear(128, num_classes)
         init_deterministic(self, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -157,7 +157,7 @@ class FakeSession:
     runs_on: list[str] = [CPU]
     requested: list[list[str]] = []
 
-    def __init__(self, source, providers):
+    def __init__(self, source, options=None, providers=()):
         FakeSession.requested.append(list(providers))
 
     def get_providers(self):

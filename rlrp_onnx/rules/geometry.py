@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+DEFAULTS = {"strides": 1, "dilations": 1, "pads": 0, "output_padding": 0}  # omitted when all default
+
+
 @dataclass(frozen=True)
 class Window:
     """A sliding window over the spatial axes, with explicit begin/end pads."""
@@ -55,13 +58,13 @@ class Window:
             extra = size + p0 - extent
             pads_end.append(max(0, -extra))
             output_padding.append(max(0, extra))
-        return {
-            "kernel_shape": list(self.kernel),
+        attrs = {
             "strides": list(self.strides),
             "dilations": list(self.dilations),
             "pads": list(self.pads_begin) + pads_end,
             "output_padding": output_padding,
         }
+        return {key: value for key, value in attrs.items() if any(v != DEFAULTS[key] for v in value)}
 
     def positions(self, in_spatial, out_spatial) -> np.ndarray:
         """For every kernel offset and output position, the flat input position it reads (-1 in padding).

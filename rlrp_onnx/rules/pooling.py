@@ -24,7 +24,8 @@ def average_pool(ctx, node, rho):
     inverse = (1.0 / sizes).astype(np.float32)
     scale = inverse.flat[0] if np.all(inverse == inverse.flat[0]) else inverse[None, None]
     channels = int(ctx.shape(x)[1])
-    ones = emit.const(np.ones([channels, 1, *window.kernel], dtype=np.float32))
+    ones = emit.op("Expand", [emit.const(np.ones([1, 1, *window.kernel])),
+                              emit.ints([channels, 1, *window.kernel])])
     attrs = window.transpose_attrs(in_spatial, out_spatial)
     attrs["group"] = channels
     return {0: emit.op("ConvTranspose", [emit.mul(rho[0], emit.const(scale)), ones], attrs)}
