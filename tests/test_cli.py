@@ -1,0 +1,82 @@
+"""The command line end to end: demo, explain (source or compiled model), compile, devices."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from rlrp_onnx.cli import DEMO_IMAGES, DEMO_MODEL
+from rlrp_onnx.contract import META_RULE, META_VERSION
+
+from test_errors import assert_one_line_error, run_cli
+
+
+def test_demo_writes_heatmaps_for_the_bundled_photos(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "rlrp_onnx.cli", "demo", "--out", str(out)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "provider: CPUExecutionProvider" in result.stdout
+    assert "chelsea.png: class 285 (Egyptian cat)" in result.stdout
+    assert "coffee.jpg: class 967 (espresso)" in result.stdout
+    photos = sorted(p.stem for p in DEMO_IMAGES.iterdir())
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{s}_{kind}.png" for s in photos for kind in ("heatmap", "overlay"))
+    heatmap = np.asarray(Image.open(out / "chelsea_heatmap.png"))
+    assert heatmap.shape == (224, 224, 3)
+    red = (heatmap[..., 0] > 200) & (heatmap[..., 2] < 100)
+    blue = (heatmap[..., 2] > 200) & (heatmap[..., 0] < 100)
+    assert red.any() and blue.any()  # both signs appear on a symmetric scale
+
+
+def test_explain_source_and_compiled_models_agree(tmp_path, capsys):
+    compiled = tmp_path / "lite0.rlrp.onnx"
+    code, out, _ = run_cli(capsys, "compile", DEMO_MODEL, "-o", compiled)
+    assert code == 0
+    meta = {p.key: p.value for p in onnx.load(compiled).metadata_props}
+    assert meta[META_RULE] == "rlrp" and meta[META_VERSION] == "1"
+    photo = DEMO_IMAGES / "chelsea.png"
+    for model, folder in ((DEMO_MODEL, "a"), (compiled, "b")):
+        code, out, err = run_cli(capsys, "explain", model, photo, "--out", tmp_path / folder,
+                                 "--preset", "efficientnet-lite0", "--target", "281", "--device", "cpu")
+        assert code == 0, err
+        assert "class 281 (class 281)" in out  # no labels given
+    a = np.asarray(Image.open(tmp_path / "a" / "chelsea_heatmap.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "chelsea_heatmap.png"))
+    assert np.array_equal(a, b)
+
+
+def test_explain_folder_with_labels(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES, "--out", tmp_path,
+                             "--preset", "efficientnet-lite0", "--labels", DEMO_MODEL.parent / "imagenet_classes.txt")
+    assert code == 0, err
+    assert out.count("->") == len(list(DEMO_IMAGES.iterdir()))
+    assert "(espresso)" in out
+
+
+def test_explain_bad_image(tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((DEMO_IMAGES / "coffee.jpg").read_bytes()[:500])
+    code, _, err = run_cli(capsys, "explain", DEMO_MODEL, broken, "--out", tmp_path / "o",
+                           "--preset", "efficientnet-lite0")
+    assert_one_line_error(code, err, "broken.jpg")
+
+
+def test_cuda_requested_where_it_cannot_load(tmp_path, capsys):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("a GPU build of ONNX Runtime is installed; this checks the CPU-only case")
+    code, _, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES / "chelsea.png", "--out", tmp_path,
+                           "--device", "cuda")
+    assert_one_line_error(code, err, "CUDA is not available")
+
+
+def test_cli_usage_error_exits_non_zero():
+    result = subprocess.run([sys.executable, "-m", "rlrp_onnx.cli", "compile"], capture_output=True, text=True)
+    assert result.returncode != 0 and "usage:" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,232 @@
+"""Each linear/pooling/structure rule under the configurations exporters produce, against torch autograd.
+
+Small one-purpose torch modules are exported with the TorchScript exporter (opset 17); graphs no
+exporter emits (auto_pad, Gemm flags) are built by hand and checked against the same computation
+written in torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+
+from rlrp_onnx import compile_model
+from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
+
+from onnx_builders import make_model
+from oracle import input_times_gradient, relative_l2_error
+from test_oracle import run
+
+TOLERANCE = 1e-4
+
+
+def export(module: nn.Module, x: np.ndarray, path) -> str:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.from_numpy(x),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
+    return str(path)
+
+
+def compare(compiled: onnx.ModelProto, source, reference, x: np.ndarray, targets) -> None:
+    """Run ``compiled`` and check class, score and relevance against ``reference`` (relevance, classes, scores)."""
+    out = run(compiled, {"x": x, TARGET_INPUT: np.asarray(targets, np.int64)})
+    assert np.array_equal(out["logits"], run(source, {"x": x})["logits"])
+    relevance, classes, scores = reference
+    np.testing.assert_array_equal(out[CLASS_OUTPUT], classes)
+    np.testing.assert_allclose(out[SCORE_OUTPUT], scores, rtol=1e-5, atol=1e-5)
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], relevance)
+    assert np.all(errors < TOLERANCE), errors
+    source_nodes = {n.name for n in (source if isinstance(source, onnx.ModelProto) else onnx.load(source)).graph.node}
+    added = {n.op_type for n in compiled.graph.node if n.name not in source_nodes}
+    assert not added & {"Div", "Reciprocal"}, "the relevance pass divides"
+
+
+def check_module(module: nn.Module, shape, tmp_path, targets=(1, -1)):
+    torch.manual_seed(0)
+    for p in module.parameters():
+        nn.init.normal_(p, std=0.5)
+    x = np.random.default_rng(1).standard_normal((len(targets), *shape)).astype(np.float32)
+    path = export(module, x, tmp_path / "m.onnx")
+    compare(compile_model(path), path, input_times_gradient(module, x, list(targets)), x, targets)
+
+
+class Head(nn.Module):
+    """``body`` then flatten and a dense layer to 5 classes."""
+
+    def __init__(self, body: nn.Module, features: int):
+        super().__init__()
+        self.body, self.fc = body, nn.Linear(features, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.body(x), 1))
+
+
+def conv_then(pool: nn.Module, dims: int = 2, channels: int = 3) -> nn.Sequential:
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    return nn.Sequential(conv(channels, 4, 3, padding=1), pool)
+
+
+CASES = {
+    # name: (body, input shape (without batch), flattened features)
+    "maxpool_3x3_s2_ceil_odd": (conv_then(nn.MaxPool2d(3, 2, 1, ceil_mode=True)), (3, 15, 15), 4 * 8 * 8),
+    "maxpool_overlap_s1": (conv_then(nn.MaxPool2d(2, 1)), (3, 9, 9), 4 * 8 * 8),
+    "maxpool_dilated": (conv_then(nn.MaxPool2d(3, 2, dilation=2)), (3, 13, 13), 4 * 5 * 5),
+    "avgpool_ceil_include_pad": (conv_then(nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=True)),
+                                 (3, 14, 14), 4 * 8 * 8),
+    "avgpool_ceil_exclude_pad": (conv_then(nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
+                                 (3, 14, 14), 4 * 8 * 8),
+    "avgpool_nonsquare": (conv_then(nn.AvgPool2d((2, 3), (1, 2), (1, 1))), (3, 8, 9), 4 * 9 * 5),
+    "conv_stride_remainder": (nn.Conv2d(3, 4, 3, stride=2), (3, 16, 16), 4 * 7 * 7),
+    "conv_grouped_strided": (nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=2, groups=2)),
+                             (4, 11, 11), 6 * 7 * 7),
+    "conv_asymmetric_kernel": (nn.Conv2d(3, 4, (1, 5), stride=(2, 1), padding=(0, 2)), (3, 9, 9), 4 * 5 * 9),
+    "conv1d_pools": (nn.Sequential(nn.Conv1d(3, 4, 5, stride=2, padding=1), nn.ReLU(), nn.MaxPool1d(3, 2),
+                                   nn.AvgPool1d(2)), (3, 40), 4 * 4),
+    "conv3d_avgpool": (conv_then(nn.AvgPool3d(2), dims=3), (3, 6, 6, 6), 4 * 3 * 3 * 3),
+    "global_and_reduce_mean": (nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1)), (3, 7, 7), 5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rule_configuration(case, tmp_path):
+    body, shape, features = CASES[case]
+    check_module(Head(body, features), shape, tmp_path)
+
+
+class Structure(nn.Module):
+    """Sub/Div by constants, negative and valued padding, squeeze/unsqueeze, a mean, a dense layer on
+    a rank-3 tensor (MatMul + Add), and a trailing softmax."""
+
+    def __init__(self, log: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.dense = nn.Linear(7, 3)
+        self.fc = nn.Linear(4 * 3, 5)
+        self.log = log
+        self.register_buffer("mean", torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        x = (x - self.mean) / self.std
+        x = F.pad(x, (2, -1, -1, 1), value=0.5)
+        x = torch.relu(self.conv(x)).unsqueeze(1).squeeze(1)
+        x = x.mean(dim=2)                     # [N, 4, W] with W = 7
+        x = torch.relu(self.dense(x))        # MatMul with a constant + Add
+        logits = self.fc(x.reshape(x.shape[0], -1))
+        return F.log_softmax(logits, 1) if self.log else F.softmax(logits, 1)
+
+
+class LogitsOf(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        model = self.model
+        x = (x - model.mean) / model.std
+        x = F.pad(x, (2, -1, -1, 1), value=0.5)
+        x = torch.relu(model.conv(x)).mean(dim=2)
+        x = torch.relu(model.dense(x))
+        return model.fc(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_structure_ops_and_trailing_softmax(log, tmp_path):
+    model = Structure(log).eval()
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    path = export(model, x, tmp_path / "s.onnx")
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert {"Sub", "Div", "Pad", "ReduceMean", "MatMul", "LogSoftmax" if log else "Softmax"} <= ops
+    compiled = compile_model(path)
+    compare(compiled, path, input_times_gradient(LogitsOf(model), x, [0, -1, 4]), x, [0, -1, 4])
+
+
+def torch_same_conv(x, w, stride, mode):
+    """Conv with ONNX auto_pad semantics, written from the ONNX operator specification."""
+    size, k = x.shape[-1], w.shape[-1]
+    if mode == "VALID":
+        return F.conv2d(x, w, stride=stride)
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + k - size)
+    small, large = total // 2, total - total // 2
+    begin, end = (small, large) if mode == "SAME_UPPER" else (large, small)
+    return F.conv2d(F.pad(x, (begin, end, begin, end)), w, stride=stride)
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("stride,kernel", [(1, 4), (2, 3), (2, 4)])
+def test_conv_auto_pad(mode, stride, kernel):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3, kernel, kernel)).astype(np.float32)
+    fc = rng.standard_normal((5, 4 * 25)).astype(np.float32)  # after a 5×5 average pool to a fixed size
+    size = 14
+    out = {"VALID": (size - kernel) // stride + 1}.get(mode, -(-size // stride))
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], auto_pad=mode, strides=[stride, stride]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[out - 4, out - 4]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        {"w": w, "fc": fc})
+
+    class Same(nn.Module):
+        def forward(self, x):
+            r = torch.relu(torch_same_conv(x, torch.from_numpy(w), stride, mode))
+            p = F.avg_pool2d(r, out - 4, stride=1)
+            return torch.flatten(p, 1) @ torch.from_numpy(fc).T
+
+    x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    np.testing.assert_allclose(run(model, {"x": x})["logits"], Same()(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-4, atol=1e-4)
+    compare(compile_model(model), model, input_times_gradient(Same(), x, [2, -1]), x, [2, -1])
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, 2.0)])
+def test_gemm_flags(trans_b, alpha, beta):
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((5, 6) if trans_b else (6, 5)).astype(np.float32)
+    c = rng.standard_normal(5).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w", "c"], ["logits"], transB=trans_b, alpha=alpha, beta=beta)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        {"w": w, "c": c})
+    weight = torch.from_numpy(w.T if trans_b else w)
+
+    class Affine(nn.Module):
+        def forward(self, x):
+            return alpha * x @ weight + beta * torch.from_numpy(c)
+
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    compare(compile_model(model), model, input_times_gradient(Affine(), x, [0, 4, -1]), x, [0, 4, -1])
+
+
+def test_matmul_with_constant_on_the_left():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("MatMul", ["w", "x"], ["m"]),             # [4, 6] @ [N, 6, 2] → [N, 4, 2]
+         helper.make_node("Relu", ["m"], ["r"]),
+         helper.make_node("Flatten", ["r"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 8])],
+        {"w": w})
+
+    class Left(nn.Module):
+        def forward(self, x):
+            return torch.flatten(torch.relu(torch.from_numpy(w) @ x), 1)
+
+    x = rng.standard_normal((2, 6, 2)).astype(np.float32)
+    compare(compile_model(model), model, input_times_gradient(Left(), x, [7, -1]), x, [7, -1])
