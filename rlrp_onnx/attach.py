@@ -7,9 +7,11 @@ from .backward import relevance_pass
 from .contract import CLASS_OUTPUT, SCORE_OUTPUT, TARGET_INPUT, relevance_output_name
 
 
-def attach(plan, rule_name: str) -> list:
+def attach(plan, relative: bool) -> list:
     """Add the target input, the seed, the relevance pass and the contract outputs to the plan's graph.
 
+    ``relative``: the pass carries relative relevance rho (R-LRP; R_input = x ⊙ rho_x), else absolute
+    relevance R (classical rules). Either way the explained logit seeds it: R_logits = f_c·e_c.
     Returns the new graph outputs (relevance per explained input, class, score).
     """
     graph, emit, logits = plan.context.graph, plan.context.emit, plan.logits
@@ -22,12 +24,16 @@ def attach(plan, rule_name: str) -> list:
     chosen = emit.op("Where", [negative, argmax, target])
     one_hot = emit.op("OneHot", [chosen, emit.ints([classes]), emit.const([0.0, 1.0])], {"axis": -1})
     score = emit.squeeze(emit.op("GatherElements", [logits, emit.unsqueeze(chosen, [1])], {"axis": 1}), [1])
-    rho = relevance_pass(plan.context, plan.nodes, {logits.name: one_hot}, plan.inputs)
+    seed = one_hot if relative else emit.mul(one_hot, logits)
+    reached = relevance_pass(plan.context, plan.nodes, {logits.name: seed}, plan.inputs)
     outputs = []
     for image in plan.inputs:
         emit.scope = "contract"
-        relative = rho[image.name]
-        relevance = emit.mul(image, relative if relative is not None else emit.const(0.0))
+        arrived = reached[image.name]
+        if arrived is None:
+            relevance = emit.mul(image, emit.const(0.0))
+        else:
+            relevance = emit.mul(image, arrived) if relative else emit.op("Identity", [arrived])
         _name_output(relevance, relevance_output_name(image.name, len(plan.inputs)), np.float32, image.shape)
         outputs.append(relevance)
     _name_output(chosen, CLASS_OUTPUT, np.int64, [batch])

@@ -9,15 +9,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .ir import Emitter, Tensor
-from .rules.registry import RULES
 
 
 class Context:
     """What a rule may ask about the forward graph, and the emitter it writes with."""
 
-    def __init__(self, graph: gs.Graph, data: set[str]):
+    def __init__(self, graph: gs.Graph, data: set[str], rules: dict, layer_rules: dict | None = None):
         self.graph = graph
         self.emit = Emitter(graph)
+        self.rules = rules
+        self.layer_rules = layer_rules if layer_rules is not None else {}
         self._data = data
 
     def is_data(self, tensor: Tensor) -> bool:
@@ -76,6 +77,6 @@ def relevance_pass(ctx: Context, nodes: Sequence[gs.Node], seeds: dict[str, Tens
         if all(r is None for r in rho_out):
             continue
         ctx.emit.scope = node.name
-        for index, rho in RULES[node.op].backward(ctx, node, rho_out).items():
+        for index, rho in ctx.rules[node.op].backward(ctx, node, rho_out).items():
             parts[node.inputs[index].name].append(rho)
     return {tensor.name: total(tensor) for tensor in wanted}

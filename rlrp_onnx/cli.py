@@ -42,11 +42,25 @@ def _input_shapes(values: list[str] | None) -> dict | None:
     return shapes
 
 
+def _method_args(args) -> dict:
+    """``compile_model`` keywords for the rule options."""
+    from .methods import Options
+
+    options = Options(epsilon=args.epsilon, gamma=args.gamma, alpha=args.alpha, beta=args.beta,
+                      low=_bound(args.low), high=_bound(args.high))
+    return {"rule": args.rule, "composite": args.composite, "options": options}
+
+
+def _bound(values):
+    return None if values is None else (values[0] if len(values) == 1 else list(values))
+
+
 def cmd_compile(args) -> None:
     from .compiler import compile_model
     from .loading import save_model
 
-    model = compile_model(args.model, output_name=args.output, input_shapes=_resolve_shapes(args))
+    model = compile_model(args.model, output_name=args.output, input_shapes=_resolve_shapes(args),
+                          **_method_args(args))
     save_model(model, args.out, source=args.model)
     print(f"wrote {args.out}")
 
@@ -67,11 +81,10 @@ def _resolve_shapes(args) -> dict | None:
 
 
 def cmd_inspect(args) -> None:
-    import onnx_graphsurgeon as gs
-
+    from .compiler import plan_model
     from .loading import load_model
-    from .passes import canonicalize, float_inputs
-    from .plan import analyse, gap
+    from .methods import choose
+    from .plan import gap
 
     proto, label = load_model(args.model)
     ops = Counter(n.op_type for n in proto.graph.node)
@@ -82,9 +95,9 @@ def cmd_inspect(args) -> None:
     for value in proto.graph.output:
         print(f"  output {value.name}: {_describe(value)}")
     print("ops in the file: " + ", ".join(f"{op} ×{n}" for op, n in sorted(ops.items())))
-    graph = canonicalize(proto, label, _resolve_shapes(args))
-    names = {i.name for i in float_inputs(proto)}
-    plan = analyse(graph, label, [t for t in graph.inputs if t.name in names], args.output)
+    method = choose(**_method_args(args))
+    plan, _ = plan_model(proto, label, method, args.output, _resolve_shapes(args), check=False)
+    method.assign(plan.nodes)
     gaps = [(node, gap(plan.context, node)) for node in plan.nodes]
     covered = sum(1 for _, reason in gaps if not reason)
     print(f"explained output: {plan.explained_output.name} (logits: {plan.logits.name})")
@@ -97,7 +110,11 @@ def cmd_inspect(args) -> None:
     for node, reason in gaps:
         if reason:
             print(f"  uncovered node {node.name} ({node.op}): {reason}")
-    del gs
+    if method.layer_rules:
+        print(f"rules per layer ({method.name}):")
+        for node in plan.nodes:
+            if node.name in method.layer_rules:
+                print(f"  {node.name} ({node.op}): {method.layer_rules[node.name].describe()}")
 
 
 def _describe(value) -> str:
@@ -137,7 +154,7 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     from .explain import explain_images, image_input_shape, open_explainer
     from .labels import load_labels
 
-    session = open_explainer(model, args.device, getattr(args, "output", None))
+    session = open_explainer(model, args.device, getattr(args, "output", None), **_method_args(args))
     if session.notice:
         print(session.notice, file=sys.stderr)
     print(f"provider: {session.provider}")
@@ -157,6 +174,20 @@ def cmd_demo(args) -> None:
                         "repository installed with pip install -e")
     args.preset, args.output = "efficientnet-lite0", None
     _run_explain(DEMO_MODEL, [str(DEMO_IMAGES)], args.out, args, DEMO_LABELS)
+
+
+def _add_method(p) -> None:
+    from .methods import COMPOSITES, RLRP, RULE_NAMES
+
+    g = p.add_argument_group("explanation method (default: R-LRP, no parameters)")
+    g.add_argument("--rule", default=RLRP, choices=[RLRP, *RULE_NAMES], help="rule for every layer")
+    g.add_argument("--composite", choices=list(COMPOSITES), help="a rule per layer, as Zennit's presets")
+    g.add_argument("--epsilon", type=float, default=1e-6, help="ε of the epsilon rule (dense layers)")
+    g.add_argument("--gamma", type=float, default=0.25)
+    g.add_argument("--alpha", type=float, default=2.0)
+    g.add_argument("--beta", type=float, default=1.0)
+    g.add_argument("--low", type=_floats, help="z^B lower input bound: one value or one per channel")
+    g.add_argument("--high", type=_floats, help="z^B upper input bound: one value or one per channel")
 
 
 def _add_preprocessing(p) -> None:
@@ -180,12 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="where to write the compiled model")
     p.add_argument("--output", help="the explained output, when several could be class scores")
     p.add_argument("--input-shape", action="append", help="[NAME=]N,C,H,W for inputs with dynamic sizes")
+    _add_method(p)
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("inspect", help="list a model's ops and which ones relevance rules cover")
     p.add_argument("model")
     p.add_argument("--output")
     p.add_argument("--input-shape", action="append")
+    _add_method(p)
     p.set_defaults(run=cmd_inspect)
 
     p = sub.add_parser("explain", help="explain images and write heatmaps")
@@ -197,12 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="the explained output, when several could be class scores")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_preprocessing(p)
+    _add_method(p)
     p.set_defaults(run=cmd_explain)
 
     p = sub.add_parser("demo", help="explain the bundled photos with the bundled EfficientNet-Lite0")
     p.add_argument("--out", default="rlrp-demo")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--target", type=int, default=None)
+    _add_method(p)
     p.set_defaults(run=cmd_demo, size=None, resize=None, scale=None, mean=None, std=None,
                    channel_order=None, layout=None)
     return parser

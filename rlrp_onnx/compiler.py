@@ -10,27 +10,27 @@ from .attach import attach
 from .errors import RlrpError
 from .graft import graft
 from .loading import load_model
+from .methods import RLRP, Method, Options, choose
 from .passes import canonicalize, float_inputs
-from .plan import make_plan
+from .passes.batchnorm import fold_batchnorm
+from .plan import analyse, make_plan
 
-RULE_NAME = "rlrp"
-
-
-def compile_model(model, *, output_name: str | None = None,
+def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
+                  output_name: str | None = None,
                   input_shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
-    """Compile an ONNX classifier (path or ModelProto) into an R-LRP explainer (contract version 1).
+    """Compile an ONNX classifier (path or ModelProto) into an explainer model (contract version 1).
 
-    ``output_name`` picks the explained output when several could be class scores; ``input_shapes``
-    pins the sizes of inputs whose spatial dims are dynamic, e.g. ``{"image": [1, 3, 224, 224]}``.
+    ``rule`` is "rlrp" (default) or a classical LRP rule (``rlrp_onnx.methods.RULE_NAMES``), and
+    ``composite`` a Zennit-style preset choosing the rule per layer; ``options`` holds their
+    parameters. ``output_name`` picks the explained output when several could be class scores;
+    ``input_shapes`` pins the sizes of inputs whose spatial dims are dynamic, e.g.
+    ``{"image": [1, 3, 224, 224]}``.
     """
     source, label = load_model(model)
-    if not float_inputs(source):
-        raise RlrpError(f"{label}: the model has no float32 input to explain")
-    graph = canonicalize(source, label, input_shapes)
-    inputs = [t for t in graph.inputs if t.name in {i.name for i in float_inputs(source)}]
-    plan = make_plan(graph, label, inputs, output_name)
+    plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
+    graph = plan.context.graph
     forward = {id(node) for node in graph.nodes}
-    new_outputs = attach(plan, RULE_NAME)
+    new_outputs = attach(plan, method.relative)
     new_nodes = {node.name for node in graph.nodes if id(node) not in forward}
     graph.outputs.extend(new_outputs)
     graph.toposort()
@@ -38,12 +38,27 @@ def compile_model(model, *, output_name: str | None = None,
     compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label)
     _set_target_default(compiled)
     _set_metadata(compiled, {
-        contract.META_RULE: RULE_NAME,
+        **method.metadata(),
         contract.META_VERSION: contract.VERSION,
         contract.META_EXPLAINED_OUTPUT: plan.explained_output.name,
-        contract.META_IMAGE_INPUTS: ",".join(t.name for t in inputs),
+        contract.META_IMAGE_INPUTS: ",".join(t.name for t in plan.inputs),
     })
     return _validated(compiled, label)
+
+
+def plan_model(source: onnx.ModelProto, label: str, method: Method, output_name: str | None = None,
+               input_shapes: dict[str, list[int]] | None = None, check: bool = True):
+    """Canonicalize ``source`` and plan its relevance pass under ``method``: ``(plan, method)``.
+
+    With ``check=False`` uncovered nodes are left for the caller to report (``inspect``)."""
+    if not float_inputs(source):
+        raise RlrpError(f"{label}: the model has no float32 input to explain")
+    graph = canonicalize(source, label, input_shapes)
+    if not method.relative:
+        fold_batchnorm(graph)
+    inputs = [t for t in graph.inputs if t.name in {i.name for i in float_inputs(source)}]
+    planner = make_plan if check else analyse
+    return planner(graph, label, inputs, method, output_name), method
 
 
 def _set_target_default(compiled: onnx.ModelProto) -> None:

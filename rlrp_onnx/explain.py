@@ -9,7 +9,9 @@ from typing import Sequence
 import onnx
 
 from .compiler import compile_model
-from .contract import META_VERSION, TARGET_INPUT
+from .contract import META_RULE, META_VERSION, TARGET_INPUT
+from .errors import RlrpError
+from .methods import RLRP
 from .labels import class_name
 from .loading import load_model
 from .preprocess import Preprocessing, prepare
@@ -31,12 +33,18 @@ class Explanation:
     overlay: Path
 
 
-def explainer_model(model, output_name: str | None = None) -> onnx.ModelProto:
-    """The model itself when it is already compiled, else its compiled form (in memory)."""
-    proto, _ = load_model(model)
+def explainer_model(model, output_name: str | None = None, **method) -> onnx.ModelProto:
+    """The model itself when it is already compiled, else its compiled form (in memory); ``method``
+    holds ``compile_model``'s rule keywords."""
+    proto, label = load_model(model)
     if any(p.key == META_VERSION for p in proto.metadata_props):
+        chosen = method.get("composite") or method.get("rule", RLRP)
+        recorded = next(p.value for p in proto.metadata_props if p.key == META_RULE)
+        if chosen != recorded:
+            raise RlrpError(f"{label} is already compiled with '{recorded}'; compile the source model "
+                            f"to explain with '{chosen}'")
         return proto
-    return compile_model(model, output_name=output_name)
+    return compile_model(model, output_name=output_name, **method)
 
 
 def explain_images(session: RuntimeSession, images: Sequence[str], preprocessing: Preprocessing,
@@ -60,9 +68,9 @@ def explain_images(session: RuntimeSession, images: Sequence[str], preprocessing
     return results
 
 
-def open_explainer(model, device: str = "auto", output_name: str | None = None) -> RuntimeSession:
+def open_explainer(model, device: str = "auto", output_name: str | None = None, **method) -> RuntimeSession:
     """A runtime session on the compiled form of ``model``."""
-    return create_session(explainer_model(model, output_name), device)
+    return create_session(explainer_model(model, output_name, **method), device)
 
 
 def image_input_shape(session: RuntimeSession) -> list:

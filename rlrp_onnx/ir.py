@@ -21,6 +21,9 @@ class Emitter:
     def __init__(self, graph: gs.Graph, prefix: str = "rlrp"):
         self.graph = graph
         self.opset = graph.opset
+        taken = {n.name for n in graph.nodes} | set(graph.tensors())
+        while any(name.startswith(prefix) for name in taken):
+            prefix += "_"
         self.prefix = prefix
         self.scope = ""
         self._count = 0

@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from .backward import Context
 from .errors import RlrpError
-from .rules import RULES
+from .methods import Method
 
 TRAILING = {"Softmax", "LogSoftmax"}
 
@@ -60,8 +60,11 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
 
 
 def logits_of(output: gs.Variable) -> gs.Variable:
-    """The pre-softmax scores: the input of a trailing Softmax/LogSoftmax, else the output itself."""
+    """The pre-softmax scores: the input of a trailing Softmax/LogSoftmax (seen through Identity, as
+    skl2onnx writes it), else the output itself."""
     producer = output.inputs[0] if output.inputs else None
+    while producer is not None and producer.op == "Identity" and producer.inputs[0].inputs:
+        producer = producer.inputs[0].inputs[0]
     if producer is not None and producer.op in TRAILING:
         return producer.inputs[0]
     return output
@@ -80,27 +83,31 @@ def _relevance_path(graph: gs.Graph, data: set[str], logits: gs.Variable) -> lis
 
 def gap(context: Context, node: gs.Node) -> str | None:
     """Why no rule covers ``node`` (None when one does)."""
-    rule = RULES.get(node.op)
+    rule = context.rules.get(node.op)
     if rule is None:
         return "no relevance rule"
     return rule.check(context, node) if rule.check else None
 
 
-def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], output_name: str | None = None) -> Plan:
+def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Method,
+            output_name: str | None = None) -> Plan:
     """Find the explained output, its logits and the relevance path, without checking coverage."""
     output = explained_output(graph, label, output_name)
     logits = logits_of(output)
     data = data_tensors(graph, inputs)
     if logits.name not in data:
         raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input")
-    return Plan(inputs, output, logits, _relevance_path(graph, data, logits), Context(graph, data))
+    path = _relevance_path(graph, data, logits)
+    return Plan(inputs, output, logits, path, Context(graph, data, method.rules, method.layer_rules))
 
 
-def make_plan(graph: gs.Graph, label: str, inputs: list[gs.Variable], output_name: str | None = None) -> Plan:
+def make_plan(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Method,
+              output_name: str | None = None) -> Plan:
     """Plan the relevance pass; raise one RlrpError listing every node no rule covers."""
-    plan = analyse(graph, label, inputs, output_name)
+    plan = analyse(graph, label, inputs, method, output_name)
     gaps = [f"{node.name or '<unnamed>'} ({node.op}: {reason})"
             for node in plan.nodes if (reason := gap(plan.context, node))]
     if gaps:
         raise RlrpError(f"{label}: {len(gaps)} node(s) not covered: " + "; ".join(gaps))
+    method.assign(plan.nodes)
     return plan

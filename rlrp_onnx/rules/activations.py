@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from .registry import rule
+from .registry import ACTIVATION, rule
 
 
-@rule("Relu")
+@rule("Relu", kind=ACTIVATION)
 def relu(ctx, node, rho):
     """rho_x = [y > 0]·rho_y (the mask reads the output, so Conv+Relu fusion stays intact)."""
     emit = ctx.emit
     return {0: emit.where(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), rho[0])}
 
 
-@rule("LeakyRelu")
+@rule("LeakyRelu", kind=ACTIVATION)
 def leaky_relu(ctx, node, rho):
     """rho_x = rho_y where x > 0, alpha·rho_y elsewhere (the sign read off y when alpha > 0)."""
     emit = ctx.emit
@@ -28,7 +28,7 @@ def _prelu_check(ctx, node):
     return None
 
 
-@rule("PRelu", check=_prelu_check)
+@rule("PRelu", check=_prelu_check, kind=ACTIVATION)
 def prelu(ctx, node, rho):
     """rho_x = rho_y where x > 0, slope·rho_y elsewhere."""
     emit = ctx.emit
@@ -52,7 +52,7 @@ def _clip_check(ctx, node):
     return None
 
 
-@rule("Clip", check=_clip_check)
+@rule("Clip", check=_clip_check, kind=ACTIVATION)
 def clip(ctx, node, rho):
     """rho_x = [min < x < max]·rho_y: where Clip saturates, the output is constant, like a bias."""
     emit = ctx.emit

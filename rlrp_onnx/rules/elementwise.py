@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import rule
+from .registry import LINEAR, rule
 
 GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
 
 
-@rule("Add", "Sum")
+@rule("Add", "Sum", kind=LINEAR)
 def add(ctx, node, rho):
     """rho_u = rho_v = rho_y: a constant addend is a bias whose share stays behind; a skip splits R ∝ u, v."""
     y = node.outputs[0]
     return {i: ctx.unbroadcast(rho[0], t, y) for i, t in enumerate(node.inputs) if ctx.is_data(t)}
 
 
-@rule("Sub")
+@rule("Sub", kind=LINEAR)
 def sub(ctx, node, rho):
     """rho_u = rho_y, rho_v = −rho_y."""
     y, result = node.outputs[0], {}
@@ -32,7 +32,7 @@ def _is_gate(ctx, tensor) -> bool:
     return producer is not None and producer.op in GATES
 
 
-@rule("Mul")
+@rule("Mul", kind=LINEAR)
 def mul(ctx, node, rho):
     """By a constant: rho_x = c·rho_y. Two data tensors: a gate is held constant (rho_u = v·rho_y,
     rho_v = 0), otherwise each operand takes half (rho_u = v·rho_y/2, rho_v = u·rho_y/2)."""
@@ -56,7 +56,7 @@ def _div_check(ctx, node):
     return None
 
 
-@rule("Div", check=_div_check)
+@rule("Div", check=_div_check, kind=LINEAR)
 def div(ctx, node, rho):
     """x / c: rho_x = rho_y·(1/c), the reciprocal taken at compile time (no Div in the relevance pass)."""
     divisor = ctx.constant(node.inputs[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .geometry import Window
-from .registry import rule
+from .registry import LAYER, NORMALIZATION, rule
 
 
 def _constant_weights(ctx, node):
@@ -15,7 +15,7 @@ def _constant_weights(ctx, node):
     return None
 
 
-@rule("Conv", check=_constant_weights)
+@rule("Conv", check=_constant_weights, kind=LAYER)
 def conv(ctx, node, rho):
     """rho_x = ConvTranspose(rho_y, W): the same weights, geometry mapped back onto the input grid."""
     x, w = node.inputs[0], node.inputs[1]
@@ -33,7 +33,7 @@ def _gemm_check(ctx, node):
     return None
 
 
-@rule("Gemm", check=_gemm_check)
+@rule("Gemm", check=_gemm_check, kind=LAYER)
 def gemm(ctx, node, rho):
     """y = alpha·A'·B' (+ beta·C): rho_A' = alpha·rho·B'ᵀ, rho_B' = alpha·A'ᵀ·rho, transposed back as needed."""
     a, b = node.inputs[0], node.inputs[1]
@@ -64,7 +64,7 @@ def _matmul_check(ctx, node):
     return None
 
 
-@rule("MatMul", check=_matmul_check)
+@rule("MatMul", check=_matmul_check, kind=LAYER)
 def matmul(ctx, node, rho):
     """y = X·W: rho_X = rho·Wᵀ; y = W·X: rho_X = Wᵀ·rho (as Gemm on the shared weights where 2-D)."""
     emit = ctx.emit
@@ -92,7 +92,7 @@ def _batchnorm_check(ctx, node):
     return None
 
 
-@rule("BatchNormalization", check=_batchnorm_check)
+@rule("BatchNormalization", check=_batchnorm_check, kind=NORMALIZATION)
 def batchnorm(ctx, node, rho):
     """y = (x − mean)·scale/√(var+ε) + B: rho_x = rho·scale/√(var+ε) per channel."""
     scale, var = ctx.constant(node.inputs[1]), ctx.constant(node.inputs[4])

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .geometry import Window
-from .registry import rule
+from .registry import LINEAR, rule
 
 
 def _window(ctx, node):
@@ -14,7 +14,7 @@ def _window(ctx, node):
     return Window.from_node(node, ctx.spatial(x), node.attrs["kernel_shape"])
 
 
-@rule("AveragePool")
+@rule("AveragePool", kind=LINEAR)
 def average_pool(ctx, node, rho):
     """rho_x = Aᵀ(rho_y): divide by each window's size, then spread over the window (ConvTranspose of ones)."""
     emit, x = ctx.emit, node.inputs[0]
@@ -31,7 +31,7 @@ def average_pool(ctx, node, rho):
     return {0: emit.op("ConvTranspose", [emit.mul(rho[0], emit.const(scale)), ones], attrs)}
 
 
-@rule("GlobalAveragePool")
+@rule("GlobalAveragePool", kind=LINEAR)
 def global_average_pool(ctx, node, rho):
     """rho_x = rho_y / (number of spatial positions), broadcast over them."""
     emit, x = ctx.emit, node.inputs[0]
@@ -62,7 +62,7 @@ def _reduce_check(ctx, node):
     return None
 
 
-@rule("ReduceMean", "ReduceSum", check=_reduce_check)
+@rule("ReduceMean", "ReduceSum", check=_reduce_check, kind=LINEAR)
 def reduce(ctx, node, rho):
     """rho_x = rho_y broadcast back over the reduced axes (divided by their size for the mean)."""
     emit, x = ctx.emit, node.inputs[0]

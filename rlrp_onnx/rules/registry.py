@@ -16,25 +16,37 @@ Backward = Callable[["Context", "gs.Node", list], dict]
 Check = Callable[["Context", "gs.Node"], "str | None"]
 
 
+# What kind of op a rule covers decides how the classical LRP rules treat it (rules/classical.py):
+ROUTE = "route"                  # moves or copies elements: the same routing of relevance
+ACTIVATION = "activation"        # elementwise nonlinearity: relevance passes unchanged
+NORMALIZATION = "normalization"  # BatchNormalization left unfolded: relevance passes unchanged
+LAYER = "layer"                  # linear map with weights (Conv, Gemm, MatMul): the chosen LRP rule
+LINEAR = "linear"                # weightless linear map or sum: the ε-rule with the fixed stabilizer
+KINDS = (ROUTE, ACTIVATION, NORMALIZATION, LAYER, LINEAR)
+
+
 @dataclass(frozen=True)
 class Rule:
     """How relative relevance crosses one forward op (shared/RLRP.md, "Rules")."""
 
     backward: Backward
     check: Check | None = None
+    kind: str = ROUTE
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(*op_types: str, check: Check | None = None):
+def rule(*op_types: str, check: Check | None = None, kind: str = ROUTE):
     """Register the decorated backward function for ``op_types``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown rule kind {kind!r}")
 
     def register(backward: Backward) -> Backward:
         for op_type in op_types:
             if op_type in RULES:
                 raise ValueError(f"rule for {op_type} registered twice")
-            RULES[op_type] = Rule(backward, check)
+            RULES[op_type] = Rule(backward, check, kind)
         return backward
 
     return register

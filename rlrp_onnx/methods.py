@@ -1,0 +1,107 @@
+"""Choosing the explanation method: R-LRP, one classical rule for every layer, or a composite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import RlrpError
+from .rules import RULES
+from .rules.classical import LayerRule, alphabeta, classical_rules, epsilon, flat, gamma, lrp0, wsquare, zbox, zplus
+from .rules.registry import LAYER
+
+RLRP = "rlrp"
+DENSE, CONVOLUTION, FIRST = "dense", "convolution", "first"
+CATEGORY = {"Conv": CONVOLUTION, "ConvTranspose": CONVOLUTION, "Gemm": DENSE, "MatMul": DENSE, "Einsum": DENSE}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Rule parameters, with the defaults of shared/RLRP.md."""
+
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 2.0
+    beta: float = 1.0
+    low: object = None   # z^B input bounds: scalars or one value per channel
+    high: object = None
+
+
+RULE_NAMES: dict[str, Callable[[Options], LayerRule]] = {
+    "lrp0": lambda o: lrp0(),
+    "epsilon": lambda o: epsilon(o.epsilon),
+    "gamma": lambda o: gamma(o.gamma),
+    "alphabeta": lambda o: alphabeta(o.alpha, o.beta),
+    "zplus": lambda o: zplus(),
+    "zbox": lambda o: zbox(*_bounds(o)),
+    "flat": lambda o: flat(),
+    "wsquare": lambda o: wsquare(),
+}
+
+COMPOSITES: dict[str, Callable[[Options], dict[str, LayerRule]]] = {
+    "epsilon_plus": lambda o: {DENSE: epsilon(o.epsilon), CONVOLUTION: zplus()},
+    "epsilon_plus_flat": lambda o: {DENSE: epsilon(o.epsilon), CONVOLUTION: zplus(), FIRST: flat()},
+    "epsilon_alpha2_beta1": lambda o: {DENSE: epsilon(o.epsilon), CONVOLUTION: alphabeta(2.0, 1.0)},
+    "epsilon_alpha2_beta1_flat": lambda o: {DENSE: epsilon(o.epsilon), CONVOLUTION: alphabeta(2.0, 1.0),
+                                            FIRST: flat()},
+    "epsilon_gamma_box": lambda o: {DENSE: epsilon(o.epsilon), CONVOLUTION: gamma(o.gamma), FIRST: zbox(*_bounds(o))},
+}
+
+
+def _bounds(options: Options):
+    if options.low is None or options.high is None:
+        raise RlrpError("the z^B (zbox) rule needs the input bounds: --low and --high")
+    return options.low, options.high
+
+
+@dataclass
+class Method:
+    """What the compiled relevance pass computes, and with which rule set."""
+
+    name: str
+    relative: bool
+    rules: dict
+    layer_rules: dict[str, LayerRule] = field(default_factory=dict)
+    by_category: dict[str, LayerRule] = field(default_factory=dict)
+
+    def assign(self, nodes) -> None:
+        """Give every weighted layer on the relevance path its rule ("first" = no layer upstream)."""
+        if self.relative:
+            return
+        upstream: set[str] = set()
+        for node in nodes:
+            before = any(t.name in upstream for t in node.inputs)
+            rule = RULES.get(node.op)
+            if rule is not None and rule.kind == LAYER:
+                first = not before and FIRST in self.by_category
+                self.layer_rules[node.name] = self.by_category[FIRST if first else CATEGORY[node.op]]
+                upstream.update(t.name for t in node.outputs)
+            elif before:
+                upstream.update(t.name for t in node.outputs)
+
+    def metadata(self) -> dict[str, str]:
+        """What the compiled model records of the method."""
+        described = {key: rule.describe() for key, rule in self.by_category.items()}
+        return {"rlrp.rule": self.name, **{f"rlrp.rule.{k}": v for k, v in sorted(described.items())}}
+
+
+def choose(rule: str = RLRP, composite: str | None = None, options: Options | None = None) -> Method:
+    """The method for ``rule`` (or ``composite``, which overrides it); RlrpError for unknown names."""
+    options = options or Options()
+    if composite is not None:
+        if composite not in COMPOSITES:
+            raise RlrpError(f"unknown composite '{composite}': choose one of {', '.join(COMPOSITES)}")
+        return Method(composite, False, classical_rules(), by_category=_checked(COMPOSITES[composite], options))
+    if rule == RLRP:
+        return Method(RLRP, True, RULES)
+    if rule not in RULE_NAMES:
+        raise RlrpError(f"unknown rule '{rule}': choose one of {', '.join([RLRP, *RULE_NAMES])}")
+    chosen = _checked(lambda o: {DENSE: RULE_NAMES[rule](o)}, options)[DENSE]
+    return Method(rule, False, classical_rules(), by_category={DENSE: chosen, CONVOLUTION: chosen})
+
+
+def _checked(make, options):
+    try:
+        return make(options)
+    except ValueError as error:
+        raise RlrpError(str(error)) from None

@@ -1,0 +1,224 @@
+"""Classical LRP rules and composites against slow NumPy implementations of their formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx.compiler import plan_model
+from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, TARGET_INPUT
+from rlrp_onnx.methods import Options, choose
+
+import lrp_reference as ref
+from onnx_builders import make_model
+from test_oracle import run
+
+RULES = {  # rule name → (Options, reference parameters)
+    "epsilon": (Options(epsilon=1e-3), {"eps": 1e-3}),
+    "lrp0": (Options(), {}),
+    "zplus": (Options(), {}),
+    "alphabeta": (Options(alpha=2.0, beta=1.0), {"alpha": 2.0, "beta": 1.0}),
+    "gamma": (Options(gamma=0.25), {"gamma": 0.25}),
+    "zbox": (Options(low=[-2.0, -1.0, -3.0, -1.5], high=[2.0, 1.0, 3.0, 1.5]),
+             {"low": [-2.0, -1.0, -3.0, -1.5], "high": [2.0, 1.0, 3.0, 1.5]}),
+    "flat": (Options(), {}),
+    "wsquare": (Options(), {}),
+}
+TARGETS = [5, 37, -1]
+
+
+def explain(model, x, targets, **method):
+    compiled = compile_model(model, **method)
+    out = run(compiled, {"x": x, TARGET_INPUT: np.asarray(targets, np.int64)})
+    return out, compiled
+
+
+def seeded(y: np.ndarray, classes) -> np.ndarray:
+    """R at the logits: f_c·e_c per sample."""
+    r = np.zeros_like(y)
+    r[np.arange(len(y)), classes] = y[np.arange(len(y)), classes]
+    return r
+
+
+def assert_close(actual, expected):
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.fixture(scope="module")
+def conv_layer():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1], group=2),
+         helper.make_node("Flatten", ["c"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7, 7])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 6 * 4 * 4])],
+        {"w": w, "b": b})
+    return model, ref.Conv(stride=2, pad=1, groups=2), w, b, rng.standard_normal((3, 4, 7, 7)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dense_layer():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((40, 4)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 40])],
+        {"w": w, "b": b})
+    return model, ref.Dense(), w, b, rng.standard_normal((3, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("layer", ["conv_layer", "dense_layer"])
+def test_single_layer(rule, layer, request):
+    model, reference, w, b, x = request.getfixturevalue(layer)
+    options, params = RULES[rule]
+    out, compiled = explain(model, x, TARGETS, rule=rule, options=options)
+    y = reference.forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)).reshape(len(x), -1)
+    r = seeded(y, out[CLASS_OUTPUT]).reshape(reference.forward(x, w, b).shape)
+    expected = ref.lrp(reference, x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), r, rule,
+                       **params)
+    assert np.isfinite(expected).all()
+    assert_close(out[RELEVANCE_OUTPUT], expected)
+    meta = {p.key: p.value for p in compiled.metadata_props}
+    assert meta["rlrp.rule"] == rule
+
+
+def test_lrp0_gives_nan_where_a_preactivation_vanishes():
+    w = np.array([[1.0, -1.0], [1.0, 1.0]], np.float32)
+    model = make_model([helper.make_node("Gemm", ["x", "w"], ["logits"], transB=1)],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], {"w": w})
+    x = np.array([[0.5, 0.5]], np.float32)  # z_0 = 0 exactly
+    out, _ = explain(model, x, [0], rule="lrp0")
+    assert np.isnan(out[RELEVANCE_OUTPUT]).all()
+    out, _ = explain(model, x, [0], rule="epsilon")
+    assert np.isfinite(out[RELEVANCE_OUTPUT]).all()
+    out, _ = explain(model, x, [0])
+    np.testing.assert_array_equal(out[RELEVANCE_OUTPUT], x * w[0])  # R-LRP: x ⊙ ∂f/∂x, finite
+
+
+# ---- a whole small network -------------------------------------------------------------------
+
+def small_network(rng):
+    """conv → relu → maxpool → conv → relu, + skip → avgpool → dense → relu → dense: ONNX and weights."""
+    p = {"w1": rng.standard_normal((4, 3, 3, 3)), "b1": rng.standard_normal(4) * 0.1,
+         "w2": rng.standard_normal((4, 4, 3, 3)) * 0.5, "b2": rng.standard_normal(4) * 0.1,
+         "w3": rng.standard_normal((8, 16)) * 0.5, "b3": rng.standard_normal(8) * 0.1,
+         "w4": rng.standard_normal((5, 8)), "b4": rng.standard_normal(5) * 0.1}
+    p = {k: v.astype(np.float32) for k, v in p.items()}
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("MaxPool", ["r1"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Conv", ["m", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c2"], ["r2"]),
+         helper.make_node("Add", ["m", "r2"], ["s"]),
+         helper.make_node("AveragePool", ["s"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Flatten", ["a"], ["f"]),
+         helper.make_node("Gemm", ["f", "w3", "b3"], ["d"], transB=1),
+         helper.make_node("Relu", ["d"], ["r3"]),
+         helper.make_node("Gemm", ["r3", "w4", "b4"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], p)
+    return model, {k: v.astype(np.float64) for k, v in p.items()}
+
+
+def network_reference(p, x, classes, rules, params):
+    """Forward in float64, then the classical backward of RLRP.md, layer by layer."""
+    conv = ref.Conv(pad=1)
+    dense = ref.Dense()
+    c1 = conv.forward(x, p["w1"], p["b1"])
+    r1 = np.maximum(c1, 0)
+    n = len(x)
+    m = r1.reshape(n, 4, 4, 2, 4, 2).max(axis=(3, 5))
+    r2 = np.maximum(conv.forward(m, p["w2"], p["b2"]), 0)
+    s = m + r2
+    a = s.reshape(n, 4, 2, 2, 2, 2).mean(axis=(3, 5))
+    f = a.reshape(n, -1)
+    r3 = np.maximum(dense.forward(f, p["w3"], p["b3"]), 0)
+    y = dense.forward(r3, p["w4"], p["b4"])
+    relevance = seeded(y, classes)
+    relevance = ref.lrp(dense, r3, p["w4"], p["b4"], relevance, rules["dense"], **params)      # relu: unchanged
+    relevance = ref.lrp(dense, f, p["w3"], p["b3"], relevance, rules["dense"], **params)
+    relevance = ref.avg_pool_z(s, relevance.reshape(a.shape), 2)
+    share = relevance / ref.stab(s, 1e-6)
+    from_skip, from_branch = m * share, r2 * share
+    relevance = from_skip + ref.lrp(conv, m, p["w2"], p["b2"], from_branch, rules["conv2"], **params)
+    relevance = ref.max_pool_winner(r1, relevance, 2)
+    return ref.lrp(conv, x, p["w1"], p["b1"], relevance, rules["conv1"], **params), y
+
+
+NETWORK_CASES = {
+    # name: (compile keywords, per-layer reference rules, reference parameters)
+    "epsilon": ({"rule": "epsilon"}, {"conv1": "epsilon", "conv2": "epsilon", "dense": "epsilon"}, {}),
+    "zplus": ({"rule": "zplus"}, {"conv1": "zplus", "conv2": "zplus", "dense": "zplus"}, {}),
+    "gamma": ({"rule": "gamma"}, {"conv1": "gamma", "conv2": "gamma", "dense": "gamma"}, {"gamma": 0.25}),
+    "epsilon_plus_flat": ({"composite": "epsilon_plus_flat"},
+                          {"conv1": "flat", "conv2": "zplus", "dense": "epsilon"}, {}),
+    "epsilon_alpha2_beta1_flat": ({"composite": "epsilon_alpha2_beta1_flat"},
+                                  {"conv1": "flat", "conv2": "alphabeta", "dense": "epsilon"},
+                                  {"alpha": 2.0, "beta": 1.0}),
+    "epsilon_gamma_box": ({"composite": "epsilon_gamma_box", "options": Options(low=-3.0, high=3.0)},
+                          {"conv1": "zbox", "conv2": "gamma", "dense": "epsilon"},
+                          {"gamma": 0.25, "low": -3.0, "high": 3.0}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NETWORK_CASES))
+def test_small_network(case):
+    rng = np.random.default_rng(7)
+    model, params = small_network(rng)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    method, rules, extra = NETWORK_CASES[case]
+    out, _ = explain(model, x, [1, -1, 4], **method)
+    expected, _ = network_reference(params, x.astype(np.float64), out[CLASS_OUTPUT], rules, extra)
+    assert np.isfinite(expected).all()
+    assert_close(out[RELEVANCE_OUTPUT], expected)
+
+
+@pytest.mark.parametrize("composite,first,conv,dense", [
+    ("epsilon_plus", "zplus", "zplus", "epsilon(epsilon=1e-06)"),
+    ("epsilon_plus_flat", "flat", "zplus", "epsilon(epsilon=1e-06)"),
+    ("epsilon_alpha2_beta1", "alphabeta(alpha=2.0, beta=1.0)", "alphabeta(alpha=2.0, beta=1.0)",
+     "epsilon(epsilon=1e-06)"),
+    ("epsilon_alpha2_beta1_flat", "flat", "alphabeta(alpha=2.0, beta=1.0)", "epsilon(epsilon=1e-06)"),
+    ("epsilon_gamma_box", "zbox(low=0.0, high=1.0)", "gamma(gamma=0.25)", "epsilon(epsilon=1e-06)"),
+])
+def test_composites_assign_rules_per_layer(composite, first, conv, dense):
+    model, _ = small_network(np.random.default_rng(0))
+    method = choose(composite=composite, options=Options(low=0.0, high=1.0))
+    plan, method = plan_model(model, "net", method)
+    received = {n.inputs[1].name if n.op == "Conv" else n.name: method.layer_rules[n.name].describe()
+                for n in plan.nodes if n.name in method.layer_rules}
+    by_op = {n.name: n.op for n in plan.nodes}
+    convs = [r for name, r in received.items() if name in ("w1", "w2")]
+    dense_rules = [r for name, r in received.items() if by_op.get(name) == "Gemm"]
+    assert received["w1"] == first and received["w2"] == conv
+    assert len(convs) == 2 and dense_rules == [dense, dense]
+
+
+def test_rule_errors():
+    with pytest.raises(RlrpError, match="unknown rule 'bogus'"):
+        choose("bogus")
+    with pytest.raises(RlrpError, match="unknown composite"):
+        choose(composite="bogus")
+    with pytest.raises(RlrpError, match="alpha - beta = 1"):
+        choose("alphabeta", options=Options(alpha=2.0, beta=2.0))
+    with pytest.raises(RlrpError, match="--low and --high"):
+        choose("zbox")
+
+
+def test_classical_rules_keep_the_source_graph(tmp_path):
+    model, _ = small_network(np.random.default_rng(3))
+    compiled = compile_model(model, composite="epsilon_gamma_box", options=Options(low=-3.0, high=3.0))
+    source_nodes = [n.SerializeToString() for n in model.graph.node]
+    assert [n.SerializeToString() for n in compiled.graph.node[:len(source_nodes)]] == source_nodes
+    assert isinstance(compiled, onnx.ModelProto)
