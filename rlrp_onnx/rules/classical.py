@@ -100,16 +100,24 @@ def wsquare() -> LayerRule:
 FIXED = epsilon(FIXED_EPSILON)  # average pooling, residual sums and other weightless linear ops
 
 
-def _modified(values: np.ndarray, how: str, rule: LayerRule) -> np.ndarray:
-    """Weights or bias under a modifier name, computed at compile time."""
-    g = rule.params.get("gamma", 0.0)
+def _modified(emit, tensor, how: str, rule: LayerRule):
+    """Weights or bias under a modifier, computed in the graph from the shared tensor (ONNX Runtime
+    folds these constant subgraphs once, when the session is created), so the file stores no copy."""
+    if how in ("W", "b"):
+        return tensor
+    g = emit.const(rule.params.get("gamma", 0.0))
+    pos = lambda: emit.op("Relu", [tensor])  # noqa: E731
+    neg = lambda: emit.op("Min", [tensor, emit.const(0.0)])  # noqa: E731
     table = {
-        "W": lambda w: w, "b": lambda w: w,
-        "pos": lambda w: np.maximum(w, 0), "neg": lambda w: np.minimum(w, 0),
-        "ones": np.ones_like, "square": np.square,
-        "up": lambda w: w + g * np.maximum(w, 0), "down": lambda w: w + g * np.minimum(w, 0),
+        "pos": pos, "neg": neg,
+        "ones": lambda: emit.expand_like(emit.const(1.0), tensor),
+        "square": lambda: emit.mul(tensor, tensor),
+        "up": lambda: emit.op("Add", [tensor, emit.mul(pos(), g)]),
+        "down": lambda: emit.op("Add", [tensor, emit.mul(neg(), g)]),
     }
-    return table[how](values).astype(values.dtype)
+    out = table[how]()
+    out.dtype, out.shape = tensor.dtype, list(tensor.shape)
+    return out
 
 
 class Layer:
@@ -124,17 +132,17 @@ class Layer:
             self.x_index = data[0]
             self.w_index = 1 - self.x_index
             has_bias = len(node.inputs) > 2 and node.inputs[2].name
-            self.bias = ctx.constant(node.inputs[2]) if has_bias else None
-            self.weights = ctx.constant(node.inputs[self.w_index])
+            self.bias = node.inputs[2] if has_bias else None
+            self.weights = node.inputs[self.w_index]
 
     def data_indices(self) -> list[int]:
         return [i for i, t in enumerate(self.node.inputs) if self.ctx.is_data(t)]
 
-    def _constant(self, values: np.ndarray, how: str, rule: LayerRule):
-        """The modified weights or bias as an initializer, made once per layer and modifier."""
-        key = (id(values), how)
+    def _constant(self, tensor, how: str, rule: LayerRule):
+        """The modified weights or bias, made once per layer and modifier."""
+        key = (tensor.name, how)
         if key not in self._constants:
-            self._constants[key] = self.ctx.emit.const(_modified(values, how, rule), values.dtype)
+            self._constants[key] = _modified(self.ctx.emit, tensor, how, rule)
         return self._constants[key]
 
     def view(self, part: Part, rule: LayerRule, inputs=None) -> SimpleNamespace:
