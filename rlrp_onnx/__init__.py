@@ -2,7 +2,9 @@
 
 from .compiler import compile_model
 from .errors import RlrpError
+from .explainer import Explainer, Explanations
 from .loading import load_model, save_model
+from .methods import Options
 
-__all__ = ["compile_model", "RlrpError", "load_model", "save_model"]
+__all__ = ["compile_model", "Explainer", "Explanations", "Options", "RlrpError", "load_model", "save_model"]
 __version__ = "0.1.0"

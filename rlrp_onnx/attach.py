@@ -4,15 +4,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .backward import relevance_pass
-from .contract import CLASS_OUTPUT, SCORE_OUTPUT, TARGET_INPUT, relevance_output_name
+from .contract import CLASS_OUTPUT, LAYER_OUTPUT_PREFIX, SCORE_OUTPUT, TARGET_INPUT, relevance_output_name
 
 
-def attach(plan, relative: bool) -> list:
+def attach(plan, relative: bool, expose=()) -> list:
     """Add the target input, the seed, the relevance pass and the contract outputs to the plan's graph.
 
     ``relative``: the pass carries relative relevance rho (R-LRP; R_input = x ⊙ rho_x), else absolute
     relevance R (classical rules). Either way the explained logit seeds it: R_logits = f_c·e_c.
-    Returns the new graph outputs (relevance per explained input, class, score).
+    ``expose`` names inner tensors whose relevance becomes an extra output ``rlrp_relevance/<name>``.
+    Returns the new graph outputs (relevance per explained input, class, score, exposed tensors).
     """
     graph, emit, logits = plan.context.graph, plan.context.emit, plan.logits
     batch, classes = logits.shape
@@ -25,20 +26,24 @@ def attach(plan, relative: bool) -> list:
     one_hot = emit.op("OneHot", [chosen, emit.ints([classes]), emit.const([0.0, 1.0])], {"axis": -1})
     score = emit.squeeze(emit.op("GatherElements", [logits, emit.unsqueeze(chosen, [1])], {"axis": 1}), [1])
     seed = one_hot if relative else emit.mul(one_hot, logits)
-    reached = relevance_pass(plan.context, plan.nodes, {logits.name: seed}, plan.inputs)
-    outputs = []
-    for image in plan.inputs:
-        emit.scope = "contract"
-        arrived = reached[image.name]
+    tensors = {t.name: t for n in plan.nodes for t in n.outputs}
+    inner = [tensors[name] for name in expose]
+    reached = relevance_pass(plan.context, plan.nodes, {logits.name: seed}, plan.inputs + inner)
+    reached[logits.name] = seed
+
+    def absolute(tensor, name):
+        arrived = reached[tensor.name]
         if arrived is None:
-            relevance = emit.mul(image, emit.const(0.0))
+            relevance = emit.mul(tensor, emit.const(0.0))
         else:
-            relevance = emit.mul(image, arrived) if relative else emit.op("Identity", [arrived])
-        _name_output(relevance, relevance_output_name(image.name, len(plan.inputs)), np.float32, image.shape)
-        outputs.append(relevance)
+            relevance = emit.mul(tensor, arrived) if relative else emit.op("Identity", [arrived])
+        _name_output(relevance, name, np.float32, tensor.shape)
+        return relevance
+
+    outputs = [absolute(t, relevance_output_name(t.name, len(plan.inputs))) for t in plan.inputs]
     _name_output(chosen, CLASS_OUTPUT, np.int64, [batch])
     _name_output(score, SCORE_OUTPUT, np.float32, [batch])
-    return outputs + [chosen, score]
+    return outputs + [chosen, score] + [absolute(t, LAYER_OUTPUT_PREFIX + t.name) for t in inner]
 
 
 def _name_output(tensor, name, dtype, shape) -> None:

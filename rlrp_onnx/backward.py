@@ -19,11 +19,11 @@ class Context:
         self.emit = Emitter(graph)
         self.rules = rules
         self.layer_rules = layer_rules if layer_rules is not None else {}
-        self._data = data
+        self.data = data
 
     def is_data(self, tensor: Tensor) -> bool:
         """Whether relevance flows into ``tensor`` (it depends on an explained input)."""
-        return tensor.name in self._data
+        return tensor.name in self.data
 
     @staticmethod
     def constant(tensor: Tensor) -> np.ndarray | None:
@@ -59,7 +59,7 @@ def relevance_pass(ctx: Context, nodes: Sequence[gs.Node], seeds: dict[str, Tens
                    wanted: Sequence[Tensor]) -> dict[str, Tensor | None]:
     """Propagate relative relevance from ``seeds`` back through ``nodes`` (forward topological order).
 
-    Returns the summed relative relevance of each ``wanted`` tensor (None where none arrived).
+    Returns the summed relevance of each ``wanted`` tensor (None where none arrived).
     """
     parts: dict[str, list[Tensor]] = defaultdict(list)
     for name, seed in seeds.items():

@@ -150,22 +150,61 @@ def _image_paths(items: list[str]) -> list[str]:
     return paths
 
 
+def _progress(done: int, total: int) -> None:
+    """A one-line progress bar on stderr, for runs of more than one batch."""
+    width = 30
+    filled = width * done // total
+    end = "\n" if done == total else ""
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images", end=end, file=sys.stderr, flush=True)
+
+
 def _run_explain(model, images, out, args, labels_path=None) -> None:
-    from .explain import explain_images, image_input_shape, open_explainer
+    from .explain import explain_images
+    from .explainer import Explainer
     from .labels import load_labels
 
-    session = open_explainer(model, args.device, getattr(args, "output", None), **_method_args(args))
-    if session.notice:
-        print(session.notice, file=sys.stderr)
-    print(f"provider: {session.provider}")
-    preprocessing = _preprocessing(args, image_input_shape(session))
+    explainer = Explainer(model, device=args.device, batch_size=args.batch_size,
+                          output_name=getattr(args, "output", None), **_method_args(args))
+    if explainer.notice:
+        print(explainer.notice, file=sys.stderr)
+    print(f"provider: {explainer.provider}")
+    preprocessing = _preprocessing(args, explainer.input_shape)
     labels = load_labels(labels_path) if labels_path else None
-    for e in explain_images(session, _image_paths(images), preprocessing, out, labels, args.target):
+    paths = _image_paths(images)
+    progress = _progress if len(paths) > explainer.batch_size else None
+    for e in explain_images(explainer, paths, preprocessing, out, labels, args.target, args.top_k, progress):
         print(f"{e.image}: class {e.target} ({e.label}), score {e.score:.4f} -> {e.heatmap}, {e.overlay}")
 
 
 def cmd_explain(args) -> None:
     _run_explain(args.model, args.images, args.out, args, args.labels)
+
+
+def cmd_conservation(args) -> None:
+    """Per layer (from the logit back to the input): total relevance and its ratio to the logit."""
+    import numpy as np
+
+    from .compiler import compile_model
+    from .contract import LAYER_OUTPUT_PREFIX, RELEVANCE_OUTPUT, TARGET_INPUT
+    from .preprocess import prepare
+    from .runtime import create_session, run_explainer
+
+    compiled = compile_model(args.model, expose="all", **_method_args(args))
+    producers = {o: n.op_type for n in compiled.graph.node for o in n.output}
+    session = create_session(compiled, args.device)
+    shape = next(list(i.shape) for i in session.session.get_inputs() if i.name != TARGET_INPUT)
+    batch, _ = prepare([args.image], _preprocessing(args, shape))
+    relevance, classes, scores, outputs = run_explainer(session, batch, args.target)
+    score = float(scores[0])
+    print(f"{args.image}: class {int(classes[0])}, logit {score:.6g}, rule {args.composite or args.rule}")
+    print(f"{'tensor':<50} {'op':<20} {'sum R':>14} {'sum R / logit':>14}")
+    names = [o.name for o in compiled.graph.output if o.name.startswith(LAYER_OUTPUT_PREFIX)]
+    for name in reversed(names):
+        tensor = name[len(LAYER_OUTPUT_PREFIX):]
+        total = float(np.sum(outputs[name][0], dtype=np.float64))
+        print(f"{tensor[-50:]:<50} {producers.get(tensor, '?'):<20} {total:>14.6g} {total / score:>14.6g}")
+    total = float(np.sum(relevance[0], dtype=np.float64))
+    print(f"{'input ' + RELEVANCE_OUTPUT:<50} {'':<20} {total:>14.6g} {total / score:>14.6g}")
 
 
 def cmd_demo(args) -> None:
@@ -227,16 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the heatmaps")
     p.add_argument("--labels", help="class names, one per line")
     p.add_argument("--target", type=int, help="class to explain (default: each image's top class)")
+    p.add_argument("--top-k", type=int, help="explain each image's K best classes")
+    p.add_argument("--batch-size", type=int, default=8, help="images per run (default 8)")
     p.add_argument("--output", help="the explained output, when several could be class scores")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_preprocessing(p)
     _add_method(p)
     p.set_defaults(run=cmd_explain)
 
+    p = sub.add_parser("conservation", help="per-layer relevance totals and their ratio to the logit")
+    p.add_argument("model")
+    p.add_argument("image")
+    p.add_argument("--target", type=int, help="class to explain (default: the top class)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_preprocessing(p)
+    _add_method(p)
+    p.set_defaults(run=cmd_conservation)
+
     p = sub.add_parser("demo", help="explain the bundled photos with the bundled EfficientNet-Lite0")
     p.add_argument("--out", default="rlrp-demo")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--target", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
     _add_method(p)
     p.set_defaults(run=cmd_demo, size=None, resize=None, scale=None, mean=None, std=None,
                    channel_order=None, layout=None)
@@ -252,6 +304,9 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (head, less)
+        sys.stderr.close()
+        return 1
     return 0
 
 

@@ -16,21 +16,22 @@ from .passes.batchnorm import fold_batchnorm
 from .plan import analyse, make_plan
 
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
-                  output_name: str | None = None,
-                  input_shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+                  output_name: str | None = None, input_shapes: dict[str, list[int]] | None = None,
+                  expose: str | list[str] = ()) -> onnx.ModelProto:
     """Compile an ONNX classifier (path or ModelProto) into an explainer model (contract version 1).
 
     ``rule`` is "rlrp" (default) or a classical LRP rule (``rlrp_onnx.methods.RULE_NAMES``), and
     ``composite`` a Zennit-style preset choosing the rule per layer; ``options`` holds their
     parameters. ``output_name`` picks the explained output when several could be class scores;
     ``input_shapes`` pins the sizes of inputs whose spatial dims are dynamic, e.g.
-    ``{"image": [1, 3, 224, 224]}``.
+    ``{"image": [1, 3, 224, 224]}``. ``expose`` lists inner tensors (or "all": every layer output on
+    the relevance path) whose relevance becomes an extra output ``rlrp_relevance/<tensor name>``.
     """
     source, label = load_model(model)
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
     graph = plan.context.graph
     forward = {id(node) for node in graph.nodes}
-    new_outputs = attach(plan, method.relative)
+    new_outputs = attach(plan, method.relative, _exposed(plan, expose, label))
     new_nodes = {node.name for node in graph.nodes if id(node) not in forward}
     graph.outputs.extend(new_outputs)
     graph.toposort()
@@ -44,6 +45,17 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
         contract.META_IMAGE_INPUTS: ",".join(t.name for t in plan.inputs),
     })
     return _validated(compiled, label)
+
+
+def _exposed(plan, expose, label: str) -> list[str]:
+    """The inner tensors whose relevance is exposed, checked against the relevance path."""
+    on_path = [t.name for n in plan.nodes for t in n.outputs if t.name in plan.context.data]
+    if expose == "all":
+        return [name for name in on_path if name != plan.logits.name]
+    unknown = [name for name in expose if name not in on_path]
+    if unknown:
+        raise RlrpError(f"{label}: cannot expose relevance at {unknown}: not tensors on the relevance path")
+    return list(expose)
 
 
 def plan_model(source: onnx.ModelProto, label: str, method: Method, output_name: str | None = None,

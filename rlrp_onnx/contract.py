@@ -11,6 +11,9 @@ META_EXPLAINED_OUTPUT = "rlrp.explained_output"
 META_IMAGE_INPUTS = "rlrp.image_inputs"
 
 
+LAYER_OUTPUT_PREFIX = "rlrp_relevance/"  # + tensor name: relevance exposed at an inner tensor
+
+
 def relevance_output_name(input_name: str, n_image_inputs: int) -> str:
     """Name of the relevance output for one image input."""
     return RELEVANCE_OUTPUT if n_image_inputs == 1 else f"{RELEVANCE_OUTPUT}_{input_name}"

@@ -123,7 +123,8 @@ def run_explainer(
             raise RlrpError(f"the model has no input {TARGET_INPUT!r}, so a target class cannot be chosen")
         feed[TARGET_INPUT] = _target_feed(targets, len(images))
 
-    values = inference.run(output_names, feed)
+    device = "cuda" if isinstance(session, RuntimeSession) and session.provider == CUDA else None
+    values = run_bound(inference, feed, output_names, device) if device else inference.run(output_names, feed)
     outputs = dict(zip(output_names, values))
     return ExplainerResult(outputs[RELEVANCE_OUTPUT], outputs[CLASS_OUTPUT], outputs[SCORE_OUTPUT], outputs)
 
@@ -201,6 +202,19 @@ def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
     if dtype is None:
         raise RlrpError(f"input {node.name!r} has type {node.type}; expected a float tensor")
     return np.ascontiguousarray(images, dtype=dtype)
+
+
+def run_bound(session, feed: dict[str, np.ndarray], output_names: Sequence[str], device: str) -> list:
+    """Run through IO binding: inputs copied to ``device`` ("cuda" or "cpu") once, outputs allocated
+    there by ONNX Runtime and copied back to numpy at the end."""
+    ort = _onnxruntime()
+    binding = session.io_binding()
+    for name, value in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, device, 0))
+    for name in output_names:
+        binding.bind_output(name, device)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
 
 
 def _target_feed(targets: int | Sequence[int] | np.ndarray, batch: int) -> np.ndarray:

@@ -1,0 +1,88 @@
+"""The Python API for running explanations: ``Explainer(model).explain(images)``."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+import onnx
+
+from .compiler import compile_model
+from .contract import META_EXPLAINED_OUTPUT, META_RULE, META_VERSION, TARGET_INPUT
+from .errors import RlrpError
+from .loading import load_model
+from .methods import RLRP, Options
+from .runtime import create_session, run_explainer
+
+
+def explainer_model(model, output_name: str | None = None, **method) -> onnx.ModelProto:
+    """The model itself when it is already compiled, else its compiled form (in memory); ``method``
+    holds ``compile_model``'s rule keywords."""
+    proto, label = load_model(model)
+    if any(p.key == META_VERSION for p in proto.metadata_props):
+        chosen = method.get("composite") or method.get("rule") or RLRP
+        recorded = next(p.value for p in proto.metadata_props if p.key == META_RULE)
+        if chosen != recorded:
+            raise RlrpError(f"{label} is already compiled with '{recorded}'; compile the source model "
+                            f"to explain with '{chosen}'")
+        return proto
+    return compile_model(model, output_name=output_name, **method)
+
+
+class Explanations(NamedTuple):
+    """Relevance shaped like the images (with a K axis after N for ``top_k``), classes and scores."""
+
+    relevance: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+
+
+class Explainer:
+    """An explainer model opened in ONNX Runtime.
+
+    ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``)
+    or an already compiled one; ``device`` is "auto", "cpu" or "cuda" (``provider`` tells which one
+    really runs, ``notice`` why CUDA was not used under "auto"); ``batch_size`` caps the images per run.
+    """
+
+    def __init__(self, model, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
+                 device: str = "auto", batch_size: int = 8, output_name: str | None = None):
+        if batch_size < 1:
+            raise RlrpError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = explainer_model(model, output_name, rule=rule, composite=composite, options=options)
+        self.runtime = create_session(self.model, device)
+        self.provider, self.notice = self.runtime.provider, self.runtime.notice
+        self.batch_size = batch_size
+        meta = {p.key: p.value for p in self.model.metadata_props}
+        self.explained_output = meta[META_EXPLAINED_OUTPUT]
+        self.input_shape = next(list(i.shape) for i in self.runtime.session.get_inputs() if i.name != TARGET_INPUT)
+
+    def explain(self, images: np.ndarray, targets: Sequence[int] | np.ndarray | None = None,
+                top_k: int | None = None) -> Explanations:
+        """Explain preprocessed ``images`` (N, …) for ``targets`` (one class per image, negative = top
+        class), or for each image's ``top_k`` best classes."""
+        images = np.asarray(images)
+        if top_k is not None and targets is not None:
+            raise RlrpError("give either targets or top_k, not both")
+        if top_k is None:
+            return self._batched(images, targets)
+        scores = self._batched(images, None, keep=self.explained_output)
+        classes = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        if classes.shape[1] < top_k:
+            raise RlrpError(f"top_k={top_k} but the model has only {classes.shape[1]} classes")
+        runs = [self._batched(images, classes[:, k]) for k in range(top_k)]
+        return Explanations(*(np.stack([getattr(r, f) for r in runs], axis=1) for f in Explanations._fields))
+
+    def _batched(self, images, targets, keep: str | None = None):
+        """Run in batches; returns Explanations, or the output ``keep`` when given."""
+        if targets is not None:
+            targets = np.broadcast_to(np.asarray(targets, dtype=np.int64), (len(images),))
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            result = run_explainer(self.runtime, images[chunk], None if targets is None else targets[chunk])
+            parts.append(result.outputs[keep] if keep else Explanations(*result[:3]))
+        if keep:
+            return np.concatenate(parts)
+        return Explanations(*(np.concatenate([getattr(p, f) for p in parts]) for f in Explanations._fields))

@@ -1,0 +1,109 @@
+"""The Python API (Explainer), IO binding, exposed inner relevance and the conservation command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from rlrp_onnx import Explainer, RlrpError, compile_model
+from rlrp_onnx.contract import LAYER_OUTPUT_PREFIX, SCORE_OUTPUT
+from rlrp_onnx.preprocess import PRESETS, prepare
+from rlrp_onnx.runtime import run_bound
+
+from test_errors import run_cli
+from test_oracle import run
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "efficientnet_lite0.onnx"
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+@pytest.fixture(scope="module")
+def photos():
+    paths = sorted((ROOT / "models" / "images").iterdir())
+    batch, _ = prepare(paths * 2, PRESETS["efficientnet-lite0"])  # 6 images
+    return batch
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    return Explainer(MODEL, device="cpu", batch_size=4)
+
+
+def test_batches_do_not_change_the_result(explainer, photos):
+    whole = explainer.explain(photos)
+    single = Explainer(explainer.model, device="cpu", batch_size=1).explain(photos)
+    assert explainer.provider == "CPUExecutionProvider"
+    np.testing.assert_array_equal(whole.classes, single.classes)
+    np.testing.assert_allclose(whole.relevance, single.relevance, rtol=1e-4, atol=1e-7)
+    assert whole.relevance.shape == photos.shape and whole.scores.shape == (6,)
+
+
+def test_top_k(explainer, photos):
+    top = explainer.explain(photos, top_k=3)
+    plain = explainer.explain(photos)
+    logits = run(MODEL, {"image": photos})["logits"]
+    np.testing.assert_array_equal(top.classes, np.argsort(-logits, axis=1)[:, :3])
+    assert top.relevance.shape == (6, 3, *photos.shape[1:])
+    np.testing.assert_allclose(top.scores, np.take_along_axis(logits, top.classes, 1), rtol=1e-6)
+    np.testing.assert_allclose(top.relevance[:, 0], plain.relevance, rtol=1e-5, atol=1e-8)
+    assert not np.allclose(top.relevance[:, 1], top.relevance[:, 0])
+
+
+def test_explicit_targets(explainer, photos):
+    chosen = explainer.explain(photos, targets=[1, 2, 3, -1, 5, 6])
+    assert list(chosen.classes[[0, 1, 2, 4, 5]]) == [1, 2, 3, 5, 6]
+    assert chosen.classes[3] == explainer.explain(photos).classes[3]
+
+
+def test_api_errors(explainer, photos):
+    with pytest.raises(RlrpError, match="batch_size"):
+        Explainer(MODEL, batch_size=0)
+    with pytest.raises(RlrpError, match="either targets or top_k"):
+        explainer.explain(photos, targets=[1] * 6, top_k=2)
+    with pytest.raises(RlrpError, match="already compiled with 'rlrp'"):
+        Explainer(explainer.model, rule="epsilon")
+
+
+def test_io_binding_gives_the_same_outputs(explainer, photos):
+    session = explainer.runtime.session
+    names = [o.name for o in session.get_outputs()]
+    bound = run_bound(session, {"image": photos[:2]}, names, "cpu")
+    plain = session.run(names, {"image": photos[:2]})
+    for a, b in zip(bound, plain):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_exposed_layers_conserve_the_logit_in_a_bias_free_network(tmp_path):
+    import robustness
+
+    path, x, _ = robustness.bias_free_case(tmp_path)
+    compiled = compile_model(path, expose="all")
+    out = run(compiled, {"image": x})
+    exposed = [name for name in out if name.startswith(LAYER_OUTPUT_PREFIX)]
+    assert len(exposed) >= 8
+    for name in exposed:
+        totals = out[name].reshape(len(x), -1).sum(axis=1, dtype=np.float64)
+        np.testing.assert_allclose(totals, out[SCORE_OUTPUT], rtol=1e-4, err_msg=name)
+
+
+def test_expose_unknown_tensor():
+    with pytest.raises(RlrpError, match="not tensors on the relevance path"):
+        compile_model(MODEL, expose=["no_such_tensor"])
+
+
+def test_conservation_command(capsys):
+    code, out, err = run_cli(capsys, "conservation", MODEL, ROOT / "models" / "images" / "coffee.jpg",
+                             "--preset", "efficientnet-lite0", "--device", "cpu")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].endswith("class 967, logit 10.6892, rule rlrp")
+    assert any("GlobalAveragePool" in line for line in lines) and lines[-1].startswith("input rlrp_relevance")
+    pool = next(line for line in lines if "GlobalAveragePool" in line).split()
+    assert float(pool[-1]) == pytest.approx(float(pool[-2]) / 10.6892, rel=1e-3)
+
+
