@@ -105,15 +105,15 @@ def _modified(emit, tensor, how: str, rule: LayerRule):
     folds these constant subgraphs once, when the session is created), so the file stores no copy."""
     if how in ("W", "b"):
         return tensor
-    g = emit.const(rule.params.get("gamma", 0.0))
     pos = lambda: emit.op("Relu", [tensor])  # noqa: E731
     neg = lambda: emit.op("Min", [tensor, emit.const(0.0)])  # noqa: E731
+    gamma = lambda part: emit.op("Add", [tensor, emit.mul(part, emit.const(rule.params["gamma"]))])  # noqa: E731
     table = {
         "pos": pos, "neg": neg,
         "ones": lambda: emit.expand_like(emit.const(1.0), tensor),
         "square": lambda: emit.mul(tensor, tensor),
-        "up": lambda: emit.op("Add", [tensor, emit.mul(pos(), g)]),
-        "down": lambda: emit.op("Add", [tensor, emit.mul(neg(), g)]),
+        "up": lambda: gamma(pos()),
+        "down": lambda: gamma(neg()),
     }
     out = table[how]()
     out.dtype, out.shape = tensor.dtype, list(tensor.shape)
@@ -158,7 +158,7 @@ class Layer:
                                outputs=node.outputs)
 
     def forward(self, view: SimpleNamespace):
-        """A(in; W', b'), emitted as a copy of the node (bias added after a MatMul)."""
+        """A(in; W', b'), emitted as a copy of the node."""
         return self.ctx.emit.op(view.op, view.inputs, dict(view.attrs))
 
 
