@@ -26,7 +26,10 @@ class Plan:
 
 
 def _is_float(tensor) -> bool:
-    return tensor.dtype is not None and np.dtype(tensor.dtype) == np.float32
+    try:
+        return tensor.dtype is not None and np.dtype(tensor.dtype) == np.float32
+    except TypeError:  # a sequence or map (skl2onnx's ZipMap output), or an undefined type
+        return False
 
 
 def data_tensors(graph: gs.Graph, inputs: list[gs.Variable]) -> set[str]:
@@ -42,12 +45,15 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
     """The graph output holding class scores ``[N, K]``: the one named, or the only float one of rank 2."""
     described = ", ".join(f"'{t.name}' {np.dtype(t.dtype).name if t.dtype else '?'} {t.shape}"
                           for t in graph.outputs)
+    # a ZipMap (scikit-learn's per-sample {class: probability} maps) stands for the scores it reads
+    outputs = [(t, t.inputs[0].inputs[0] if t.inputs and t.inputs[0].op == "ZipMap" else t)
+               for t in graph.outputs]
     if name is not None:
-        chosen = [t for t in graph.outputs if t.name == name]
+        chosen = [scores for t, scores in outputs if t.name == name]
         if not chosen:
             raise RlrpError(f"{label}: no output named '{name}' (outputs: {described})")
     else:
-        chosen = [t for t in graph.outputs if _is_float(t) and t.shape is not None and len(t.shape) == 2]
+        chosen = [t for _, t in outputs if _is_float(t) and t.shape is not None and len(t.shape) == 2]
         if not chosen:
             raise RlrpError(f"{label}: no output holds class scores [N, K] (outputs: {described})")
         if len(chosen) > 1:

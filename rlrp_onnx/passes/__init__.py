@@ -10,21 +10,29 @@ import onnx_graphsurgeon as gs
 from ..errors import RlrpError
 from .castlike import castlike_to_cast
 from .fold import fold_constants, infer_shapes
+from .gelu import recognise_gelu
+from .hard_sigmoid import recognise_hard_sigmoid
+from .names import unique_node_names
+from .sequence import split_to_sequence
 from .static_shapes import float_inputs, pin_input_shapes
 
 MIN_OPSET = 11
 
 
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
-    """Pin input shapes, infer shapes, simplify and fold constants, infer again; the source is not modified."""
+    """Pin input shapes, infer shapes, simplify and fold constants, infer again, recognise decomposed
+    activations (GELU, hard sigmoid); the source is not modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}")
     model = copy.deepcopy(model)
     pin_input_shapes(model, label, input_shapes)
     graph = gs.import_onnx(infer_shapes(model, label))
-    model = gs.export_onnx(fold_constants(castlike_to_cast(graph)), do_type_check=False)
-    return gs.import_onnx(infer_shapes(model, label))
+    model = gs.export_onnx(split_to_sequence(fold_constants(castlike_to_cast(graph))), do_type_check=False)
+    graph = gs.import_onnx(infer_shapes(model, label))
+    for recognise in (recognise_gelu, recognise_hard_sigmoid):  # on the final graph: only planned, never run
+        graph = recognise(graph)
+    return unique_node_names(graph)
 
 
 def opset_version(model: onnx.ModelProto) -> int:

@@ -1,0 +1,140 @@
+"""Recognise GELU written out in arithmetic and replace it, in the canonical graph only, by one ``Gelu``
+node (ONNX opset-20 semantics, ``approximate`` "none" or "tanh"), whose rule holds the gate Φ(x) constant.
+
+Forms matched (any operand order, the 1/2 anywhere in the product, x/√2 as Div or Mul):
+
+* Erf:  ``0.5 · x · (1 + erf(x / √2))``  (both torch exporters, tf2onnx);
+* Tanh: ``0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))`` with x³ as Pow(x, 3) or x·(x·x).
+
+The canonical graph is only planned, never run, so the node is valid at any opset: the compiled model is
+the untouched source graph plus the relevance pass (graft.py), and the Gelu rule recomputes Φ(x) with Erf or
+Tanh. The interior nodes of the pattern leave the canonical graph with cleanup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+RTOL = 1e-3
+
+
+def scalar(tensor) -> float | None:
+    if isinstance(tensor, gs.Constant) and np.asarray(tensor.values).size == 1:
+        return float(np.asarray(tensor.values).reshape(()))
+    return None
+
+
+def close(value, expected) -> bool:
+    return value is not None and abs(value - expected) <= RTOL * abs(expected)
+
+
+def producer(tensor):
+    return tensor.inputs[0] if isinstance(tensor, gs.Variable) and tensor.inputs else None
+
+
+def factors(tensor, stop) -> tuple[Counter, float]:
+    """``tensor`` as a product c·Π leaf^k through Mul, Div by a constant and Pow by a constant integer,
+    not looking inside the tensors of ``stop``: returns ({leaf name: k}, c)."""
+    if tensor.name in stop:
+        return Counter({tensor.name: 1}), 1.0
+    value = scalar(tensor)
+    if value is not None:
+        return Counter(), value
+    node = producer(tensor)
+    if node is not None and node.op == "Mul":
+        (fa, ca), (fb, cb) = (factors(t, stop) for t in node.inputs)
+        return fa + fb, ca * cb
+    if node is not None and node.op == "Div" and scalar(node.inputs[1]):
+        f, c = factors(node.inputs[0], stop)
+        return f, c / scalar(node.inputs[1])
+    if node is not None and node.op == "Pow" and scalar(node.inputs[1]) in (2.0, 3.0):
+        k = int(scalar(node.inputs[1]))
+        f, c = factors(node.inputs[0], stop)
+        return Counter({name: n * k for name, n in f.items()}), c**k
+    return Counter({tensor.name: 1}), 1.0
+
+
+def _operand(node):
+    """The single non-constant input of a binary node with one scalar constant."""
+    variables = [t for t in node.inputs if scalar(t) is None]
+    return variables[0] if len(variables) == 1 else None
+
+
+def _erf_input(core):
+    """x for an Erf whose input is x/√2."""
+    node = producer(core.inputs[0])
+    if node is None or node.op not in ("Div", "Mul"):
+        return None
+    x = _operand(node)
+    if x is None:
+        return None
+    f, c = factors(core.inputs[0], {x.name})
+    return x if f == Counter({x.name: 1}) and close(c, 1 / math.sqrt(2)) else None
+
+
+def _tanh_input(core):
+    """x for a Tanh whose input is √(2/π)·(x + 0.044715·x³)."""
+    node = producer(core.inputs[0])
+    if node is None or node.op != "Mul":
+        return None
+    inner = _operand(node)
+    add = producer(inner) if inner is not None else None
+    if add is None or add.op != "Add":
+        return None
+    f, c = factors(core.inputs[0], {inner.name})
+    if f != Counter({inner.name: 1}) or not close(c, math.sqrt(2 / math.pi)):
+        return None
+    for x, cube in (add.inputs, add.inputs[::-1]):
+        f, c = factors(cube, {x.name})
+        if f == Counter({x.name: 3}) and close(c, 0.044715):
+            return x
+    return None
+
+
+def _one_plus(core):
+    """The Add node computing 1 + core, if that is core's only use."""
+    users = core.outputs[0].outputs
+    if len(users) != 1 or users[0].op != "Add":
+        return None
+    add = users[0]
+    other = [t for t in add.inputs if t is not core.outputs[0]]
+    return add if len(other) == 1 and close(scalar(other[0]), 1.0) else None
+
+
+def _product_top(gate, x):
+    """The Mul whose output is 0.5·x·gate, climbing single-use Muls from ``gate`` (at most 3)."""
+    tensor = gate
+    for _ in range(3):
+        users = tensor.outputs
+        if len(users) != 1 or users[0].op != "Mul":
+            return None
+        top = users[0]
+        f, c = factors(top.outputs[0], {x.name, gate.name})
+        if f == Counter({x.name: 1, gate.name: 1}) and close(c, 0.5):
+            return top
+        tensor = top.outputs[0]
+    return None
+
+
+FORMS = {"Erf": (_erf_input, "none"), "Tanh": (_tanh_input, "tanh")}
+
+
+def recognise_gelu(graph: gs.Graph) -> gs.Graph:
+    """Replace each matched GELU subgraph by ``Gelu(x)`` writing the same output tensor."""
+    found = False
+    for core in list(graph.nodes):
+        if core.op not in FORMS or not core.outputs:
+            continue
+        find_x, approximate = FORMS[core.op]
+        x = find_x(core)
+        add = _one_plus(core) if x is not None else None
+        top = _product_top(add.outputs[0], x) if add is not None else None
+        if top is None:
+            continue
+        top.op, top.attrs, top.inputs = "Gelu", {"approximate": approximate}, [x]
+        found = True
+    return graph.cleanup().toposort() if found else graph

@@ -1,0 +1,71 @@
+"""Normalizations computed from the data itself: the statistics are held constant, which leaves a linear
+map whose adjoint is a multiplication; the statistics are recomputed from x with standard ops, and the
+inverse root is a Pow with a negative exponent (no Div, no Reciprocal)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import NORMALIZATION, rule
+
+
+def _mean(ctx, tensor, axes, shape):
+    count = float(np.prod([shape[a] for a in axes]))
+    return ctx.emit.mul(ctx.emit.reduce_sum(tensor, axes, keepdims=True), ctx.emit.const(1.0 / count))
+
+
+def inverse_std(ctx, x, axes, epsilon):
+    """(Var[x over axes] + ε)^(−1/2), keepdims, as the forward computes it."""
+    emit, shape = ctx.emit, ctx.shape(x)
+    centred = emit.op("Sub", [x, _mean(ctx, x, axes, shape)])
+    variance = _mean(ctx, emit.mul(centred, centred), axes, shape)
+    return emit.op("Pow", [emit.op("Add", [variance, emit.const(epsilon)]), emit.const(-0.5)])
+
+
+def _norm_axes(ctx, node):
+    rank = len(ctx.shape(node.inputs[0]))
+    if node.op == "InstanceNormalization":
+        return list(range(2, rank))
+    return list(range(node.attrs.get("axis", -1) % rank, rank))
+
+
+def _norm_check(ctx, node):
+    if any(ctx.is_data(t) for t in node.inputs[1:] if t.name):
+        return f"{node.op} with scale or bias computed from the input is not supported"
+    if not all(isinstance(ctx.shape(node.inputs[0])[a], int) for a in _norm_axes(ctx, node)):
+        return f"{node.op} over a dynamic axis is not supported"
+    return None
+
+
+@rule("InstanceNormalization", "LayerNormalization", check=_norm_check, kind=NORMALIZATION)
+def normalization(ctx, node, rho):
+    """y = scale·(x − μ)/σ + B with μ, σ held constant: rho_x = rho_y·scale/σ (μ and B are bias shares)."""
+    emit, x = ctx.emit, node.inputs[0]
+    scale = node.inputs[1]
+    if node.op == "InstanceNormalization":  # scale [C] against x [N, C, ...]
+        scale = emit.op("Reshape", [scale, emit.ints([-1] + [1] * (len(ctx.shape(x)) - 2))])
+    factor = emit.mul(scale, inverse_std(ctx, x, _norm_axes(ctx, node), float(node.attrs.get("epsilon", 1e-5))))
+    return {0: emit.mul(rho[0], factor)}
+
+
+def _lrn_check(ctx, node):
+    if not isinstance(ctx.shape(node.inputs[0])[1], int):
+        return "LRN over a dynamic number of channels is not supported"
+    return None
+
+
+@rule("LRN", check=_lrn_check, kind=NORMALIZATION)
+def lrn(ctx, node, rho):
+    """y = x·d^(−β), d = bias + α/size·Σ_window x² over neighbouring channels, d held constant:
+    rho_x = rho_y·d^(−β). The window sum is an AveragePool (count_include_pad) over the channel axis of
+    x² viewed as [N, 1, C, rest]; d is recomputed from x rather than read off y/x (no division)."""
+    emit, x = ctx.emit, node.inputs[0]
+    size = int(node.attrs["size"])
+    channels = int(ctx.shape(x)[1])
+    square = emit.op("Reshape", [emit.mul(x, x), emit.ints([0, 1, channels, -1])])
+    mean = emit.op("AveragePool", [square], {"kernel_shape": [size, 1], "count_include_pad": 1,
+                                             "pads": [(size - 1) // 2, 0, size // 2, 0]})
+    d = emit.op("Add", [emit.mul(mean, emit.const(float(node.attrs.get("alpha", 1e-4)))),
+                        emit.const(float(node.attrs.get("bias", 1.0)))])
+    factor = emit.op("Pow", [d, emit.const(-float(node.attrs.get("beta", 0.75)))])
+    return {0: emit.mul(rho[0], emit.reshape_like(factor, x))}

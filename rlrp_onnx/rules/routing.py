@@ -1,0 +1,199 @@
+"""Ops that pick or reorder elements by constant indices: each output element's rho goes back to the
+input element it was taken from, summed where one element was taken several times, zero where none was."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import rule
+
+
+def scatter_axis(ctx, rho, rank: int, axis: int, index, size: int):
+    """The adjoint of taking the elements ``index`` (constant, 1-D, non-negative) along ``axis`` of a
+    rank-``rank`` tensor from an axis of length ``size``: rho_x[.., i, ..] = Σ_{j: index[j] = i} rho[.., j, ..].
+
+    A contiguous run becomes a zero Pad; otherwise each layer of distinct indices (the first occurrence of
+    every value, then the second, ...) is gathered back through its inverse map, a zero slot appended
+    where some position is never taken. Only Gather, Pad and Sum: no scatter op, any opset.
+    """
+    emit = ctx.emit
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+
+    def pad(tensor, begin, end):
+        if not begin and not end:
+            return tensor
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = begin, end
+        return emit.pad(tensor, pads)
+
+    if index.size and np.array_equal(index, np.arange(index[0], index[0] + index.size)):
+        return pad(rho, int(index[0]), size - int(index[-1]) - 1)
+    occurrence = np.zeros_like(index)
+    for value in np.unique(index):
+        where = np.flatnonzero(index == value)
+        occurrence[where] = np.arange(where.size)
+    parts = []
+    for layer in range(int(occurrence.max()) + 1 if index.size else 0):
+        picked = np.flatnonzero(occurrence == layer)
+        part = rho if picked.size == index.size else emit.op("Gather", [rho, emit.ints(picked)], {"axis": axis})
+        inverse = np.full(size, picked.size, dtype=np.int64)
+        inverse[index[picked]] = np.arange(picked.size)
+        if np.array_equal(inverse, np.arange(size)):
+            parts.append(part)
+            continue
+        if np.any(inverse == picked.size):
+            part = pad(part, 0, 1)
+        parts.append(emit.op("Gather", [part, emit.ints(inverse)], {"axis": axis}))
+    return emit.total(parts)
+
+
+def _reshape_static(ctx, tensor, dims):
+    """Reshape to ``dims`` (ints, or None for the one dynamic axis, written -1)."""
+    return ctx.emit.op("Reshape", [tensor, ctx.emit.ints([-1 if d is None else d for d in dims])])
+
+
+def _static(ctx, tensor, axes) -> bool:
+    shape = ctx.shape(tensor)
+    return len(shape) > 0 and all(isinstance(shape[a], int) for a in axes)
+
+
+# ---- Transpose -----------------------------------------------------------------------------------
+
+def _perm(ctx, node):
+    rank = len(ctx.shape(node.inputs[0]))
+    return list(node.attrs.get("perm", range(rank - 1, -1, -1)))
+
+
+@rule("Transpose")
+def transpose(ctx, node, rho):
+    """rho_x = Transpose(rho_y) with the inverse permutation."""
+    return {0: ctx.emit.op("Transpose", [rho[0]], {"perm": np.argsort(_perm(ctx, node)).tolist()})}
+
+
+# ---- Split ---------------------------------------------------------------------------------------
+
+def _split_check(ctx, node):
+    axis = node.attrs.get("axis", 0) % len(ctx.shape(node.inputs[0]))
+    if not all(_static(ctx, t, [axis]) for t in node.outputs):
+        return "Split along a dynamic axis is not supported"
+    return None
+
+
+@rule("Split", check=_split_check)
+def split(ctx, node, rho):
+    """Each output's rho padded back to its place along the axis; outputs without rho contribute zero."""
+    x = node.inputs[0]
+    axis = node.attrs.get("axis", 0) % len(ctx.shape(x))
+    size, start, parts = ctx.shape(x)[axis], 0, []
+    for tensor, r in zip(node.outputs, rho):
+        length = ctx.shape(tensor)[axis]
+        if r is not None:
+            parts.append(scatter_axis(ctx, r, len(ctx.shape(x)), axis, np.arange(start, start + length), size))
+        start += length
+    return {0: ctx.emit.total(parts)}
+
+
+# ---- Slice ---------------------------------------------------------------------------------------
+
+FULL = 2**31 - 1  # an end at or past this is "to the end" (exporters write INT32_MAX or INT64_MAX)
+
+
+def _slice_spec(ctx, node):
+    """[(axis, start, end, step)] of a Slice node, or None when a parameter is not constant."""
+    rank = len(ctx.shape(node.inputs[0]))
+    values = [ctx.constant(t) if t.name else None for t in node.inputs[1:5]]
+    if any(v is None for v, t in zip(values, node.inputs[1:5]) if t.name):
+        return None
+    starts, ends, axes, steps = values + [None] * (4 - len(values))
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    return [(int(a) % rank, int(s), int(e), int(st)) for a, s, e, st in zip(axes, starts, ends, steps)]
+
+
+def _is_whole(start, end, step) -> bool:
+    return step == 1 and start == 0 and end >= FULL
+
+
+def _slice_check(ctx, node):
+    spec = _slice_spec(ctx, node)
+    if spec is None:
+        return "Slice with starts/ends/axes/steps computed at run time is not supported"
+    if not _static(ctx, node.inputs[0], [a for a, s, e, st in spec if not _is_whole(s, e, st)]):
+        return "Slice of a dynamic axis is not supported"
+    return None
+
+
+@rule("Slice", check=_slice_check)
+def slice_(ctx, node, rho):
+    """Per sliced axis, rho goes back to the positions range(start, end, step) picked (any step sign)."""
+    shape, r = ctx.shape(node.inputs[0]), rho[0]
+    for axis, start, end, step in _slice_spec(ctx, node):
+        if not _is_whole(start, end, step):
+            size = shape[axis]
+            r = scatter_axis(ctx, r, len(shape), axis, np.arange(*slice(start, end, step).indices(size)), size)
+    return {0: r}
+
+
+# ---- Gather / GatherND with constant indices -----------------------------------------------------
+
+def _gather_check(ctx, node):
+    if ctx.constant(node.inputs[1]) is None:
+        return f"{node.op} with indices computed at run time is not supported"
+    shape = ctx.shape(node.inputs[0])
+    if node.op == "Gather":
+        axis = node.attrs.get("axis", 0) % len(shape)
+        if not _static(ctx, node.inputs[0], [axis]):
+            return "Gather along a dynamic axis is not supported"
+        if ctx.constant(node.inputs[1]).ndim > 1 and sum(not isinstance(d, int) for d in shape[axis + 1:]) > 1:
+            return "Gather with multi-dimensional indices before several dynamic axes is not supported"
+        return None
+    depth = ctx.constant(node.inputs[1]).shape[-1]
+    if node.attrs.get("batch_dims", 0):
+        return "GatherND with batch_dims is not supported"
+    if not _static(ctx, node.inputs[0], range(depth)) or \
+            sum(not isinstance(d, int) for d in shape[depth:]) > 1:
+        return "GatherND over dynamic axes is not supported"
+    return None
+
+
+@rule("Gather", check=_gather_check)
+def gather(ctx, node, rho):
+    """rho_y with the index dims collapsed to one axis, scattered back to the gathered positions."""
+    x, indices = node.inputs[0], ctx.constant(node.inputs[1])
+    shape = ctx.shape(x)
+    axis = node.attrs.get("axis", 0) % len(shape)
+    r = rho[0]
+    if indices.ndim == 0:
+        r = ctx.emit.unsqueeze(r, [axis])
+    elif indices.ndim > 1:
+        lead = [0 if not isinstance(d, int) else d for d in shape[:axis]]  # 0 copies the dim (batch)
+        r = _reshape_static(ctx, r, lead + [indices.size] + [d if isinstance(d, int) else None
+                                                             for d in shape[axis + 1:]])
+    return {0: scatter_axis(ctx, r, len(shape), axis, indices.reshape(-1) % shape[axis], shape[axis])}
+
+
+@rule("GatherND", check=_gather_check)
+def gather_nd(ctx, node, rho):
+    """The first m axes of x flattened into one, then as Gather with the raveled indices."""
+    x, indices = node.inputs[0], ctx.constant(node.inputs[1])
+    shape = ctx.shape(x)
+    depth = indices.shape[-1]
+    lead = [int(d) for d in shape[:depth]]
+    flat = np.ravel_multi_index(tuple((indices.reshape(-1, depth) % lead).T), lead)
+    rest = [d if isinstance(d, int) else None for d in shape[depth:]]
+    r = _reshape_static(ctx, rho[0], [flat.size] + rest)
+    r = scatter_axis(ctx, r, 1 + len(rest), 0, flat, int(np.prod(lead)))
+    return {0: ctx.emit.reshape_like(r, x)}
+
+
+# ---- Where ---------------------------------------------------------------------------------------
+
+@rule("Where")
+def where(ctx, node, rho):
+    """y = cond ? a : b with cond fixed: rho_a = rho_y where cond, rho_b = rho_y elsewhere."""
+    emit, y = ctx.emit, node.outputs[0]
+    cond, zero, result = node.inputs[0], emit.const(0.0), {}
+    for index, picked in ((1, [cond, rho[0], zero]), (2, [cond, zero, rho[0]])):
+        if ctx.is_data(node.inputs[index]):
+            result[index] = ctx.unbroadcast(emit.op("Where", picked), node.inputs[index], y)
+    return result

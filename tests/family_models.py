@@ -1,0 +1,299 @@
+"""Small hand-written torch classifiers of the architecture families real exporters produce.
+
+Each follows the published layer pattern of its family at a narrow width and a 32-34 px input, and is
+initialised by ``reference_models.init_deterministic`` (Kaiming-normal weights, non-trivial BatchNorm
+statistics), in eval mode. Gates (squeeze-excitation) and gated activations are modules, so that
+``gates.detached_gates`` can hold them constant for the oracle. No module is in-place.
+
+``FAMILIES``: name -> ``ModelSpec(factory, input_shape)``, the same table shape as
+``reference_models.REFERENCE_MODELS``:
+
+* ``densenet_like``      dense blocks (BN-ReLU-Conv1x1-BN-ReLU-Conv3x3, concatenated), transitions with
+  2x2 average pooling, BN-ReLU head; its BatchNorms follow a Concat, so even a folding export keeps them;
+* ``mobilenet_like``     MobileNetV2 inverted residuals (ReLU6, depthwise) and MobileNetV3 blocks
+  (HardSwish, 5x5 depthwise, hard-sigmoid squeeze-excitation), V3 head Linear-HardSwish-Dropout-Linear;
+* ``efficientnet_like``  EfficientNet-B0 MBConv blocks (SiLU, sigmoid squeeze-excitation with SiLU
+  inside, skip), SiLU head;
+* ``inception_like``     Inception-A blocks (1x1 | 1x1-5x5 | 1x1-3x3-3x3 | 3x3 stride-1 average pool-1x1,
+  concatenated), stride-2 max pool between them;
+* ``squeezenet_like``    SqueezeNet 1.1 fire modules, ceil-mode 3x3/2 max pools on even sizes (where
+  ceil mode matters), Conv1x1-ReLU-global-average classifier;
+* ``vgg_bn_gelu``        VGG16 with BatchNorm (Conv-BN-ReLU), classifier Linear-GELU-Dropout-Linear-
+  GELU(tanh)-Dropout-Linear: both GELU decompositions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from reference_models import ModelSpec, VGG16Like, init_deterministic
+
+
+def conv_bn(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
+    """Conv (no bias) - BN - activation (None for none)."""
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, *([act()] if act else []))
+
+
+class GlobalPool(nn.Module):
+    def forward(self, x):
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+# ---- DenseNet --------------------------------------------------------------------------------------
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth, bottleneck=4):
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, bottleneck * growth, 1, bias=False),
+                                  nn.BatchNorm2d(bottleneck * growth), nn.ReLU(),
+                                  nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False))
+
+    def forward(self, features):
+        return torch.cat([features, self.body(features)], 1)
+
+
+class DenseNetLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, growth=6, blocks=(3, 3), num_classes=10, width=12, stem=(3, 1)):
+        super().__init__()
+        kernel, stride = stem
+        layers = [nn.Conv2d(3, width, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                  nn.MaxPool2d(3, 2, 1)]
+        for i, depth in enumerate(blocks):
+            for _ in range(depth):
+                layers.append(DenseLayer(width, growth))
+                width += growth
+            if i < len(blocks) - 1:
+                layers += [nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width // 2, 1, bias=False),
+                           nn.AvgPool2d(2, 2)]
+                width //= 2
+        layers += [nn.BatchNorm2d(width), nn.ReLU(), GlobalPool()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+# ---- MobileNetV2 / V3 ------------------------------------------------------------------------------
+
+class SqueezeExcite(nn.Module):
+    """x · gate(Conv1x1(act(Conv1x1(avgpool(x))))) with the gate a module (Sigmoid or Hardsigmoid)."""
+
+    def __init__(self, channels, squeezed, act=nn.ReLU, gate=nn.Hardsigmoid):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.act = nn.Conv2d(channels, squeezed, 1), act()
+        self.fc2, self.gate = nn.Conv2d(squeezed, channels, 1), gate()
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
+
+
+class InvertedResidual(nn.Module):
+    """Expand 1x1 (unless hidden == cin) - depthwise kxk - (SE) - project 1x1 (linear), skip when shapes allow."""
+
+    def __init__(self, cin, cout, hidden, k=3, stride=1, act=nn.ReLU6, se=None):
+        super().__init__()
+        layers = [conv_bn(cin, hidden, 1, act=act)] if hidden != cin else []
+        layers.append(conv_bn(hidden, hidden, k, stride, groups=hidden, act=act))
+        if se is not None:
+            layers.append(se(hidden))
+        layers.append(conv_bn(hidden, cout, 1, act=None))
+        self.body = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.body(x) if self.skip else self.body(x)
+
+
+class MobileNetLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        v3_se = lambda c: SqueezeExcite(c, max(4, c // 4), nn.ReLU, nn.Hardsigmoid)  # noqa: E731
+        self.features = nn.Sequential(
+            conv_bn(3, 8, 3, 2, act=nn.Hardswish),
+            InvertedResidual(8, 8, 8, act=nn.ReLU6),                         # V2, no expansion, skip
+            InvertedResidual(8, 12, 32, stride=2, act=nn.ReLU6),              # V2
+            InvertedResidual(12, 12, 36, act=nn.ReLU6),                       # V2, skip
+            InvertedResidual(12, 16, 36, k=5, stride=2, act=nn.Hardswish, se=v3_se),  # V3
+            InvertedResidual(16, 16, 48, k=5, act=nn.Hardswish, se=v3_se),    # V3, skip
+            conv_bn(16, 48, 1, act=nn.Hardswish),
+            GlobalPool())
+        self.classifier = nn.Sequential(nn.Linear(48, 64), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(64, num_classes))
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def _make_divisible(value, divisor=8):
+    """torchvision's channel rounding."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+# torchvision's MobileNetV3-Large: (cin, kernel, hidden, cout, squeeze-excitation, hard-swish, stride)
+V3_LARGE = [(16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2), (24, 3, 72, 24, False, False, 1),
+            (24, 5, 72, 40, True, False, 2), (40, 5, 120, 40, True, False, 1), (40, 5, 120, 40, True, False, 1),
+            (40, 3, 240, 80, False, True, 2), (80, 3, 200, 80, False, True, 1), (80, 3, 184, 80, False, True, 1),
+            (80, 3, 184, 80, False, True, 1), (80, 3, 480, 112, True, True, 1), (112, 3, 672, 112, True, True, 1),
+            (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1), (160, 5, 960, 160, True, True, 1)]
+
+
+class MobileNetV3Large(nn.Module):
+    """Full-size MobileNetV3-Large (torchvision's layer shapes, random weights), 3x224x224, 1000 classes."""
+
+    input_shape = (3, 224, 224)
+
+    def __init__(self, seed=0, num_classes=1000):
+        super().__init__()
+        blocks = [conv_bn(3, 16, 3, 2, act=nn.Hardswish)]
+        for cin, k, hidden, cout, se, hs, stride in V3_LARGE:
+            excite = (lambda c: SqueezeExcite(c, _make_divisible(c // 4), nn.ReLU, nn.Hardsigmoid)) if se else None
+            blocks.append(InvertedResidual(cin, cout, hidden, k, stride, nn.Hardswish if hs else nn.ReLU, excite))
+        blocks += [conv_bn(160, 960, 1, act=nn.Hardswish), GlobalPool()]
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(1280, num_classes))
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def densenet121(seed=0) -> nn.Module:
+    """Full-size DenseNet-121 (torchvision's layer shapes, random weights), 3x224x224, 1000 classes."""
+    model = DenseNetLike(seed, growth=32, blocks=(6, 12, 24, 16), num_classes=1000, width=64, stem=(7, 2))
+    model.input_shape = (3, 224, 224)
+    return model
+
+
+# ---- EfficientNet-B0 -------------------------------------------------------------------------------
+
+class EfficientNetLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        se = lambda c: SqueezeExcite(c, max(2, c // 8), nn.SiLU, nn.Sigmoid)  # noqa: E731
+        self.features = nn.Sequential(
+            conv_bn(3, 8, 3, 2, act=nn.SiLU),
+            InvertedResidual(8, 8, 8, act=nn.SiLU, se=se),                   # MBConv1, skip
+            InvertedResidual(8, 12, 48, stride=2, act=nn.SiLU, se=se),        # MBConv6 3x3
+            InvertedResidual(12, 12, 72, k=5, act=nn.SiLU, se=se),            # MBConv6 5x5, skip
+            conv_bn(12, 48, 1, act=nn.SiLU),
+            GlobalPool(), nn.Dropout(0.2))
+        self.classifier = nn.Linear(48, num_classes)
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+# ---- Inception -------------------------------------------------------------------------------------
+
+def basic_conv(cin, cout, k, **kw):
+    """torchvision's BasicConv2d: Conv (no bias) - BN(eps 1e-3) - ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, bias=False, **kw), nn.BatchNorm2d(cout, eps=1e-3), nn.ReLU())
+
+
+class InceptionA(nn.Module):
+    def __init__(self, cin, pool_features):
+        super().__init__()
+        self.branch1x1 = basic_conv(cin, 8, 1)
+        self.branch5x5 = nn.Sequential(basic_conv(cin, 6, 1), basic_conv(6, 8, 5, padding=2))
+        self.branch3x3dbl = nn.Sequential(basic_conv(cin, 8, 1), basic_conv(8, 12, 3, padding=1),
+                                          basic_conv(12, 12, 3, padding=1))
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)  # count_include_pad=True, as F.avg_pool2d in torchvision
+        self.branch_pool = basic_conv(cin, pool_features, 1)
+
+    def forward(self, x):
+        return torch.cat([self.branch1x1(x), self.branch5x5(x), self.branch3x3dbl(x),
+                          self.branch_pool(self.pool(x))], 1)
+
+
+class InceptionLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            basic_conv(3, 8, 3, stride=2), basic_conv(8, 16, 3, padding=1), nn.MaxPool2d(3, 2),
+            InceptionA(16, 4), InceptionA(32, 8), nn.MaxPool2d(3, 2), InceptionA(36, 8),
+            GlobalPool(), nn.Dropout(0.5))
+        self.fc = nn.Linear(36, num_classes)
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+# ---- SqueezeNet ------------------------------------------------------------------------------------
+
+class Fire(nn.Module):
+    def __init__(self, cin, squeeze, expand):
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.Conv2d(cin, squeeze, 1), nn.ReLU())
+        self.expand1x1 = nn.Sequential(nn.Conv2d(squeeze, expand, 1), nn.ReLU())
+        self.expand3x3 = nn.Sequential(nn.Conv2d(squeeze, expand, 3, padding=1), nn.ReLU())
+
+    def forward(self, x):
+        x = self.squeeze(x)
+        return torch.cat([self.expand1x1(x), self.expand3x3(x)], 1)
+
+
+class SqueezeNetLike(nn.Module):
+    input_shape = (3, 34, 34)  # 34 → conv 16 → ceil-mode pool 8 (floor would give 7) → 4 (floor 3)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(16, 4, 8), Fire(16, 4, 8), nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(16, 6, 12), Fire(24, 6, 12))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(24, num_classes, 1), nn.ReLU(),
+                                        nn.AdaptiveAvgPool2d(1))
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+# ---- VGG with BatchNorm and a GELU head ------------------------------------------------------------
+
+class VGGBNGelu(VGG16Like):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__(seed=seed, widths=(8, 8, 16, 16, 16), hidden=32, num_classes=num_classes,
+                         pool_size=1, batch_norm=True)
+        self.classifier[1] = nn.GELU()
+        self.classifier[4] = nn.GELU(approximate="tanh")
+        init_deterministic(self, seed)
+
+
+FAMILIES: dict[str, ModelSpec] = {
+    "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
+    "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
+    "efficientnet_like": ModelSpec(EfficientNetLike, EfficientNetLike.input_shape),
+    "inception_like": ModelSpec(InceptionLike, InceptionLike.input_shape),
+    "squeezenet_like": ModelSpec(SqueezeNetLike, SqueezeNetLike.input_shape),
+    "vgg_bn_gelu": ModelSpec(VGGBNGelu, VGGBNGelu.input_shape),
+}
+
+
+def make_family(name: str, seed: int = 0) -> nn.Module:
+    return FAMILIES[name].factory(seed=seed).eval()
+
+
+def family_input(name: str, batch: int = 2, seed: int = 0) -> np.ndarray:
+    shape = (batch, *FAMILIES[name].input_shape)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

@@ -1,0 +1,57 @@
+"""Gates detached for the oracle (shared/RLRP.md, "An exact oracle"): with gates or gated activations,
+R-LRP equals input × gradient with the gates held constant.
+
+``detached_gates(model)`` is a context manager: while it is active, forward hooks make
+
+* every ``nn.Sigmoid`` / ``nn.Hardsigmoid`` module a gate: its output is detached (use it on models
+  where these modules only gate, e.g. squeeze-excitation);
+* every gated activation ``y = x·g(x)`` — ``nn.SiLU`` (g = sigmoid), ``nn.Hardswish`` (g = hardsigmoid),
+  ``nn.GELU`` (g = Φ, exact or tanh form), ``nn.Mish`` (g = tanh∘softplus) — return the same value with
+  gradient ``g(x)``: ``y.detach() + (x − x.detach())·g(x).detach()``.
+
+Independent of ``rlrp_onnx``; use with ``oracle.input_times_gradient``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _gelu_gate(module: nn.GELU, x: torch.Tensor) -> torch.Tensor:
+    if module.approximate == "tanh":
+        return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+GATED = {
+    nn.SiLU: lambda m, x: torch.sigmoid(x),
+    nn.Hardswish: lambda m, x: F.hardsigmoid(x),
+    nn.GELU: _gelu_gate,
+    nn.Mish: lambda m, x: torch.tanh(F.softplus(x)),
+}
+GATES = (nn.Sigmoid, nn.Hardsigmoid)
+
+
+def _hook(module, inputs, output):
+    if isinstance(module, GATES):
+        return output.detach()
+    x = inputs[0]
+    gate = GATED[type(module)](module, x.detach())
+    return output.detach() + (x - x.detach()) * gate
+
+
+@contextlib.contextmanager
+def detached_gates(model: nn.Module):
+    """Hold every gate of ``model`` constant in autograd while the context is active."""
+    handles = [m.register_forward_hook(_hook) for m in model.modules()
+               if isinstance(m, GATES) or type(m) in GATED]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()

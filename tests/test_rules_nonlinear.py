@@ -1,0 +1,235 @@
+"""Rules with no autograd oracle, against plain numpy re-implementations of their formulas (RLRP.md):
+
+* other elementwise activations, identity rule: R_x = R_y = y·rho_y, and near x = 0 (|x| < 1e-4) the
+  one-sided limit f'(0±) times x·rho_y where f(0) = 0, zero relevance at a pole (rules/smooth.py);
+* gated activations y = x·g(x) as ops (HardSwish, Gelu, Mish, Swish) and as arithmetic (x·Sigmoid(x),
+  x·HardSigmoid(x), GELU in its Erf and Tanh forms, recognised by passes/gelu.py): R_x = x·g(x)·rho_y;
+* InstanceNormalization / LayerNormalization with the statistics held constant: R_x = x·scale/σ·rho_y;
+* LRN with the denominator held constant: R_x = x·(bias + α/size·Σ_window x²)^(−β)·rho_y.
+
+rho_y is what the dense head hands the op (``rule_harness.head_rho``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT
+from rlrp_onnx.passes import canonicalize
+
+from oracle import relative_l2_error
+from rule_harness import added_ops, compiled, head_model, head_rho
+
+X_SHAPE = (3, 4, 5)
+erf = np.vectorize(math.erf)
+TOLERANCE = 1e-5
+node = helper.make_node
+
+
+def sample(batch=2, seed=3) -> np.ndarray:
+    """N(0, 1) with planted zeros and values inside and just outside the |x| < 1e-4 band."""
+    x = np.random.default_rng(seed).standard_normal((batch, *X_SHAPE)).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[:10] = [0.0, -0.0, 3e-5, -3e-5, 1e-8, -1e-8, 2e-4, -2e-4, 1e-3, -1e-3]
+    return x
+
+
+def check(model, x, reference_of_rho, targets=(0, -1)):
+    """Compile, run, and compare with ``reference_of_rho(rho_h)`` (numpy, the op's output-shaped rho)."""
+    out, compiled_model = compiled(model, x, list(targets))
+    rho = head_rho(model, out[CLASS_OUTPUT], x.shape[1:])
+    reference = reference_of_rho(rho.astype(np.float64))
+    assert np.all(np.isfinite(out[RELEVANCE_OUTPUT]))
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], reference)
+    assert np.all(errors < TOLERANCE), errors
+    return out, compiled_model
+
+
+# ---- identity rule -------------------------------------------------------------------------------
+
+def elu(x, alpha=1.0):
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805
+
+# op, attrs, opset, f (numpy, float64), one-sided limits (f'(0-), f'(0+)) or None for a pole
+IDENTITY = {
+    "Tanh": ({}, 13, np.tanh, (1.0, 1.0)),
+    "Softsign": ({}, 13, lambda x: x / (1 + np.abs(x)), (1.0, 1.0)),
+    "Elu": ({"alpha": 0.5}, 13, lambda x: elu(x, 0.5), (0.5, 1.0)),
+    "Selu": ({}, 13, lambda x: SELU_GAMMA * elu(x, SELU_ALPHA), (SELU_GAMMA * SELU_ALPHA, SELU_GAMMA)),
+    "Celu": ({"alpha": 2.0}, 13, lambda x: np.maximum(x, 0) + np.minimum(0, 2.0 * np.expm1(x / 2.0)), (1.0, 1.0)),
+    "HardSigmoid_beta0": ({"alpha": 0.3, "beta": 0.0}, 13, lambda x: np.clip(0.3 * x, 0, 1), (0.0, 0.3)),
+    "Sigmoid": ({}, 13, lambda x: 1 / (1 + np.exp(-x)), None),
+    "Softplus": ({}, 13, lambda x: np.logaddexp(0, x), None),
+    "HardSigmoid": ({}, 13, lambda x: np.clip(0.2 * x + 0.5, 0, 1), None),
+}
+
+
+def identity_reference(x, f, limits):
+    x = x.astype(np.float64)
+    small = np.abs(x) < 1e-4
+    limit = np.zeros_like(x) if limits is None else np.where(x < 0, limits[0], limits[1])
+    ratio = np.where(small, limit, f(x) / np.where(small, 1.0, x))
+    return lambda rho: x * ratio * rho
+
+
+@pytest.mark.parametrize("case", list(IDENTITY))
+def test_identity_rule(case):
+    attrs, opset, f, limits = IDENTITY[case]
+    x = sample()
+    model = head_model([node(case.split("_")[0], ["x"], ["h"], **attrs)], X_SHAPE, X_SHAPE, opset=opset)
+    _, compiled_model = check(model, x, identity_reference(x, f, limits))
+    assert "Div" in added_ops(compiled_model, model)  # the one documented division
+
+
+def test_identity_rule_conserves_relevance_away_from_zero():
+    """Σ R_x = Σ y·rho_y exactly (the rule is R_x = R_y) when no |x| is below the threshold."""
+    x = np.random.default_rng(0).uniform(0.5, 2.0, (2, *X_SHAPE)).astype(np.float32)
+    x *= np.sign(np.random.default_rng(1).standard_normal(x.shape)).astype(np.float32)
+    model = head_model([node("Tanh", ["x"], ["h"])], X_SHAPE, X_SHAPE)
+    out, _ = compiled(model, x)
+    y = np.tanh(x.astype(np.float64))
+    rho = head_rho(model, out[CLASS_OUTPUT], X_SHAPE)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT].reshape(2, -1).sum(1), (y * rho).reshape(2, -1).sum(1),
+                               rtol=1e-5)
+
+
+# ---- gated activations ---------------------------------------------------------------------------
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def phi(x):
+    return 0.5 * (1 + erf(x / math.sqrt(2)))
+
+
+def phi_tanh(x):
+    return 0.5 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def const(name, value):
+    return node("Constant", [], [name], value=helper.make_tensor(name, onnx.TensorProto.FLOAT, [], [value]))
+
+
+GATED = {
+    "HardSwish_op": ([node("HardSwish", ["x"], ["h"])], 14, lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    "Gelu_op": ([node("Gelu", ["x"], ["h"])], 20, phi),
+    "Gelu_op_tanh": ([node("Gelu", ["x"], ["h"], approximate="tanh")], 20, phi_tanh),
+    "Mish_op": ([node("Mish", ["x"], ["h"])], 18, lambda x: np.tanh(np.logaddexp(0, x))),
+    "Swish_op": ([node("Swish", ["x"], ["h"], alpha=1.5)], 24, lambda x: sigmoid(1.5 * x)),
+    "silu_x_times_sigmoid": ([node("Sigmoid", ["x"], ["s"]), node("Mul", ["x", "s"], ["h"])], 13, sigmoid),
+    "silu_sigmoid_times_x": ([node("Sigmoid", ["x"], ["s"]), node("Mul", ["s", "x"], ["h"])], 13, sigmoid),
+    "hardswish_x_times_hardsigmoid": (
+        [node("HardSigmoid", ["x"], ["s"], alpha=1 / 6, beta=0.5), node("Mul", ["x", "s"], ["h"])], 13,
+        lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    "gelu_erf_div_then_half": (  # torch.onnx (TorchScript) order
+        [const("r2", math.sqrt(2)), const("one", 1.0), const("half", 0.5), node("Div", ["x", "r2"], ["d"]),
+         node("Erf", ["d"], ["e"]), node("Add", ["e", "one"], ["a"]), node("Mul", ["x", "a"], ["m"]),
+         node("Mul", ["m", "half"], ["h"])], 13, phi),
+    "gelu_erf_mul_half_first": (  # x/√2 as a product, the 1/2 applied to x first
+        [const("ir2", 1 / math.sqrt(2)), const("one", 1.0), const("half", 0.5), node("Mul", ["ir2", "x"], ["d"]),
+         node("Erf", ["d"], ["e"]), node("Add", ["one", "e"], ["a"]), node("Mul", ["half", "x"], ["xh"]),
+         node("Mul", ["a", "xh"], ["h"])], 13, phi),
+    "gelu_tanh_pow": (  # torch.onnx (dynamo) order
+        [const("three", 3.0), const("c", 0.044715), const("k", math.sqrt(2 / math.pi)), const("one", 1.0),
+         const("half", 0.5), node("Pow", ["x", "three"], ["x3"]), node("Mul", ["c", "x3"], ["cx3"]),
+         node("Add", ["x", "cx3"], ["s"]), node("Mul", ["k", "s"], ["u"]), node("Tanh", ["u"], ["t"]),
+         node("Add", ["t", "one"], ["a"]), node("Mul", ["half", "a"], ["g"]), node("Mul", ["x", "g"], ["h"])],
+        13, phi_tanh),
+    "gelu_tanh_products": (  # x³ as x·(x·x), 0.5 last
+        [const("c", 0.044715), const("k", math.sqrt(2 / math.pi)), const("one", 1.0), const("half", 0.5),
+         node("Mul", ["x", "x"], ["x2"]), node("Mul", ["x", "x2"], ["x3"]), node("Mul", ["x3", "c"], ["cx3"]),
+         node("Add", ["cx3", "x"], ["s"]), node("Mul", ["s", "k"], ["u"]), node("Tanh", ["u"], ["t"]),
+         node("Add", ["one", "t"], ["a"]), node("Mul", ["a", "x"], ["m"]), node("Mul", ["half", "m"], ["h"])],
+        13, phi_tanh),
+}
+
+
+@pytest.mark.parametrize("case", list(GATED))
+def test_gated_activation(case):
+    nodes, opset, gate = GATED[case]
+    x = sample()
+    model = head_model(nodes, X_SHAPE, X_SHAPE, opset=opset)
+    _, compiled_model = check(model, x, lambda rho: x.astype(np.float64) * gate(x.astype(np.float64)) * rho)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+@pytest.mark.parametrize("case", [c for c in GATED if c.startswith("gelu")])
+def test_gelu_pass_leaves_one_node(case):
+    nodes, opset, _ = GATED[case]
+    graph = canonicalize(head_model(nodes, X_SHAPE, X_SHAPE, opset=opset), case)
+    assert [n.op for n in graph.nodes if n.op not in ("Flatten", "Gemm")] == ["Gelu"]
+
+
+def test_almost_gelu_is_not_recognised():
+    """A wrong constant (0.6 instead of 1/2) is not GELU: the Erf is left, and reported uncovered."""
+    nodes = [const("half", 0.6)] + [n for n in GATED["gelu_erf_div_then_half"][0] if n.output[0] != "half"]
+    model = head_model(nodes, X_SHAPE, X_SHAPE, opset=13)
+    assert "Gelu" not in {n.op for n in canonicalize(model, "m").nodes}
+    with pytest.raises(RlrpError, match="Erf"):
+        compile_model(model)
+
+
+# ---- normalization -------------------------------------------------------------------------------
+
+RNG = np.random.default_rng(11)
+SCALE_C, BIAS_C = RNG.uniform(0.5, 1.5, 3).astype(np.float32), RNG.normal(0, 0.2, 3).astype(np.float32)
+SCALE_W, BIAS_W = RNG.uniform(0.5, 1.5, 5).astype(np.float32), RNG.normal(0, 0.2, 5).astype(np.float32)
+SCALE_CHW = RNG.uniform(0.5, 1.5, X_SHAPE).astype(np.float32)
+
+
+def inverse_std(x, axes, eps):
+    x = x.astype(np.float64)
+    return 1 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+
+
+NORMALIZATION = {
+    "instance": ([node("InstanceNormalization", ["x", "s", "b"], ["h"], epsilon=1e-3)],
+                 {"s": SCALE_C, "b": BIAS_C}, 13,
+                 lambda x: SCALE_C.reshape(3, 1, 1) * inverse_std(x, (2, 3), 1e-3)),
+    "layer_last_axis": ([node("LayerNormalization", ["x", "s", "b"], ["h"])], {"s": SCALE_W, "b": BIAS_W}, 17,
+                        lambda x: SCALE_W * inverse_std(x, (3,), 1e-5)),
+    "layer_axis1_no_bias": ([node("LayerNormalization", ["x", "s"], ["h"], axis=1, epsilon=1e-4)],
+                            {"s": SCALE_CHW}, 17, lambda x: SCALE_CHW * inverse_std(x, (1, 2, 3), 1e-4)),
+}
+
+
+@pytest.mark.parametrize("case", list(NORMALIZATION))
+def test_normalization_statistics_held_constant(case):
+    nodes, inits, opset, factor = NORMALIZATION[case]
+    x = sample() * 3 + 1
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=opset)
+    _, compiled_model = check(model, x, lambda rho: x * factor(x) * rho)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+def lrn_factor(x, size, alpha, beta, bias):
+    x = x.astype(np.float64)
+    channels = x.shape[1]
+    square_sum = np.zeros_like(x)
+    for c in range(channels):
+        low, high = max(0, c - (size - 1) // 2), min(channels - 1, c + math.ceil((size - 1) / 2))
+        square_sum[:, c] = (x[:, low:high + 1] ** 2).sum(axis=1)
+    return (bias + alpha / size * square_sum) ** -beta
+
+
+@pytest.mark.parametrize("size", [3, 5])  # ONNX Runtime runs odd sizes only
+def test_lrn_denominator_held_constant(size):
+    shape = (6, 4, 5)
+    attrs = {"size": size, "alpha": 0.05, "beta": 0.75, "bias": 2.0}
+    x = np.random.default_rng(4).standard_normal((2, *shape)).astype(np.float32) * 3
+    model = head_model([node("LRN", ["x"], ["h"], **attrs)], shape, shape, opset=13)
+    out, compiled_model = compiled(model, x, [1, -1])
+    rho = head_rho(model, out[CLASS_OUTPUT], shape)
+    reference = x * lrn_factor(x, size, 0.05, 0.75, 2.0) * rho
+    assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], reference) < TOLERANCE)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}

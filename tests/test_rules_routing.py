@@ -1,0 +1,218 @@
+"""Routing rules (Transpose, Split, Slice, Gather, GatherND, Where) and the linear maps Resize,
+ConvTranspose and Einsum, in configurations written by hand and as the torch exporters write them.
+
+All these ops are linear, so the reference is exact: the gradient of the (bias-free) hand-built model read
+off ONNX Runtime runs of the source model on basis vectors (``rule_harness.linear_reference``), or torch
+input × gradient for the exported modules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import helper
+from torch import nn
+
+from rlrp_onnx.contract import RELEVANCE_OUTPUT
+
+from exporting import EXPORTERS, export_onnx
+from oracle import input_times_gradient, relative_l2_error
+from rule_harness import added_ops, compiled, head_model, linear_reference
+from test_oracle import run
+
+TOLERANCE = 1e-5
+X_SHAPE = (3, 4, 5)
+INT64_MAX = 2**63 - 1
+node = helper.make_node
+
+
+def ints(*values):
+    return np.asarray(values, dtype=np.int64)
+
+
+def check_linear(model, x_shape=X_SHAPE, batch=3, targets=(1, -1, 3)):
+    x = np.random.default_rng(5).standard_normal((batch, *x_shape)).astype(np.float32)
+    out, compiled_model = compiled(model, x, list(targets))
+    reference, _ = linear_reference(model, x, list(targets))
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], reference)
+    assert np.all(errors < TOLERANCE), errors
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+    return compiled_model
+
+
+ROUTING = {
+    "transpose": ([node("Transpose", ["x"], ["h"], perm=[0, 2, 3, 1])], {}, 17),
+    "split_attr_opset11_one_output_used": (
+        [node("Split", ["x"], ["a", "h"], axis=2, split=[1, 3])], {}, 11),
+    "split_input_reordered": (
+        [node("Split", ["x", "s"], ["a", "b", "c"], axis=3), node("Concat", ["c", "a"], ["h"], axis=3)],
+        {"s": ints(2, 1, 2)}, 13),
+    "split_num_outputs_opset18": (
+        [node("Split", ["x"], ["a", "b"], axis=3, num_outputs=2), node("Add", ["a", "a"], ["h"])], {}, 18),
+    "slice_negative_steps": (
+        [node("Slice", ["x", "s", "e", "a", "t"], ["h"])],
+        {"s": ints(-1, 3), "e": ints(-INT64_MAX, 0), "a": ints(2, 3), "t": ints(-1, -2)}, 17),
+    "slice_step_and_offset": (
+        [node("Slice", ["x", "s", "e", "a", "t"], ["h"])],
+        {"s": ints(1, 0), "e": ints(INT64_MAX, 3), "a": ints(-1, 1), "t": ints(2, 1)}, 17),
+    "slice_contiguous_default_axes": (
+        [node("Slice", ["x", "s", "e"], ["h"])], {"s": ints(0, 1, -3), "e": ints(INT64_MAX, 3, -1)}, 13),
+    "gather_duplicates_and_gaps": (
+        [node("Gather", ["x", "i"], ["h"], axis=1)], {"i": ints(2, 0, 2, -1)}, 13),
+    "gather_scalar": ([node("Gather", ["x", "i"], ["h"], axis=3)], {"i": np.asarray(-2, np.int64)}, 13),
+    "gather_2d_indices": ([node("Gather", ["x", "i"], ["h"], axis=2)], {"i": ints(0, 3, 3, 1).reshape(2, 2)}, 13),
+    "gathernd_after_transpose": (
+        [node("Transpose", ["x"], ["t"], perm=[1, 2, 0, 3]), node("GatherND", ["t", "i"], ["g"]),
+         node("Transpose", ["g"], ["h"], perm=[1, 0, 2])],
+        {"i": ints(0, 1, 2, 3, 0, 1).reshape(3, 2)}, 13),
+    "where_broadcast_condition": (
+        [node("Mul", ["x", "m2"], ["x2"]), node("Where", ["c", "x", "x2"], ["h"])],
+        {"c": np.array([True, False, True, True]).reshape(1, 4, 1), "m2": np.float32(-2.0)}, 13),
+}
+
+
+@pytest.mark.parametrize("case", list(ROUTING))
+def test_routing(case):
+    nodes, inits, opset = ROUTING[case]
+    check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+def resize(mode, ctm, scales=None, sizes=None, opset=13, **attrs):
+    """Scales for all four axes, or sizes of H and W (opset 18's ``axes``: full sizes would fix the batch)."""
+    if scales is not None:
+        inputs, inits = ["x", "", "scales"], {"scales": np.asarray(scales, np.float32)}
+    else:
+        inputs, inits, opset = ["x", "", "", "sizes"], {"sizes": ints(*sizes)}, max(opset, 18)
+        attrs["axes"] = [2, 3]
+    return [node("Resize", inputs, ["h"], mode=mode, coordinate_transformation_mode=ctm, **attrs)], inits, opset
+
+
+RESIZE = {
+    "nearest_asymmetric_floor_x2": resize("nearest", "asymmetric", [1, 1, 2, 2], nearest_mode="floor"),
+    "nearest_half_pixel_sizes": resize("nearest", "half_pixel", sizes=[6, 7]),
+    "linear_scale_equal_to_size": resize("linear", "asymmetric", [1, 1, 4, 1]),  # H = 4 resized x4
+    "nearest_ceil_downscale": resize("nearest", "asymmetric", [1, 1, 0.5, 0.6], nearest_mode="ceil"),
+    "nearest_tf_half_pixel": resize("nearest", "tf_half_pixel_for_nn", [1, 1, 1.5, 2]),
+    "linear_half_pixel_x2": resize("linear", "half_pixel", [1, 1, 2, 2]),
+    "linear_align_corners_sizes": resize("linear", "align_corners", sizes=[7, 3]),
+    "linear_pytorch_half_pixel_down": resize("linear", "pytorch_half_pixel", sizes=[2, 1]),
+    "linear_asymmetric_fraction": resize("linear", "asymmetric", [1, 1, 1.7, 1.3]),
+    "cubic_exclude_outside": resize("cubic", "half_pixel", [1, 1, 2, 1.5], cubic_coeff_a=-0.5, exclude_outside=1),
+    "linear_axes_opset18": ([node("Resize", ["x", "", "scales"], ["h"], mode="linear", axes=[3, 2])],
+                            {"scales": np.asarray([1.5, 2.0], np.float32)}, 18),
+    "linear_antialias_down_opset18": resize("linear", "half_pixel", [1, 1, 0.5, 0.6], opset=18, antialias=1),
+    "linear_half_pixel_symmetric_opset19": resize("linear", "half_pixel_symmetric", [1, 1, 1.5, 2.5], opset=19),
+}
+
+
+@pytest.mark.parametrize("case", list(RESIZE))
+def test_resize(case):
+    nodes, inits, opset = RESIZE[case]
+    check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+def test_resize_nearest_is_routed_without_matmul():
+    nodes, inits, opset = RESIZE["nearest_asymmetric_floor_x2"]
+    model = head_model(nodes, X_SHAPE, initializers=inits, opset=opset)
+    ops = added_ops(check_linear(model), model)
+    assert "MatMul" not in ops and "Gather" in ops
+
+
+def conv_transpose(weight_shape, seed=3, **attrs):
+    w = np.random.default_rng(seed).standard_normal(weight_shape).astype(np.float32)
+    return [node("ConvTranspose", ["x", "w", "b"], ["h"], **attrs)], \
+        {"w": w, "b": np.zeros(weight_shape[1] * attrs.get("group", 1), np.float32)}, 17
+
+
+CONV_TRANSPOSE = {
+    "stride2_output_padding": conv_transpose((3, 2, 3, 3), strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 0]),
+    "groups_dilation_asymmetric_pads": conv_transpose((3, 2, 2, 3), group=3, dilations=[2, 1], pads=[0, 1, 1, 0]),
+    "kernel_equals_stride": conv_transpose((3, 4, 2, 2), strides=[2, 2]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV_TRANSPOSE))
+def test_conv_transpose(case):
+    nodes, inits, opset = CONV_TRANSPOSE[case]
+    check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+def einsum(equation, constant_shape, data_first=True):
+    c = np.random.default_rng(4).standard_normal(constant_shape).astype(np.float32)
+    inputs = ["x", "c"] if data_first else ["c", "x"]
+    return [node("Einsum", inputs, ["h"], equation=equation)], {"c": c}, 12
+
+
+EINSUM = {
+    "channel_mix": einsum("nchw,dc->ndhw", (6, 3)),
+    "constant_first": einsum("dc,nchw->ndhw", (2, 3), data_first=False),
+    "summed_in_x_only": einsum("nchw,dc->nd", (5, 3)),
+    "implicit_output": einsum("abcd,de", (5, 2)),  # -> abce
+    "ellipsis": einsum("...hw,wk->...hk", (5, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(EINSUM))
+def test_einsum(case):
+    nodes, inits, opset = EINSUM[case]
+    check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+# ---- as the torch exporters write them ---------------------------------------------------------------
+
+class Ops(nn.Module):
+    """conv → the op → dense head; ``kind`` picks the op (all linear in their data input)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.mix = nn.Parameter(torch.randn(4, 4))
+        self.register_buffer("order", torch.arange(7, -1, -1))
+        features = {"convtranspose": 4 * 16 * 16, "up_bilinear": 4 * 11 * 13}.get(kind, 4 * 8 * 8)
+        self.fc = nn.Linear(features, 5)
+
+    def forward(self, x):
+        x, k = self.conv(x), self.kind
+        if k == "split_cat":
+            a, b, c = x.split([1, 2, 1], 1)
+            x = torch.cat([c, a, b], 1)
+        elif k == "chunk_flip_transpose":
+            a, b = x.chunk(2, 2)
+            x = torch.cat([b.flip(3), a.flip(2)], 2) + x.transpose(2, 3)
+        elif k == "strided_slices":
+            x = torch.cat([x[:, :, ::2], x[:, :, 1::2]], 2)
+        elif k == "index_gather":
+            x = x[:, [2, 0, 1, 3]] + x.index_select(3, self.order)
+        elif k == "up_nearest":
+            x = F.interpolate(x, scale_factor=2, mode="nearest")[:, :, ::2, 1::2]
+        elif k == "up_bilinear":
+            x = F.interpolate(x, size=(11, 13), mode="bilinear", align_corners=False)
+        elif k == "convtranspose":
+            x = self.up(x)
+        elif k == "einsum_prelu_consts":
+            x = F.prelu(torch.einsum("nchw,dc->ndhw", x, self.mix), torch.full((4,), 0.2))
+            x = (x - 0.3) * 2 / 3
+        return self.fc(x.flatten(1))
+
+
+EXPORTED = ["split_cat", "chunk_flip_transpose", "strided_slices", "index_gather", "up_nearest",
+            "up_bilinear", "convtranspose", "einsum_prelu_consts"]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("kind", EXPORTED)
+def test_exported_forms(tmp_path, kind, exporter):
+    from rlrp_onnx import compile_model
+
+    torch.manual_seed(0)
+    module = Ops(kind).eval()
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = export_onnx(module, x, tmp_path / f"{kind}.onnx", exporter, fold_batchnorm=False)
+    out = run(compile_model(path), {"image": x})
+    relevance, _, _ = input_times_gradient(module, x)
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], relevance)
+    assert np.all(errors < 1e-4), errors
