@@ -44,27 +44,39 @@ class Window:
             begin, end = pads[:rank], pads[rank:]
         return cls(tuple(kernel), strides, dilations, tuple(begin), tuple(end))
 
-    def transpose_attrs(self, in_spatial, out_spatial) -> dict:
-        """ConvTranspose attributes that map an output-sized tensor back onto the input grid exactly.
+    def transpose(self, in_spatial, out_spatial) -> tuple[dict, list, list[int]]:
+        """ConvTranspose attributes mapping an output-sized tensor back onto the input grid, and per
+        spatial axis what is left to do: the rows to keep, ``(start, stop)`` or None for all, then
+        the number of zero rows to add at the end.
 
-        The adjoint scatters each output position over its window; positions the forward never read
-        (rows cut off by the stride) receive zero via ``output_padding``, and windows reaching past the
-        input (ceil mode) are cropped via the end pads.
+        The adjoint scatters each output position over its window (full positions −p_begin …). Its
+        pads are symmetric, since ONNX Runtime's CUDA provider runs asymmetric ones on the CPU:
+        the begin pad on both sides where ``output_padding`` (< max(stride, dilation)) can give back
+        what the end pad should not have cut, else a smaller pad and a cut at the start. Rows past
+        the last window never received anything: zeros.
         """
-        pads_end, output_padding = [], []
-        for size, out, k, s, d, p0 in zip(in_spatial, out_spatial, self.kernel, self.strides,
-                                           self.dilations, self.pads_begin):
+        pads, output_padding, keep, zeros = [], [], [], []
+        for size, out, k, s, d, p in zip(in_spatial, out_spatial, self.kernel, self.strides,
+                                          self.dilations, self.pads_begin):
             extent = (out - 1) * s + (k - 1) * d + 1
-            extra = size + p0 - extent
-            pads_end.append(max(0, -extra))
-            output_padding.append(max(0, extra))
+            limit = max(s, d) - 1
+            missing = size - (extent - 2 * p)   # rows the symmetric pad p would cut too many at the end
+            q = p if missing <= limit else max(p - missing, 0)
+            extra = min(max(size - (extent - p - q), 0), limit)
+            produced = extent - 2 * q + extra
+            start = p - q
+            stop = min(produced, start + size)
+            pads.append(q)
+            output_padding.append(extra)
+            keep.append((start, stop) if start > 0 or stop < produced else None)
+            zeros.append(size - (stop - start))
         attrs = {
             "strides": list(self.strides),
             "dilations": list(self.dilations),
-            "pads": list(self.pads_begin) + pads_end,
+            "pads": pads * 2,
             "output_padding": output_padding,
         }
-        return {key: value for key, value in attrs.items() if any(v != DEFAULTS[key] for v in value)}
+        return {key: value for key, value in attrs.items() if any(v != DEFAULTS[key] for v in value)}, keep, zeros
 
     def positions(self, in_spatial, out_spatial) -> np.ndarray:
         """For every kernel offset and output position, the flat input position it reads (-1 in padding).

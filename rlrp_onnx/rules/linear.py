@@ -15,15 +15,29 @@ def _constant_weights(ctx, node):
     return None
 
 
+def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
+    """Aᵀ(rho) of a sliding-window linear map from x to y: ConvTranspose with ``weights``, plus the
+    zero rows or the cut that put it exactly onto x's grid."""
+    emit = ctx.emit
+    in_spatial = ctx.spatial(x)
+    attrs, keep, zeros = window.transpose(in_spatial, ctx.spatial(y))
+    if group != 1:
+        attrs["group"] = group
+    out = emit.op("ConvTranspose", [rho, weights], attrs)
+    axes = [i for i, rows in enumerate(keep) if rows is not None]
+    if axes:
+        out = emit.slice(out, [keep[i][0] for i in axes], [keep[i][1] for i in axes], [2 + i for i in axes])
+    if any(zeros):
+        out = emit.pad(out, [0] * (2 + len(zeros)) + [0, 0] + list(zeros))
+    return out
+
+
 @rule("Conv", check=_constant_weights, kind=LAYER)
 def conv(ctx, node, rho):
     """rho_x = ConvTranspose(rho_y, W): the same weights, geometry mapped back onto the input grid."""
     x, w = node.inputs[0], node.inputs[1]
-    in_spatial, out_spatial = ctx.spatial(x), ctx.spatial(node.outputs[0])
-    window = Window.from_node(node, in_spatial, w.shape[2:])
-    attrs = window.transpose_attrs(in_spatial, out_spatial)
-    attrs["group"] = node.attrs.get("group", 1)
-    return {0: ctx.emit.op("ConvTranspose", [rho[0], w], attrs)}
+    window = Window.from_node(node, ctx.spatial(x), w.shape[2:])
+    return {0: window_adjoint(ctx, rho[0], w, window, x, node.outputs[0], node.attrs.get("group", 1))}
 
 
 def _gemm_check(ctx, node):

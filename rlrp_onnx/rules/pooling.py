@@ -6,6 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .geometry import Window
+from .linear import window_adjoint
 from .registry import LINEAR, rule
 
 
@@ -26,9 +27,9 @@ def average_pool(ctx, node, rho):
     channels = int(ctx.shape(x)[1])
     ones = emit.op("Expand", [emit.const(np.ones([1, 1, *window.kernel])),
                               emit.ints([channels, 1, *window.kernel])])
-    attrs = window.transpose_attrs(in_spatial, out_spatial)
-    attrs["group"] = channels
-    return {0: emit.op("ConvTranspose", [emit.mul(rho[0], emit.const(scale)), ones], attrs)}
+    ones.shape = [channels, 1, *window.kernel]
+    scaled = emit.mul(rho[0], emit.const(scale))
+    return {0: window_adjoint(ctx, scaled, ones, window, x, node.outputs[0], channels)}
 
 
 @rule("GlobalAveragePool", kind=LINEAR)
