@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 Tensor = gs.Variable | gs.Constant
@@ -95,8 +96,9 @@ class Emitter:
         return self.op("Mul", [a, b])
 
     def where(self, mask: Tensor, x: Tensor) -> gs.Variable:
-        """``x`` where ``mask`` holds, zero elsewhere."""
-        return self.op("Where", [mask, x, self.const(0.0)])
+        """``x`` where ``mask`` holds, zero elsewhere: a multiplication by the mask as 0/1, which
+        ONNX Runtime runs several times faster than ``Where`` (measured by tools/bench.py)."""
+        return self.mul(x, self.op("Cast", [mask], {"to": onnx.TensorProto.FLOAT}))
 
     def reshape_like(self, x: Tensor, like: Tensor) -> gs.Variable:
         return self.op("Reshape", [x, self.shape_of(like)])

@@ -22,11 +22,11 @@ running statistics).
 API
 ---
 ``SimpleCNN(seed=0, num_classes=10)``          input (N, 3, 32, 32)
-``VGG16Like(seed=0, widths=(8, 16, 32, 32, 32), hidden=64, num_classes=10, pool_size=2,
+``VGG16Like(seed=0, widths=(16, 32, 64, 64, 64), hidden=128, num_classes=10, pool_size=2,
 batch_norm=False)``
                                                 input (N, 3, 64, 64)
-``ResNet18Like(seed=0, base_width=8, num_classes=10)``   input (N, 3, 64, 64)
-``ResNet50Like(seed=0, base_width=8, num_classes=10)``   input (N, 3, 64, 64)
+``ResNet18Like(seed=0, base_width=16, num_classes=10)``   input (N, 3, 64, 64)
+``ResNet50Like(seed=0, base_width=16, num_classes=10)``   input (N, 3, 64, 64)
 ``efficientnet_lite0()``                        real ImageNet weights, input (N, 3, 224, 224)
 
 ``REFERENCE_MODELS``: name -> ``ModelSpec(factory, input_shape)`` (input_shape
@@ -194,8 +194,8 @@ class VGG16Like(nn.Module):
     def __init__(
         self,
         seed: int = 0,
-        widths: Sequence[int] = (8, 16, 32, 32, 32),
-        hidden: int = 64,
+        widths: Sequence[int] = (16, 32, 64, 64, 64),
+        hidden: int = 128,
         num_classes: int = 10,
         pool_size: int = 2,
         batch_norm: bool = False,
@@ -302,7 +302,7 @@ class _ResNet(nn.Module):
     depths: tuple[int, ...] = (2, 2, 2, 2)
     flatten_with_view = False
 
-    def __init__(self, seed: int = 0, base_width: int = 8, num_classes: int = 10):
+    def __init__(self, seed: int = 0, base_width: int = 16, num_classes: int = 10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, base_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(base_width)
@@ -338,7 +338,7 @@ class _ResNet(nn.Module):
 
 
 class ResNet18Like(_ResNet):
-    """ResNet-18 structure (BasicBlock x [2, 2, 2, 2]), widths 8-16-32-64 by default.
+    """ResNet-18 structure (BasicBlock x [2, 2, 2, 2]), widths 16-32-64-128 by default.
 
     Flattens with ``x.view(x.size(0), -1)``.
     """
@@ -349,7 +349,7 @@ class ResNet18Like(_ResNet):
 
 
 class ResNet50Like(_ResNet):
-    """ResNet-50 structure (Bottleneck x [3, 4, 6, 3], expansion 4), planes 8-16-32-64.
+    """ResNet-50 structure (Bottleneck x [3, 4, 6, 3], expansion 4), planes 16-32-64-128.
 
     Flattens with ``torch.flatten(x, 1)``.
     """

@@ -15,11 +15,33 @@ def _constant_weights(ctx, node):
     return None
 
 
+def _flipped(emit, weights, group: int):
+    """The weights of the adjoint as a convolution: per group, input and output channels swapped and
+    the kernel turned by 180°; computed in the graph (ONNX Runtime folds it when it opens the model)."""
+    out_channels, in_per_group, *kernel = weights.shape
+    rank, out_per_group = len(kernel), out_channels // group
+    if group == 1:
+        weights = emit.op("Transpose", [weights], {"perm": [1, 0, *range(2, 2 + rank)]})
+    elif in_per_group > 1 or out_per_group > 1:  # (a depthwise kernel needs no swap)
+        grouped = emit.op("Reshape", [weights, emit.ints([group, out_per_group, in_per_group, *kernel])])
+        swapped = emit.op("Transpose", [grouped], {"perm": [0, 2, 1, *range(3, 3 + rank)]})
+        weights = emit.op("Reshape", [swapped, emit.ints([group * in_per_group, out_per_group, *kernel])])
+    axes = list(range(2, 2 + rank))
+    return emit.slice(weights, [-1] * rank, [-(2**62)] * rank, axes, [-1] * rank)
+
+
 def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
-    """Aᵀ(rho) of a sliding-window linear map from x to y: ConvTranspose with ``weights``, plus the
-    zero rows or the cut that put it exactly onto x's grid."""
+    """Aᵀ(rho) of a sliding-window linear map from x to y, exactly on x's grid: for stride 1 a Conv
+    with the flipped weights (ONNX Runtime runs it faster than ConvTranspose), else ConvTranspose
+    with the weights, plus the zero rows or the cut its geometry needs."""
     emit = ctx.emit
     in_spatial = ctx.spatial(x)
+    reach = [(k - 1) * d for k, d in zip(window.kernel, window.dilations)]
+    adjoint_pads = [r - p for r, p in zip(reach, window.pads_begin)] + \
+                   [r - p for r, p in zip(reach, window.pads_end)]
+    if all(s == 1 for s in window.strides) and min(adjoint_pads) >= 0:
+        attrs = {"pads": adjoint_pads, "dilations": list(window.dilations), "group": group}
+        return emit.op("Conv", [rho, _flipped(emit, weights, group)], attrs)
     attrs, keep, zeros = window.transpose(in_spatial, ctx.spatial(y))
     if group != 1:
         attrs["group"] = group
