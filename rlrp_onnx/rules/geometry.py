@@ -78,28 +78,6 @@ class Window:
         }
         return {key: value for key, value in attrs.items() if any(v != DEFAULTS[key] for v in value)}, keep, zeros
 
-    def positions(self, in_spatial, out_spatial) -> np.ndarray:
-        """For every kernel offset and output position, the flat input position it reads (-1 in padding).
-
-        Shape ``[prod(kernel), *out_spatial]``; offsets in row-major order of the kernel.
-        """
-        grids = []
-        for size, out, k, s, d, p0 in zip(in_spatial, out_spatial, self.kernel, self.strides,
-                                           self.dilations, self.pads_begin):
-            coords = np.arange(k)[:, None] * d + np.arange(out)[None, :] * s - p0  # [k, out]
-            grids.append(np.where((coords >= 0) & (coords < size), coords, -1))
-        rank = len(grids)
-        flat = np.zeros([1] * (2 * rank), dtype=np.int64)
-        valid = np.ones([1] * (2 * rank), dtype=bool)
-        for axis, (grid, size) in enumerate(zip(grids, in_spatial)):
-            shape = [1] * (2 * rank)
-            shape[axis], shape[rank + axis] = grid.shape
-            g = grid.reshape(shape)
-            flat = flat * size + np.maximum(g, 0)
-            valid = valid & (g >= 0)
-        flat = np.where(valid, flat, -1)
-        return flat.reshape(int(np.prod(self.kernel)), *out_spatial)
-
     def window_sizes(self, in_spatial, out_spatial, count_include_pad: bool) -> np.ndarray:
         """The divisor of each AveragePool output: window cells inside the input (or the padded input)."""
         sizes = np.ones([1] * len(in_spatial))
