@@ -17,7 +17,6 @@ def attach(plan, relative: bool, expose=()) -> list:
     """
     graph, emit, logits = plan.context.graph, plan.context.emit, plan.logits
     batch, classes = logits.shape
-    emit.scope = "contract"
     target = gs.Variable(TARGET_INPUT, np.int64, [batch])
     graph.inputs.append(target)
     argmax = emit.op("ArgMax", [logits], {"axis": 1, "keepdims": 0})

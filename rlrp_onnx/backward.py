@@ -68,7 +68,6 @@ def relevance_pass(ctx: Context, nodes: Sequence[gs.Node], seeds: dict[str, Tens
 
     def total(tensor: Tensor) -> Tensor | None:
         if tensor.name not in totals and parts.get(tensor.name):
-            ctx.emit.scope = tensor.name
             totals[tensor.name] = ctx.emit.total(parts[tensor.name])
         return totals.get(tensor.name)
 
@@ -76,7 +75,6 @@ def relevance_pass(ctx: Context, nodes: Sequence[gs.Node], seeds: dict[str, Tens
         rho_out = [total(t) for t in node.outputs]
         if all(r is None for r in rho_out):
             continue
-        ctx.emit.scope = node.name
         for index, rho in ctx.rules[node.op].backward(ctx, node, rho_out).items():
             parts[node.inputs[index].name].append(rho)
     return {tensor.name: total(tensor) for tensor in wanted}

@@ -16,8 +16,7 @@ SHARED_CONSTANT_BYTES = 64
 
 class Emitter:
     """Appends new nodes to a graph under short unique names (``rlrp<n>``: the names are stored in the
-    compiled file once per node and tensor, so they are kept small), and records the forward node
-    each one serves (``scope``) for messages."""
+    compiled file once per node and tensor, so they are kept small)."""
 
     def __init__(self, graph: gs.Graph, prefix: str = "rlrp"):
         self.graph = graph
@@ -26,7 +25,6 @@ class Emitter:
         while any(name.startswith(prefix) for name in taken):
             prefix += "_"
         self.prefix = prefix
-        self.scope = ""
         self._count = 0
         self._shapes: dict[str, gs.Variable] = {}
         self._constants: dict[tuple, gs.Constant] = {}
