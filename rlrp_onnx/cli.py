@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -307,6 +308,12 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped (head, less)
         sys.stderr.close()
         return 1
+    except Exception as error:  # a bug of ours: still one line, the traceback with RLRP_DEBUG=1
+        if os.environ.get("RLRP_DEBUG"):
+            raise
+        print(f"rlrp-onnx: internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+              " (rerun with RLRP_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 2
     return 0
 
 

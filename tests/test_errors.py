@@ -157,3 +157,15 @@ def test_inspect_reports_uncovered(tmp_path, capsys):
     assert code == 0
     assert "2 nodes, 1 covered (50.0%)" in out
     assert "uncovered node odd_sin (Sin): no relevance rule" in out
+
+
+def test_internal_errors_are_one_line(monkeypatch, capsys, dense_path, tmp_path):
+    import rlrp_onnx.compiler
+
+    def broken(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(rlrp_onnx.compiler, "compile_model", broken)
+    code, _, err = run_cli(capsys, "compile", dense_path, "-o", tmp_path / "o.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("rlrp-onnx: internal error: KeyError") and "RLRP_DEBUG" in err
