@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from rlrp_onnx import compile_model
+from rlrp_onnx.compiler import plan_model
+from rlrp_onnx.methods import choose
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 
 from onnx_builders import make_model
@@ -230,3 +232,27 @@ def test_matmul_with_constant_on_the_left():
 
     x = rng.standard_normal((2, 6, 2)).astype(np.float32)
     compare(compile_model(model), model, input_times_gradient(Left(), x, [7, -1]), x, [7, -1])
+
+
+def test_zero_pad_before_conv_is_folded_into_the_adjoint(tmp_path):
+    """TF-style "same" padding (a Pad, then a Conv without pads): the relevance pass maps straight
+    onto the Pad's input, with no crop, and still equals autograd."""
+
+    class Same(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 5)
+            self.fc = nn.Linear(4 * 8 * 8, 5)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.relu(self.conv(F.pad(x, (2, 2, 2, 2)))), 1))
+
+    model = Same().eval()
+    x = np.random.default_rng(6).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = export(model, x, tmp_path / "same.onnx")
+    assert "Pad" in {n.op_type for n in onnx.load(path).graph.node}
+    compiled = compile_model(path)
+    compare(compiled, path, input_times_gradient(model, x, [1, -1]), x, [1, -1])
+    plan, _ = plan_model(onnx.load(path), "same", choose())
+    assert [n.op for n in plan.nodes if n.op in ("Pad", "Conv")] == ["Conv"]
+    assert next(n for n in plan.nodes if n.op == "Conv").attrs["pads"] == [2, 2, 2, 2]

@@ -13,6 +13,7 @@ from .fold import fold_constants, infer_shapes
 from .gelu import recognise_gelu
 from .hard_sigmoid import recognise_hard_sigmoid
 from .names import unique_node_names
+from .pad_into_conv import pad_into_conv
 from .sequence import split_to_sequence
 from .static_shapes import float_inputs, pin_input_shapes
 
@@ -21,7 +22,8 @@ MIN_OPSET = 11
 
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
     """Pin input shapes, infer shapes, simplify and fold constants, infer again, recognise decomposed
-    activations (GELU, hard sigmoid); the source is not modified."""
+    activations (GELU, hard sigmoid) and fold zero Pads into the Convs they feed; the source is not
+    modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}")
@@ -30,8 +32,8 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     graph = gs.import_onnx(infer_shapes(model, label))
     model = gs.export_onnx(split_to_sequence(fold_constants(castlike_to_cast(graph))), do_type_check=False)
     graph = gs.import_onnx(infer_shapes(model, label))
-    for recognise in (recognise_gelu, recognise_hard_sigmoid):  # on the final graph: only planned, never run
-        graph = recognise(graph)
+    for simplify in (recognise_gelu, recognise_hard_sigmoid, pad_into_conv):  # only planned, never run
+        graph = simplify(graph)
     return unique_node_names(graph)
 
 
