@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .errors import RlrpError
+from .errors import RlrpError, first_line
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 DEMO_MODEL = REPO_MODELS / "efficientnet_lite0.onnx"
@@ -85,12 +85,12 @@ def cmd_inspect(args) -> None:
     from .compiler import plan_model
     from .loading import load_model
     from .methods import choose
+    from .passes import opset_version
     from .plan import gap
 
     proto, label = load_model(args.model)
     ops = Counter(n.op_type for n in proto.graph.node)
-    print(f"{label}: opset {next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))}, "
-          f"{len(proto.graph.node)} nodes")
+    print(f"{label}: opset {opset_version(proto)}, {len(proto.graph.node)} nodes")
     for value in proto.graph.input:
         print(f"  input  {value.name}: {_describe(value)}")
     for value in proto.graph.output:
@@ -127,7 +127,7 @@ def _describe(value) -> str:
 
 
 def _preprocessing(args, input_shape):
-    from .preprocess import PRESETS, Preprocessing, get_preset, infer_preprocessing
+    from .preprocess import PRESETS, get_preset, infer_preprocessing
 
     base = get_preset(args.preset) if args.preset else infer_preprocessing(input_shape, PRESETS["unit"])
     changes = {k: v for k, v in {
@@ -186,15 +186,14 @@ def cmd_conservation(args) -> None:
     import numpy as np
 
     from .compiler import compile_model
-    from .contract import LAYER_OUTPUT_PREFIX, RELEVANCE_OUTPUT, TARGET_INPUT
+    from .contract import LAYER_OUTPUT_PREFIX, RELEVANCE_OUTPUT
     from .preprocess import prepare
-    from .runtime import create_session, run_explainer
+    from .runtime import create_session, image_input, run_explainer
 
     compiled = compile_model(args.model, expose="all", **_method_args(args))
     producers = {o: n.op_type for n in compiled.graph.node for o in n.output}
     session = create_session(compiled, args.device)
-    shape = next(list(i.shape) for i in session.session.get_inputs() if i.name != TARGET_INPUT)
-    batch, _ = prepare([args.image], _preprocessing(args, shape))
+    batch, _ = prepare([args.image], _preprocessing(args, list(image_input(session).shape)))
     relevance, classes, scores, outputs = run_explainer(session, batch, args.target)
     score = float(scores[0])
     print(f"{args.image}: class {int(classes[0])}, logit {score:.6g}, rule {args.composite or args.rule}")
@@ -311,7 +310,7 @@ def main(argv=None) -> int:
     except Exception as error:  # a bug of ours: still one line, the traceback with RLRP_DEBUG=1
         if os.environ.get("RLRP_DEBUG"):
             raise
-        print(f"rlrp-onnx: internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        print(f"rlrp-onnx: internal error: {type(error).__name__}: {first_line(error)}"
               " (rerun with RLRP_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
         return 2
     return 0

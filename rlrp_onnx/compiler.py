@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 
 from . import contract
 from .attach import attach
-from .errors import RlrpError
+from .errors import RlrpError, first_line
 from .graft import graft
 from .loading import load_model
 from .methods import RLRP, Method, Options, choose
@@ -94,6 +94,5 @@ def _validated(compiled: onnx.ModelProto, label: str) -> onnx.ModelProto:
         inferred = onnx.shape_inference.infer_shapes(compiled, strict_mode=True)
         onnx.checker.check_model(inferred, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        first = str(error).strip().splitlines()[0][:300]
-        raise RlrpError(f"{label}: internal error, the compiled model is invalid ({first})") from None
+        raise RlrpError(f"{label}: internal error, the compiled model is invalid ({first_line(error)})") from None
     return compiled

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 
 from .compiler import compile_model
-from .contract import META_EXPLAINED_OUTPUT, META_RULE, META_VERSION, TARGET_INPUT
+from .contract import META_EXPLAINED_OUTPUT, META_RULE, META_VERSION
 from .errors import RlrpError
 from .loading import load_model
 from .methods import RLRP, Options
-from .runtime import create_session, run_explainer
+from .runtime import create_session, image_input, run_explainer
 
 
 def explainer_model(model, output_name: str | None = None, **method) -> onnx.ModelProto:
@@ -56,7 +56,7 @@ class Explainer:
         self.batch_size = batch_size
         meta = {p.key: p.value for p in self.model.metadata_props}
         self.explained_output = meta[META_EXPLAINED_OUTPUT]
-        self.input_shape = next(list(i.shape) for i in self.runtime.session.get_inputs() if i.name != TARGET_INPUT)
+        self.input_shape = list(image_input(self.runtime).shape)
 
     def explain(self, images: np.ndarray, targets: Sequence[int] | np.ndarray | None = None,
                 top_k: int | None = None) -> Explanations:

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import RlrpError
+from .errors import RlrpError, first_line
 
 TWO_GB = 2**31
 
@@ -25,13 +25,13 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
     try:
         model = onnx.load(str(path))
     except (DecodeError, RuntimeError, ValueError, OSError) as error:
-        raise RlrpError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+        raise RlrpError(f"{path}: not a readable ONNX model ({first_line(error)})") from None
     if not model.graph.node or not model.opset_import:
         raise RlrpError(f"{path}: not an ONNX model (no graph or no opset)")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
-        raise RlrpError(f"{path}: corrupt ONNX model ({_first_line(error)})") from None
+        raise RlrpError(f"{path}: corrupt ONNX model ({first_line(error)})") from None
     return model, str(path)
 
 
@@ -50,9 +50,4 @@ def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:
         else:
             path.write_bytes(model.SerializeToString())
     except (OSError, ValueError) as error:
-        raise RlrpError(f"{path}: cannot write the model ({_first_line(error)})") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
+        raise RlrpError(f"{path}: cannot write the model ({first_line(error)})") from None

@@ -41,6 +41,11 @@ def data_tensors(graph: gs.Graph, inputs: list[gs.Variable]) -> set[str]:
     return data
 
 
+def _is_scores(tensor) -> bool:
+    """A float tensor of rank 2: class scores [N, K]."""
+    return _is_float(tensor) and tensor.shape is not None and len(tensor.shape) == 2
+
+
 def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variable:
     """The graph output holding class scores ``[N, K]``: the one named, or the only float one of rank 2."""
     described = ", ".join(f"'{t.name}' {np.dtype(t.dtype).name if t.dtype else '?'} {t.shape}"
@@ -53,14 +58,14 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
         if not chosen:
             raise RlrpError(f"{label}: no output named '{name}' (outputs: {described})")
     else:
-        chosen = [t for _, t in outputs if _is_float(t) and t.shape is not None and len(t.shape) == 2]
+        chosen = [t for _, t in outputs if _is_scores(t)]
         if not chosen:
             raise RlrpError(f"{label}: no output holds class scores [N, K] (outputs: {described})")
         if len(chosen) > 1:
             names = ", ".join(t.name for t in chosen)
             raise RlrpError(f"{label}: several outputs could be class scores ({names}); choose one with --output")
     output = chosen[0]
-    if not _is_float(output) or output.shape is None or len(output.shape) != 2:
+    if not _is_scores(output):
         raise RlrpError(f"{label}: output '{output.name}' is not class scores [N, K] ({described})")
     return output
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
-from .errors import RlrpError
+from .errors import RlrpError, first_line
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -101,10 +101,6 @@ def run_explainer(
     inputs = {node.name: node for node in inference.get_inputs()}
     output_names = [node.name for node in inference.get_outputs()]
 
-    image_names = [name for name in inputs if name != TARGET_INPUT]
-    if len(image_names) != 1:
-        names = ", ".join(image_names)
-        raise RlrpError(f"the model has {len(image_names)} image inputs ({names}); run_explainer feeds one")
     missing = [name for name in (RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT) if name not in output_names]
     if missing:
         raise RlrpError(
@@ -112,8 +108,8 @@ def run_explainer(
             "(run `rlrp-onnx compile` on it first)"
         )
 
-    image_input = inputs[image_names[0]]
-    feed = {image_input.name: _image_feed(image_input, images)}
+    image = image_input(inference)
+    feed = {image.name: _image_feed(image, images)}
     if targets is None and TARGET_INPUT in inputs:  # declared without a default: feed "arg-max"
         targets = -1
     if targets is not None:
@@ -162,8 +158,7 @@ def _open_session(ort, source: bytes | str, providers: list[str]) -> onnxruntime
     try:
         return ort.InferenceSession(source, options, providers=providers)
     except Exception as error:  # ONNX Runtime raises its own pybind exception types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RlrpError(f"ONNX Runtime cannot load {name}: {first_line}") from None
+        raise RlrpError(f"ONNX Runtime cannot load {name}: {first_line(error)}") from None
 
 
 def _preload_cuda_libraries() -> str | None:
@@ -202,6 +197,16 @@ def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
     if dtype is None:
         raise RlrpError(f"input {node.name!r} has type {node.type}; expected a float tensor")
     return np.ascontiguousarray(images, dtype=dtype)
+
+
+def image_input(session: RuntimeSession | onnxruntime.InferenceSession):
+    """The session's one image input (every input but ``rlrp_target``): name, type, shape."""
+    inference = session.session if isinstance(session, RuntimeSession) else session
+    images = [node for node in inference.get_inputs() if node.name != TARGET_INPUT]
+    if len(images) != 1:
+        names = ", ".join(node.name for node in images)
+        raise RlrpError(f"the model has {len(images)} image inputs ({names}); explaining feeds one")
+    return images[0]
 
 
 def run_bound(session, feed: dict[str, np.ndarray], output_names: Sequence[str], device: str) -> list:

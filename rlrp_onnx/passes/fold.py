@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import RlrpError
+from ..errors import RlrpError, first_line
 
 
 def infer_shapes(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -13,8 +13,7 @@ def infer_shapes(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0][:300]
-        raise RlrpError(f"{label}: shape inference failed ({first})") from None
+        raise RlrpError(f"{label}: shape inference failed ({first_line(error)})") from None
 
 
 def fold_constants(graph: gs.Graph) -> gs.Graph:
