@@ -17,7 +17,7 @@ from .plan import analyse, make_plan
 
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
                   output_name: str | None = None, input_shapes: dict[str, list[int]] | None = None,
-                  expose: str | list[str] = ()) -> onnx.ModelProto:
+                  expose: str | list[str] = (), label: str | None = None) -> onnx.ModelProto:
     """Compile an ONNX classifier (path or ModelProto) into an explainer model (contract version 1).
 
     ``rule`` is "rlrp" (default) or a classical LRP rule (``rlrp_onnx.methods.RULE_NAMES``), and
@@ -26,8 +26,10 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     ``input_shapes`` pins the sizes of inputs whose spatial dims are dynamic, e.g.
     ``{"image": [1, 3, 224, 224]}``. ``expose`` lists inner tensors (or "all": every layer output on
     the relevance path) whose relevance becomes an extra output ``rlrp_relevance/<tensor name>``.
+    ``label`` names a ModelProto in messages (a path names itself).
     """
-    source, label = load_model(model)
+    source, loaded = load_model(model)
+    label = label or loaded
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
     graph = plan.context.graph
     forward = {id(node) for node in graph.nodes}

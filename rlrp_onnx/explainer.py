@@ -27,7 +27,7 @@ def explainer_model(model, output_name: str | None = None, **method) -> onnx.Mod
             raise RlrpError(f"{label} is already compiled with '{recorded}'; compile the source model "
                             f"to explain with '{chosen}'")
         return proto
-    return compile_model(model, output_name=output_name, **method)
+    return compile_model(proto, output_name=output_name, label=label, **method)
 
 
 class Explanations(NamedTuple):
