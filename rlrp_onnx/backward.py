@@ -14,12 +14,15 @@ from .ir import Emitter, Tensor
 class Context:
     """What a rule may ask about the forward graph, and the emitter it writes with."""
 
-    def __init__(self, graph: gs.Graph, data: set[str], rules: dict, layer_rules: dict | None = None):
+    def __init__(self, graph: gs.Graph, data: set[str], rules: dict, layer_rules: dict | None = None,
+                 relative: bool = True):
         self.graph = graph
+        self.relative = relative  # R-LRP's relative relevance (else a classical rule's absolute one)
         self.emit = Emitter(graph)
         self.rules = rules
         self.layer_rules = layer_rules if layer_rules is not None else {}
         self.data = data
+        self._forward_nodes = {id(node) for node in graph.nodes}
 
     def is_data(self, tensor: Tensor) -> bool:
         """Whether relevance flows into ``tensor`` (it depends on an explained input)."""
@@ -38,6 +41,10 @@ class Context:
     def spatial(self, tensor: Tensor) -> list[int]:
         """The static sizes of axes 2.. of an N, C, spatial... tensor."""
         return [int(d) for d in self.shape(tensor)[2:]]
+
+    def readers(self, tensor: Tensor) -> list[gs.Node]:
+        """The forward nodes that read ``tensor`` (not the relevance pass's own)."""
+        return [node for node in tensor.outputs if id(node) in self._forward_nodes]
 
     @staticmethod
     def producer(tensor: Tensor) -> gs.Node | None:

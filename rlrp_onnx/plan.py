@@ -109,7 +109,7 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
     if logits.name not in data:
         raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input")
     path = _relevance_path(graph, data, logits)
-    return Plan(inputs, output, logits, path, Context(graph, data, method.rules, method.layer_rules))
+    return Plan(inputs, output, logits, path, Context(graph, data, method.rules, method.layer_rules, method.relative))
 
 
 def make_plan(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Method,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from .pooling import relu_masked_by_pools
 from .registry import ACTIVATION, rule
 
 
 @rule("Relu", kind=ACTIVATION)
 def relu(ctx, node, rho):
-    """rho_x = [y > 0]·rho_y (the mask reads the output, so Conv+Relu fusion stays intact)."""
+    """rho_x = [y > 0]·rho_y (the mask reads the output, so Conv+Relu fusion stays intact; read off the
+    pooled output when only MaxPools read y, which then apply it)."""
     emit = ctx.emit
+    if relu_masked_by_pools(ctx, node):
+        return {0: rho[0]}
     return {0: emit.where(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), rho[0])}
 
 

@@ -44,6 +44,11 @@ class Window:
             begin, end = pads[:rank], pads[rank:]
         return cls(tuple(kernel), strides, dilations, tuple(begin), tuple(end))
 
+    @property
+    def disjoint(self) -> bool:
+        """Whether no input position lies in two windows (each window's span fits in its stride)."""
+        return all((k - 1) * d + 1 <= s for k, s, d in zip(self.kernel, self.strides, self.dilations))
+
     def transpose(self, in_spatial, out_spatial) -> tuple[dict, list, list[int]]:
         """ConvTranspose attributes mapping an output-sized tensor back onto the input grid, and per
         spatial axis what is left to do: the rows to keep, ``(start, stop)`` or None for all, then

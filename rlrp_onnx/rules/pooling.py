@@ -78,23 +78,36 @@ def reduce(ctx, node, rho):
 
 
 def _maxpool_check(ctx, node):
-    if ctx.emit.opset < 16:
-        return f"MaxPool relevance needs opset >= 16 (model has {ctx.emit.opset})"
     if int(node.attrs.get("storage_order", 0)) != 0:
         return "MaxPool with storage_order=1 is not supported"
+    if ctx.emit.opset < 16 and not _window(ctx, node).disjoint:
+        return f"MaxPool with overlapping windows needs opset >= 16 (model has {ctx.emit.opset})"
     return None
+
+
+def relu_masked_by_pools(ctx, relu) -> bool:
+    """Whether every reader of ``relu``'s output is a MaxPool, which then applies the Relu's mask at the
+    pooled resolution (R-LRP only): relevance reaches only each window's winner, whose Relu output is
+    the pooled value, so ``[y > 0]`` of the winner is ``[pooled > 0]`` (a smaller tensor to mask)."""
+    readers = ctx.readers(relu.outputs[0])
+    return ctx.relative and bool(readers) and all(n.op == "MaxPool" for n in readers)
 
 
 @rule("MaxPool", check=_maxpool_check)
 def max_pool(ctx, node, rho):
-    """Each output's rho goes to the input position that won its window (ONNX ``Indices``), summed."""
+    """Each output's rho goes to the input position that won its window (ONNX ``Indices``), summed where
+    windows overlap (a plain scatter where they cannot)."""
     emit, x = ctx.emit, node.inputs[0]
+    r = rho[0]
+    source = ctx.producer(x)
+    if source is not None and source.op == "Relu" and relu_masked_by_pools(ctx, source):
+        r = emit.where(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), r)
     indices = node.outputs[1] if len(node.outputs) > 1 else \
         emit.op("MaxPool", [x], dict(node.attrs), n_out=2)[1]
     flat = emit.ints([-1])
     zeros = emit.op("ConstantOfShape", [emit.op("Shape", [emit.op("Reshape", [x, flat])])],
                     {"value": gs.Constant("zero", np.zeros(1, dtype=np.float32))})
+    reduction = {} if _window(ctx, node).disjoint else {"reduction": "add"}
     routed = emit.op("ScatterElements", [zeros, emit.op("Reshape", [indices, flat]),
-                                         emit.op("Reshape", [rho[0], flat])],
-                     {"axis": 0, "reduction": "add"})
+                                         emit.op("Reshape", [r, flat])], {"axis": 0, **reduction})
     return {0: emit.reshape_like(routed, x)}

@@ -1,0 +1,106 @@
+"""MaxPool relevance where windows tie: each window's relevance goes to its first winner, as in torch's
+(and ONNX Runtime's) max-pool gradient, whether windows overlap or not, at opset 17 and (disjoint windows
+only) opset 15; a Relu read only by MaxPools has its mask applied at the pooled resolution.
+
+Ties are made on purpose: the images are piecewise constant, so a convolution gives equal outputs all
+over a flat patch, positive (bias > 0) or zero (cut by the Relu).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx.contract import RELEVANCE_OUTPUT, TARGET_INPUT
+
+from exporting import export_onnx
+from oracle import input_times_gradient, relative_l2_error
+from test_oracle import run
+
+TOLERANCE = 1e-5
+POOLS = {
+    "disjoint_2x2": dict(kernel_size=2, stride=2),
+    "overlapping_3x3_s2_pad1": dict(kernel_size=3, stride=2, padding=1),
+    "overlapping_2x2_s1": dict(kernel_size=2, stride=1),
+    "disjoint_3x2_ceil": dict(kernel_size=(3, 2), stride=(3, 2), ceil_mode=True),
+}
+
+
+class PoolNet(nn.Module):
+    """Conv → Relu → MaxPool → Conv → Relu → MaxPool → Linear; with ``side``, the first Relu's output is
+    also read by an average pool added to the first max pool's output (not only MaxPools read it)."""
+
+    def __init__(self, pool: dict, side: bool = False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        with torch.no_grad():
+            self.conv1.bias.uniform_(-0.2, 0.5)
+        self.pool1, self.pool2 = nn.MaxPool2d(**pool), nn.MaxPool2d(**pool)
+        self.side = nn.AvgPool2d(**{k: v for k, v in pool.items() if k != "ceil_mode"}, ceil_mode=pool.get(
+            "ceil_mode", False)) if side else None
+        self.head = nn.LazyLinear(5)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        h = self.pool1(y) + (self.side(y) if self.side is not None else 0)
+        h = self.pool2(torch.relu(self.conv2(h)))
+        return self.head(h.flatten(1))
+
+
+def blocky_images(batch: int = 3, size: int = 16) -> np.ndarray:
+    """Images made of 4x4 constant blocks (some black): many exactly equal conv outputs."""
+    rng = np.random.default_rng(11)
+    blocks = rng.uniform(-1, 1, (batch, 3, size // 4, size // 4)).astype(np.float32)
+    blocks[:, :, :1] = 0.0
+    return np.kron(blocks, np.ones((4, 4), np.float32))
+
+
+def exported(tmp_path, pool: dict, side: bool = False, opset: int | None = None):
+    model = PoolNet(pool, side).eval()
+    x = blocky_images()
+    model(torch.from_numpy(x))  # materialise the lazy head
+    return model, x, export_onnx(model, x, tmp_path / "pool.onnx", opset=opset)
+
+
+def relevance_error(model, x, path) -> np.ndarray:
+    targets = np.array([0, -1, 3], dtype=np.int64)
+    out = run(compile_model(path), {"image": x, TARGET_INPUT: targets})
+    reference, _, _ = input_times_gradient(model, x, targets)
+    return relative_l2_error(out[RELEVANCE_OUTPUT], reference)
+
+
+@pytest.mark.parametrize("side", [False, True], ids=["pools_only", "relu_read_elsewhere"])
+@pytest.mark.parametrize("pool", list(POOLS.values()), ids=list(POOLS))
+def test_ties_go_to_the_first_winner(tmp_path, pool, side):
+    model, x, path = exported(tmp_path, pool, side)
+    y = torch.relu(model.conv1(torch.from_numpy(x))).detach().numpy()
+    assert np.mean(y[:, :, 4:-4, 4:-4] == np.roll(y, 1, axis=3)[:, :, 4:-4, 4:-4]) > 0.4  # ties exist
+    errors = relevance_error(model, x, path)
+    assert np.all(errors < TOLERANCE), errors
+
+
+def test_relu_mask_moves_to_the_pooled_output(tmp_path):
+    """The first Relu's output is read by the relevance pass only through its MaxPool: no mask over it."""
+    _, _, path = exported(tmp_path, POOLS["disjoint_2x2"])
+    source = onnx.load(path)
+    relu_outputs = {n.output[0] for n in source.graph.node if n.op_type == "Relu"}
+    pool_outputs = {n.output[0] for n in source.graph.node if n.op_type == "MaxPool"}
+    masked = {n.input[0] for n in compile_model(path).graph.node if n.op_type == "Greater"}
+    assert not masked & relu_outputs and pool_outputs <= masked
+
+
+def test_disjoint_windows_need_opset_11_only(tmp_path):
+    model, x, path = exported(tmp_path, POOLS["disjoint_2x2"], opset=15)
+    errors = relevance_error(model, x, path)
+    assert np.all(errors < TOLERANCE), errors
+
+
+def test_overlapping_windows_need_opset_16(tmp_path):
+    _, _, path = exported(tmp_path, POOLS["overlapping_3x3_s2_pad1"], opset=15)
+    with pytest.raises(RlrpError, match="MaxPool with overlapping windows needs opset >= 16"):
+        compile_model(path)
