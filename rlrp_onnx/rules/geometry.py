@@ -44,6 +44,21 @@ class Window:
             begin, end = pads[:rank], pads[rank:]
         return cls(tuple(kernel), strides, dilations, tuple(begin), tuple(end))
 
+    def adjoint_pads(self) -> list[int]:
+        """ONNX ``pads`` of the stride-1 Conv that maps the output back onto the input grid (the full
+        correlation: each side's reach minus its pad); a negative entry means the window reaches past
+        its pads."""
+        reach = [(k - 1) * d for k, d in zip(self.kernel, self.dilations)]
+        return [r - p for r, p in zip(reach, self.pads_begin)] + [r - p for r, p in zip(reach, self.pads_end)]
+
+    def unstrided(self, in_spatial, out_spatial) -> "Window":
+        """The stride-1 window from the input to the output grid with zeros between stride points
+        (``(out - 1)·stride + 1`` cells): the same kernel and begin pads, the end pads that size needs."""
+        filled = [(o - 1) * s + 1 for o, s in zip(out_spatial, self.strides)]
+        ends = tuple(f - i - b + (k - 1) * d for f, i, b, k, d in zip(
+            filled, in_spatial, self.pads_begin, self.kernel, self.dilations))
+        return Window(self.kernel, (1,) * len(self.kernel), self.dilations, self.pads_begin, ends)
+
     @property
     def disjoint(self) -> bool:
         """Whether no input position lies in two windows (each window's span fits in its stride)."""

@@ -31,18 +31,48 @@ def _flipped(emit, weights, group: int):
 
 
 def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
-    """Aᵀ(rho) of a sliding-window linear map from x to y, exactly on x's grid: for stride 1 a Conv
-    with the flipped weights (ONNX Runtime runs it faster than ConvTranspose), else ConvTranspose
-    with the weights, plus the zero rows or the cut its geometry needs."""
+    """Aᵀ(rho) of a sliding-window linear map from x to y, exactly on x's grid.
+
+    Stride 1: a Conv with the flipped weights (ONNX Runtime runs it faster than ConvTranspose).
+    Strided with a 1x1 kernel: that Conv on y's grid, then each value placed at its stride point.
+    Strided with one input channel per group (depthwise, pools): zeros inserted between the stride
+    points first, then the stride-1 Conv (ONNX Runtime's grouped ConvTranspose is slow).
+    Otherwise ConvTranspose with the weights, plus the zero rows or the cut its geometry needs."""
     emit = ctx.emit
-    in_spatial = ctx.spatial(x)
-    reach = [(k - 1) * d for k, d in zip(window.kernel, window.dilations)]
-    adjoint_pads = [r - p for r, p in zip(reach, window.pads_begin)] + \
-                   [r - p for r, p in zip(reach, window.pads_end)]
-    if all(s == 1 for s in window.strides) and min(adjoint_pads) >= 0:
-        attrs = {"pads": adjoint_pads, "dilations": list(window.dilations), "group": group}
-        return emit.op("Conv", [rho, _flipped(emit, weights, group)], attrs)
-    attrs, keep, zeros = window.transpose(in_spatial, ctx.spatial(y))
+    rank = len(window.kernel)
+    if all(s == 1 for s in window.strides) and min(window.adjoint_pads()) >= 0:
+        return _flipped_conv(emit, rho, weights, window, group)
+    if all(k == 1 for k in window.kernel):
+        channels = int(ctx.shape(x)[1])
+        on_y_grid = emit.op("Conv", [rho, _flipped(emit, weights, group)], {"group": group})
+        points = Window((1,) * rank, window.strides, (1,) * rank, window.pads_begin, window.pads_end)
+        return _transposed(ctx, on_y_grid, ones_kernel(emit, channels, points.kernel), points, x, y, channels)
+    unstrided = window.unstrided(ctx.spatial(x), ctx.spatial(y))
+    if weights.shape[1] == 1 and min(unstrided.adjoint_pads()) >= 0:
+        channels = int(ctx.shape(y)[1])
+        spread = emit.op("ConvTranspose", [rho, ones_kernel(emit, channels, (1,) * rank)],
+                         {"group": channels, "strides": list(window.strides)})
+        return _flipped_conv(emit, spread, weights, unstrided, group)
+    return _transposed(ctx, rho, weights, window, x, y, group)
+
+
+def ones_kernel(emit, channels: int, kernel):
+    """Depthwise all-ones weights ``[channels, 1, *kernel]`` (expanded in the graph from one value)."""
+    ones = emit.op("Expand", [emit.const(np.ones([1, 1, *kernel])), emit.ints([channels, 1, *kernel])])
+    ones.shape = [channels, 1, *kernel]
+    return ones
+
+
+def _flipped_conv(emit, rho, weights, window: Window, group: int):
+    """The adjoint of a stride-1 window: a Conv with the flipped weights and the adjoint pads."""
+    attrs = {"pads": window.adjoint_pads(), "dilations": list(window.dilations), "group": group}
+    return emit.op("Conv", [rho, _flipped(emit, weights, group)], attrs)
+
+
+def _transposed(ctx, rho, weights, window: Window, x, y, group: int):
+    """ConvTranspose with the weights (symmetric pads), then cut or zero-padded onto x's grid."""
+    emit = ctx.emit
+    attrs, keep, zeros = window.transpose(ctx.spatial(x), ctx.spatial(y))
     if group != 1:
         attrs["group"] = group
     out = emit.op("ConvTranspose", [rho, weights], attrs)

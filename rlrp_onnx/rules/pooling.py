@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .geometry import Window
-from .linear import window_adjoint
+from .linear import ones_kernel, window_adjoint
 from .registry import LINEAR, rule
 
 
@@ -25,11 +25,9 @@ def average_pool(ctx, node, rho):
     inverse = (1.0 / sizes).astype(np.float32)
     scale = inverse.flat[0] if np.all(inverse == inverse.flat[0]) else inverse[None, None]
     channels = int(ctx.shape(x)[1])
-    ones = emit.op("Expand", [emit.const(np.ones([1, 1, *window.kernel])),
-                              emit.ints([channels, 1, *window.kernel])])
-    ones.shape = [channels, 1, *window.kernel]
     scaled = emit.mul(rho[0], emit.const(scale))
-    return {0: window_adjoint(ctx, scaled, ones, window, x, node.outputs[0], channels)}
+    return {0: window_adjoint(ctx, scaled, ones_kernel(emit, channels, window.kernel), window, x,
+                              node.outputs[0], channels)}
 
 
 @rule("GlobalAveragePool", kind=LINEAR)
