@@ -180,11 +180,12 @@ def _input(ctx, x, how: str, rule: LayerRule):
 
 
 def _stabilized(emit, z, eps: float | None):
-    """stab(z) = z + ε·(sign(z) + [z = 0]): zero moves to +ε."""
+    """stab(z) = z + ε·(sign(z) + [z = 0]) = z + ε − 2ε·[z < 0]: zero moves to +ε (no Sign, which has
+    no CUDA kernel before opset 13)."""
     if eps is None:
         return z
-    zero = emit.op("Cast", [emit.op("Equal", [z, emit.const(0.0)])], {"to": 1})
-    return emit.op("Add", [z, emit.mul(emit.op("Add", [emit.op("Sign", [z]), zero]), emit.const(eps))])
+    negative = emit.where(emit.op("Less", [z, emit.const(0.0)]), emit.const(-2.0 * eps))
+    return emit.op("Add", [z, emit.op("Add", [negative, emit.const(eps)])])
 
 
 def propagate(ctx, node, relevance, rule: LayerRule) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from .geometry import Window
 from .linear import ones_kernel, window_adjoint
@@ -103,8 +102,7 @@ def max_pool(ctx, node, rho):
     indices = node.outputs[1] if len(node.outputs) > 1 else \
         emit.op("MaxPool", [x], dict(node.attrs), n_out=2)[1]
     flat = emit.ints([-1])
-    zeros = emit.op("ConstantOfShape", [emit.op("Shape", [emit.op("Reshape", [x, flat])])],
-                    {"value": gs.Constant("zero", np.zeros(1, dtype=np.float32))})
+    zeros = emit.op("Expand", [emit.const(0.0), emit.op("Shape", [emit.op("Reshape", [x, flat])])])
     reduction = {} if _window(ctx, node).disjoint else {"reduction": "add"}
     routed = emit.op("ScatterElements", [zeros, emit.op("Reshape", [indices, flat]),
                                          emit.op("Reshape", [r, flat])], {"axis": 0, **reduction})
