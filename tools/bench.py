@@ -25,7 +25,9 @@ compile
 Timing: both ORT sessions use ``intra_op_num_threads = --threads`` (inter-op 1, sequential, graph
 optimisation ``--opt-level``); torch uses ``torch.set_num_threads(--threads)``. After ``--warmup``
 runs of each, ``--repeats`` rounds are timed; each round runs (a), (b) and (c) once, in an order
-rotated from round to round, so slow phases of a shared machine hit all three alike. A cell stops
+rotated from round to round, so slow phases of a shared machine hit all three alike. Each timed run
+starts from the caches the previous contender left; with ``--settle N`` it is preceded by N untimed
+runs of the same contender (steady state, as a service explaining a stream runs). A cell stops
 early (after at least 3 rounds) once its rounds have taken ``--budget`` seconds. The table shows
 medians (ms per batch) and the ratios (b)/(a) and (c)/(b) as medians of the per-round ratios
 (each round's contenders ran back to back, so a slow phase of the machine cancels out); the JSON also
@@ -183,8 +185,9 @@ def example(batch: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- timing
 
 
-def alternate(runs: dict, warmup: int, repeats: int, budget: float) -> dict[str, list[float]]:
-    """Seconds per call of each function in ``runs``: warm-up, then rounds in rotating order."""
+def alternate(runs: dict, warmup: int, repeats: int, budget: float, settle: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each function in ``runs``: warm-up, then rounds in rotating order (each
+    timed call preceded by ``settle`` untimed calls of the same function)."""
     names = list(runs)
     for _ in range(warmup):
         for name in names:
@@ -194,6 +197,8 @@ def alternate(runs: dict, warmup: int, repeats: int, budget: float) -> dict[str,
     for round_ in range(repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            for _ in range(settle):
+                runs[name]()
             t0 = time.perf_counter()
             runs[name]()
             samples[name].append(time.perf_counter() - t0)
@@ -329,7 +334,7 @@ def bench_model(name: str, args, cache: pathlib.Path) -> list[dict]:
             "compiled": lambda: compiled_sess.run(None, {INPUT: x}),
             "torch": lambda: input_x_gradient(model, x),
         }
-        samples = alternate(runs, args.warmup, args.repeats, args.budget)
+        samples = alternate(runs, args.warmup, args.repeats, args.budget, args.settle)
         median = {k: statistics.median(v) * 1000 for k, v in samples.items()}
         paired = {k: statistics.median(b / a for a, b in zip(samples[den], samples[num]))
                   for k, (num, den) in {"compiled_over_forward": ("compiled", "forward"),
@@ -381,7 +386,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), threads {m['threads']}, "
         f"onnxruntime {m['onnxruntime']}, torch {m['torch']}, Python {m['python']}, "
-        f"rlrp_onnx {m['rlrp_onnx']}; load average "
+        f"rlrp_onnx {m['rlrp_onnx']}; settle {result['settings'].get('settle', 0)}; load average "
         f"{' '.join(f'{v:.1f}' for v in m['load_average'])} at start, "
         f"{' '.join(f'{v:.1f}' for v in result['load_average_end'])} at end; "
         f"total {result['total_s']:.0f} s.",
@@ -417,6 +422,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="ORT intra-op threads and torch threads")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds per cell (default 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each contender first")
+    parser.add_argument("--settle", type=int, default=0,
+                        help="untimed runs of a contender right before each of its timed runs (steady state: "
+                             "its caches are its own, not those the previous contender left)")
     parser.add_argument("--budget", type=float, default=45.0,
                         help="stop a cell's rounds after this many seconds (at least 3 rounds; 0: no limit)")
     parser.add_argument("--opt-level", choices=list(OPT_LEVELS), default="all", help="ORT graph optimisation")
