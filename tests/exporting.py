@@ -173,10 +173,8 @@ def export_onnx(
     exporter: str = "torchscript",
     fold_batchnorm: bool = True,
     verify: bool = True,
-    opset: int | None = None,
 ) -> pathlib.Path:
-    """Export ``model`` to ``path``; see the module docstring for what each mode does (``opset``
-    overrides the TorchScript exporter's opset)."""
+    """Export ``model`` to ``path``; see the module docstring for what each mode does."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -191,7 +189,7 @@ def export_onnx(
                 (x,),
                 str(path),
                 dynamo=False,
-                opset_version=opset or TORCHSCRIPT_OPSET,
+                opset_version=TORCHSCRIPT_OPSET,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},

@@ -15,11 +15,9 @@ import torch
 from torch import nn
 
 from rlrp_onnx import RlrpError, compile_model
-from rlrp_onnx.contract import RELEVANCE_OUTPUT, TARGET_INPUT
 
-from exporting import export_onnx
-from oracle import input_times_gradient, relative_l2_error
-from test_oracle import run
+from oracle import input_times_gradient
+from test_rule_configs import compare, export
 
 TOLERANCE = 1e-5
 POOLS = {
@@ -60,18 +58,17 @@ def blocky_images(batch: int = 3, size: int = 16) -> np.ndarray:
     return np.kron(blocks, np.ones((4, 4), np.float32))
 
 
-def exported(tmp_path, pool: dict, side: bool = False, opset: int | None = None):
+def exported(tmp_path, pool: dict, side: bool = False, opset: int = 17):
     model = PoolNet(pool, side).eval()
     x = blocky_images()
     model(torch.from_numpy(x))  # materialise the lazy head
-    return model, x, export_onnx(model, x, tmp_path / "pool.onnx", opset=opset)
+    return model, x, export(model, x, tmp_path / "pool.onnx", opset)
 
 
-def relevance_error(model, x, path) -> np.ndarray:
-    targets = np.array([0, -1, 3], dtype=np.int64)
-    out = run(compile_model(path), {"image": x, TARGET_INPUT: targets})
-    reference, _, _ = input_times_gradient(model, x, targets)
-    return relative_l2_error(out[RELEVANCE_OUTPUT], reference)
+def check(model, x, path) -> None:
+    """The compiled model's class, score and relevance against torch autograd (``compare``)."""
+    targets = [0, -1, 3]
+    compare(compile_model(path), path, input_times_gradient(model, x, targets), x, targets, TOLERANCE)
 
 
 @pytest.mark.parametrize("side", [False, True], ids=["pools_only", "relu_read_elsewhere"])
@@ -80,8 +77,7 @@ def test_ties_go_to_the_first_winner(tmp_path, pool, side):
     model, x, path = exported(tmp_path, pool, side)
     y = torch.relu(model.conv1(torch.from_numpy(x))).detach().numpy()
     assert np.mean(y[:, :, 4:-4, 4:-4] == np.roll(y, 1, axis=3)[:, :, 4:-4, 4:-4]) > 0.4  # ties exist
-    errors = relevance_error(model, x, path)
-    assert np.all(errors < TOLERANCE), errors
+    check(model, x, path)
 
 
 def test_relu_mask_moves_to_the_pooled_output(tmp_path):
@@ -96,8 +92,7 @@ def test_relu_mask_moves_to_the_pooled_output(tmp_path):
 
 def test_disjoint_windows_need_opset_11_only(tmp_path):
     model, x, path = exported(tmp_path, POOLS["disjoint_2x2"], opset=15)
-    errors = relevance_error(model, x, path)
-    assert np.all(errors < TOLERANCE), errors
+    check(model, x, path)
 
 
 def test_overlapping_windows_need_opset_16(tmp_path):

@@ -29,16 +29,17 @@ from test_oracle import run
 TOLERANCE = 1e-4
 
 
-def export(module: nn.Module, x: np.ndarray, path) -> str:
+def export(module: nn.Module, x: np.ndarray, path, opset: int = 17) -> str:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.from_numpy(x),), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(module.eval(), (torch.from_numpy(x),), str(path), dynamo=False, opset_version=opset,
                           input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
     return str(path)
 
 
-def compare(compiled: onnx.ModelProto, source, reference, x: np.ndarray, targets) -> None:
+def compare(compiled: onnx.ModelProto, source, reference, x: np.ndarray, targets,
+            tolerance: float = TOLERANCE) -> None:
     """Run ``compiled`` and check class, score and relevance against ``reference`` (relevance, classes, scores)."""
     out = run(compiled, {"x": x, TARGET_INPUT: np.asarray(targets, np.int64)})
     assert np.array_equal(out["logits"], run(source, {"x": x})["logits"])
@@ -46,7 +47,7 @@ def compare(compiled: onnx.ModelProto, source, reference, x: np.ndarray, targets
     np.testing.assert_array_equal(out[CLASS_OUTPUT], classes)
     np.testing.assert_allclose(out[SCORE_OUTPUT], scores, rtol=1e-5, atol=1e-5)
     errors = relative_l2_error(out[RELEVANCE_OUTPUT], relevance)
-    assert np.all(errors < TOLERANCE), errors
+    assert np.all(errors < tolerance), errors
     source_nodes = {n.name for n in (source if isinstance(source, onnx.ModelProto) else onnx.load(source)).graph.node}
     added = {n.op_type for n in compiled.graph.node if n.name not in source_nodes}
     assert not added & {"Div", "Reciprocal"}, "the relevance pass divides"

@@ -46,14 +46,15 @@ def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
     Otherwise ConvTranspose with the weights, plus the zero rows or the cut its geometry needs."""
     emit = ctx.emit
     rank = len(window.kernel)
-    few_channels = group == 1 and int(ctx.shape(x)[1]) < FEW_CHANNELS
+    in_channels = int(ctx.shape(x)[1])
+    few_channels = group == 1 and in_channels < FEW_CHANNELS
     if all(s == 1 for s in window.strides) and min(window.adjoint_pads()) >= 0 and not few_channels:
         return _flipped_conv(emit, rho, weights, window, group)
     if all(k == 1 for k in window.kernel):
-        channels = int(ctx.shape(x)[1])
         on_y_grid = emit.op("Conv", [rho, _flipped(emit, weights, group)], {"group": group})
         points = Window((1,) * rank, window.strides, (1,) * rank, window.pads_begin, window.pads_end)
-        return _transposed(ctx, on_y_grid, ones_kernel(emit, channels, points.kernel), points, x, y, channels)
+        return _transposed(ctx, on_y_grid, ones_kernel(emit, in_channels, points.kernel), points, x, y,
+                           in_channels)
     unstrided = window.unstrided(ctx.spatial(x), ctx.spatial(y))
     if weights.shape[1] == 1 and min(unstrided.adjoint_pads()) >= 0:
         channels = int(ctx.shape(y)[1])
