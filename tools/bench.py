@@ -43,7 +43,11 @@ imports, i.e. weights plus working memory while running. Megabytes (2**20 bytes)
 ``--profile DIR`` also writes ONNX Runtime profiles of both models at each batch size (after one
 warm-up, ``--profile-runs`` runs) and prints the time per op type, split into forward nodes and
 relevance-pass nodes (the compiler names the latter ``rlrp<n>``) and the layout conversions ORT
-inserts itself (``ReorderInput``/``ReorderOutput`` around its blocked NCHWc convolutions).
+inserts itself (``ReorderInput``/``ReorderOutput`` around its blocked NCHWc convolutions). A last
+table splits the compiled model's profiled kernel time in units of its own forward part (same runs):
+1 (the forward) + the relevance pass's linear adjoints (Conv/ConvTranspose/Gemm kernels) + layout
+conversions + the other relevance ops (masks, max-pool routing, sums); and the forward part's time
+over the source model's forward (from the separate profile, so noisier).
 
 Usage::
 
@@ -293,6 +297,41 @@ def summarize_profile(per_node: dict) -> dict:
     return {part: dict(ops.most_common()) for part, ops in parts.items()}
 
 
+LINEAR_OPS = {"Conv", "ConvTranspose", "FusedConv", "Gemm", "FusedGemm", "MatMul"}
+
+
+def ratio_breakdown(profiles: dict) -> dict:
+    """Split a compiled model's profiled kernel time in units of its own forward part.
+
+    Units of the forward *inside* the compiled profile, so the parts come from the same runs:
+    ``adjoints`` (the relevance pass's Conv/ConvTranspose/Gemm/MatMul kernels), ``layout`` (ORT's
+    NCHWc conversions), ``other`` (masks, routing, sums, the seed); ``total`` = 1 + the three.
+    ``slowdown`` = that forward part over the source model's forward (a separate, noisier profile).
+    """
+    compiled = profiles["compiled"]
+    forward = sum(compiled["forward"].values())
+    adjoints = sum(ms for op, ms in compiled["relevance"].items() if op in LINEAR_OPS)
+    parts = {"adjoints": adjoints / forward, "layout": sum(compiled["layout"].values()) / forward,
+             "other": (sum(compiled["relevance"].values()) - adjoints) / forward}
+    source = sum(sum(ops.values()) for ops in profiles["source"].values())
+    return {"total": 1 + sum(parts.values()), **parts, "slowdown": forward / source}
+
+
+def print_breakdowns(rows: list[dict]) -> None:
+    """One line per profiled model and batch: the compiled model's kernel time, split."""
+    rows = [row for row in rows if "profile" in row]
+    if not rows:
+        return
+    print("\n#### Compiled model's kernel time in units of its own forward part\n")
+    print("| model | batch | total | relevance adjoints | layout conversions | other relevance ops "
+          "| forward inside / alone |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        b = ratio_breakdown(row["profile"])
+        print(f"| {row['model']} | {row['batch']} | {b['total']:.2f} | {b['adjoints']:.2f} | "
+              f"{b['layout']:.2f} | {b['other']:.2f} | {b['slowdown']:.2f} |")
+
+
 def print_profile(title: str, summary: dict, top: int = 12) -> None:
     print(f"\n#### {title}\n")
     for part, ops in summary.items():
@@ -475,6 +514,7 @@ def main(argv=None) -> dict | None:
     for row in rows:
         for label, summary in row.get("profile", {}).items():
             print_profile(f"{row['model']} batch {row['batch']}, {label} model (ms per run)", summary)
+    print_breakdowns(rows)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
     return result
