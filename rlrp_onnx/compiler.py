@@ -14,6 +14,7 @@ from .methods import RLRP, Method, Options, choose
 from .passes import canonicalize, float_inputs
 from .passes.batchnorm import fold_batchnorm
 from .plan import analyse, make_plan
+from .weightless import weightless
 
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
                   output_name: str | None = None, input_shapes: dict[str, list[int]] | None = None,
@@ -91,9 +92,10 @@ def _set_metadata(compiled: onnx.ModelProto, values: dict[str, str]) -> None:
 
 
 def _validated(compiled: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    """Shape inference and the full ONNX checker; a failure here is a compiler bug, reported as such."""
+    """Shape inference and the full ONNX checker (of the graph: the weights come from the checked source or
+    from numpy); a failure here is a compiler bug, reported as such."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(compiled, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(weightless(compiled), strict_mode=True)
         onnx.checker.check_model(inferred, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise RlrpError(f"{label}: internal error, the compiled model is invalid ({first_line(error)})") from None

@@ -59,6 +59,20 @@ def test_truncated_file(tmp_path, capsys, dense_path):
         assert_one_line_error(code, err, path.name)
 
 
+def test_invalid_graph_is_reported_as_corrupt(tmp_path, capsys):
+    """The ONNX checker (run on the graph without its weights) still rejects a node reading a tensor
+    nothing defines."""
+    weights = onnx.numpy_helper.from_array(np.ones((2048, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "undefined"], ["logits"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2048])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], initializer=[weights])
+    path = tmp_path / "broken.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "broken.onnx", "corrupt ONNX model", "undefined")
+
+
 def test_directory_as_model(tmp_path, capsys):
     code, _, err = run_cli(capsys, "compile", tmp_path, "-o", tmp_path / "o.onnx")
     assert_one_line_error(code, err, "not a file")

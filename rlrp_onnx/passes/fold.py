@@ -6,14 +6,20 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import RlrpError, first_line
+from ..weightless import weightless
 
 
 def infer_shapes(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    """ONNX shape inference with data propagation."""
+    """ONNX shape inference with data propagation, run on a weightless copy; the inferred value_info and
+    output types are written into ``model``, which is returned."""
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError) as error:
         raise RlrpError(f"{label}: shape inference failed ({first_line(error)})") from None
+    for field in ("value_info", "output"):
+        del getattr(model.graph, field)[:]
+        getattr(model.graph, field).extend(getattr(inferred.graph, field))
+    return model
 
 
 def fold_constants(graph: gs.Graph) -> gs.Graph:
