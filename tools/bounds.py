@@ -1,0 +1,148 @@
+"""What the compiled R-LRP models would cost without their masks or their max-pool routing.
+
+For each model (``--models``, as in ``tools/bench.py``, whose exports it shares through ``--cache-dir``)
+it compiles the R-LRP explainer and derives copies that are *deliberately wrong*, only to bound what
+a cheaper formulation could save:
+
+no masks
+    every mask multiplication of the relevance pass (``Mul`` by a 0/1 ``Cast`` of a comparison)
+    replaced by its relevance input, and the comparisons removed: the cost of the ReLU/Clip masks and
+    of ONNX Runtime's layout conversions around them.
+upsampled routing
+    every max-pool routing (recomputed ``MaxPool`` with ``Indices`` + ``ScatterElements``) replaced by
+    one nearest-neighbour ``Resize`` of the pooled relevance to the input size: the cost of routing
+    beyond one pass over the input.
+both
+    the two together.
+
+All run on the CPU in alternating rounds with the forward pass and the real compiled model
+(``tools/bench.py``'s timing); the table gives medians and each variant's time over the forward's.
+
+Usage::
+
+    python tools/bounds.py --cache-dir /tmp/bench               # all four models, batch 1 and 8
+    python tools/bounds.py --models resnet50 --batches 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import bench  # noqa: E402  (shares export, session, example and alternate)
+from reference_nets import MODELS  # noqa: E402
+
+COMPARISONS = {"Greater", "Less", "And", "Or", "Not", "Equal", "GreaterOrEqual", "LessOrEqual"}
+
+
+def _producers(model: onnx.ModelProto) -> dict:
+    return {output: node for node in model.graph.node for output in node.output}
+
+
+def _rewritten(model: onnx.ModelProto, replace) -> onnx.ModelProto:
+    """``model`` with each node for which ``replace(node, producers)`` returns nodes replaced by them;
+    nodes nothing reads any more are removed."""
+    producers = _producers(model)
+    nodes = []
+    for node in model.graph.node:
+        nodes.extend(replace(node, producers) or [node])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    graph = gs.import_onnx(model)
+    graph.cleanup()
+    return gs.export_onnx(graph, do_type_check=False)
+
+
+def without_masks(node, producers):
+    """A mask multiplication ``Mul(r, Cast(comparison))`` becomes ``Identity(r)``."""
+    if node.op_type != "Mul" or not bench.is_relevance(node.name):
+        return None
+    for i, name in enumerate(node.input):
+        cast = producers.get(name)
+        if cast is not None and cast.op_type == "Cast" and \
+                getattr(producers.get(cast.input[0]), "op_type", None) in COMPARISONS:
+            return [helper.make_node("Identity", [node.input[1 - i]], list(node.output), name=node.name)]
+    return None
+
+
+def upsampled_routing(node, producers):
+    """``ScatterElements(zeros, flat Indices, flat r)`` becomes the flat nearest upsampling of ``r`` to the
+    max pool's input size."""
+    if node.op_type != "ScatterElements" or not bench.is_relevance(node.name):
+        return None
+    flat_r, flat_indices = producers[node.input[2]], producers[node.input[1]]
+    pool_input = producers[flat_indices.input[0]].input[0]
+    size, upsampled = node.name + "_size", node.name + "_upsampled"
+    return [helper.make_node("Shape", [pool_input], [size], name=node.name + "_shape"),
+            helper.make_node("Resize", [flat_r.input[0], "", "", size], [upsampled], mode="nearest",
+                             name=node.name + "_resize"),
+            helper.make_node("Reshape", [upsampled, flat_r.input[1]], list(node.output), name=node.name)]
+
+
+VARIANTS = {
+    "no masks": (without_masks,),
+    "upsampled routing": (upsampled_routing,),
+    "both": (without_masks, upsampled_routing),
+}
+
+
+def bound_model(name: str, args, cache: pathlib.Path) -> list[str]:
+    """Table rows (markdown) for one model at each batch size."""
+    import rlrp_onnx
+
+    source = bench.export(name, args.seed, cache, refresh=False)
+    compiled = rlrp_onnx.compile_model(str(source))
+    paths = {"compiled": source.with_name(source.stem + ".rlrp.onnx")}
+    rlrp_onnx.save_model(compiled, paths["compiled"])
+    for variant, rewrites in VARIANTS.items():
+        model = onnx.load(str(paths["compiled"]))
+        for rewrite in rewrites:
+            model = _rewritten(model, rewrite)
+        paths[variant] = source.with_name(f"{source.stem}.bound-{variant.replace(' ', '-')}.onnx")
+        onnx.save(model, paths[variant])
+    sessions = {"forward": bench.session(source, args.threads)}
+    sessions.update({label: bench.session(path, args.threads) for label, path in paths.items()})
+    rows = []
+    for batch in args.batches:
+        x = bench.example(batch, args.seed)
+        runs = {label: (lambda s=s: s.run(None, {bench.INPUT: x})) for label, s in sessions.items()}
+        samples = bench.alternate(runs, args.warmup, args.repeats, args.budget)
+        median = {label: statistics.median(v) * 1000 for label, v in samples.items()}
+        ratios = " | ".join(f"{median[label]:.0f} ({median[label] / median['forward']:.2f})"
+                            for label in ["compiled", *VARIANTS])
+        rows.append(f"| {name} | {batch} | {median['forward']:.0f} | {ratios} | {len(samples['forward'])} |")
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=8, help="timed rounds per cell")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds per cell (at least 3 rounds)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default="/tmp/rlrp-bench", help="exports (shared with tools/bench.py)")
+    args = parser.parse_args(argv)
+    cache = pathlib.Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    info = bench.machine(args.threads)
+    print(f"Machine: {info['cpu']}, {info['cores']} cores, threads {args.threads}, onnxruntime "
+          f"{info['onnxruntime']}, rlrp_onnx {info['rlrp_onnx']}. Medians in ms (over the forward's):\n")
+    print("| model | batch | forward | compiled | " + " | ".join(VARIANTS) + " | rounds |")
+    print("|---|---:|---:|---:|" + "---:|" * len(VARIANTS) + "---:|")
+    for name in args.models:
+        print("\n".join(bound_model(name, args, cache)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
