@@ -37,7 +37,6 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     new_outputs = attach(plan, method.relative, _exposed(plan, expose, label))
     new_nodes = {node.name for node in graph.nodes if id(node) not in forward}
     graph.outputs.extend(new_outputs)
-    graph.toposort()
     built = gs.export_onnx(graph, do_type_check=False)
     compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label)
     _set_target_default(compiled)

@@ -13,7 +13,7 @@ def relu(ctx, node, rho):
     emit = ctx.emit
     if relu_masked_by_pools(ctx, node):
         return {0: rho[0]}
-    return {0: emit.where(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), rho[0])}
+    return {0: emit.masked(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), rho[0])}
 
 
 @rule("LeakyRelu", kind=ACTIVATION)
@@ -70,4 +70,4 @@ def clip(ctx, node, rho):
     if not masks:
         return {0: rho[0]}
     mask = masks[0] if len(masks) == 1 else emit.op("And", masks)
-    return {0: emit.where(mask, rho[0])}
+    return {0: emit.masked(mask, rho[0])}

@@ -204,7 +204,7 @@ def propagate(ctx, node, relevance, rule: LayerRule) -> dict:
         z = emit.total([p[2] for p in parts])
         r = relevance
         if group.gate:
-            r = emit.where(emit.op("Greater" if group.gate == "pos" else "Less", [y, emit.const(0.0)]), r)
+            r = emit.masked(emit.op("Greater" if group.gate == "pos" else "Less", [y, emit.const(0.0)]), r)
         s = emit.op("Div", [r, _stabilized(emit, z, rule.epsilon)])
         for part, inputs, _ in parts:
             factor = part.sign * group.coefficient

@@ -98,7 +98,7 @@ def max_pool(ctx, node, rho):
     r = rho[0]
     source = ctx.producer(x)
     if source is not None and source.op == "Relu" and relu_masked_by_pools(ctx, source):
-        r = emit.where(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), r)
+        r = emit.masked(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), r)
     indices = node.outputs[1] if len(node.outputs) > 1 else \
         emit.op("MaxPool", [x], dict(node.attrs), n_out=2)[1]
     flat = emit.ints([-1])
