@@ -76,9 +76,12 @@ def plan_model(source: onnx.ModelProto, label: str, method: Method, output_name:
 
 
 def _set_target_default(compiled: onnx.ModelProto) -> None:
-    """Give ``rlrp_target`` the default -1 (arg-max), so feeding it is optional."""
+    """Give ``rlrp_target`` the default -1 (arg-max), so feeding it is optional: one value, broadcast
+    over a dynamic batch, or one per sample of a fixed batch (the input's declared shape)."""
+    declared = next(t for t in compiled.graph.input if t.name == contract.TARGET_INPUT)
+    batch = declared.type.tensor_type.shape.dim[0].dim_value or 1
     compiled.graph.initializer.append(
-        onnx.helper.make_tensor(contract.TARGET_INPUT, onnx.TensorProto.INT64, [1], [-1]))
+        onnx.helper.make_tensor(contract.TARGET_INPUT, onnx.TensorProto.INT64, [batch], [-1] * batch))
 
 
 def _set_metadata(compiled: onnx.ModelProto, values: dict[str, str]) -> None:

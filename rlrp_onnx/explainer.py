@@ -13,7 +13,7 @@ from .contract import META_EXPLAINED_OUTPUT, META_RULE, META_VERSION
 from .errors import RlrpError
 from .loading import load_model
 from .methods import RLRP, Options
-from .runtime import create_session, image_input, run_explainer
+from .runtime import create_session, fixed_batch, image_input, run_explainer
 
 
 def explainer_model(model, output_name: str | None = None, **method) -> onnx.ModelProto:
@@ -43,7 +43,8 @@ class Explainer:
 
     ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``)
     or an already compiled one; ``device`` is "auto", "cpu" or "cuda" (``provider`` tells which one
-    really runs, ``notice`` why CUDA was not used under "auto"); ``batch_size`` caps the images per run.
+    really runs, ``notice`` why CUDA was not used under "auto"); ``batch_size`` caps the images per run,
+    except for a model whose batch size is fixed: it runs that many (the last run filled up).
     """
 
     def __init__(self, model, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
@@ -53,10 +54,11 @@ class Explainer:
         self.model = explainer_model(model, output_name, rule=rule, composite=composite, options=options)
         self.runtime = create_session(self.model, device)
         self.provider, self.notice = self.runtime.provider, self.runtime.notice
-        self.batch_size = batch_size
         meta = {p.key: p.value for p in self.model.metadata_props}
         self.explained_output = meta[META_EXPLAINED_OUTPUT]
-        self.input_shape = list(image_input(self.runtime).shape)
+        image = image_input(self.runtime)
+        self.input_shape = list(image.shape)
+        self.batch_size = fixed_batch(image) or batch_size
 
     def explain(self, images: np.ndarray, targets: Sequence[int] | np.ndarray | None = None,
                 top_k: int | None = None) -> Explanations:

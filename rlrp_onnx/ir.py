@@ -106,8 +106,10 @@ class Emitter:
         ONNX Runtime orders a model's nodes by a depth-first walk from the outputs that enters a node's
         inputs from the latest in the file. ``rho`` goes through two no-op Reshapes, the second taking
         its shape from the mask and emitted after the Cast: the walk reaches the mask through that
-        Shape before the relevance chain, and the Cast only after it. (Where the mask's shape is
-        static, ONNX Runtime folds the Shape and the mask is computed late, as without the Reshapes.)
+        Shape before the relevance chain, and the Cast only after it. Where two branches meet, the
+        masks of the branch the walk enters second (a residual branch whose shortcut is a downsampling
+        Conv) are still computed late; so are all masks of a model with a fixed batch size, whose Shape
+        ONNX Runtime folds.
         """
         as_float = self.op("Cast", [mask], {"to": onnx.TensorProto.FLOAT})
         flat = self.op("Reshape", [rho, self.ints([-1])])

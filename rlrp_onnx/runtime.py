@@ -95,7 +95,9 @@ def run_explainer(
     ``targets`` are the classes to explain, one per sample (a single int applies to all; a negative
     value means the arg-max class). When ``targets`` is None every sample is explained for its
     arg-max class: ``rlrp_target`` is not fed, unless the model declares it without a default value,
-    then it gets -1. ``outputs`` holds every output of the model by name.
+    then it gets -1. ``outputs`` holds every output of the model by name. A model whose batch size is
+    fixed runs a full batch: fewer images are filled up by repeating the last one, and the results
+    are cut back to the images given.
     """
     inference = session.session if isinstance(session, RuntimeSession) else session
     inputs = {node.name: node for node in inference.get_inputs()}
@@ -109,7 +111,8 @@ def run_explainer(
         )
 
     image = image_input(inference)
-    feed = {image.name: _image_feed(image, images)}
+    count, fixed = len(images), fixed_batch(image)
+    feed = {image.name: _image_feed(image, _filled(images, fixed))}
     if targets is None and TARGET_INPUT in inputs:  # declared without a default: feed "arg-max"
         targets = -1
     if targets is not None:
@@ -117,11 +120,12 @@ def run_explainer(
         overridable = {node.name for node in inference.get_overridable_initializers()}
         if TARGET_INPUT not in inputs and TARGET_INPUT not in overridable:
             raise RlrpError(f"the model has no input {TARGET_INPUT!r}, so a target class cannot be chosen")
-        feed[TARGET_INPUT] = _target_feed(targets, len(images))
+        feed[TARGET_INPUT] = _filled(_target_feed(targets, count), fixed)
 
     device = "cuda" if isinstance(session, RuntimeSession) and session.provider == CUDA else None
     values = run_bound(inference, feed, output_names, device) if device else inference.run(output_names, feed)
-    outputs = dict(zip(output_names, values))
+    outputs = {name: value[:count] if fixed and value.shape[:1] == (fixed,) else value
+               for name, value in zip(output_names, values)}
     return ExplainerResult(outputs[RELEVANCE_OUTPUT], outputs[CLASS_OUTPUT], outputs[SCORE_OUTPUT], outputs)
 
 
@@ -220,6 +224,19 @@ def run_bound(session, feed: dict[str, np.ndarray], output_names: Sequence[str],
         binding.bind_output(name, device)
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()
+
+
+def fixed_batch(node: Any) -> int | None:
+    """The batch size an input fixes (its first dimension), or None when it is dynamic."""
+    return node.shape[0] if node.shape and isinstance(node.shape[0], int) else None
+
+
+def _filled(values, batch: int | None) -> np.ndarray:
+    """``values`` with the last one repeated up to ``batch`` of them (a fixed batch), else as given."""
+    values = np.asarray(values)
+    if batch is None or not 0 < len(values) < batch:
+        return values
+    return np.concatenate([values, np.repeat(values[-1:], batch - len(values), axis=0)])
 
 
 def _target_feed(targets: int | Sequence[int] | np.ndarray, batch: int) -> np.ndarray:

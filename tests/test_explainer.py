@@ -107,3 +107,28 @@ def test_conservation_command(capsys):
     assert float(pool[-1]) == pytest.approx(float(pool[-2]) / 10.6892, rel=1e-3)
 
 
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's
+@pytest.mark.parametrize("fixed", [1, 2])
+def test_models_with_a_fixed_batch_size(tmp_path, fixed):
+    """A model exported without a dynamic batch axis explains any number of images, like its dynamic twin."""
+    import torch
+
+    from exporting import export_onnx
+    from reference_models import example_input, make_model
+
+    model = make_model("simple_cnn")
+    static = tmp_path / "static.onnx"
+    with torch.no_grad():  # no dynamic axes: the batch size is fixed in the file
+        torch.onnx.export(model, (torch.from_numpy(example_input("simple_cnn", fixed)),), str(static),
+                          dynamo=False, opset_version=17, input_names=["image"])
+    dynamic = export_onnx(model, example_input("simple_cnn", 2), tmp_path / "dynamic.onnx")
+    images = example_input("simple_cnn", 5, seed=7)
+    fixed_run, dynamic_run = Explainer(static, device="cpu", batch_size=4), Explainer(dynamic, device="cpu")
+    assert fixed_run.batch_size == fixed
+    for kwargs in ({}, {"targets": [1, 2, 3, -1, 5]}, {"top_k": 2}):
+        got, want = fixed_run.explain(images, **kwargs), dynamic_run.explain(images, **kwargs)
+        np.testing.assert_array_equal(got.classes, want.classes)
+        np.testing.assert_allclose(got.relevance, want.relevance, rtol=1e-4, atol=1e-6)
+        assert got.scores.shape == want.scores.shape
