@@ -8,6 +8,7 @@ import pytest
 import torch.nn as nn
 
 import rlrp_onnx
+from rlrp_onnx.contract import TARGET_INPUT
 from exporting import export_onnx
 from family_models import InvertedResidual, conv_bn
 from reference_models import init_deterministic
@@ -60,3 +61,29 @@ def test_masks_are_computed_during_the_forward_pass(source, tmp_path, level):
     assert len(masks) >= 5
     assert [m.name for m in masks if position[m.name] > seed] == []
     assert [c.name for c in casts if position[c.name] < seed] == []
+
+
+def test_bound_variants_drop_the_masks_and_the_routing(exported_model):
+    """tools/bounds.py's deliberately wrong copies lose every comparison (the masks and the Reshapes
+    scheduling them) and every scatter, and still run."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import bounds
+
+    source = exported_model("vgg16_like")
+    compiled = rlrp_onnx.compile_model(source.path)
+    x = source.example(2)
+    for variant, rewrites in bounds.VARIANTS.items():
+        model = compiled
+        for rewrite in rewrites:
+            model = bounds._rewritten(model, rewrite)
+        ops = {n.op_type for n in model.graph.node if bounds.bench.is_relevance(n.name)}
+        masks = [n for n in model.graph.node if n.op_type in bounds.COMPARISONS and TARGET_INPUT not in n.input]
+        if "masks" in variant or variant == "both":
+            assert masks == [], variant
+        if "routing" in variant or variant == "both":
+            assert "ScatterElements" not in ops, variant
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        assert session.run(["rlrp_relevance"], {"image": x})[0].shape == x.shape

@@ -62,15 +62,29 @@ def _rewritten(model: onnx.ModelProto, replace) -> onnx.ModelProto:
 
 
 def without_masks(node, producers):
-    """A mask multiplication ``Mul(r, Cast(comparison))`` becomes ``Identity(r)``."""
+    """A mask multiplication ``Mul(r, Cast(comparison))`` becomes ``Identity(r)``, ``r`` taken from
+    before the two Reshapes that order the comparison into the forward pass (``Emitter.masked``)."""
     if node.op_type != "Mul" or not bench.is_relevance(node.name):
         return None
     for i, name in enumerate(node.input):
         cast = producers.get(name)
         if cast is not None and cast.op_type == "Cast" and \
                 getattr(producers.get(cast.input[0]), "op_type", None) in COMPARISONS:
-            return [helper.make_node("Identity", [node.input[1 - i]], list(node.output), name=node.name)]
+            return [helper.make_node("Identity", [_unscheduled(node.input[1 - i], cast.input[0], producers)],
+                                     list(node.output), name=node.name)]
     return None
+
+
+def _unscheduled(rho: str, mask: str, producers) -> str:
+    """``rho`` without the Reshapes ``Reshape(Reshape(r, [-1]), Shape(mask))`` around it, if it has them."""
+    outer = producers.get(rho)
+    if outer is None or outer.op_type != "Reshape":
+        return rho
+    shape, inner = producers.get(outer.input[1]), producers.get(outer.input[0])
+    if shape is not None and shape.op_type == "Shape" and shape.input[0] == mask and \
+            inner is not None and inner.op_type == "Reshape":
+        return inner.input[0]
+    return rho
 
 
 def upsampled_routing(node, producers):
