@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="class names, one per line")
     p.add_argument("--target", type=int, help="class to explain (default: each image's top class)")
     p.add_argument("--top-k", type=int, help="explain each image's K best classes")
-    p.add_argument("--batch-size", type=int, default=8, help="images per run (default 8)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="images per run (default 8; a model with a fixed batch size runs that many)")
     p.add_argument("--output", help="the explained output, when several could be class scores")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_preprocessing(p)
