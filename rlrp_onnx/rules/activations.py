@@ -23,7 +23,7 @@ def leaky_relu(ctx, node, rho):
     alpha = float(node.attrs.get("alpha", 0.01))
     signed = node.outputs[0] if alpha > 0 else node.inputs[0]
     positive = emit.op("Greater", [signed, emit.const(0.0)])
-    return {0: emit.op("Where", [positive, rho[0], emit.mul(rho[0], emit.const(alpha))])}
+    return {0: emit.mul(rho[0], emit.choose(positive, 1.0, alpha))}
 
 
 def _prelu_check(ctx, node):
@@ -37,7 +37,7 @@ def prelu(ctx, node, rho):
     """rho_x = rho_y where x > 0, slope·rho_y elsewhere."""
     emit = ctx.emit
     positive = emit.op("Greater", [node.inputs[0], emit.const(0.0)])
-    return {0: emit.op("Where", [positive, rho[0], emit.mul(rho[0], node.inputs[1])])}
+    return {0: emit.mul(rho[0], emit.choose(positive, 1.0, node.inputs[1]))}
 
 
 def _clip_bounds(ctx, node):

@@ -184,7 +184,7 @@ def _stabilized(emit, z, eps: float | None):
     no CUDA kernel before opset 13)."""
     if eps is None:
         return z
-    negative = emit.where(emit.op("Less", [z, emit.const(0.0)]), emit.const(-2.0 * eps))
+    negative = emit.choose(emit.op("Less", [z, emit.const(0.0)]), -2.0 * eps)
     return emit.op("Add", [z, emit.op("Add", [negative, emit.const(eps)])])
 
 

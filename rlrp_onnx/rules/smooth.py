@@ -52,9 +52,7 @@ def identity_rule(ctx, node, rho):
     emit = ctx.emit
     x, y = node.inputs[0], node.outputs[0]
     small = emit.op("Less", [emit.op("Abs", [x]), emit.const(TINY)])
-    ratio = emit.op("Div", [y, emit.op("Where", [small, emit.const(1.0), x])])
-    limits = LIMITS[node.op](node) or (0.0, 0.0)
-    limit = emit.const(limits[1])
-    if limits[0] != limits[1]:
-        limit = emit.op("Where", [emit.op("Less", [x, emit.const(0.0)]), emit.const(limits[0]), limit])
-    return {0: emit.mul(rho[0], emit.op("Where", [small, limit, ratio]))}
+    ratio = emit.op("Div", [y, emit.choose(small, 1.0, x)])
+    below, above = LIMITS[node.op](node) or (0.0, 0.0)
+    limit = above if below == above else emit.choose(emit.op("Less", [x, emit.const(0.0)]), below, above)
+    return {0: emit.mul(rho[0], emit.choose(small, limit, ratio))}
