@@ -1,5 +1,6 @@
 """The order ONNX Runtime runs a compiled model in: each mask is computed while the forward pass runs and
-kept as booleans, and only turned into floats when the relevance pass reaches it (``Emitter.masked``)."""
+kept as booleans, and only turned into floats when the relevance pass reaches it (``Emitter.masked``);
+and tools/bounds.py's deliberately wrong copies, which must drop that scheduling with the masks."""
 
 import numpy as np
 import onnx
