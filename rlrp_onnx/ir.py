@@ -101,30 +101,32 @@ class Emitter:
         m = self.op("Cast", [mask], {"to": onnx.TensorProto.FLOAT})
         terms = []
         for weight, value in ((m, if_true), (None, if_false)):
-            value = self.const(value) if isinstance(value, float) else value
             if _is_constant(value, 0.0):
                 continue
             weight = m if weight is not None else self.op("Sub", [self.const(1.0), m])
-            terms.append(weight if _is_constant(value, 1.0) else self.mul(weight, value))
+            if not _is_constant(value, 1.0):
+                weight = self.mul(weight, self.const(value) if isinstance(value, float) else value)
+            terms.append(weight)
         return self.total(terms)
 
-    def masked(self, mask: Tensor, rho: Tensor) -> gs.Variable:
-        """``choose(mask, rho)`` for a relevance tensor ``rho`` of the mask's shape, laid out so that ONNX
-        Runtime computes the mask during the forward pass and keeps it (one byte per element) instead
-        of the forward tensor it reads (four) until the relevance pass needs it.
+    def masked(self, mask: Tensor, rho: Tensor, otherwise: Tensor | float = 0.0) -> gs.Variable:
+        """``rho`` where ``mask`` holds, ``otherwise``·``rho`` elsewhere, for a relevance tensor ``rho`` of
+        the mask's shape, laid out so that ONNX Runtime computes the mask during the forward pass and
+        keeps it (one byte per element) instead of the forward tensor it reads (four) until the
+        relevance pass needs it.
 
         ONNX Runtime orders a model's nodes by a depth-first walk from the outputs that enters a node's
         inputs from the latest in the file. ``rho`` goes through two no-op Reshapes, the second taking
-        its shape from the mask and emitted after the Cast: the walk reaches the mask through that
-        Shape before the relevance chain, and the Cast only after it. Where two branches meet, the
-        masks of the branch the walk enters second (a residual branch whose shortcut is a downsampling
-        Conv) are still computed late; so are all masks of a model with a fixed batch size, whose Shape
-        ONNX Runtime folds.
+        its shape from the mask and emitted after the factor: the walk reaches the mask through that
+        Shape before the relevance chain, and the factor (``choose``) only after it. Where two
+        branches meet, the masks of the branch the walk enters second (a residual branch whose
+        shortcut is a downsampling Conv) are still computed late; so are all masks of a model with a
+        fixed batch size, whose Shape ONNX Runtime folds.
         """
-        as_float = self.op("Cast", [mask], {"to": onnx.TensorProto.FLOAT})
+        factor = self.choose(mask, 1.0, otherwise)
         flat = self.op("Reshape", [rho, self.ints([-1])])
         anchored = self.op("Reshape", [flat, self.op("Shape", [mask], dtype=np.int64)])
-        return self.mul(anchored, as_float)
+        return self.mul(anchored, factor)
 
     def reshape_like(self, x: Tensor, like: Tensor) -> gs.Variable:
         return self.op("Reshape", [x, self.shape_of(like)])
@@ -137,6 +139,8 @@ class Emitter:
         return parts[0] if len(parts) == 1 else self.op("Sum", list(parts))
 
 
-def _is_constant(tensor: Tensor, value: float) -> bool:
-    """Whether ``tensor`` is a constant holding only ``value``."""
+def _is_constant(tensor: Tensor | float, value: float) -> bool:
+    """Whether ``tensor`` is the number ``value`` or a constant holding only ``value``."""
+    if isinstance(tensor, float):
+        return tensor == value
     return isinstance(tensor, gs.Constant) and bool(np.all(tensor.values == value))

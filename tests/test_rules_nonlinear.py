@@ -110,6 +110,8 @@ TWO_SLOPES = {
     "LeakyRelu": ([node("LeakyRelu", ["x"], ["h"], alpha=0.1)], {}, 0.1),
     "LeakyRelu_negative_alpha": ([node("LeakyRelu", ["x"], ["h"], alpha=-0.3)], {}, -0.3),
     "PRelu": ([node("PRelu", ["x", "slope"], ["h"])], {"slope": SLOPE}, SLOPE),
+    "PRelu_positive_slopes": ([node("PRelu", ["x", "slope"], ["h"])], {"slope": np.abs(SLOPE) + 0.1},
+                              np.abs(SLOPE) + 0.1),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .pooling import relu_masked_by_pools
 from .registry import ACTIVATION, rule
 
@@ -23,7 +25,7 @@ def leaky_relu(ctx, node, rho):
     alpha = float(node.attrs.get("alpha", 0.01))
     signed = node.outputs[0] if alpha > 0 else node.inputs[0]
     positive = emit.op("Greater", [signed, emit.const(0.0)])
-    return {0: emit.mul(rho[0], emit.choose(positive, 1.0, alpha))}
+    return {0: emit.masked(positive, rho[0], alpha)}
 
 
 def _prelu_check(ctx, node):
@@ -34,10 +36,12 @@ def _prelu_check(ctx, node):
 
 @rule("PRelu", check=_prelu_check, kind=ACTIVATION)
 def prelu(ctx, node, rho):
-    """rho_x = rho_y where x > 0, slope·rho_y elsewhere."""
+    """rho_x = rho_y where x > 0, slope·rho_y elsewhere (the sign read off y when every slope is > 0)."""
     emit = ctx.emit
-    positive = emit.op("Greater", [node.inputs[0], emit.const(0.0)])
-    return {0: emit.mul(rho[0], emit.choose(positive, 1.0, node.inputs[1]))}
+    slope = ctx.constant(node.inputs[1])
+    signed = node.outputs[0] if slope is not None and np.all(slope > 0) else node.inputs[0]
+    positive = emit.op("Greater", [signed, emit.const(0.0)])
+    return {0: emit.masked(positive, rho[0], node.inputs[1])}
 
 
 def _clip_bounds(ctx, node):
