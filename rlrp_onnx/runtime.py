@@ -112,7 +112,7 @@ def run_explainer(
 
     image = image_input(inference)
     count, fixed = len(images), fixed_batch(image)
-    feed = {image.name: _image_feed(image, _filled(images, fixed))}
+    feed = {image.name: _image_feed(image, images)}
     if targets is None and TARGET_INPUT in inputs:  # declared without a default: feed "arg-max"
         targets = -1
     if targets is not None:
@@ -186,11 +186,12 @@ def _preload_cuda_libraries() -> str | None:
 
 
 def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
-    """``images`` converted to the input's element type, after checking its rank and fixed sizes."""
+    """``images`` converted to the input's element type and filled up to a fixed batch size, after
+    checking its rank and fixed sizes (at most the fixed batch size of images)."""
     images = np.asarray(images)
-    expected = node.shape
-    fits = images.ndim == len(expected) and all(
-        not isinstance(dim, int) or dim == size for dim, size in zip(expected, images.shape)
+    expected, fixed = node.shape, fixed_batch(node)
+    fits = images.ndim == len(expected) and (fixed is None or len(images) <= fixed) and all(
+        not isinstance(dim, int) or dim == size for dim, size in zip(expected[1:], images.shape[1:])
     )
     if not fits:
         shown = "[" + ", ".join(str(dim) if isinstance(dim, int) else "?" for dim in expected) + "]"
@@ -200,7 +201,7 @@ def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
     dtype = _NUMPY_TYPES.get(node.type)
     if dtype is None:
         raise RlrpError(f"input {node.name!r} has type {node.type}; expected a float tensor")
-    return np.ascontiguousarray(images, dtype=dtype)
+    return np.ascontiguousarray(_filled(images, fixed), dtype=dtype)
 
 
 def image_input(session: RuntimeSession | onnxruntime.InferenceSession):
