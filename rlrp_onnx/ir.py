@@ -100,14 +100,17 @@ class Emitter:
         tools/bench.py when the masks moved off ``Where``)."""
         m = self.op("Cast", [mask], {"to": onnx.TensorProto.FLOAT})
         terms = []
-        for weight, value in ((m, if_true), (None, if_false)):
-            if _is_constant(value, 0.0):
-                continue
-            weight = m if weight is not None else self.op("Sub", [self.const(1.0), m])
-            if not _is_constant(value, 1.0):
-                weight = self.mul(weight, self.const(value) if isinstance(value, float) else value)
-            terms.append(weight)
+        if not _is_constant(if_true, 0.0):
+            terms.append(self._times(m, if_true))
+        if not _is_constant(if_false, 0.0):
+            terms.append(self._times(self.op("Sub", [self.const(1.0), m]), if_false))
         return self.total(terms)
+
+    def _times(self, weight: Tensor, value: Tensor | float) -> Tensor:
+        """``weight``·``value``, or ``weight`` itself when ``value`` is one."""
+        if _is_constant(value, 1.0):
+            return weight
+        return self.mul(weight, self.const(value) if isinstance(value, float) else value)
 
     def masked(self, mask: Tensor, rho: Tensor, otherwise: Tensor | float = 0.0) -> gs.Variable:
         """``rho`` where ``mask`` holds, ``otherwise``·``rho`` elsewhere, for a relevance tensor ``rho`` of
@@ -125,7 +128,8 @@ class Emitter:
         """
         factor = self.choose(mask, 1.0, otherwise)
         flat = self.op("Reshape", [rho, self.ints([-1])])
-        anchored = self.op("Reshape", [flat, self.op("Shape", [mask], dtype=np.int64)])
+        shape = self.op("Shape", [mask], dtype=np.int64)  # not shape_of: a fresh node, after ``flat``
+        anchored = self.op("Reshape", [flat, shape])
         return self.mul(anchored, factor)
 
     def reshape_like(self, x: Tensor, like: Tensor) -> gs.Variable:
