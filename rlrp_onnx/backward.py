@@ -75,7 +75,7 @@ def relevance_pass(ctx: Context, nodes: Sequence[gs.Node], seeds: dict[str, Tens
 
     def total(tensor: Tensor) -> Tensor | None:
         if tensor.name not in totals and parts.get(tensor.name):
-            totals[tensor.name] = ctx.emit.total(parts[tensor.name])
+            totals[tensor.name] = _shaped_like(ctx.emit.total(parts[tensor.name]), tensor)
         return totals.get(tensor.name)
 
     for node in reversed(nodes):
@@ -83,5 +83,13 @@ def relevance_pass(ctx: Context, nodes: Sequence[gs.Node], seeds: dict[str, Tens
         if all(r is None for r in rho_out):
             continue
         for index, rho in ctx.rules[node.op].backward(ctx, node, rho_out).items():
-            parts[node.inputs[index].name].append(rho)
+            parts[node.inputs[index].name].append(_shaped_like(rho, node.inputs[index]))
     return {tensor.name: total(tensor) for tensor in wanted}
+
+
+def _shaped_like(rho: Tensor, tensor: Tensor) -> Tensor:
+    """``rho`` declared with ``tensor``'s shape (the compiled file records it: ONNX Runtime keeps the
+    relevance pass in its blocked layout only where it can see that two operands have equal shapes)."""
+    if isinstance(rho, gs.Variable) and rho.shape is None and tensor.shape is not None:
+        rho.shape, rho.dtype = list(tensor.shape), tensor.dtype or np.float32
+    return rho

@@ -12,7 +12,8 @@ from .errors import RlrpError
 def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
           new_inputs: list[str], new_outputs: list[str], label: str) -> onnx.ModelProto:
     """The source model plus the nodes named ``new_nodes`` of ``built`` (its canonical form with the
-    relevance pass), the initializers they need that the source lacks, and the new inputs/outputs."""
+    relevance pass), the initializers they need that the source lacks, the shapes of their tensors
+    that ``built`` knows, and the new inputs/outputs."""
     model = copy.deepcopy(source)
     graph = model.graph
     available = {t.name for t in graph.input} | {t.name for t in graph.initializer}
@@ -27,6 +28,7 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
         raise RlrpError(f"{label}: internal error, the relevance pass reads tensors the source lacks: {missing[:5]}")
     graph.initializer.extend(initializers[name] for name in sorted(needed) if name in initializers)
     graph.node.extend(nodes)
+    graph.value_info.extend(v for v in built.graph.value_info if v.name in produced)
     graph.input.extend(inputs[name] for name in new_inputs)
     outputs = {t.name: t for t in built.graph.output}
     graph.output.extend(outputs[name] for name in new_outputs)

@@ -13,6 +13,11 @@ Tensor = gs.Variable | gs.Constant
 
 SHARED_CONSTANT_BYTES = 64
 
+# ``Emitter.step``: z = ±STEP_SCALE·(y − bound), then HardSigmoid(STEP_ALPHA·z); the product of the two
+# is at least 2**149, so the smallest positive float32 difference (2**-149) maps to 1.
+STEP_SCALE, STEP_ALPHA = 2.0**22, 2.0**127
+STEP_BOUND_LIMIT = 2.0**100  # keeps STEP_SCALE·bound far from float32's overflow
+
 
 class Emitter:
     """Appends new nodes to a graph under short unique names (``rlrp<n>``: the names are stored in the
@@ -26,20 +31,28 @@ class Emitter:
             prefix += "_"
         self.prefix = prefix
         self._count = 0
+        self._early = len(graph.nodes)  # where nodes that read only forward tensors are inserted
         self._shapes: dict[str, gs.Variable] = {}
         self._constants: dict[tuple, gs.Constant] = {}
+        self._filled: dict[tuple, gs.Variable] = {}
 
     def _name(self) -> str:
         self._count += 1
         return f"{self.prefix}{self._count}"
 
     def op(self, op_type: str, inputs: Sequence[Tensor | None], attrs: dict | None = None,
-           n_out: int = 1, dtype=None) -> gs.Variable | list[gs.Variable]:
-        """Emit one node; ``None`` inputs become empty (omitted optional) inputs."""
+           n_out: int = 1, dtype=None, early: bool = False) -> gs.Variable | list[gs.Variable]:
+        """Emit one node; ``None`` inputs become empty (omitted optional) inputs. An ``early`` node (one
+        that reads only forward tensors and constants) goes before every other new node."""
         name = self._name()
         outs = [gs.Variable(name if i == 0 else f"{name}_{i}", dtype=dtype) for i in range(n_out)]
         ins = [gs.Variable.empty() if t is None else t for t in inputs]
-        self.graph.nodes.append(gs.Node(op_type, name, attrs=attrs or {}, inputs=ins, outputs=outs))
+        node = gs.Node(op_type, name, attrs=attrs or {}, inputs=ins, outputs=outs)
+        if early:
+            self.graph.nodes.insert(self._early, node)
+            self._early += 1
+        else:
+            self.graph.nodes.append(node)
         return outs[0] if n_out == 1 else outs
 
     def const(self, value, dtype=np.float32) -> gs.Constant:
@@ -51,6 +64,16 @@ class Emitter:
         if key not in self._constants:
             self._constants[key] = gs.Constant(self._name(), array)
         return self._constants[key]
+
+    def filled(self, value: float, shape: Sequence[int]) -> gs.Variable:
+        """A float tensor of ``shape`` holding only ``value``, expanded in the graph from one number (ONNX
+        Runtime folds it when it opens the model; the file stays small); one per value and shape."""
+        key = (float(value), tuple(shape))
+        if key not in self._filled:
+            one = self.const(np.full([1] * len(shape), value, np.float32))
+            self._filled[key] = self.op("Expand", [one, self.ints(shape)], early=True)
+            self._filled[key].shape, self._filled[key].dtype = list(shape), np.float32
+        return self._filled[key]
 
     def ints(self, values: Sequence[int]) -> gs.Constant:
         """A 1-D int64 initializer."""
@@ -131,6 +154,65 @@ class Emitter:
         shape = self.op("Shape", [mask], dtype=np.int64)  # not shape_of: a fresh node, after ``flat``
         anchored = self.op("Reshape", [flat, shape])
         return self.mul(anchored, factor)
+
+    def gate(self, rho: Tensor, y: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
+        """``rho`` where ``low < y < high`` (an absent bound always holds), 0 elsewhere.
+
+        On an N,C,H,W tensor inside the graph the factor is a product of ``step``s, which ONNX Runtime's
+        CPU provider runs in the blocked (NCHWc) layout of the Convs around them; elsewhere a
+        comparison (``masked``)."""
+        bounds = [(b, above) for b, above in ((low, True), (high, False)) if b is not None]
+        if not bounds:
+            return rho
+        if self._blockable(y) and all(abs(b) <= STEP_BOUND_LIMIT for b, _ in bounds):
+            steps = [self.step(y, bound, above) for bound, above in bounds]
+            factor = steps[0] if len(steps) == 1 else self.op("Mul", steps, early=True)
+            return self.mul(rho, factor)
+        masks = [self.op("Greater" if above else "Less", [y, self.const(b)]) for b, above in bounds]
+        return self.masked(masks[0] if len(masks) == 1 else self.op("And", masks), rho)
+
+    def step(self, y: Tensor, bound: float, above: bool) -> gs.Variable:
+        """``[y > bound]`` (``above``) or ``[y < bound]`` as 0.0/1.0 for an N,C,H,W tensor ``y`` with a static
+        channel count, exactly for every value but NaN, ``|bound| <= STEP_BOUND_LIMIT``:
+        ``HardSigmoid(STEP_ALPHA·z)`` of ``z = ±STEP_SCALE·(y − bound)`` from a depthwise 1x1 Conv.
+        Scaling by a power of two is exact; ``y − bound`` rounds to 0 only at the bound and is at least
+        2⁻¹⁴⁹ away from it, so ``STEP_ALPHA·z`` is at least 1 (or inf) past the bound; where ``y``
+        overflows once scaled, the bound does not, so the sign is still right.
+
+        Emitted before the other new nodes: ONNX Runtime's walk (``masked`` says how it orders nodes)
+        then reaches the step after the relevance it multiplies and computes it just before the
+        product, instead of during the forward pass, where it would hold a float mask until then."""
+        channels = y.shape[1]
+        sign, bound = (1.0 if above else -1.0), float(np.float32(bound))  # the bound the comparison would use
+        inputs = [y, self.filled(sign * STEP_SCALE, [channels, 1, 1, 1])]
+        if bound:  # (no empty bias input: ONNX Runtime's NCHWc Conv takes none)
+            inputs.append(self.filled(-sign * STEP_SCALE * bound, [channels]))
+        z = self.op("Conv", inputs, {"group": channels}, early=True)
+        step = self.op("HardSigmoid", [z], {"alpha": STEP_ALPHA, "beta": 0.0}, early=True)
+        for t in (z, step):
+            t.shape, t.dtype = list(y.shape), np.float32
+        return step
+
+    def blocked(self, rho: Tensor, like: Tensor, scale: float = 1.0) -> Tensor:
+        """``scale``·``rho`` for the relevance of ``like``; where that is an N,C,H,W tensor inside the graph,
+        as a depthwise 1x1 Conv, which ONNX Runtime's CPU provider runs in its blocked layout (NCHWc):
+        the relevance ops after it then stay in that layout instead of each converting its operands
+        (an op that is not a Conv, such as ConvTranspose, Expand or Reshape, leaves the plain layout)."""
+        if not self._blockable(like):
+            return rho if scale == 1.0 else self.mul(rho, self.const(scale))
+        channels = like.shape[1]
+        return self.op("Conv", [rho, self.filled(scale, [channels, 1, 1, 1])], {"group": channels})
+
+    def spread(self, rho: Tensor, like: Tensor, scale: float = 1.0) -> Tensor:
+        """``scale``·``rho`` broadcast to the shape of ``like`` (scaled after broadcasting only where that
+        takes it into the blocked layout, ``blocked``)."""
+        if self._blockable(like):
+            return self.blocked(self.expand_like(rho, like), like, scale)
+        return self.expand_like(rho if scale == 1.0 else self.mul(rho, self.const(scale)), like)
+
+    def _blockable(self, like: Tensor) -> bool:
+        shape = list(like.shape or [])
+        return len(shape) == 4 and isinstance(shape[1], int) and like not in self.graph.inputs
 
     def reshape_like(self, x: Tensor, like: Tensor) -> gs.Variable:
         return self.op("Reshape", [x, self.shape_of(like)])

@@ -1,6 +1,13 @@
-"""The order ONNX Runtime runs a compiled model in: each mask is computed while the forward pass runs and
-kept as booleans, and only turned into floats when the relevance pass reaches it (``Emitter.masked``);
-and tools/bounds.py's deliberately wrong copies, which must drop that scheduling with the masks."""
+"""How ONNX Runtime runs a compiled model's relevance pass, read off the model it saves after optimising
+(in the order of its execution plan):
+
+* Relu/Clip masks on N,C,H,W tensors are steps (``Emitter.step``: a depthwise Conv and a HardSigmoid):
+  the CPU provider keeps them, the relevance they multiply and the residual sums in its blocked
+  (NCHWc) layout, with no layout conversion between them; they are computed when the relevance pass
+  reaches them, not during the forward pass (where they would hold a float mask until then);
+* other masks (dense layers, LeakyRelu) are comparisons computed during the forward pass and kept as
+  booleans, turned into floats only when the relevance pass reaches them (``Emitter.masked``);
+* tools/bounds.py's deliberately wrong copies drop the masks and the routing."""
 
 import numpy as np
 import onnx
@@ -18,13 +25,21 @@ LEVELS = {
     "all (blocked NCHWc layout)": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
     "basic (plain layout, as on CUDA)": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
 }
+BLOCKED = "com.microsoft.nchwc"
 
 
 def inverted_residuals() -> nn.Module:
-    """ReLU6 (Clip) masks and identity shortcuts, MobileNetV2-style."""
+    """ReLU6 (Clip) masks, strided depthwise Convs and identity shortcuts, MobileNetV2-style."""
     model = nn.Sequential(conv_bn(3, 16, 3, 2, act=nn.ReLU6), InvertedResidual(16, 16, 48),
                           InvertedResidual(16, 24, 48, stride=2), InvertedResidual(24, 24, 72),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+    return init_deterministic(model, 0).eval()
+
+
+def leaky_cnn() -> nn.Module:
+    """LeakyRelu masks on N,C,H,W tensors (comparisons)."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.LeakyReLU(0.1), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.LeakyReLU(0.1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
     return init_deterministic(model, 0).eval()
 
 
@@ -38,34 +53,82 @@ def _execution_order(path, tmp_path, level) -> list[onnx.NodeProto]:
     return list(onnx.load(options.optimized_model_filepath).graph.node)
 
 
-@pytest.fixture(params=["vgg16_like", "inverted_residuals"])
-def source(request, exported_model, tmp_path):
-    if request.param == "vgg16_like":
-        return exported_model("vgg16_like").path
-    path = tmp_path / "inverted_residuals.onnx"
-    example = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    return export_onnx(inverted_residuals(), example, path)
+@pytest.fixture
+def compiled(exported_model, tmp_path):
+    """The compiled file of a named test network: ``(source path, compiled path)``."""
+    def get(name):
+        if name in ("vgg16_like", "resnet18_like"):
+            path = exported_model(name).path
+        else:
+            path = tmp_path / f"{name}.onnx"
+            example = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+            export_onnx({"inverted_residuals": inverted_residuals, "leaky_cnn": leaky_cnn}[name](), example, path)
+        compiled_path = tmp_path / f"{name}.rlrp.onnx"
+        rlrp_onnx.save_model(rlrp_onnx.compile_model(path), compiled_path)
+        return path, compiled_path
+    return get
+
+
+def _new_nodes(source, compiled_path) -> set[str]:
+    return {n.name for n in onnx.load(compiled_path).graph.node} - {n.name for n in onnx.load(source).graph.node}
+
+
+def _steps(order, compiled_path) -> list[onnx.NodeProto]:
+    """The steps' Convs in ONNX Runtime's order (a blocked Conv with the HardSigmoid fused, or the
+    Conv read by a HardSigmoid node)."""
+    hard_sigmoids = {n.input[0] for n in onnx.load(compiled_path).graph.node if n.op_type == "HardSigmoid"}
+    fused = [n for n in order if any(a.name == "activation" and a.s == b"HardSigmoid" for a in n.attribute)]
+    return fused + [n for n in order if n.op_type == "Conv" and n.output[0] in hard_sigmoids]
+
+
+@pytest.mark.parametrize("name", ["inverted_residuals", "resnet18_like", "vgg16_like"])
+def test_masks_and_sums_stay_in_the_blocked_layout(compiled, name, tmp_path):
+    source, compiled_path = compiled(name)
+    new = _new_nodes(source, compiled_path)
+    order = _execution_order(compiled_path, tmp_path, LEVELS["all (blocked NCHWc layout)"])
+    produced_by = {o: n for n in order for o in n.output}
+    steps = _steps(order, compiled_path)
+    assert len(steps) >= 5 and all(n.domain == BLOCKED for n in steps)
+    factors = {n.output[0] for n in steps}
+    factors |= {n.output[0] for n in order if n.op_type == "Mul" and set(n.input) <= factors}  # (both bounds)
+    products = [n for n in order if n.op_type == "Mul" and factors & set(n.input) and not set(n.input) <= factors]
+    sums = [n for n in order if n.op_type == "Sum" and n.name in new]
+    assert len(products) >= 5
+    converted = [n.name for n in products + sums
+                 if any(getattr(produced_by.get(i), "op_type", "") == "ReorderOutput" for i in n.input)]
+    assert converted == []
 
 
 @pytest.mark.parametrize("level", LEVELS.values(), ids=LEVELS.keys())
-def test_masks_are_computed_during_the_forward_pass(source, tmp_path, level):
-    compiled_path = tmp_path / "compiled.onnx"
-    rlrp_onnx.save_model(rlrp_onnx.compile_model(source), compiled_path)
-    new = {n.name for n in onnx.load(compiled_path).graph.node} - {n.name for n in onnx.load(source).graph.node}
+@pytest.mark.parametrize("name", ["inverted_residuals", "vgg16_like"])
+def test_steps_are_computed_when_the_relevance_pass_needs_them(compiled, name, tmp_path, level):
+    _, compiled_path = compiled(name)
+    order = _execution_order(compiled_path, tmp_path, level)
+    seed = next(i for i, n in enumerate(order) if n.op_type == "ArgMax")  # the logits are complete here
+    steps = _steps(order, compiled_path)
+    assert len(steps) >= 5
+    assert [n.name for n in steps if order.index(n) < seed] == []
+
+
+@pytest.mark.parametrize("level", LEVELS.values(), ids=LEVELS.keys())
+@pytest.mark.parametrize("name", ["vgg16_like", "leaky_cnn"])
+def test_comparison_masks_are_computed_during_the_forward_pass(compiled, name, tmp_path, level):
+    source, compiled_path = compiled(name)
+    new = _new_nodes(source, compiled_path)
     order = _execution_order(compiled_path, tmp_path, level)
     position = {n.name: i for i, n in enumerate(order)}
     produced_by = {o: n for n in order for o in n.output}
-    seed = next(i for i, n in enumerate(order) if n.op_type == "ArgMax")  # the logits are complete here
+    seed = next(i for i, n in enumerate(order) if n.op_type == "ArgMax")
     casts = [n for n in order if n.name in new and n.op_type == "Cast"
              and produced_by[n.input[0]].op_type in ("Greater", "Less", "And")]
     masks = [produced_by[c.input[0]] for c in casts]
-    assert len(masks) >= 5
+    assert len(masks) >= 2
     assert [m.name for m in masks if position[m.name] > seed] == []
     assert [c.name for c in casts if position[c.name] < seed] == []
 
 
 def test_bound_variants_drop_the_masks_and_the_routing(exported_model):
-    """tools/bounds.py's deliberately wrong copies lose every comparison (the masks and the Reshapes
+    """tools/bounds.py's deliberately wrong copies lose every mask (steps, comparisons and the Reshapes
     scheduling them) and every scatter, and still run."""
     import sys
     from pathlib import Path
@@ -81,7 +144,8 @@ def test_bound_variants_drop_the_masks_and_the_routing(exported_model):
         for rewrite in rewrites:
             model = bounds._rewritten(model, rewrite)
         ops = {n.op_type for n in model.graph.node if bounds.bench.is_relevance(n.name)}
-        masks = [n for n in model.graph.node if n.op_type in bounds.COMPARISONS and TARGET_INPUT not in n.input]
+        masks = [n for n in model.graph.node if n.op_type in bounds.COMPARISONS | {"HardSigmoid"}
+                 and TARGET_INPUT not in n.input]
         if "masks" in variant or variant == "both":
             assert masks == [], variant
         if "routing" in variant or variant == "both":

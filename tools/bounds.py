@@ -5,9 +5,9 @@ it compiles the R-LRP explainer and derives copies that are *deliberately wrong*
 a cheaper formulation could save:
 
 no masks
-    every mask multiplication of the relevance pass (``Mul`` by a 0/1 ``Cast`` of a comparison)
-    replaced by its relevance input, and the comparisons removed: the cost of the ReLU/Clip masks and
-    of ONNX Runtime's layout conversions around them.
+    every mask multiplication of the relevance pass (``Mul`` by a step or by a 0/1 ``Cast`` of a
+    comparison) replaced by its relevance input, and the masks removed: the cost of the ReLU/Clip
+    masks and of any layout conversions around them.
 upsampled routing
     every max-pool routing (recomputed ``MaxPool`` with ``Indices`` + ``ScatterElements``) replaced by
     one nearest-neighbour ``Resize`` of the pooled relevance to the input size: the cost of routing
@@ -62,17 +62,30 @@ def _rewritten(model: onnx.ModelProto, replace) -> onnx.ModelProto:
 
 
 def without_masks(node, producers):
-    """A mask multiplication ``Mul(r, Cast(comparison))`` becomes ``Identity(r)``, ``r`` taken from
-    before the two Reshapes that order the comparison into the forward pass (``Emitter.masked``)."""
+    """A mask multiplication becomes ``Identity(r)``: ``Mul(r, step)`` or ``Mul(r, Mul(step, step))``
+    (``Emitter.step``), and ``Mul(r, Cast(comparison))`` with ``r`` taken from before the two Reshapes that
+    order the comparison into the forward pass (``Emitter.masked``)."""
     if node.op_type != "Mul" or not bench.is_relevance(node.name):
         return None
     for i, name in enumerate(node.input):
-        cast = producers.get(name)
-        if cast is not None and cast.op_type == "Cast" and \
-                getattr(producers.get(cast.input[0]), "op_type", None) in COMPARISONS:
-            return [helper.make_node("Identity", [_unscheduled(node.input[1 - i], cast.input[0], producers)],
+        factor, r = producers.get(name), node.input[1 - i]
+        if _is_step_factor(factor, producers) and not _is_step_factor(producers.get(r), producers):
+            return [helper.make_node("Identity", [r], list(node.output), name=node.name)]
+        if factor is not None and factor.op_type == "Cast" and \
+                getattr(producers.get(factor.input[0]), "op_type", None) in COMPARISONS:
+            return [helper.make_node("Identity", [_unscheduled(r, factor.input[0], producers)],
                                      list(node.output), name=node.name)]
     return None
+
+
+def _is_step_factor(node, producers) -> bool:
+    """Whether ``node`` computes a step (HardSigmoid) or the product of two."""
+    if node is None:
+        return False
+    if node.op_type == "HardSigmoid":
+        return True
+    return node.op_type == "Mul" and all(getattr(producers.get(i), "op_type", "") == "HardSigmoid"
+                                         for i in node.input)
 
 
 def _unscheduled(rho: str, mask: str, producers) -> str:

@@ -15,7 +15,7 @@ def relu(ctx, node, rho):
     emit = ctx.emit
     if relu_masked_by_pools(ctx, node):
         return {0: rho[0]}
-    return {0: emit.masked(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), rho[0])}
+    return {0: emit.gate(rho[0], node.outputs[0], low=0.0)}
 
 
 @rule("LeakyRelu", kind=ACTIVATION)
@@ -63,15 +63,5 @@ def _clip_check(ctx, node):
 @rule("Clip", check=_clip_check, kind=ACTIVATION)
 def clip(ctx, node, rho):
     """rho_x = [min < x < max]·rho_y: where Clip saturates, the output is constant, like a bias."""
-    emit = ctx.emit
     low, high = _clip_bounds(ctx, node)
-    y = node.outputs[0]
-    masks = []
-    if low is not None:
-        masks.append(emit.op("Greater", [y, emit.const(low)]))
-    if high is not None:
-        masks.append(emit.op("Less", [y, emit.const(high)]))
-    if not masks:
-        return {0: rho[0]}
-    mask = masks[0] if len(masks) == 1 else emit.op("And", masks)
-    return {0: emit.masked(mask, rho[0])}
+    return {0: ctx.emit.gate(rho[0], node.outputs[0], low, high)}

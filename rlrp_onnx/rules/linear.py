@@ -66,9 +66,7 @@ def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
 
 def ones_kernel(emit, channels: int, kernel):
     """Depthwise all-ones weights ``[channels, 1, *kernel]`` (expanded in the graph from one value)."""
-    ones = emit.op("Expand", [emit.const(np.ones([1, 1, *kernel])), emit.ints([channels, 1, *kernel])])
-    ones.shape = [channels, 1, *kernel]
-    return ones
+    return emit.filled(1.0, [channels, 1, *kernel])
 
 
 def _flipped_conv(emit, rho, weights, window: Window, group: int):
@@ -89,7 +87,7 @@ def _transposed(ctx, rho, weights, window: Window, x, y, group: int):
         out = emit.slice(out, [keep[i][0] for i in axes], [keep[i][1] for i in axes], [2 + i for i in axes])
     if any(zeros):
         out = emit.pad(out, [0] * (2 + len(zeros)) + [0, 0] + list(zeros))
-    return out
+    return emit.blocked(out, x)
 
 
 @rule("Conv", check=_constant_weights, kind=LAYER)

@@ -32,9 +32,8 @@ def average_pool(ctx, node, rho):
 @rule("GlobalAveragePool", kind=LINEAR)
 def global_average_pool(ctx, node, rho):
     """rho_x = rho_y / (number of spatial positions), broadcast over them."""
-    emit, x = ctx.emit, node.inputs[0]
-    scale = emit.const(1.0 / float(np.prod(ctx.spatial(x))))
-    return {0: emit.expand_like(emit.mul(rho[0], scale), x)}
+    x = node.inputs[0]
+    return {0: ctx.emit.spread(rho[0], x, 1.0 / float(np.prod(ctx.spatial(x))))}
 
 
 def _reduce_axes(ctx, node):
@@ -68,10 +67,8 @@ def reduce(ctx, node, rho):
     r = rho[0]
     if axes and not node.attrs.get("keepdims", 1):
         r = emit.unsqueeze(r, axes)
-    if node.op == "ReduceMean":
-        count = float(np.prod([ctx.shape(x)[a] for a in axes]))
-        r = emit.mul(r, emit.const(1.0 / count))
-    return {0: emit.expand_like(r, x)}
+    scale = 1.0 / float(np.prod([ctx.shape(x)[a] for a in axes])) if node.op == "ReduceMean" else 1.0
+    return {0: emit.spread(r, x, scale)}
 
 
 def _maxpool_check(ctx, node):
@@ -98,7 +95,7 @@ def max_pool(ctx, node, rho):
     r = rho[0]
     source = ctx.producer(x)
     if source is not None and source.op == "Relu" and relu_masked_by_pools(ctx, source):
-        r = emit.masked(emit.op("Greater", [node.outputs[0], emit.const(0.0)]), r)
+        r = emit.gate(r, node.outputs[0], low=0.0)
     indices = node.outputs[1] if len(node.outputs) > 1 else \
         emit.op("MaxPool", [x], dict(node.attrs), n_out=2)[1]
     flat = emit.ints([-1])

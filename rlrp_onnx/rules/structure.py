@@ -33,8 +33,11 @@ def expand(ctx, node, rho):
 
 @rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def reshape(ctx, node, rho):
-    """rho_x = rho_y reshaped to x's shape."""
-    return {0: ctx.emit.reshape_like(rho[0], node.inputs[0])}
+    """rho_x = rho_y reshaped to x's shape (taken into the blocked layout where an image-like x comes out
+    of a classifier's head)."""
+    emit, x = ctx.emit, node.inputs[0]
+    shaped = emit.reshape_like(rho[0], x)
+    return {0: emit.blocked(shaped, x) if len(ctx.shape(node.outputs[0])) != 4 else shaped}
 
 
 def _pads(ctx, node):
