@@ -197,8 +197,9 @@ class Emitter:
         """``scale``·``rho`` for the relevance of ``like``; where that is an N,C,H,W tensor inside the graph,
         as a depthwise 1x1 Conv, which ONNX Runtime's CPU provider runs in its blocked layout (NCHWc):
         the relevance ops after it then stay in that layout instead of each converting its operands
-        (an op that is not a Conv, such as ConvTranspose, Expand or Reshape, leaves the plain layout)."""
-        if not self._blockable(like):
+        (an op that is not a Conv, such as ConvTranspose, Expand or Reshape, leaves the plain layout).
+        Not for a single position per channel (nothing to gain)."""
+        if not self._blockable(like) or list(like.shape[2:]) == [1, 1]:
             return rho if scale == 1.0 else self.mul(rho, self.const(scale))
         channels = like.shape[1]
         return self.op("Conv", [rho, self.filled(scale, [channels, 1, 1, 1])], {"group": channels})

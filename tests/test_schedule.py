@@ -152,3 +152,24 @@ def test_bound_variants_drop_the_masks_and_the_routing(exported_model):
             assert "ScatterElements" not in ops, variant
         session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         assert session.run(["rlrp_relevance"], {"image": x})[0].shape == x.shape
+
+
+def test_bench_tells_mask_steps_and_layout_convs_from_adjoints(compiled):
+    """tools/bench.py's profile breakdown counts the steps' Convs as masks and Emitter.blocked's Convs as
+    layout, not as relevance adjoints."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import bench
+
+    _, compiled_path = compiled("inverted_residuals")
+    model = onnx.load(compiled_path)
+    roles = bench.conv_roles(model)
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and bench.is_relevance(n.name)]
+    steps = {n.input[0] for n in model.graph.node if n.op_type == "HardSigmoid"}
+    assert {n.name for n in convs if roles.get(n.name) == bench.MASK_STEP} == steps
+    layout = [n for n in convs if roles.get(n.name) == bench.LAYOUT_CONV]
+    assert layout and all(n.input[0] not in steps for n in layout)
+    adjoints = [n for n in convs if n.name not in roles]
+    assert len(adjoints) >= 8

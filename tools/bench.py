@@ -285,14 +285,46 @@ def is_relevance(node: str) -> bool:
 
 
 LAYOUT_OPS = {"ReorderInput", "ReorderOutput"}
+MASK_STEP, LAYOUT_CONV = "Conv (mask step)", "Conv (into blocked layout)"
 
 
-def summarize_profile(per_node: dict) -> dict:
-    """{"forward"|"relevance"|"layout": {op type: ms}}, most expensive first."""
+def conv_roles(model) -> dict[str, str]:
+    """The relevance pass's Convs that are not adjoints, by every name ONNX Runtime may give their
+    kernel (its fusions keep the Conv's or the HardSigmoid's name): ``Emitter.step``'s Conv (with its
+    HardSigmoid and the product of two steps) as MASK_STEP, ``Emitter.blocked``'s as LAYOUT_CONV."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    roles = {}
+    for node in model.graph.node:
+        if node.op_type == "HardSigmoid" and is_relevance(node.name):
+            step = [node, producers[node.input[0]]]
+            step += [r for r in readers[node.output[0]] if r.op_type == "Mul" and
+                     all(getattr(producers.get(i), "op_type", "") == "HardSigmoid" for i in r.input)]
+            roles.update({name: MASK_STEP for n in step for name in (n.name, n.output[0])})
+    from onnx import numpy_helper
+
+    shapes = {t.name: list(numpy_helper.to_array(t)) for t in model.graph.initializer if list(t.dims) == [4]}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or not is_relevance(node.name) or node.name in roles:
+            continue
+        weights = producers.get(node.input[1])  # filled by Expand, 1x1: Emitter.blocked
+        if weights is not None and weights.op_type == "Expand" and shapes.get(weights.input[1], [])[2:] == [1, 1]:
+            roles[node.name] = roles[node.output[0]] = LAYOUT_CONV
+    return roles
+
+
+def summarize_profile(per_node: dict, roles: dict | None = None) -> dict:
+    """{"forward"|"relevance"|"layout": {op type: ms}}, most expensive first; the Convs named in
+    ``roles`` (``conv_roles``) are listed under their role, the layout ones under "layout"."""
+    roles = roles or {}
     parts: dict = {"forward": collections.Counter(), "relevance": collections.Counter(),
                    "layout": collections.Counter()}
     for (node, op), ms in per_node.items():
-        part = "layout" if op in LAYOUT_OPS else "relevance" if is_relevance(node) else "forward"
+        op = roles.get(node.removesuffix("_nchwc"), op)
+        part = "layout" if op in LAYOUT_OPS | {LAYOUT_CONV} else "relevance" if is_relevance(node) else "forward"
         parts[part][op] += ms
     return {part: dict(ops.most_common()) for part, ops in parts.items()}
 
@@ -304,8 +336,9 @@ def ratio_breakdown(profiles: dict) -> dict:
     """Split a compiled model's profiled kernel time in units of its own forward part.
 
     Units of the forward *inside* the compiled profile, so the parts come from the same runs:
-    ``adjoints`` (the relevance pass's Conv/ConvTranspose/Gemm/MatMul kernels), ``layout`` (ORT's
-    NCHWc conversions), ``other`` (masks, routing, sums, the seed); ``total`` = 1 + the three.
+    ``adjoints`` (the relevance pass's Conv/ConvTranspose/Gemm/MatMul kernels that are adjoints),
+    ``layout`` (ORT's NCHWc conversions and the Convs that take relevance into that layout), ``other``
+    (masks, their step Convs, routing, sums, the seed); ``total`` = 1 + the three.
     ``slowdown`` = that forward part over the source model's forward (a separate, noisier profile).
     """
     compiled = profiles["compiled"]
@@ -356,6 +389,7 @@ def bench_model(name: str, args, cache: pathlib.Path) -> list[dict]:
     compile_s = time.perf_counter() - t0
     relevance_ops = dict(collections.Counter(n.op_type for n in compiled_model.graph.node
                                              if is_relevance(n.name)).most_common())
+    roles = conv_roles(compiled_model)
     compiled = source.with_name(source.stem + ".rlrp.onnx")
     rlrp_onnx.save_model(compiled_model, compiled)
     del compiled_model
@@ -400,7 +434,7 @@ def bench_model(name: str, args, cache: pathlib.Path) -> list[dict]:
             for label, path in (("source", source), ("compiled", compiled)):
                 per_node = profile(path, x, args.threads, args.opt_level, args.profile_runs,
                                    str(directory / f"{name}-b{batch}-{label}"))
-                row.setdefault("profile", {})[label] = summarize_profile(per_node)
+                row.setdefault("profile", {})[label] = summarize_profile(per_node, roles)
         rows.append(row)
         print(_row_line(row), file=sys.stderr, flush=True)
     return rows
