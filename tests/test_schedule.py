@@ -173,3 +173,28 @@ def test_bench_tells_mask_steps_and_layout_convs_from_adjoints(compiled):
     assert layout and all(n.input[0] not in steps for n in layout)
     adjoints = [n for n in convs if n.name not in roles]
     assert len(adjoints) >= 8
+
+
+def test_compare_tool_compiles_with_another_revision(exported_model, tmp_path):
+    """tools/compare.py's old compiler: the package of a git revision, imported from its own checkout,
+    gives the same relevance as this tree's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import compare
+
+    if subprocess.run(["git", "-C", str(compare.ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    source = exported_model("simple_cnn")
+    checkout, old = tmp_path / "old", tmp_path / "old.onnx"
+    try:
+        compare.compile_at("HEAD", source.path, old, checkout)
+    finally:
+        subprocess.run(["git", "-C", str(compare.ROOT), "worktree", "remove", "--force", str(checkout)], check=False)
+    x = source.example(2)
+    relevance = [onnxruntime.InferenceSession(m, providers=["CPUExecutionProvider"]).run(["rlrp_relevance"],
+                                                                                           {"image": x})[0]
+                 for m in (str(old), rlrp_onnx.compile_model(source.path).SerializeToString())]
+    assert np.allclose(relevance[0], relevance[1], rtol=1e-5, atol=1e-6 * np.abs(relevance[1]).max())
