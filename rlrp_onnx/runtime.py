@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+# Full float32 convolutions on CUDA: TensorFloat-32, ONNX Runtime's default on Ampere and newer GPUs,
+# rounds a convolution's inputs to 10 bits, enough to move a value next to a Clip bound (ReLU6's 6)
+# onto it, which flips that mask's step (a Conv, ``Emitter.step``).
+CUDA_OPTIONS = {"use_tf32": "0"}
 DEVICES = ("auto", "cpu", "cuda")
 
 _NUMPY_TYPES = {
@@ -72,7 +76,7 @@ def create_session(model: onnx.ModelProto | str | os.PathLike, device: str = "au
         )
     wants_cuda = device == "cuda" or (device == "auto" and cuda_installed)
     load_failure = _preload_cuda_libraries() if wants_cuda else None
-    providers = [CUDA, CPU] if wants_cuda else [CPU]
+    providers = [(CUDA, CUDA_OPTIONS), CPU] if wants_cuda else [CPU]
 
     session = _open_session(ort, source, providers)
     provider = session.get_providers()[0]
@@ -155,7 +159,7 @@ def _model_source(model: onnx.ModelProto | str | os.PathLike) -> bytes | str:
     return path
 
 
-def _open_session(ort, source: bytes | str, providers: list[str]) -> onnxruntime.InferenceSession:
+def _open_session(ort, source: bytes | str, providers: list) -> onnxruntime.InferenceSession:
     name = "the model" if isinstance(source, bytes) else source
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the defaulted rlrp_target input is intended

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 from rlrp_onnx.errors import RlrpError
-from rlrp_onnx.runtime import CPU, CUDA, RuntimeSession, create_session, run_explainer
+from rlrp_onnx.runtime import CPU, CUDA, CUDA_OPTIONS, RuntimeSession, create_session, run_explainer
 
 N_CLASSES, SHAPE = 5, (3, 4, 4)
 
@@ -184,13 +184,13 @@ def test_cpu_asks_for_the_cpu_provider_only(fake_ort):
 def test_auto_uses_cuda_when_it_loads(fake_ort):
     fake_ort.runs_on = [CUDA, CPU]
     runtime = create_session(onnx.ModelProto(), device="auto")
-    assert fake_ort.requested == [[CUDA, CPU]]
+    assert fake_ort.requested == [[(CUDA, {"use_tf32": "0"}), CPU]]  # full float32 convolutions
     assert runtime.provider == CUDA and runtime.notice is None
 
 
 def test_auto_falls_back_to_cpu_and_says_so(fake_ort):
     runtime = create_session(onnx.ModelProto(), device="auto")
-    assert fake_ort.requested == [[CUDA, CPU]]
+    assert fake_ort.requested == [[(CUDA, CUDA_OPTIONS), CPU]]
     assert isinstance(runtime, RuntimeSession)
     assert runtime.provider == CPU
     assert "CUDA" in runtime.notice and "CPU" in runtime.notice
