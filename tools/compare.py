@@ -14,7 +14,7 @@ agree up to float rounding).
 Usage::
 
     python tools/compare.py --against 8ce0898 --cache-dir /tmp/bench
-    python tools/compare.py --against HEAD~1 --models resnet50 --batches 8
+    python tools/compare.py --against HEAD~1 --models resnet50 --batches 8 --opt-level basic
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def compare_model(name: str, args, cache: pathlib.Path, checkout: pathlib.Path) 
     paths = {"old": cache / f"{source.stem}.at-{args.against}.onnx", "new": cache / f"{source.stem}.ab-new.onnx"}
     compile_at(args.against, source, paths["old"], checkout)
     rlrp_onnx.save_model(rlrp_onnx.compile_model(str(source)), paths["new"])
-    sessions = {"forward": bench.session(source, args.threads)}
-    sessions.update({label: bench.session(path, args.threads) for label, path in paths.items()})
+    sessions = {"forward": bench.session(source, args.threads, args.opt_level)}
+    sessions.update({label: bench.session(path, args.threads, args.opt_level) for label, path in paths.items()})
     rows = []
     for batch in args.batches:
         x = bench.example(batch, args.seed)
@@ -87,6 +87,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds per cell")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--budget", type=float, default=45.0, help="seconds per cell (at least 3 rounds)")
+    parser.add_argument("--opt-level", choices=list(bench.OPT_LEVELS), default="all",
+                        help="ORT graph optimisation (basic: no blocked layout, as on CUDA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default="/tmp/rlrp-bench", help="exports (shared with tools/bench.py)")
     args = parser.parse_args(argv)
@@ -94,7 +96,8 @@ def main(argv=None) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     info = bench.machine(args.threads)
     print(f"Machine: {info['cpu']}, {info['cores']} cores, threads {args.threads}, onnxruntime "
-          f"{info['onnxruntime']}, rlrp_onnx {info['rlrp_onnx']} (new) against {args.against} (old). "
+          f"{info['onnxruntime']}, optimisation level {args.opt_level}, rlrp_onnx {info['rlrp_onnx']} (new) "
+          f"against {args.against} (old). "
           "Medians in ms; ratios are medians of per-round ratios:\n")
     print("| model | batch | forward | old | new | old/forward | new/forward | new/old | relevance diff | rounds |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
