@@ -200,7 +200,7 @@ class Emitter:
         (an op that is not a Conv, such as ConvTranspose, Expand or Reshape, leaves the plain layout).
         Not for a single position per channel (nothing to gain)."""
         if not self._blockable(like) or list(like.shape[2:]) == [1, 1]:
-            return rho if scale == 1.0 else self.mul(rho, self.const(scale))
+            return self._times(rho, scale)
         channels = like.shape[1]
         return self.op("Conv", [rho, self.filled(scale, [channels, 1, 1, 1])], {"group": channels})
 
@@ -209,7 +209,7 @@ class Emitter:
         takes it into the blocked layout, ``blocked``)."""
         if self._blockable(like):
             return self.blocked(self.expand_like(rho, like), like, scale)
-        return self.expand_like(rho if scale == 1.0 else self.mul(rho, self.const(scale)), like)
+        return self.expand_like(self._times(rho, scale), like)
 
     def _blockable(self, like: Tensor) -> bool:
         shape = list(like.shape or [])

@@ -211,6 +211,39 @@ def alternate(runs: dict, warmup: int, repeats: int, budget: float, settle: int 
     return samples
 
 
+def timed_sessions(sessions: dict, x: np.ndarray, args) -> dict[str, list[float]]:
+    """Seconds per ``run`` of each ONNX Runtime session on ``x`` (all outputs), in ``alternate``'s rounds
+    with ``args.warmup``, ``args.repeats`` and ``args.budget``."""
+    runs = {label: (lambda s=s: s.run(None, {INPUT: x})) for label, s in sessions.items()}
+    return alternate(runs, args.warmup, args.repeats, args.budget)
+
+
+def variants_parser(description: str, repeats: int, budget: float) -> argparse.ArgumentParser:
+    """The options of the tools that time compiled variants against the forward pass (bounds.py,
+    compare.py): models, batches, threads, rounds, optimisation level, seed, export cache."""
+    from reference_nets import MODELS
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds per cell")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=budget, help="seconds per cell (at least 3 rounds)")
+    parser.add_argument("--opt-level", choices=list(OPT_LEVELS), default="all",
+                        help="ORT graph optimisation (basic: no blocked layout, as on CUDA)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default="/tmp/rlrp-bench", help="exports (shared with tools/bench.py)")
+    return parser
+
+
+def machine_line(args) -> str:
+    """One line naming the machine, threads, ONNX Runtime, optimisation level and rlrp_onnx's commit."""
+    info = machine(args.threads)
+    return (f"Machine: {info['cpu']}, {info['cores']} cores, threads {args.threads}, onnxruntime "
+            f"{info['onnxruntime']}, optimisation level {args.opt_level}, rlrp_onnx {info['rlrp_onnx']}")
+
+
 # ---------------------------------------------------------------------------------- memory
 
 

@@ -26,7 +26,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import statistics
 import sys
@@ -37,8 +36,7 @@ from onnx import helper
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import bench  # noqa: E402  (shares export, session, example and alternate)
-from reference_nets import MODELS  # noqa: E402
+import bench  # noqa: E402  (shares export, session, example, timing, options and machine line)
 
 COMPARISONS = {"Greater", "Less", "And", "Or", "Not", "Equal", "GreaterOrEqual", "LessOrEqual"}
 
@@ -135,13 +133,11 @@ def bound_model(name: str, args, cache: pathlib.Path) -> list[str]:
             model = _rewritten(model, rewrite)
         paths[variant] = source.with_name(f"{source.stem}.bound-{variant.replace(' ', '-')}.onnx")
         onnx.save(model, paths[variant])
-    sessions = {"forward": bench.session(source, args.threads)}
-    sessions.update({label: bench.session(path, args.threads) for label, path in paths.items()})
+    sessions = {"forward": bench.session(source, args.threads, args.opt_level)}
+    sessions.update({label: bench.session(path, args.threads, args.opt_level) for label, path in paths.items()})
     rows = []
     for batch in args.batches:
-        x = bench.example(batch, args.seed)
-        runs = {label: (lambda s=s: s.run(None, {bench.INPUT: x})) for label, s in sessions.items()}
-        samples = bench.alternate(runs, args.warmup, args.repeats, args.budget)
+        samples = bench.timed_sessions(sessions, bench.example(batch, args.seed), args)
         median = {label: statistics.median(v) * 1000 for label, v in samples.items()}
         ratios = " | ".join(f"{median[label]:.0f} ({median[label] / median['forward']:.2f})"
                             for label in ["compiled", *VARIANTS])
@@ -150,21 +146,10 @@ def bound_model(name: str, args, cache: pathlib.Path) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=8, help="timed rounds per cell")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds per cell (at least 3 rounds)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default="/tmp/rlrp-bench", help="exports (shared with tools/bench.py)")
-    args = parser.parse_args(argv)
+    args = bench.variants_parser(__doc__.split("\n\n")[0], repeats=8, budget=60.0).parse_args(argv)
     cache = pathlib.Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    info = bench.machine(args.threads)
-    print(f"Machine: {info['cpu']}, {info['cores']} cores, threads {args.threads}, onnxruntime "
-          f"{info['onnxruntime']}, rlrp_onnx {info['rlrp_onnx']}. Medians in ms (over the forward's):\n")
+    print(bench.machine_line(args) + ". Medians in ms (over the forward's):\n")
     print("| model | batch | forward | compiled | " + " | ".join(VARIANTS) + " | rounds |")
     print("|---|---:|---:|---:|" + "---:|" * len(VARIANTS) + "---:|")
     for name in args.models:

@@ -19,7 +19,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import statistics
 import subprocess
@@ -30,8 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import bench  # noqa: E402  (shares export, session, example, alternate and machine)
-from reference_nets import MODELS  # noqa: E402
+import bench  # noqa: E402  (shares export, session, example, timing, options and machine line)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPILE = ("import sys, rlrp_onnx; assert rlrp_onnx.__file__.startswith(sys.argv[3]), rlrp_onnx.__file__; "
@@ -65,8 +63,7 @@ def compare_model(name: str, args, cache: pathlib.Path, checkout: pathlib.Path) 
         x = bench.example(batch, args.seed)
         relevance = {label: sessions[label].run(["rlrp_relevance"], {bench.INPUT: x})[0] for label in paths}
         difference = float(np.max(np.abs(relevance["new"] - relevance["old"])) / np.max(np.abs(relevance["old"])))
-        runs = {label: (lambda s=s: s.run(None, {bench.INPUT: x})) for label, s in sessions.items()}
-        samples = bench.alternate(runs, args.warmup, args.repeats, args.budget)
+        samples = bench.timed_sessions(sessions, x, args)
         median = {label: statistics.median(v) * 1000 for label, v in samples.items()}
 
         def paired(num, den):
@@ -79,25 +76,12 @@ def compare_model(name: str, args, cache: pathlib.Path, checkout: pathlib.Path) 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench.variants_parser(__doc__.split("\n\n")[0], repeats=10, budget=45.0)
     parser.add_argument("--against", required=True, help="git revision of the other compiler")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per cell")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--budget", type=float, default=45.0, help="seconds per cell (at least 3 rounds)")
-    parser.add_argument("--opt-level", choices=list(bench.OPT_LEVELS), default="all",
-                        help="ORT graph optimisation (basic: no blocked layout, as on CUDA)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default="/tmp/rlrp-bench", help="exports (shared with tools/bench.py)")
     args = parser.parse_args(argv)
     cache = pathlib.Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    info = bench.machine(args.threads)
-    print(f"Machine: {info['cpu']}, {info['cores']} cores, threads {args.threads}, onnxruntime "
-          f"{info['onnxruntime']}, optimisation level {args.opt_level}, rlrp_onnx {info['rlrp_onnx']} (new) "
-          f"against {args.against} (old). "
+    print(f"{bench.machine_line(args)} (new) against {args.against} (old). "
           "Medians in ms; ratios are medians of per-round ratios:\n")
     print("| model | batch | forward | old | new | old/forward | new/forward | new/old | relevance diff | rounds |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
