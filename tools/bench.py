@@ -321,6 +321,16 @@ LAYOUT_OPS = {"ReorderInput", "ReorderOutput"}
 MASK_STEP, LAYOUT_CONV = "Conv (mask step)", "Conv (into blocked layout)"
 
 
+def is_step_factor(node, producers) -> bool:
+    """Whether ``node`` computes a mask step (``Emitter.step``'s HardSigmoid) or the product of two."""
+    if node is None:
+        return False
+    if node.op_type == "HardSigmoid":
+        return True
+    return node.op_type == "Mul" and all(getattr(producers.get(i), "op_type", "") == "HardSigmoid"
+                                         for i in node.input)
+
+
 def conv_roles(model) -> dict[str, str]:
     """The relevance pass's Convs that are not adjoints, by every name ONNX Runtime may give their
     kernel (its fusions keep the Conv's or the HardSigmoid's name): ``Emitter.step``'s Conv (with its
@@ -334,8 +344,7 @@ def conv_roles(model) -> dict[str, str]:
     for node in model.graph.node:
         if node.op_type == "HardSigmoid" and is_relevance(node.name):
             step = [node, producers[node.input[0]]]
-            step += [r for r in readers[node.output[0]] if r.op_type == "Mul" and
-                     all(getattr(producers.get(i), "op_type", "") == "HardSigmoid" for i in r.input)]
+            step += [r for r in readers[node.output[0]] if r.op_type == "Mul" and is_step_factor(r, producers)]
             roles.update({name: MASK_STEP for n in step for name in (n.name, n.output[0])})
     from onnx import numpy_helper
 

@@ -67,23 +67,13 @@ def without_masks(node, producers):
         return None
     for i, name in enumerate(node.input):
         factor, r = producers.get(name), node.input[1 - i]
-        if _is_step_factor(factor, producers) and not _is_step_factor(producers.get(r), producers):
+        if bench.is_step_factor(factor, producers) and not bench.is_step_factor(producers.get(r), producers):
             return [helper.make_node("Identity", [r], list(node.output), name=node.name)]
         if factor is not None and factor.op_type == "Cast" and \
                 getattr(producers.get(factor.input[0]), "op_type", None) in COMPARISONS:
             return [helper.make_node("Identity", [_unscheduled(r, factor.input[0], producers)],
                                      list(node.output), name=node.name)]
     return None
-
-
-def _is_step_factor(node, producers) -> bool:
-    """Whether ``node`` computes a step (HardSigmoid) or the product of two."""
-    if node is None:
-        return False
-    if node.op_type == "HardSigmoid":
-        return True
-    return node.op_type == "Mul" and all(getattr(producers.get(i), "op_type", "") == "HardSigmoid"
-                                         for i in node.input)
 
 
 def _unscheduled(rho: str, mask: str, producers) -> str:
