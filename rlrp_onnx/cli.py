@@ -52,6 +52,11 @@ def _method_args(args) -> dict:
     return {"rule": args.rule, "composite": args.composite, "options": options}
 
 
+def _form_args(args) -> dict:
+    """``compile_model``'s keywords for the form of the compiled graph."""
+    return {"masks": args.masks}
+
+
 def _bound(values):
     return None if values is None else (values[0] if len(values) == 1 else list(values))
 
@@ -61,7 +66,7 @@ def cmd_compile(args) -> None:
     from .loading import save_model
 
     model = compile_model(args.model, output_name=args.output, input_shapes=_resolve_shapes(args),
-                          **_method_args(args))
+                          **_method_args(args), **_form_args(args))
     save_model(model, args.out, source=args.model)
     print(f"wrote {args.out}")
 
@@ -165,7 +170,8 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     from .labels import load_labels
 
     explainer = Explainer(model, device=args.device, batch_size=args.batch_size,
-                          output_name=getattr(args, "output", None), **_method_args(args))
+                          output_name=getattr(args, "output", None), **_method_args(args),
+                          **_form_args(args))
     if explainer.notice:
         print(explainer.notice, file=sys.stderr)
     print(f"provider: {explainer.provider}")
@@ -190,7 +196,7 @@ def cmd_conservation(args) -> None:
     from .preprocess import prepare
     from .runtime import create_session, image_input, run_explainer
 
-    compiled = compile_model(args.model, expose="all", **_method_args(args))
+    compiled = compile_model(args.model, expose="all", **_method_args(args), **_form_args(args))
     producers = {o: n.op_type for n in compiled.graph.node for o in n.output}
     session = create_session(compiled, args.device)
     batch, _ = prepare([args.image], _preprocessing(args, list(image_input(session).shape)))
@@ -229,6 +235,17 @@ def _add_method(p) -> None:
     g.add_argument("--high", type=_floats, help="z^B upper input bound: one value or one per channel")
 
 
+def _add_form(p, compiled_too: bool = False) -> None:
+    """``--masks``; where ``compiled_too`` (the model may be compiled already), its default is the model's."""
+    from .contract import MASK_FORMS
+
+    g = p.add_argument_group("compiled graph")
+    default = ", or what a compiled model has" if compiled_too else ""
+    g.add_argument("--masks", choices=MASK_FORMS, default=None if compiled_too else "steps",
+                   help=f"Relu/Clip masks: steps (default{default}; faster on ONNX Runtime's CPU provider) "
+                        "or comparisons (less working memory)")
+
+
 def _add_preprocessing(p) -> None:
     g = p.add_argument_group("preprocessing (default: size and layout read from the model, pixels in [0, 1])")
     g.add_argument("--preset", help="efficientnet-lite0, imagenet or unit")
@@ -251,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="the explained output, when several could be class scores")
     p.add_argument("--input-shape", action="append", help="[NAME=]N,C,H,W for inputs with dynamic sizes")
     _add_method(p)
+    _add_form(p)
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("inspect", help="list a model's ops and which ones relevance rules cover")
@@ -273,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_preprocessing(p)
     _add_method(p)
+    _add_form(p, compiled_too=True)
     p.set_defaults(run=cmd_explain)
 
     p = sub.add_parser("conservation", help="per-layer relevance totals and their ratio to the logit")
@@ -282,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_preprocessing(p)
     _add_method(p)
+    _add_form(p)
     p.set_defaults(run=cmd_conservation)
 
     p = sub.add_parser("demo", help="explain the bundled photos with the bundled EfficientNet-Lite0")
@@ -291,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
     _add_method(p)
+    _add_form(p, compiled_too=True)
     p.set_defaults(run=cmd_demo, size=None, resize=None, scale=None, mean=None, std=None,
                    channel_order=None, layout=None)
     return parser

@@ -18,7 +18,8 @@ from .weightless import weightless
 
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
                   output_name: str | None = None, input_shapes: dict[str, list[int]] | None = None,
-                  expose: str | list[str] = (), label: str | None = None) -> onnx.ModelProto:
+                  expose: str | list[str] = (), label: str | None = None,
+                  masks: str = "steps") -> onnx.ModelProto:
     """Compile an ONNX classifier (path or ModelProto) into an explainer model (contract version 1).
 
     ``rule`` is "rlrp" (default) or a classical LRP rule (``rlrp_onnx.methods.RULE_NAMES``), and
@@ -27,11 +28,17 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     ``input_shapes`` pins the sizes of inputs whose spatial dims are dynamic, e.g.
     ``{"image": [1, 3, 224, 224]}``. ``expose`` lists inner tensors (or "all": every layer output on
     the relevance path) whose relevance becomes an extra output ``rlrp_relevance/<tensor name>``.
-    ``label`` names a ModelProto in messages (a path names itself).
+    ``label`` names a ModelProto in messages (a path names itself). ``masks`` chooses how Relu and Clip
+    masks on N,C,H,W tensors are computed: "steps" (default; when the relevance pass needs them, in
+    ONNX Runtime's blocked CPU layout, the faster form there) or "comparisons" (during the forward
+    pass, kept as booleans: less working memory).
     """
     source, loaded = load_model(model)
     label = label or loaded
+    if masks not in contract.MASK_FORMS:
+        raise RlrpError(f"{label}: masks must be one of {', '.join(contract.MASK_FORMS)}, got {masks!r}")
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
+    plan.context.emit.step_masks = masks == "steps"
     graph = plan.context.graph
     forward = {id(node) for node in graph.nodes}
     new_outputs = attach(plan, method.relative, _exposed(plan, expose, label))
@@ -45,6 +52,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
         contract.META_VERSION: contract.VERSION,
         contract.META_EXPLAINED_OUTPUT: plan.explained_output.name,
         contract.META_IMAGE_INPUTS: ",".join(t.name for t in plan.inputs),
+        contract.META_MASKS: masks,
     })
     return _validated(compiled, label)
 

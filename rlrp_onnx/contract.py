@@ -9,6 +9,8 @@ META_RULE = "rlrp.rule"
 META_VERSION = "rlrp.version"
 META_EXPLAINED_OUTPUT = "rlrp.explained_output"
 META_IMAGE_INPUTS = "rlrp.image_inputs"
+META_MASKS = "rlrp.masks"  # one of MASK_FORMS (compile_model's masks; absent: steps)
+MASK_FORMS = ("steps", "comparisons")
 
 
 LAYER_OUTPUT_PREFIX = "rlrp_relevance/"  # + tensor name: relevance exposed at an inner tensor

@@ -9,25 +9,31 @@ import numpy as np
 import onnx
 
 from .compiler import compile_model
-from .contract import META_EXPLAINED_OUTPUT, META_RULE, META_VERSION
+from .contract import META_EXPLAINED_OUTPUT, META_MASKS, META_RULE, META_VERSION
 from .errors import RlrpError
 from .loading import load_model
 from .methods import RLRP, Options
 from .runtime import create_session, fixed_batch, image_input, run_explainer
 
 
-def explainer_model(model, output_name: str | None = None, **method) -> onnx.ModelProto:
+def explainer_model(model, output_name: str | None = None, masks: str | None = None,
+                    **method) -> onnx.ModelProto:
     """The model itself when it is already compiled, else its compiled form (in memory); ``method``
-    holds ``compile_model``'s rule keywords."""
+    holds ``compile_model``'s rule keywords, ``masks`` its mask form (None: "steps" for a source model,
+    whichever a compiled one has)."""
     proto, label = load_model(model)
-    if any(p.key == META_VERSION for p in proto.metadata_props):
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if META_VERSION in meta:
         chosen = method.get("composite") or method.get("rule") or RLRP
-        recorded = next(p.value for p in proto.metadata_props if p.key == META_RULE)
-        if chosen != recorded:
-            raise RlrpError(f"{label} is already compiled with '{recorded}'; compile the source model "
+        if chosen != meta[META_RULE]:
+            raise RlrpError(f"{label} is already compiled with '{meta[META_RULE]}'; compile the source model "
                             f"to explain with '{chosen}'")
+        recorded = meta.get(META_MASKS, "steps")
+        if masks is not None and masks != recorded:
+            raise RlrpError(f"{label} is already compiled with masks '{recorded}'; compile the source model "
+                            f"for masks '{masks}'")
         return proto
-    return compile_model(proto, output_name=output_name, label=label, **method)
+    return compile_model(proto, output_name=output_name, label=label, masks=masks or "steps", **method)
 
 
 class Explanations(NamedTuple):
@@ -41,17 +47,20 @@ class Explanations(NamedTuple):
 class Explainer:
     """An explainer model opened in ONNX Runtime.
 
-    ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``)
-    or an already compiled one; ``device`` is "auto", "cpu" or "cuda" (``provider`` tells which one
-    really runs, ``notice`` why CUDA was not used under "auto"); ``batch_size`` caps the images per run,
-    except for a model whose batch size is fixed: it runs that many (the last run filled up).
+    ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``
+    and ``masks``, as by ``compile_model``) or an already compiled one; ``device`` is "auto", "cpu" or
+    "cuda" (``provider`` tells which one really runs, ``notice`` why CUDA was not used under "auto");
+    ``batch_size`` caps the images per run, except for a model whose batch size is fixed: it runs that
+    many (the last run filled up).
     """
 
     def __init__(self, model, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
-                 device: str = "auto", batch_size: int = 8, output_name: str | None = None):
+                 device: str = "auto", batch_size: int = 8, output_name: str | None = None,
+                 masks: str | None = None):
         if batch_size < 1:
             raise RlrpError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = explainer_model(model, output_name, rule=rule, composite=composite, options=options)
+        self.model = explainer_model(model, output_name, masks, rule=rule, composite=composite,
+                                     options=options)
         self.runtime = create_session(self.model, device)
         self.provider, self.notice = self.runtime.provider, self.runtime.notice
         meta = {p.key: p.value for p in self.model.metadata_props}

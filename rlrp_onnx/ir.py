@@ -35,6 +35,7 @@ class Emitter:
         self._shapes: dict[str, gs.Variable] = {}
         self._constants: dict[tuple, gs.Constant] = {}
         self._filled: dict[tuple, gs.Variable] = {}
+        self.step_masks = True  # gate: steps on N,C,H,W tensors (compile_model's masks="steps")
 
     def _name(self) -> str:
         self._count += 1
@@ -159,12 +160,12 @@ class Emitter:
         """``rho`` where ``low < y < high`` (an absent bound always holds), 0 elsewhere.
 
         On an N,C,H,W tensor inside the graph the factor is a product of ``step``s, which ONNX Runtime's
-        CPU provider runs in the blocked (NCHWc) layout of the Convs around them; elsewhere a
-        comparison (``masked``)."""
+        CPU provider runs in the blocked (NCHWc) layout of the Convs around them; elsewhere, or with
+        ``step_masks`` off, a comparison (``masked``)."""
         bounds = [(b, above) for b, above in ((low, True), (high, False)) if b is not None]
         if not bounds:
             return rho
-        if self._blockable(y) and all(abs(b) <= STEP_BOUND_LIMIT for b, _ in bounds):
+        if self.step_masks and self._blockable(y) and all(abs(b) <= STEP_BOUND_LIMIT for b, _ in bounds):
             steps = [self.step(y, bound, above) for bound, above in bounds]
             factor = steps[0] if len(steps) == 1 else self.op("Mul", steps, early=True)
             return self.mul(rho, factor)

@@ -77,6 +77,18 @@ def test_cuda_requested_where_it_cannot_load(tmp_path, capsys):
     assert_one_line_error(code, err, "CUDA is not available")
 
 
+def test_compile_with_comparison_masks(tmp_path, capsys):
+    compiled = tmp_path / "lite0.comparisons.onnx"
+    code, _, err = run_cli(capsys, "compile", DEMO_MODEL, "-o", compiled, "--masks", "comparisons")
+    assert code == 0, err
+    model = onnx.load(compiled)
+    assert {p.key: p.value for p in model.metadata_props}["rlrp.masks"] == "comparisons"
+    assert not [n for n in model.graph.node if n.op_type == "HardSigmoid"]
+    code, _, err = run_cli(capsys, "explain", compiled, DEMO_IMAGES / "chelsea.png", "--out", tmp_path,
+                           "--masks", "steps", "--device", "cpu")
+    assert_one_line_error(code, err, "already compiled with masks 'comparisons'")
+
+
 def test_cli_usage_error_exits_non_zero():
     result = subprocess.run([sys.executable, "-m", "rlrp_onnx.cli", "compile"], capture_output=True, text=True)
     assert result.returncode != 0 and "usage:" in result.stderr and "Traceback" not in result.stderr

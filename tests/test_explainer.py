@@ -69,6 +69,23 @@ def test_api_errors(explainer, photos):
         Explainer(explainer.model, rule="epsilon")
 
 
+def test_masks_form_of_source_and_compiled_models(explainer, photos):
+    """A source model compiles with the chosen mask form; a compiled one keeps its own, and asking for
+    the other is an error, not a silent fallback."""
+    comparisons = Explainer(MODEL, device="cpu", batch_size=4, masks="comparisons")
+    meta = {p.key: p.value for p in comparisons.model.metadata_props}
+    assert meta["rlrp.masks"] == "comparisons"
+    assert not [n for n in comparisons.model.graph.node if n.op_type == "HardSigmoid"]
+    a, b = explainer.explain(photos[:2]), comparisons.explain(photos[:2])
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_allclose(b.relevance, a.relevance, rtol=1e-4, atol=1e-5 * np.abs(a.relevance).max())
+    assert Explainer(comparisons.model, device="cpu").model is comparisons.model
+    with pytest.raises(RlrpError, match="already compiled with masks 'comparisons'"):
+        Explainer(comparisons.model, masks="steps")
+    with pytest.raises(RlrpError, match="masks must be one of steps, comparisons"):
+        compile_model(MODEL, masks="fast")
+
+
 def test_io_binding_gives_the_same_outputs(explainer, photos):
     session = explainer.runtime.session
     names = [o.name for o in session.get_outputs()]

@@ -56,15 +56,15 @@ def _execution_order(path, tmp_path, level) -> list[onnx.NodeProto]:
 @pytest.fixture
 def compiled(exported_model, tmp_path):
     """The compiled file of a named test network: ``(source path, compiled path)``."""
-    def get(name):
+    def get(name, masks="steps"):
         if name in ("vgg16_like", "resnet18_like"):
             path = exported_model(name).path
         else:
             path = tmp_path / f"{name}.onnx"
             example = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
             export_onnx({"inverted_residuals": inverted_residuals, "leaky_cnn": leaky_cnn}[name](), example, path)
-        compiled_path = tmp_path / f"{name}.rlrp.onnx"
-        rlrp_onnx.save_model(rlrp_onnx.compile_model(path), compiled_path)
+        compiled_path = tmp_path / f"{name}.{masks}.rlrp.onnx"
+        rlrp_onnx.save_model(rlrp_onnx.compile_model(path, masks=masks), compiled_path)
         return path, compiled_path
     return get
 
@@ -111,9 +111,10 @@ def test_steps_are_computed_when_the_relevance_pass_needs_them(compiled, name, t
 
 
 @pytest.mark.parametrize("level", LEVELS.values(), ids=LEVELS.keys())
-@pytest.mark.parametrize("name", ["vgg16_like", "leaky_cnn"])
-def test_comparison_masks_are_computed_during_the_forward_pass(compiled, name, tmp_path, level):
-    source, compiled_path = compiled(name)
+@pytest.mark.parametrize("name, masks", [("vgg16_like", "steps"), ("leaky_cnn", "steps"),
+                                         ("inverted_residuals", "comparisons")])
+def test_comparison_masks_are_computed_during_the_forward_pass(compiled, name, masks, tmp_path, level):
+    source, compiled_path = compiled(name, masks)
     new = _new_nodes(source, compiled_path)
     order = _execution_order(compiled_path, tmp_path, level)
     position = {n.name: i for i, n in enumerate(order)}
@@ -125,6 +126,25 @@ def test_comparison_masks_are_computed_during_the_forward_pass(compiled, name, t
     assert len(masks) >= 2
     assert [m.name for m in masks if position[m.name] > seed] == []
     assert [c.name for c in casts if position[c.name] < seed] == []
+
+
+@pytest.mark.parametrize("name", ["inverted_residuals", "resnet18_like"])
+def test_masks_option_comparisons(compiled, name):
+    """``compile_model(masks="comparisons")``: no steps at all, the form recorded in the file, and the
+    relevance of the default steps (up to the blocked layout's summation order)."""
+    source, steps_path = compiled(name)
+    _, comparisons_path = compiled(name, "comparisons")
+    model = onnx.load(comparisons_path)
+    assert {p.key: p.value for p in model.metadata_props}["rlrp.masks"] == "comparisons"
+    assert not [n for n in model.graph.node if n.op_type == "HardSigmoid"]
+    assert [n for n in model.graph.node if n.op_type in ("Greater", "Less")]
+    sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                for p in (steps_path, comparisons_path)]
+    image = sessions[0].get_inputs()[0]
+    x = np.random.default_rng(1).standard_normal([2, *image.shape[1:]]).astype(np.float32)
+    steps, comparisons = (s.run(["rlrp_relevance"], {image.name: x})[0] for s in sessions)
+    assert np.abs(comparisons).max() > 0
+    assert np.allclose(comparisons, steps, rtol=1e-5, atol=1e-6 * np.abs(steps).max())
 
 
 def test_bound_variants_drop_the_masks_and_the_routing(exported_model):

@@ -234,14 +234,28 @@ def variants_parser(description: str, repeats: int, budget: float) -> argparse.A
                         help="ORT graph optimisation (basic: no blocked layout, as on CUDA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default="/tmp/rlrp-bench", help="exports (shared with tools/bench.py)")
+    add_masks_option(parser)
     return parser
+
+
+def add_masks_option(parser: argparse.ArgumentParser) -> None:
+    from rlrp_onnx.contract import MASK_FORMS
+
+    parser.add_argument("--masks", choices=MASK_FORMS, default="steps",
+                        help="compile_model's mask form for the compiled models (compare.py: this tree's)")
+
+
+def compiled_path(source: pathlib.Path, masks: str) -> pathlib.Path:
+    """Where the compiled model of an export is kept (one file per mask form)."""
+    return source.with_name(source.stem + (".rlrp.onnx" if masks == "steps" else f".rlrp-{masks}.onnx"))
 
 
 def machine_line(args) -> str:
     """One line naming the machine, threads, ONNX Runtime, optimisation level and rlrp_onnx's commit."""
     info = machine(args.threads)
     return (f"Machine: {info['cpu']}, {info['cores']} cores, threads {args.threads}, onnxruntime "
-            f"{info['onnxruntime']}, optimisation level {args.opt_level}, rlrp_onnx {info['rlrp_onnx']}")
+            f"{info['onnxruntime']}, optimisation level {args.opt_level}, masks {args.masks}, "
+            f"rlrp_onnx {info['rlrp_onnx']}")
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -427,12 +441,12 @@ def bench_model(name: str, args, cache: pathlib.Path) -> list[dict]:
     source = export(name, args.seed, cache, args.refresh)
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled_model = rlrp_onnx.compile_model(str(source))
+    compiled_model = rlrp_onnx.compile_model(str(source), masks=args.masks)
     compile_s = time.perf_counter() - t0
     relevance_ops = dict(collections.Counter(n.op_type for n in compiled_model.graph.node
                                              if is_relevance(n.name)).most_common())
     roles = conv_roles(compiled_model)
-    compiled = source.with_name(source.stem + ".rlrp.onnx")
+    compiled = compiled_path(source, args.masks)
     rlrp_onnx.save_model(compiled_model, compiled)
     del compiled_model
     forward_sess = session(source, args.threads, args.opt_level)
@@ -501,7 +515,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), threads {m['threads']}, "
         f"onnxruntime {m['onnxruntime']}, torch {m['torch']}, Python {m['python']}, "
-        f"rlrp_onnx {m['rlrp_onnx']}; settle {result['settings'].get('settle', 0)}; load average "
+        f"rlrp_onnx {m['rlrp_onnx']}; masks {result['settings'].get('masks', 'steps')}; "
+        f"settle {result['settings'].get('settle', 0)}; load average "
         f"{' '.join(f'{v:.1f}' for v in m['load_average'])} at start, "
         f"{' '.join(f'{v:.1f}' for v in result['load_average_end'])} at end; "
         f"total {result['total_s']:.0f} s.",
@@ -552,6 +567,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", help="write all results (with every sample) to this file")
     parser.add_argument("--profile", metavar="DIR", help="also write and summarise ORT profiles into DIR")
     parser.add_argument("--profile-runs", type=int, default=3)
+    add_masks_option(parser)
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
