@@ -319,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "device") and not os.environ.get("RLRP_DEBUG"):
+        from .runtime import quiet_onnxruntime
+
+        quiet_onnxruntime()  # its log would repeat the one line the CLI says about CUDA
     try:
         args.run(args)
     except RlrpError as error:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
@@ -83,7 +85,8 @@ def create_session(model: onnx.ModelProto | str | os.PathLike, device: str = "au
     if not wants_cuda or provider == CUDA:
         return RuntimeSession(session, provider)
 
-    reason = "the CUDA libraries failed to load" + (f" ({load_failure})" if load_failure else "")
+    reason = (f"the CUDA libraries failed to load ({load_failure})" if load_failure
+              else _cuda_driver_problem() or "ONNX Runtime could not create its CUDA provider")
     if device == "cuda":
         raise RlrpError(f"CUDA is not available: {reason}; use --device cpu or fix the CUDA installation")
     return RuntimeSession(session, provider, notice=f"CUDA could not be used: {reason}; running on CPU")
@@ -131,6 +134,19 @@ def run_explainer(
     outputs = {name: value[:count] if fixed and value.shape[:1] == (fixed,) else value
                for name, value in zip(output_names, values)}
     return ExplainerResult(outputs[RELEVANCE_OUTPUT], outputs[CLASS_OUTPUT], outputs[SCORE_OUTPUT], outputs)
+
+
+def quiet_onnxruntime() -> None:
+    """Let ONNX Runtime's process-wide logger print fatal errors only, when ONNX Runtime is installed.
+
+    For programs that report ONNX Runtime's failures themselves, as the CLI does: a CUDA provider that
+    does not load is then said once (``RuntimeSession.notice`` or an error), not also in its log.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    onnxruntime.set_default_logger_severity(4)
 
 
 def _onnxruntime():
@@ -187,6 +203,28 @@ def _preload_cuda_libraries() -> str | None:
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in printed.getvalue().splitlines()]
     failures = [line for line in lines if line.startswith(("Failed to load", "WARNING"))]
     return failures[0] if failures else None
+
+
+def _cuda_driver_problem() -> str | None:
+    """Why the NVIDIA driver cannot run CUDA on this machine, or None when it finds a device.
+
+    The toolkit libraries (``_preload_cuda_libraries``) may all load on a machine without a GPU; the
+    driver library is what is missing there, and ONNX Runtime only logs that.
+    """
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        driver = ctypes.CDLL(name)
+    except OSError as error:
+        return f"no NVIDIA driver ({error})"
+    status = driver.cuInit(0)
+    if status == 0:
+        count = ctypes.c_int(0)
+        status = driver.cuDeviceGetCount(ctypes.byref(count))
+        if status == 0:
+            return None if count.value else "the NVIDIA driver finds no CUDA device"
+    text = ctypes.c_char_p()
+    driver.cuGetErrorString(status, ctypes.byref(text))
+    return f"the NVIDIA driver cannot start CUDA (error {status}: {(text.value or b'unknown').decode()})"
 
 
 def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ def test_demo_writes_heatmaps_for_the_bundled_photos(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rlrp_onnx.cli", "demo", "--out", str(out)],
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "provider: CPUExecutionProvider" in result.stdout
+    assert re.search(r"^provider: (CUDA|CPU)ExecutionProvider$", result.stdout, re.M)
     assert "chelsea.png: class 285 (Egyptian cat)" in result.stdout
     assert "coffee.jpg: class 967 (espresso)" in result.stdout
     photos = sorted(p.stem for p in DEMO_IMAGES.iterdir())
@@ -63,18 +64,36 @@ def test_explain_bad_image(tmp_path, capsys):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes((DEMO_IMAGES / "coffee.jpg").read_bytes()[:500])
     code, _, err = run_cli(capsys, "explain", DEMO_MODEL, broken, "--out", tmp_path / "o",
-                           "--preset", "efficientnet-lite0")
+                           "--preset", "efficientnet-lite0", "--device", "cpu")
     assert_one_line_error(code, err, "broken.jpg")
 
 
-def test_cuda_requested_where_it_cannot_load(tmp_path, capsys):
+def test_cuda_requested_where_it_cannot_load(tmp_path):
+    from rlrp_onnx.runtime import CUDA, create_session
+
+    if create_session(DEMO_MODEL, "auto").provider == CUDA:
+        pytest.skip("CUDA runs here; this checks a machine where it cannot (CPU build, or no GPU driver)")
+    # A process of its own: the whole stderr, ONNX Runtime's log included, is the one line.
+    result = subprocess.run([sys.executable, "-m", "rlrp_onnx.cli", "explain", str(DEMO_MODEL),
+                             str(DEMO_IMAGES / "chelsea.png"), "--out", str(tmp_path), "--device", "cuda"],
+                            capture_output=True, text=True, timeout=300)
+    assert_one_line_error(result.returncode, result.stderr, "CUDA is not available")
+
+
+@pytest.mark.parametrize("argv, debug, quieted", [
+    (["explain", "missing.onnx", "x.png", "--out", "o"], "", True),
+    (["explain", "missing.onnx", "x.png", "--out", "o"], "1", False),  # RLRP_DEBUG keeps ONNX Runtime's log
+    (["compile", "missing.onnx", "-o", "x.onnx"], "", False),  # no session, ONNX Runtime untouched
+])
+def test_commands_that_run_onnxruntime_leave_its_log_to_fatal_errors(monkeypatch, capsys, argv, debug, quieted):
     import onnxruntime
 
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("a GPU build of ONNX Runtime is installed; this checks the CPU-only case")
-    code, _, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES / "chelsea.png", "--out", tmp_path,
-                           "--device", "cuda")
-    assert_one_line_error(code, err, "CUDA is not available")
+    severities = []
+    monkeypatch.setattr(onnxruntime, "set_default_logger_severity", severities.append)
+    monkeypatch.setenv("RLRP_DEBUG", debug)
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "missing.onnx")
+    assert severities == ([4] if quieted else [])
 
 
 def test_compile_with_comparison_masks(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """ONNX Runtime sessions: device choice (with fakes, no GPU needed) and running a contract model."""
 
+import re
 import sys
 
 import numpy as np
@@ -8,6 +9,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from rlrp_onnx import runtime
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 from rlrp_onnx.errors import RlrpError
 from rlrp_onnx.runtime import CPU, CUDA, CUDA_OPTIONS, RuntimeSession, create_session, run_explainer
@@ -60,6 +62,7 @@ def contract_model(weights: np.ndarray) -> onnx.ModelProto:
     )
     assert features == weights.shape[0]
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what exporters write at opset 17; onnx's newest IR is too new for older runtimes
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -96,8 +99,11 @@ def test_run_explainer_explains_the_argmax_class(weights, images):
 def test_run_explainer_feeds_targets(weights, images, tmp_path):
     path = tmp_path / "tiny.rlrp.onnx"
     onnx.save(contract_model(weights), path)
-    runtime = create_session(path, device="auto")  # onnxruntime here has no CUDA: quietly CPU
-    assert runtime.provider == CPU and runtime.notice is None
+    runtime = create_session(path, device="auto")
+    # The real runtime: a CPU build runs on CPU quietly; a GPU build runs on CUDA or says why not.
+    cuda_built = CUDA in onnxruntime.get_available_providers()
+    assert runtime.provider in (CPU, CUDA)
+    assert (runtime.notice is None) == (runtime.provider == CUDA or not cuda_built), runtime.notice
 
     result = run_explainer(runtime, images, targets=[4, -1, 0])
     logits = images.reshape(len(images), -1) @ weights
@@ -172,7 +178,30 @@ def fake_ort(monkeypatch):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
     monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
     monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: None)
+    monkeypatch.setattr(runtime.ctypes, "CDLL", FakeDriver)
+    FakeDriver.missing, FakeDriver.init_status, FakeDriver.devices = False, 0, 1
     return FakeSession
+
+
+class FakeDriver:
+    """Stands in for the NVIDIA driver library (libcuda): missing, failing cuInit, or counting devices."""
+
+    missing, init_status, devices = False, 0, 1
+
+    def __init__(self, name):
+        if FakeDriver.missing:
+            raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    def cuInit(self, flags):
+        return FakeDriver.init_status
+
+    def cuDeviceGetCount(self, count):
+        count._obj.value = FakeDriver.devices
+        return 0
+
+    def cuGetErrorString(self, status, text):
+        text._obj.value = {100: b"no CUDA-capable device is detected"}.get(status)
+        return 0
 
 
 def test_cpu_asks_for_the_cpu_provider_only(fake_ort):
@@ -203,6 +232,30 @@ def test_cuda_raises_when_its_libraries_do_not_load(fake_ort, monkeypatch):
     monkeypatch.setattr(onnxruntime, "preload_dlls", preload)
     with pytest.raises(RlrpError, match="CUDA is not available.*failed to load.*libcudnn.so.9"):
         create_session(onnx.ModelProto(), device="cuda")
+
+
+@pytest.mark.parametrize("driver, reason", [
+    (dict(missing=True), r"no NVIDIA driver \(libcuda.so.1: cannot open shared object file"),
+    (dict(init_status=100), r"driver cannot start CUDA \(error 100: no CUDA-capable device is detected\)"),
+    (dict(init_status=35), r"driver cannot start CUDA \(error 35: unknown\)"),
+    (dict(devices=0), "driver finds no CUDA device"),
+    (dict(), "ONNX Runtime could not create its CUDA provider"),
+])
+def test_fallback_says_why_cuda_did_not_run(fake_ort, driver, reason):
+    # The toolkit libraries loaded (preload_dlls printed nothing), as with the gpu extra on a machine
+    # without an NVIDIA GPU: the reason comes from the driver.
+    for name, value in driver.items():
+        setattr(FakeDriver, name, value)
+    notice = create_session(onnx.ModelProto(), device="auto").notice
+    assert re.match(f"CUDA could not be used: .*{reason}.*; running on CPU$", notice), notice
+    with pytest.raises(RlrpError, match=f"CUDA is not available: .*{reason}"):
+        create_session(onnx.ModelProto(), device="cuda")
+
+
+def test_driver_probe_on_this_machine():
+    # Unfaked: None where the driver finds a device, otherwise a reason naming the driver.
+    problem = runtime._cuda_driver_problem()
+    assert problem is None or "NVIDIA driver" in problem
 
 
 def test_cuda_raises_when_onnxruntime_gpu_is_missing(fake_ort, monkeypatch):
