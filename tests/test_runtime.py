@@ -177,7 +177,7 @@ def fake_ort(monkeypatch):
     FakeSession.runs_on = [CPU]
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
     monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
-    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: None)
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: None, raising=False)  # new in 1.21
     monkeypatch.setattr(runtime.ctypes, "CDLL", FakeDriver)
     FakeDriver.missing, FakeDriver.init_status, FakeDriver.devices = False, 0, 1
     return FakeSession
@@ -229,7 +229,7 @@ def test_cuda_raises_when_its_libraries_do_not_load(fake_ort, monkeypatch):
     def preload():
         print("\033[33mFailed to load libcudnn.so.9: cannot open shared object file\033[0m")
 
-    monkeypatch.setattr(onnxruntime, "preload_dlls", preload)
+    monkeypatch.setattr(onnxruntime, "preload_dlls", preload, raising=False)
     with pytest.raises(RlrpError, match="CUDA is not available.*failed to load.*libcudnn.so.9"):
         create_session(onnx.ModelProto(), device="cuda")
 
