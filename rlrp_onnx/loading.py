@@ -32,7 +32,20 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
         onnx.checker.check_model(model)  # with the weights: their data must fit their shapes
     except onnx.checker.ValidationError as error:
         raise RlrpError(f"{path}: corrupt ONNX model ({first_line(error)})") from None
+    _check_weight_sizes(model, path)
     return model, str(path)
+
+
+def _check_weight_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """Every weight's data fits its shape: onnx's checker tests this only from onnx 1.23 on."""
+    for weight in model.graph.initializer:
+        if weight.data_type == onnx.TensorProto.STRING:
+            continue
+        try:
+            onnx.numpy_helper.to_array(weight)  # reshapes the data to the declared shape
+        except ValueError as error:
+            raise RlrpError(f"{path}: corrupt ONNX model (weight {weight.name!r} does not fit its declared "
+                            f"shape {list(weight.dims)}: {first_line(error)})") from None
 
 
 def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:

@@ -60,8 +60,8 @@ def test_truncated_file(tmp_path, capsys, dense_path):
 
 
 def test_invalid_graph_is_reported_as_corrupt(tmp_path, capsys):
-    """The ONNX checker rejects a node reading a tensor nothing defines, and a weight whose data is
-    shorter than its shape."""
+    """The ONNX checker rejects a node reading a tensor nothing defines; a weight whose data is shorter
+    than its shape is rejected with every onnx version (its checker tests that from 1.23 on)."""
     weights = onnx.numpy_helper.from_array(np.ones((2048, 4), np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "undefined"], ["logits"])],
@@ -77,7 +77,11 @@ def test_invalid_graph_is_reported_as_corrupt(tmp_path, capsys):
     graph.output[0].name = "h"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
-    assert_one_line_error(code, err, "broken.onnx", "corrupt ONNX model", "raw_data size")
+    assert_one_line_error(code, err, "broken.onnx", "corrupt ONNX model", "declared shape")
+    with pytest.MonkeyPatch.context() as patch:  # a checker before onnx 1.23, which lets it pass
+        patch.setattr(onnx.checker, "check_model", lambda model: None)
+        code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "broken.onnx", "corrupt ONNX model", "weight 'w'", "[2048, 4]")
 
 
 def test_directory_as_model(tmp_path, capsys):
