@@ -35,7 +35,9 @@ def attach(plan, relative: bool, expose=()) -> list:
         if arrived is None:
             relevance = emit.mul(tensor, emit.const(0.0))
         else:
-            relevance = emit.mul(tensor, arrived) if relative else emit.op("Identity", [arrived])
+            # A copy under the output's name; as a product with one because ONNX Runtime's CUDA
+            # provider has no Identity kernel for opsets 21 and later.
+            relevance = emit.mul(tensor if relative else emit.const(1.0), arrived)
         _name_output(relevance, name, np.float32, tensor.shape)
         return relevance
 

@@ -40,7 +40,7 @@ epsilon_alpha2_beta1_flat (ε, γ, z^B, α2β1, flat). Together they give every 
 all 14 methods give on all four small reference networks and EfficientNet-Lite0 from both exporters
 with BatchNorm folded and kept (70 combinations; compared once, 2026-11-26). A small hand-built
 Conv/pool/Gemm classifier is also compiled at opsets 11-23, since the compiler emits at the source
-model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; the gaps at 21-23 are xfail).
+model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; the gaps at 22-23 are xfail).
 Exports come from the session-scoped ``exported_model`` fixture, shared with test_oracle.
 """
 
@@ -329,12 +329,11 @@ def conv_classifier(opset: int) -> onnx.ModelProto:
         opset=opset)
 
 
-# Ops the compiler emits whose schema changed in opsets 21-23 without a matching CUDA kernel in the table
-# (an open-ended "N+" kernel serves schema version N only): Identity-21/23 (the classical rules' relevance
-# output), MaxPool-22, ConvTranspose-22. ONNX Runtime maintainers confirm the exact-version rule
-# (microsoft/onnxruntime#13781, #26065: Shape at opset 21 fell back to CPU).
-OPSET_GAPS = {21: "Identity-21", 22: "Identity-21, MaxPool-22, ConvTranspose-22",
-              23: "Identity-23, MaxPool-22, ConvTranspose-22"}
+# Ops the compiler emits for this classifier whose schema changed in opsets 22-23 without a matching
+# CUDA kernel in the table (an open-ended "N+" kernel serves schema version N only): MaxPool-22 (max-pool
+# routing), ConvTranspose-22 (strided and few-channel adjoints). ONNX Runtime maintainers confirm the
+# exact-version rule (microsoft/onnxruntime#13781, #26065: Shape at opset 21 fell back to CPU).
+OPSET_GAPS = {22: "MaxPool-22, ConvTranspose-22", 23: "MaxPool-22, ConvTranspose-22"}
 
 
 def _opset_param(opset: int):
