@@ -108,9 +108,23 @@ class Emitter:
             inputs.append(self.ints(steps))
         return self.op("Slice", inputs)
 
-    def pad(self, x: Tensor, pads: Sequence[int]) -> gs.Variable:
-        """Zero padding with ONNX ``pads`` layout (all begins, then all ends)."""
-        return self.op("Pad", [x, self.ints(pads)], {"mode": "constant"})
+    def pad(self, x: Tensor, pads: Sequence[int]) -> Tensor:
+        """Zero padding with ONNX ``pads`` layout (all begins, then all ends; none negative), as a Concat
+        with blocks of zeros per padded axis: ONNX Runtime's CUDA provider has no kernel for ``Pad``
+        from opset 19 on (Pad-19, -21, -23), for ``Concat`` and ``Expand`` at every opset."""
+        rank = len(pads) // 2
+        for axis, (begin, end) in enumerate(zip(pads[:rank], pads[rank:])):
+            if begin or end:
+                parts = [self._zeros_along(x, axis, begin, rank)] if begin else []
+                parts += [x] + ([self._zeros_along(x, axis, end, rank)] if end else [])
+                x = self.op("Concat", parts, {"axis": axis})
+        return x
+
+    def _zeros_along(self, x: Tensor, axis: int, count: int, rank: int) -> gs.Variable:
+        """Float zeros shaped like ``x`` but ``count`` long on ``axis``."""
+        others = self.op("Mul", [self.shape_of(x), self.ints([int(a != axis) for a in range(rank)])])
+        shape = self.op("Add", [others, self.ints([count * int(a == axis) for a in range(rank)])])
+        return self.op("Expand", [self.const(0.0), shape])
 
     # ---- small compositions used by many rules -------------------------------------------
 

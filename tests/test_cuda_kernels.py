@@ -313,11 +313,13 @@ def test_no_attribute_fallbacks_to_cpu(emitted):
 # ---- other opsets --------------------------------------------------------------------------------
 
 def conv_classifier(opset: int) -> onnx.ModelProto:
-    """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → MaxPool 2x2/2 → AveragePool 2x2/2 → Flatten → Gemm."""
+    """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → Slice of 3 of 4 channels → MaxPool 2x2/2 →
+    AveragePool 2x2/2 → Flatten → Gemm (the Slice's adjoint pads with zeros)."""
     rng = np.random.default_rng(0)
     return make_model(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Relu", ["c"], ["all"]),
+         helper.make_node("Slice", ["all", "starts", "ends", "axes"], ["r"]),
          helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("AveragePool", ["p"], ["q"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("Flatten", ["q"], ["f"]),
@@ -325,7 +327,8 @@ def conv_classifier(opset: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
         {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32),
-         "w2": rng.normal(size=(5, 16)).astype(np.float32), "b2": rng.normal(size=5).astype(np.float32)},
+         "w2": rng.normal(size=(5, 12)).astype(np.float32), "b2": rng.normal(size=5).astype(np.float32),
+         "starts": np.array([0]), "ends": np.array([3]), "axes": np.array([1])},
         opset=opset)
 
 
