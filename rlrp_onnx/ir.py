@@ -111,7 +111,7 @@ class Emitter:
     def pad(self, x: Tensor, pads: Sequence[int]) -> Tensor:
         """Zero padding with ONNX ``pads`` layout (all begins, then all ends; none negative), as a Concat
         with blocks of zeros per padded axis: ONNX Runtime's CUDA provider has no kernel for ``Pad``
-        from opset 19 on (Pad-19, -21, -23), for ``Concat`` and ``Expand`` at every opset."""
+        from opset 19 on (Pad-19, -21, -23), and has kernels for ``Concat`` and ``Expand`` at all."""
         rank = len(pads) // 2
         for axis, (begin, end) in enumerate(zip(pads[:rank], pads[rank:])):
             if begin or end:

@@ -12,9 +12,9 @@ def scatter_axis(ctx, rho, rank: int, axis: int, index, size: int):
     """The adjoint of taking the elements ``index`` (constant, 1-D, non-negative) along ``axis`` of a
     rank-``rank`` tensor from an axis of length ``size``: rho_x[.., i, ..] = Σ_{j: index[j] = i} rho[.., j, ..].
 
-    A contiguous run becomes zero padding (``Emitter.pad``); otherwise each layer of distinct indices (the first occurrence of
-    every value, then the second, ...) is gathered back through its inverse map, a zero slot appended
-    where some position is never taken. Only Gather, Concat and Sum: no scatter op, any opset.
+    A contiguous run becomes zero padding (``Emitter.pad``); otherwise each layer of distinct indices
+    (the first occurrence of every value, then the second, ...) is gathered back through its inverse
+    map, a zero slot appended where some position is never taken. No scatter op, any opset.
     """
     emit = ctx.emit
     index = np.asarray(index, dtype=np.int64).reshape(-1)
