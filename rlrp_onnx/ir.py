@@ -18,6 +18,10 @@ SHARED_CONSTANT_BYTES = 64
 STEP_SCALE, STEP_ALPHA = 2.0**22, 2.0**127
 STEP_BOUND_LIMIT = 2.0**100  # keeps STEP_SCALE·bound far from float32's overflow
 
+# ONNX Runtime's CUDA provider has no kernel for ConvTranspose-22: from this opset on the compiler emits
+# no ConvTranspose where another exact form exists (``Emitter.dilate``, ``rules.linear.window_adjoint``).
+NO_CUDA_CONV_TRANSPOSE = 22
+
 
 class Emitter:
     """Appends new nodes to a graph under short unique names (``rlrp<n>``: the names are stored in the
@@ -118,6 +122,27 @@ class Emitter:
                 parts = [self._zeros_along(x, axis, begin, rank)] if begin else []
                 parts += [x] + ([self._zeros_along(x, axis, end, rank)] if end else [])
                 x = self.op("Concat", parts, {"axis": axis})
+        return x
+
+    def dilate(self, x: Tensor, strides: Sequence[int], channels: int, spatial: Sequence[int]) -> Tensor:
+        """``x`` (N, ``channels``, *``spatial``) with ``stride − 1`` zeros between neighbours on each
+        spatial axis, ``(n − 1)·stride + 1`` cells: a grouped 1x1 ConvTranspose of ones, or from opset
+        NO_CUDA_CONV_TRANSPOSE on, per axis, an Unsqueeze, a Concat with zeros, a Reshape and a Slice."""
+        rank = len(spatial)
+        if self.opset < NO_CUDA_CONV_TRANSPOSE:
+            ones = self.filled(1.0, [channels, 1, *[1] * rank])
+            return self.op("ConvTranspose", [x, ones], {"group": channels, "strides": list(strides)})
+        sizes = list(spatial)
+        for axis, stride in enumerate(strides):
+            if stride == 1:
+                continue
+            cells = self.unsqueeze(x, [3 + axis])  # (.., n, 1, ..)
+            cells = self.op("Concat", [cells, self._zeros_along(cells, 3 + axis, stride - 1, rank + 3)],
+                            {"axis": 3 + axis})
+            flat = sizes[:axis] + [sizes[axis] * stride] + sizes[axis + 1:]
+            x = self.op("Reshape", [cells, self.ints([0, channels, *flat])])
+            sizes[axis] = (sizes[axis] - 1) * stride + 1
+            x = self.slice(x, [0], [sizes[axis]], [2 + axis])
         return x
 
     def _zeros_along(self, x: Tensor, axis: int, count: int, rank: int) -> gs.Variable:

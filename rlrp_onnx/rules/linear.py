@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import NO_CUDA_CONV_TRANSPOSE
 from .geometry import Window
 from .registry import LAYER, NORMALIZATION, rule
 
@@ -42,24 +43,27 @@ def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
     it has fewer than FEW_CHANNELS outputs (an image input's adjoint).
     Strided with a 1x1 kernel: that Conv on y's grid, then each value placed at its stride point.
     Strided with one input channel per group (depthwise, pools): zeros inserted between the stride
-    points first, then the stride-1 Conv (ONNX Runtime's grouped ConvTranspose is slow).
-    Otherwise ConvTranspose with the weights, plus the zero rows or the cut its geometry needs."""
+    points first (``Emitter.dilate``), then the stride-1 Conv (ONNX Runtime's grouped ConvTranspose is
+    slow).
+    Otherwise ConvTranspose with the weights, plus the zero rows or the cut its geometry needs.
+    From opset NO_CUDA_CONV_TRANSPOSE on (ONNX Runtime's CUDA provider has no ConvTranspose kernel
+    there) every adjoint is a Conv, strided ones after the zeros, an image input's too."""
     emit = ctx.emit
     rank = len(window.kernel)
     in_channels = int(ctx.shape(x)[1])
-    few_channels = group == 1 and in_channels < FEW_CHANNELS
-    if all(s == 1 for s in window.strides) and min(window.adjoint_pads()) >= 0 and not few_channels:
+    transposable = emit.opset < NO_CUDA_CONV_TRANSPOSE
+    few_channels = transposable and group == 1 and in_channels < FEW_CHANNELS
+    fits = not transposable or min(window.adjoint_pads()) >= 0
+    if all(s == 1 for s in window.strides) and fits and not few_channels:
         return _flipped_conv(emit, rho, weights, window, group)
-    if all(k == 1 for k in window.kernel):
+    if transposable and all(k == 1 for k in window.kernel):
         on_y_grid = emit.op("Conv", [rho, _flipped(emit, weights, group)], {"group": group})
         points = Window((1,) * rank, window.strides, (1,) * rank, window.pads_begin, window.pads_end)
         return _transposed(ctx, on_y_grid, ones_kernel(emit, in_channels, points.kernel), points, x, y,
                            in_channels)
     unstrided = window.unstrided(ctx.spatial(x), ctx.spatial(y))
-    if weights.shape[1] == 1 and min(unstrided.adjoint_pads()) >= 0:
-        channels = int(ctx.shape(y)[1])
-        spread = emit.op("ConvTranspose", [rho, ones_kernel(emit, channels, (1,) * rank)],
-                         {"group": channels, "strides": list(window.strides)})
+    if not transposable or (weights.shape[1] == 1 and min(unstrided.adjoint_pads()) >= 0):
+        spread = emit.dilate(rho, window.strides, int(ctx.shape(y)[1]), ctx.spatial(y))
         return _flipped_conv(emit, spread, weights, unstrided, group)
     return _transposed(ctx, rho, weights, window, x, y, group)
 
@@ -70,9 +74,17 @@ def ones_kernel(emit, channels: int, kernel):
 
 
 def _flipped_conv(emit, rho, weights, window: Window, group: int):
-    """The adjoint of a stride-1 window: a Conv with the flipped weights and the adjoint pads."""
-    attrs = {"pads": window.adjoint_pads(), "dilations": list(window.dilations), "group": group}
-    return emit.op("Conv", [rho, _flipped(emit, weights, group)], attrs)
+    """The adjoint of a stride-1 window: a Conv with the flipped weights and the adjoint pads; a
+    negative pad (the window reaches past its pads) cuts that many cells off the result instead."""
+    pads = window.adjoint_pads()
+    attrs = {"pads": [max(p, 0) for p in pads], "dilations": list(window.dilations), "group": group}
+    out = emit.op("Conv", [rho, _flipped(emit, weights, group)], attrs)
+    rank = len(pads) // 2
+    cut = [a for a in range(rank) if min(pads[a], pads[rank + a]) < 0]
+    if cut:
+        out = emit.slice(out, [max(-pads[a], 0) for a in cut], [min(pads[rank + a], 0) or 2**62 for a in cut],
+                         [2 + a for a in cut])
+    return out
 
 
 def _transposed(ctx, rho, weights, window: Window, x, y, group: int):
