@@ -18,9 +18,9 @@ SHARED_CONSTANT_BYTES = 64
 STEP_SCALE, STEP_ALPHA = 2.0**22, 2.0**127
 STEP_BOUND_LIMIT = 2.0**100  # keeps STEP_SCALE·bound far from float32's overflow
 
-# ONNX Runtime's CUDA provider has no kernel for ConvTranspose-22: from this opset on the compiler emits
-# no ConvTranspose where another exact form exists (``Emitter.dilate``, ``rules.linear.window_adjoint``).
-NO_CUDA_CONV_TRANSPOSE = 22
+# ONNX Runtime's CUDA provider has no kernel for ConvTranspose-22 and MaxPool-22: from this opset on the
+# compiler emits neither (``Emitter.dilate``, ``rules.linear.window_adjoint``, ``rules.pooling.max_pool``).
+NO_CUDA_CONV_TRANSPOSE = NO_CUDA_MAX_POOL = 22
 
 
 class Emitter:
@@ -112,15 +112,16 @@ class Emitter:
             inputs.append(self.ints(steps))
         return self.op("Slice", inputs)
 
-    def pad(self, x: Tensor, pads: Sequence[int]) -> Tensor:
-        """Zero padding with ONNX ``pads`` layout (all begins, then all ends; none negative), as a Concat
-        with blocks of zeros per padded axis: ONNX Runtime's CUDA provider has no kernel for ``Pad``
-        from opset 19 on (Pad-19, -21, -23), and has kernels for ``Concat`` and ``Expand`` at all."""
+    def pad(self, x: Tensor, pads: Sequence[int], value: float = 0.0) -> Tensor:
+        """Constant padding (zeros unless ``value``) with ONNX ``pads`` layout (all begins, then all ends;
+        none negative), as a Concat with filled blocks per padded axis: ONNX Runtime's CUDA provider has
+        no kernel for ``Pad`` from opset 19 on (Pad-19, -21, -23), and has kernels for ``Concat`` and
+        ``Expand`` at all."""
         rank = len(pads) // 2
         for axis, (begin, end) in enumerate(zip(pads[:rank], pads[rank:])):
             if begin or end:
-                parts = [self._zeros_along(x, axis, begin, rank)] if begin else []
-                parts += [x] + ([self._zeros_along(x, axis, end, rank)] if end else [])
+                parts = [self._zeros_along(x, axis, begin, rank, value)] if begin else []
+                parts += [x] + ([self._zeros_along(x, axis, end, rank, value)] if end else [])
                 x = self.op("Concat", parts, {"axis": axis})
         return x
 
@@ -145,11 +146,11 @@ class Emitter:
             x = self.slice(x, [0], [sizes[axis]], [2 + axis])
         return x
 
-    def _zeros_along(self, x: Tensor, axis: int, count: int, rank: int) -> gs.Variable:
-        """Float zeros shaped like ``x`` but ``count`` long on ``axis``."""
+    def _zeros_along(self, x: Tensor, axis: int, count: int, rank: int, value: float = 0.0) -> gs.Variable:
+        """Floats (zeros unless ``value``) shaped like ``x`` but ``count`` long on ``axis``."""
         others = self.op("Mul", [self.shape_of(x), self.ints([int(a != axis) for a in range(rank)])])
         shape = self.op("Add", [others, self.ints([count * int(a == axis) for a in range(rank)])])
-        return self.op("Expand", [self.const(0.0), shape])
+        return self.op("Expand", [self.const(value), shape])
 
     # ---- small compositions used by many rules -------------------------------------------
 

@@ -40,7 +40,8 @@ epsilon_alpha2_beta1_flat (ε, γ, z^B, α2β1, flat). Together they give every 
 all 14 methods give on all four small reference networks and EfficientNet-Lite0 from both exporters
 with BatchNorm folded and kept (70 combinations; compared once, 2026-11-26). A small hand-built
 Conv/pool/Gemm classifier is also compiled at opsets 11-23, since the compiler emits at the source
-model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; the gaps at 22-23 are xfail).
+model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from opset 19 on the compiler
+avoids ops whose newest schema has no CUDA kernel: Pad, Identity, ConvTranspose, MaxPool).
 Exports come from the session-scoped ``exported_model`` fixture, shared with test_oracle.
 """
 
@@ -332,21 +333,7 @@ def conv_classifier(opset: int) -> onnx.ModelProto:
         opset=opset)
 
 
-# Ops the compiler emits for this classifier whose schema changed in opsets 22-23 without a matching
-# CUDA kernel in the table (an open-ended "N+" kernel serves schema version N only): MaxPool-22 (max-pool
-# routing; ConvTranspose-22 is avoided, ``NO_CUDA_CONV_TRANSPOSE``). ONNX Runtime maintainers confirm the
-# exact-version rule (microsoft/onnxruntime#13781, #26065: Shape at opset 21 fell back to CPU).
-OPSET_GAPS = {22: "MaxPool-22", 23: "MaxPool-22"}
-
-
-def _opset_param(opset: int):
-    if opset not in OPSET_GAPS:
-        return opset
-    reason = f"no CUDA kernel in the table for {OPSET_GAPS[opset]}"
-    return pytest.param(opset, marks=pytest.mark.xfail(strict=True, reason=reason))
-
-
-@pytest.mark.parametrize("opset", [_opset_param(opset) for opset in range(11, 24)])
+@pytest.mark.parametrize("opset", range(11, 24))
 def test_emitted_ops_have_cuda_kernels_at_other_opsets(cuda_table, opset):
     """The compiler emits at the source model's opset: a small Conv/pool/Gemm classifier at opsets 11-23."""
     source = conv_classifier(opset)

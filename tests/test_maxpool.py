@@ -1,6 +1,6 @@
 """MaxPool relevance where windows tie: each window's relevance goes to its first winner, as in torch's
-(and ONNX Runtime's) max-pool gradient, whether windows overlap or not, at opset 17 and (disjoint windows
-only) opset 15; a Relu read only by MaxPools has its mask applied at the pooled resolution.
+(and ONNX Runtime's) max-pool gradient, whether windows overlap or not, at opsets 17 and 22 and (disjoint
+windows only) opset 15; a Relu read only by MaxPools has its mask applied at the pooled resolution.
 
 Ties are made on purpose: the images are piecewise constant, so a convolution gives equal outputs all
 over a flat patch, positive (bias > 0) or zero (cut by the Relu).
@@ -71,10 +71,17 @@ def check(model, x, path) -> None:
     compare(compile_model(path), path, input_times_gradient(model, x, targets), x, targets, TOLERANCE)
 
 
+@pytest.mark.parametrize("opset", [17, 22])
 @pytest.mark.parametrize("side", [False, True], ids=["pools_only", "relu_read_elsewhere"])
 @pytest.mark.parametrize("pool", list(POOLS.values()), ids=list(POOLS))
-def test_ties_go_to_the_first_winner(tmp_path, pool, side):
+def test_ties_go_to_the_first_winner(tmp_path, pool, side, opset):
+    """At opset 17 through MaxPool's indices, at 22 through ArgMax over the windows' cells (no MaxPool:
+    ONNX Runtime's CUDA provider has no MaxPool-22 kernel); exported at 17, stamped 22 (same meaning)."""
     model, x, path = exported(tmp_path, pool, side)
+    if opset != 17:
+        stamped = onnx.load(path)
+        stamped.opset_import[0].version, stamped.ir_version = opset, 10
+        onnx.save(stamped, path)
     y = torch.relu(model.conv1(torch.from_numpy(x))).detach().numpy()
     assert np.mean(y[:, :, 4:-4, 4:-4] == np.roll(y, 1, axis=3)[:, :, 4:-4, 4:-4]) > 0.4  # ties exist
     check(model, x, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import NO_CUDA_MAX_POOL
 from .geometry import Window
 from .linear import ones_kernel, window_adjoint
 from .registry import LINEAR, rule
@@ -89,18 +90,52 @@ def relu_masked_by_pools(ctx, relu) -> bool:
 
 @rule("MaxPool", check=_maxpool_check)
 def max_pool(ctx, node, rho):
-    """Each output's rho goes to the input position that won its window (ONNX ``Indices``), summed where
-    windows overlap (a plain scatter where they cannot)."""
+    """Each output's rho goes to the input position that won its window (ONNX ``Indices``, or from opset
+    NO_CUDA_MAX_POOL on ``_first_winners``), summed where windows overlap (a plain scatter where they
+    cannot)."""
     emit, x = ctx.emit, node.inputs[0]
     r = rho[0]
     source = ctx.producer(x)
     if source is not None and source.op == "Relu" and relu_masked_by_pools(ctx, source):
         r = emit.gate(r, node.outputs[0], low=0.0)
-    indices = node.outputs[1] if len(node.outputs) > 1 else \
-        emit.op("MaxPool", [x], dict(node.attrs), n_out=2)[1]
-    flat = emit.ints([-1])
-    zeros = emit.op("Expand", [emit.const(0.0), emit.op("Shape", [emit.op("Reshape", [x, flat])])])
+    if emit.opset >= NO_CUDA_MAX_POOL:  # per (sample, channel) row: positions within it
+        rows, cells = [-1, int(np.prod(ctx.spatial(x)))], [-1, int(np.prod(ctx.spatial(node.outputs[0])))]
+        indices, axis = _first_winners(ctx, node), 1
+    else:  # ONNX Runtime's MaxPool indices count over the whole tensor
+        rows = cells = [-1]
+        indices, axis = node.outputs[1] if len(node.outputs) > 1 else \
+            emit.op("MaxPool", [x], dict(node.attrs), n_out=2)[1], 0
+    rows, zero = emit.ints(rows), emit.const(0.0)
+    zeros = emit.op("Expand", [zero, emit.op("Shape", [emit.op("Reshape", [x, rows])])])
     reduction = {} if _window(ctx, node).disjoint else {"reduction": "add"}
-    routed = emit.op("ScatterElements", [zeros, emit.op("Reshape", [indices, flat]),
-                                         emit.op("Reshape", [r, flat])], {"axis": 0, **reduction})
+    routed = emit.op("ScatterElements", [zeros, emit.op("Reshape", [indices, emit.ints(cells)]),
+                                         emit.op("Reshape", [r, emit.ints(cells)])], {"axis": axis, **reduction})
     return {0: emit.reshape_like(routed, x)}
+
+
+def _first_winners(ctx, node):
+    """For each MaxPool output, the position of its window's first maximum within its (sample, channel)
+    plane of the input, row-major: the input padded with −inf, one strided Slice per kernel cell, stacked,
+    ArgMax (the first maximum), the cell turned into a position by constant tables. No MaxPool, whose
+    CUDA kernel ONNX Runtime lacks from opset NO_CUDA_MAX_POOL on."""
+    emit, x = ctx.emit, node.inputs[0]
+    window = _window(ctx, node)
+    in_spatial, out_spatial = ctx.spatial(x), ctx.spatial(node.outputs[0])
+    rank, axes = len(in_spatial), list(range(2, 2 + len(in_spatial)))
+    spans = [(o - 1) * s + 1 for o, s in zip(out_spatial, window.strides)]
+    ends = [max(span + (k - 1) * d - b - n, 0) for span, k, d, b, n in zip(
+        spans, window.kernel, window.dilations, window.pads_begin, in_spatial)]
+    padded = emit.pad(x, [0, 0, *window.pads_begin, 0, 0, *ends], value=-np.inf)
+    offsets = list(np.ndindex(*window.kernel))
+    cells = []
+    for offset in offsets:
+        starts = [t * d for t, d in zip(offset, window.dilations)]
+        cell = emit.slice(padded, starts, [a + span for a, span in zip(starts, spans)], axes, list(window.strides))
+        cells.append(emit.unsqueeze(cell, [2]))
+    winner = emit.op("ArgMax", [emit.op("Concat", cells, {"axis": 2})], {"axis": 2, "keepdims": 0})
+    step = np.cumprod([1, *in_spatial[:0:-1]])[::-1]  # of each spatial axis in the row-major plane
+    shift = [sum(t * d * st for t, d, st in zip(offset, window.dilations, step)) for offset in offsets]
+    grids = np.meshgrid(*[np.arange(o) * s - b for o, s, b in zip(out_spatial, window.strides, window.pads_begin)],
+                        indexing="ij")
+    base = sum(grid * st for grid, st in zip(grids, step))
+    return emit.op("Add", [emit.op("Gather", [emit.const(shift, np.int64), winner]), emit.const(base, np.int64)])
