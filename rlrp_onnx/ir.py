@@ -120,8 +120,8 @@ class Emitter:
         rank = len(pads) // 2
         for axis, (begin, end) in enumerate(zip(pads[:rank], pads[rank:])):
             if begin or end:
-                parts = [self._zeros_along(x, axis, begin, rank, value)] if begin else []
-                parts += [x] + ([self._zeros_along(x, axis, end, rank, value)] if end else [])
+                parts = [self._filled_along(x, axis, begin, rank, value)] if begin else []
+                parts += [x] + ([self._filled_along(x, axis, end, rank, value)] if end else [])
                 x = self.op("Concat", parts, {"axis": axis})
         return x
 
@@ -138,7 +138,7 @@ class Emitter:
             if stride == 1:
                 continue
             cells = self.unsqueeze(x, [3 + axis])  # (.., n, 1, ..)
-            cells = self.op("Concat", [cells, self._zeros_along(cells, 3 + axis, stride - 1, rank + 3)],
+            cells = self.op("Concat", [cells, self._filled_along(cells, 3 + axis, stride - 1, rank + 3)],
                             {"axis": 3 + axis})
             flat = sizes[:axis] + [sizes[axis] * stride] + sizes[axis + 1:]
             x = self.op("Reshape", [cells, self.ints([0, channels, *flat])])
@@ -146,7 +146,7 @@ class Emitter:
             x = self.slice(x, [0], [sizes[axis]], [2 + axis])
         return x
 
-    def _zeros_along(self, x: Tensor, axis: int, count: int, rank: int, value: float = 0.0) -> gs.Variable:
+    def _filled_along(self, x: Tensor, axis: int, count: int, rank: int, value: float = 0.0) -> gs.Variable:
         """Floats (zeros unless ``value``) shaped like ``x`` but ``count`` long on ``axis``."""
         others = self.op("Mul", [self.shape_of(x), self.ints([int(a != axis) for a in range(rank)])])
         shape = self.op("Add", [others, self.ints([count * int(a == axis) for a in range(rank)])])

@@ -143,10 +143,9 @@ def quiet_onnxruntime() -> None:
     does not load is then said once (``RuntimeSession.notice`` or an error), not also in its log.
     """
     try:
-        import onnxruntime
-    except ImportError:
-        return
-    onnxruntime.set_default_logger_severity(4)
+        _onnxruntime().set_default_logger_severity(4)
+    except RlrpError:  # not installed: the commands that need it say so
+        pass
 
 
 def _onnxruntime():

@@ -43,11 +43,11 @@ def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
     it has fewer than FEW_CHANNELS outputs (an image input's adjoint).
     Strided with a 1x1 kernel: that Conv on y's grid, then each value placed at its stride point.
     Strided with one input channel per group (depthwise, pools): zeros inserted between the stride
-    points first (``Emitter.dilate``), then the stride-1 Conv (ONNX Runtime's grouped ConvTranspose is
-    slow).
+    points first, then the stride-1 Conv (``_dilated``; ONNX Runtime's grouped ConvTranspose is slow).
     Otherwise ConvTranspose with the weights, plus the zero rows or the cut its geometry needs.
     From opset NO_CUDA_CONV_TRANSPOSE on (ONNX Runtime's CUDA provider has no ConvTranspose kernel
-    there) every adjoint is a Conv, strided ones after the zeros, an image input's too."""
+    there) every adjoint is a Conv: the placements and the other strided adjoints are ``_dilated``,
+    an image input's adjoint is the stride-1 Conv."""
     emit = ctx.emit
     rank = len(window.kernel)
     in_channels = int(ctx.shape(x)[1])
@@ -56,16 +56,22 @@ def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
     fits = not transposable or min(window.adjoint_pads()) >= 0
     if all(s == 1 for s in window.strides) and fits and not few_channels:
         return _flipped_conv(emit, rho, weights, window, group)
-    if transposable and all(k == 1 for k in window.kernel):
+    if all(k == 1 for k in window.kernel):
         on_y_grid = emit.op("Conv", [rho, _flipped(emit, weights, group)], {"group": group})
         points = Window((1,) * rank, window.strides, (1,) * rank, window.pads_begin, window.pads_end)
-        return _transposed(ctx, on_y_grid, ones_kernel(emit, in_channels, points.kernel), points, x, y,
-                           in_channels)
-    unstrided = window.unstrided(ctx.spatial(x), ctx.spatial(y))
-    if not transposable or (weights.shape[1] == 1 and min(unstrided.adjoint_pads()) >= 0):
-        spread = emit.dilate(rho, window.strides, int(ctx.shape(y)[1]), ctx.spatial(y))
-        return _flipped_conv(emit, spread, weights, unstrided, group)
+        place = _transposed if transposable else _dilated
+        return place(ctx, on_y_grid, ones_kernel(emit, in_channels, points.kernel), points, x, y, in_channels)
+    if not transposable or (weights.shape[1] == 1
+                            and min(window.unstrided(ctx.spatial(x), ctx.spatial(y)).adjoint_pads()) >= 0):
+        return _dilated(ctx, rho, weights, window, x, y, group)
     return _transposed(ctx, rho, weights, window, x, y, group)
+
+
+def _dilated(ctx, rho, weights, window: Window, x, y, group: int):
+    """Zeros inserted between ``rho``'s values (on y's grid) at the stride points (``Emitter.dilate``),
+    then the stride-1 adjoint Conv onto x's grid."""
+    spread = ctx.emit.dilate(rho, window.strides, int(weights.shape[0]), ctx.spatial(y))
+    return _flipped_conv(ctx.emit, spread, weights, window.unstrided(ctx.spatial(x), ctx.spatial(y)), group)
 
 
 def ones_kernel(emit, channels: int, kernel):

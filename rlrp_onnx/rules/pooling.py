@@ -105,8 +105,8 @@ def max_pool(ctx, node, rho):
         rows = cells = [-1]
         indices, axis = node.outputs[1] if len(node.outputs) > 1 else \
             emit.op("MaxPool", [x], dict(node.attrs), n_out=2)[1], 0
-    rows, zero = emit.ints(rows), emit.const(0.0)
-    zeros = emit.op("Expand", [zero, emit.op("Shape", [emit.op("Reshape", [x, rows])])])
+    row_shape, zero = emit.ints(rows), emit.const(0.0)  # (this order keeps earlier files' node names)
+    zeros = emit.op("Expand", [zero, emit.op("Shape", [emit.op("Reshape", [x, row_shape])])])
     reduction = {} if _window(ctx, node).disjoint else {"reduction": "add"}
     routed = emit.op("ScatterElements", [zeros, emit.op("Reshape", [indices, emit.ints(cells)]),
                                          emit.op("Reshape", [r, emit.ints(cells)])], {"axis": axis, **reduction})
