@@ -180,7 +180,8 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     paths = _image_paths(images)
     progress = _progress if len(paths) > explainer.batch_size else None
     for e in explain_images(explainer, paths, preprocessing, out, labels, args.target, args.top_k, progress):
-        print(f"{e.image}: class {e.target} ({e.label}), score {e.score:.4f} -> {e.heatmap}, {e.overlay}")
+        name = f" ({e.label})" if e.label else ""
+        print(f"{e.image}: class {e.target}{name}, score {e.score:.4f} -> {e.heatmap}, {e.overlay}")
 
 
 def cmd_explain(args) -> None:

@@ -18,7 +18,7 @@ class Explanation:
 
     image: str
     target: int
-    label: str
+    label: str | None  # the class name, None without one
     score: float
     heatmap: Path
     overlay: Path

@@ -78,6 +78,8 @@ class Explainer:
             raise RlrpError("give either targets or top_k, not both")
         if top_k is None:
             return self._batched(images, targets)
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise RlrpError(f"top_k must be a whole number of classes, at least 1; got {top_k!r}")
         scores = self._batched(images, None, keep=self.explained_output)
         classes = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         if classes.shape[1] < top_k:

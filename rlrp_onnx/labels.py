@@ -27,9 +27,9 @@ def load_labels(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def class_name(labels: Sequence[str] | None, index: int) -> str:
-    """The name of class ``index``, or "class <index>" when ``labels`` has no (non-empty) name for it."""
+def class_name(labels: Sequence[str] | None, index: int) -> str | None:
+    """The name of class ``index``, or None when ``labels`` has no (non-empty) name for it."""
     index = int(index)
     if labels is not None and 0 <= index < len(labels) and labels[index]:
         return labels[index]
-    return f"class {index}"
+    return None

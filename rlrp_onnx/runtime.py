@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 import numpy as np
 import onnx
 
-from .contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
+from .contract import CLASS_OUTPUT, META_EXPLAINED_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 from .errors import RlrpError, first_line
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def run_explainer(
         overridable = {node.name for node in inference.get_overridable_initializers()}
         if TARGET_INPUT not in inputs and TARGET_INPUT not in overridable:
             raise RlrpError(f"the model has no input {TARGET_INPUT!r}, so a target class cannot be chosen")
-        feed[TARGET_INPUT] = _filled(_target_feed(targets, count), fixed)
+        feed[TARGET_INPUT] = _filled(_target_feed(targets, count, class_count(inference)), fixed)
 
     device = "cuda" if isinstance(session, RuntimeSession) and session.provider == CUDA else None
     values = run_bound(inference, feed, output_names, device) if device else inference.run(output_names, feed)
@@ -281,10 +281,22 @@ def _filled(values, batch: int | None) -> np.ndarray:
     return np.concatenate([values, np.repeat(values[-1:], batch - len(values), axis=0)])
 
 
-def _target_feed(targets: int | Sequence[int] | np.ndarray, batch: int) -> np.ndarray:
+def class_count(session: RuntimeSession | onnxruntime.InferenceSession) -> int | None:
+    """The number of classes of the explained output (N, classes) that the compiled model's metadata
+    names, or None when the model does not say or that size is dynamic."""
+    inference = session.session if isinstance(session, RuntimeSession) else session
+    name = inference.get_modelmeta().custom_metadata_map.get(META_EXPLAINED_OUTPUT)
+    shape = next((node.shape for node in inference.get_outputs() if node.name == name), None)
+    return shape[1] if shape is not None and len(shape) == 2 and isinstance(shape[1], int) else None
+
+
+def _target_feed(targets: int | Sequence[int] | np.ndarray, batch: int, classes: int | None) -> np.ndarray:
     values = np.asarray(targets)
     if values.ndim == 0:
         values = np.full(batch, values)
     if values.shape != (batch,) or not np.issubdtype(values.dtype, np.integer):
         raise RlrpError(f"targets must be {batch} integer class indices, one per image; got {values.tolist()}")
+    if classes is not None and values.max(initial=-1) >= classes:
+        raise RlrpError(f"target class {values.max()} does not exist: the model has {classes} classes "
+                        f"(0 to {classes - 1}; a negative target means the top class)")
     return values.astype(np.int64)

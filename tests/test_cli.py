@@ -46,7 +46,7 @@ def test_explain_source_and_compiled_models_agree(tmp_path, capsys):
         code, out, err = run_cli(capsys, "explain", model, photo, "--out", tmp_path / folder,
                                  "--preset", "efficientnet-lite0", "--target", "281", "--device", "cpu")
         assert code == 0, err
-        assert "class 281 (class 281)" in out  # no labels given
+        assert "chelsea.png: class 281, score" in out  # no labels given: no name
     a = np.asarray(Image.open(tmp_path / "a" / "chelsea_heatmap.png"))
     b = np.asarray(Image.open(tmp_path / "b" / "chelsea_heatmap.png"))
     assert np.array_equal(a, b)
@@ -66,6 +66,14 @@ def test_explain_bad_image(tmp_path, capsys):
     code, _, err = run_cli(capsys, "explain", DEMO_MODEL, broken, "--out", tmp_path / "o",
                            "--preset", "efficientnet-lite0", "--device", "cpu")
     assert_one_line_error(code, err, "broken.jpg")
+
+
+@pytest.mark.parametrize("option, error", [(("--target", "1000"), "target class 1000 does not exist"),
+                                           (("--top-k", "0"), "top_k must be a whole number of classes")])
+def test_explain_class_that_does_not_exist(tmp_path, capsys, option, error):
+    code, _, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES / "chelsea.png", "--out", tmp_path,
+                           "--preset", "efficientnet-lite0", "--device", "cpu", *option)
+    assert_one_line_error(code, err, error)
 
 
 def test_cuda_requested_where_it_cannot_load(tmp_path):

@@ -65,6 +65,13 @@ def test_api_errors(explainer, photos):
         Explainer(MODEL, batch_size=0)
     with pytest.raises(RlrpError, match="either targets or top_k"):
         explainer.explain(photos, targets=[1] * 6, top_k=2)
+    for top_k in (0, -2, 1.5, True):
+        with pytest.raises(RlrpError, match="top_k must be a whole number of classes, at least 1"):
+            explainer.explain(photos, top_k=top_k)
+    with pytest.raises(RlrpError, match="top_k=1001 but the model has only 1000 classes"):
+        explainer.explain(photos[:1], top_k=1001)
+    with pytest.raises(RlrpError, match="target class 1000 does not exist: the model has 1000 classes"):
+        explainer.explain(photos, targets=[1, 2, 1000, 3, 4, 5])
     with pytest.raises(RlrpError, match="already compiled with 'rlrp'"):
         Explainer(explainer.model, rule="epsilon")
 

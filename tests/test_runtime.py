@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rlrp_onnx import runtime
-from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
+from rlrp_onnx.contract import CLASS_OUTPUT, META_EXPLAINED_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 from rlrp_onnx.errors import RlrpError
 from rlrp_onnx.runtime import CPU, CUDA, CUDA_OPTIONS, RuntimeSession, create_session, run_explainer
 
@@ -62,6 +62,7 @@ def contract_model(weights: np.ndarray) -> onnx.ModelProto:
     )
     assert features == weights.shape[0]
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {META_EXPLAINED_OUTPUT: "logits"})
     model.ir_version = 8  # what exporters write at opset 17; onnx's newest IR is too new for older runtimes
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -130,6 +131,17 @@ def test_run_explainer_rejects_bad_batches_and_targets(weights, images):
         run_explainer(runtime, images[:, :2])
     with pytest.raises(RlrpError, match="one per image"):
         run_explainer(runtime, images, targets=[1, 2])
+    with pytest.raises(RlrpError, match=r"target class 5 does not exist: the model has 5 classes \(0 to 4"):
+        run_explainer(runtime, images, targets=[0, 5, -1])
+
+
+def test_class_count_from_the_explained_output(weights):
+    """The named explained output's class axis; nothing when the model does not name it (the range
+    check is then left to the model)."""
+    model = contract_model(weights)
+    assert runtime.class_count(create_session(model, device="cpu")) == N_CLASSES
+    del model.metadata_props[:]
+    assert runtime.class_count(create_session(model, device="cpu")) is None
 
 
 def test_run_explainer_needs_a_compiled_model(weights):
