@@ -28,12 +28,30 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
         raise RlrpError(f"{path}: not a readable ONNX model ({first_line(error)})") from None
     if not model.graph.node or not model.opset_import:
         raise RlrpError(f"{path}: not an ONNX model (no graph or no opset)")
+    _declare_output_shapes(model)
     try:
         onnx.checker.check_model(model)  # with the weights: their data must fit their shapes
     except onnx.checker.ValidationError as error:
         raise RlrpError(f"{path}: corrupt ONNX model ({first_line(error)})") from None
     _check_weight_sizes(model, path)
     return model, str(path)
+
+
+def _declare_output_shapes(model: onnx.ModelProto) -> None:
+    """Give outputs declared without a shape the shape onnx infers for them: ONNX Runtime runs such
+    models, onnx's checker refuses them (it then still does, where nothing can be inferred)."""
+    outputs = [o for o in model.graph.output if o.type.HasField("tensor_type")
+               and not o.type.tensor_type.HasField("shape")]
+    if not outputs:
+        return
+    try:
+        inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    except (onnx.shape_inference.InferenceError, ValueError, RuntimeError):
+        return
+    for output in outputs:
+        found = inferred.get(output.name)
+        if found is not None and found.type.tensor_type.HasField("shape"):
+            output.type.tensor_type.shape.CopyFrom(found.type.tensor_type.shape)
 
 
 def _check_weight_sizes(model: onnx.ModelProto, path: Path) -> None:

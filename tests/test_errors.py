@@ -84,6 +84,18 @@ def test_invalid_graph_is_reported_as_corrupt(tmp_path, capsys):
     assert_one_line_error(code, err, "broken.onnx", "corrupt ONNX model", "weight 'w'", "[2048, 4]")
 
 
+def test_outputs_declared_without_a_shape(tmp_path, capsys):
+    """ONNX Runtime runs a model whose outputs declare no shape, onnx's checker refuses it: the loader
+    declares the inferred shape, and the model compiles and explains as with the shape written."""
+    model = dense_classifier()
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    path, out = tmp_path / "unshaped.onnx", tmp_path / "unshaped.rlrp.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", out)
+    assert code == 0, err
+    assert onnx.load(out).graph == compile_model(dense_classifier()).graph
+
+
 def test_directory_as_model(tmp_path, capsys):
     code, _, err = run_cli(capsys, "compile", tmp_path, "-o", tmp_path / "o.onnx")
     assert_one_line_error(code, err, "not a file")
