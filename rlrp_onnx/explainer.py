@@ -76,10 +76,14 @@ class Explainer:
         images = np.asarray(images)
         if top_k is not None and targets is not None:
             raise RlrpError("give either targets or top_k, not both")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise RlrpError(f"top_k must be a whole number of classes, at least 1; got {top_k!r}")
+        if len(images) == 0:  # nothing to run: empty results of the shapes a run would give
+            ranks = () if top_k is None else (top_k,)
+            return Explanations(np.zeros((0, *ranks, *images.shape[1:]), np.float32),
+                                np.zeros((0, *ranks), np.int64), np.zeros((0, *ranks), np.float32))
         if top_k is None:
             return self._batched(images, targets)
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise RlrpError(f"top_k must be a whole number of classes, at least 1; got {top_k!r}")
         scores = self._batched(images, None, keep=self.explained_output)
         classes = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         if classes.shape[1] < top_k:

@@ -60,6 +60,13 @@ def test_explicit_targets(explainer, photos):
     assert chosen.classes[3] == explainer.explain(photos).classes[3]
 
 
+def test_no_images_give_empty_results(explainer, photos):
+    none = explainer.explain(photos[:0])
+    assert none.relevance.shape == (0, *photos.shape[1:]) and none.classes.shape == none.scores.shape == (0,)
+    top = explainer.explain(photos[:0], top_k=2)
+    assert top.relevance.shape == (0, 2, *photos.shape[1:]) and top.classes.shape == (0, 2)
+
+
 def test_api_errors(explainer, photos):
     with pytest.raises(RlrpError, match="batch_size"):
         Explainer(MODEL, batch_size=0)
