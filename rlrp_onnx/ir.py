@@ -205,7 +205,7 @@ class Emitter:
         bounds = [(b, above) for b, above in ((low, True), (high, False)) if b is not None]
         if not bounds:
             return rho
-        if self.step_masks and self._blockable(y) and all(abs(b) <= STEP_BOUND_LIMIT for b, _ in bounds):
+        if self.step_masks and self.blockable(y) and all(abs(b) <= STEP_BOUND_LIMIT for b, _ in bounds):
             steps = [self.step(y, bound, above) for bound, above in bounds]
             factor = steps[0] if len(steps) == 1 else self.op("Mul", steps, early=True)
             return self.mul(rho, factor)
@@ -240,7 +240,7 @@ class Emitter:
         the relevance ops after it then stay in that layout instead of each converting its operands
         (an op that is not a Conv, such as ConvTranspose, Expand or Reshape, leaves the plain layout).
         Not for a single position per channel (nothing to gain)."""
-        if not self._blockable(like) or list(like.shape[2:]) == [1, 1]:
+        if not self.blockable(like) or list(like.shape[2:]) == [1, 1]:
             return self._times(rho, scale)
         channels = like.shape[1]
         return self.op("Conv", [rho, self.filled(scale, [channels, 1, 1, 1])], {"group": channels})
@@ -248,11 +248,13 @@ class Emitter:
     def spread(self, rho: Tensor, like: Tensor, scale: float = 1.0) -> Tensor:
         """``scale``·``rho`` broadcast to the shape of ``like`` (scaled after broadcasting only where that
         takes it into the blocked layout, ``blocked``)."""
-        if self._blockable(like):
+        if self.blockable(like):
             return self.blocked(self.expand_like(rho, like), like, scale)
         return self.expand_like(self._times(rho, scale), like)
 
-    def _blockable(self, like: Tensor) -> bool:
+    def blockable(self, like: Tensor) -> bool:
+        """Whether ``like`` is an N,C,H,W tensor inside the graph with a static channel count: one that
+        ONNX Runtime's CPU provider can hold in its blocked layout (``step``, ``blocked``)."""
         shape = list(like.shape or [])
         return len(shape) == 4 and isinstance(shape[1], int) and like not in self.graph.inputs
 

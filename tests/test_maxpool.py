@@ -25,6 +25,7 @@ POOLS = {
     "overlapping_3x3_s2_pad1": dict(kernel_size=3, stride=2, padding=1),
     "overlapping_2x2_s1": dict(kernel_size=2, stride=1),
     "disjoint_3x2_ceil": dict(kernel_size=(3, 2), stride=(3, 2), ceil_mode=True),
+    "disjoint_3x3_rows_left_out": dict(kernel_size=3, stride=3),  # 16 -> 5 (one row/column unused), 5 -> 1
 }
 
 

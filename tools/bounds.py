@@ -9,9 +9,10 @@ no masks
     comparison) replaced by its relevance input, and the masks removed: the cost of the ReLU/Clip
     masks and of any layout conversions around them.
 upsampled routing
-    every max-pool routing (recomputed ``MaxPool`` with ``Indices`` + ``ScatterElements``) replaced by
-    one nearest-neighbour ``Resize`` of the pooled relevance to the input size: the cost of routing
-    beyond one pass over the input.
+    every max-pool routing (recomputed ``MaxPool`` with ``Indices`` + ``ScatterElements``, or where the
+    windows tile the input the per-cell shares placed by a ``ConvTranspose``) replaced by one
+    nearest-neighbour ``Resize`` of the pooled relevance to the input size: the cost of routing beyond
+    one pass over the input.
 both
     the two together.
 
@@ -90,7 +91,10 @@ def _unscheduled(rho: str, mask: str, producers) -> str:
 
 def upsampled_routing(node, producers):
     """``ScatterElements(zeros, flat Indices, flat r)`` becomes the flat nearest upsampling of ``r`` to the
-    max pool's input size."""
+    max pool's input size; so does the ``ConvTranspose`` placing the cell shares of a tiling max pool
+    (``rules.pooling._route_by_cells``), with zeros for input rows and columns past the last window."""
+    if node.op_type == "ConvTranspose" and bench.is_relevance(node.name):
+        return _upsampled_cells(node, producers)
     if node.op_type != "ScatterElements" or not bench.is_relevance(node.name):
         return None
     flat_r, flat_indices = producers[node.input[2]], producers[node.input[1]]
@@ -100,6 +104,30 @@ def upsampled_routing(node, producers):
             helper.make_node("Resize", [flat_r.input[0], "", "", size], [upsampled], mode="nearest",
                              name=node.name + "_resize"),
             helper.make_node("Reshape", [upsampled, flat_r.input[1]], list(node.output), name=node.name)]
+
+
+
+def _upsampled_cells(node, producers):
+    """For ConvTranspose(Reshape(Concat(Unsqueeze(share), …))), the nearest upsampling of the relevance
+    the first share was taken from (that share is ``Add(r, −passed)``); None for other ConvTransposes."""
+    reshape = producers.get(node.input[0])
+    concat = producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+    if concat is None or concat.op_type != "Concat" or producers[concat.input[0]].op_type != "Unsqueeze":
+        return None
+    r = producers[producers[concat.input[0]].input[0]].input[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    strides, rest = attrs["strides"], attrs.get("output_padding", [0] * len(attrs["strides"]))
+    scales, upsampled = node.name + "_scales", node.name + "_upsampled"
+    nodes = [helper.make_node("Constant", [], [scales], name=scales, value=helper.make_tensor(
+                 scales, onnx.TensorProto.FLOAT, [2 + len(strides)], [1.0, 1.0, *map(float, strides)])),
+             helper.make_node("Resize", [r, "", scales], [upsampled if any(rest) else node.output[0]],
+                              mode="nearest", name=node.name + "_resize")]
+    if any(rest):
+        pads = node.name + "_pads"
+        nodes += [helper.make_node("Constant", [], [pads], name=pads, value=helper.make_tensor(
+                      pads, onnx.TensorProto.INT64, [2 * (2 + len(rest))], [0] * (4 + len(rest)) + list(rest))),
+                  helper.make_node("Pad", [upsampled, pads], list(node.output), name=node.name)]
+    return nodes
 
 
 VARIANTS = {

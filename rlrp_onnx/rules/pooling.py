@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import NO_CUDA_MAX_POOL
+from ..ir import NO_CUDA_CONV_TRANSPOSE, NO_CUDA_MAX_POOL
 from .geometry import Window
 from .linear import ones_kernel, window_adjoint
 from .registry import LINEAR, rule
@@ -90,14 +90,16 @@ def relu_masked_by_pools(ctx, relu) -> bool:
 
 @rule("MaxPool", check=_maxpool_check)
 def max_pool(ctx, node, rho):
-    """Each output's rho goes to the input position that won its window (ONNX ``Indices``, or from opset
-    NO_CUDA_MAX_POOL on ``_first_winners``), summed where windows overlap (a plain scatter where they
-    cannot)."""
+    """Each output's rho goes to the input position that won its window: where the windows tile the input,
+    by ``_route_by_cells``; else scattered to ONNX's ``Indices`` (from opset NO_CUDA_MAX_POOL on, to
+    ``_first_winners``), summed where windows overlap."""
     emit, x = ctx.emit, node.inputs[0]
     r = rho[0]
     source = ctx.producer(x)
     if source is not None and source.op == "Relu" and relu_masked_by_pools(ctx, source):
         r = emit.gate(r, node.outputs[0], low=0.0)
+    if _tiles(ctx, node):
+        return {0: _route_by_cells(ctx, node, r)}
     if emit.opset >= NO_CUDA_MAX_POOL:  # per (sample, channel) row: positions within it
         rows, cells = [-1, int(np.prod(ctx.spatial(x)))], [-1, int(np.prod(ctx.spatial(node.outputs[0])))]
         indices, axis = _first_winners(ctx, node), 1
@@ -139,3 +141,50 @@ def _first_winners(ctx, node):
                         indexing="ij")
     base = sum(grid * st for grid, st in zip(grids, step))
     return emit.op("Add", [emit.op("Gather", [emit.const(shift, np.int64), winner]), emit.const(base, np.int64)])
+
+
+def _tiles(ctx, node) -> bool:
+    """Whether ``_route_by_cells`` can route this MaxPool: 2-D windows that tile the input (kernel =
+    stride, no pads, no dilation; input rows or columns past the last window are left out) on static
+    sizes, the masks as steps (compile_model's masks="steps"), an opset with ConvTranspose on CUDA."""
+    emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
+    window = _window(ctx, node)
+    sizes = ctx.shape(x)[2:] + ctx.shape(y)[2:]
+    return (emit.step_masks and emit.opset < NO_CUDA_CONV_TRANSPOSE and emit.blockable(x) and emit.blockable(y)
+            and all(isinstance(d, int) for d in sizes) and window.kernel == window.strides
+            and set(window.dilations) == {1} and not any(window.pads_begin + window.pads_end)
+            and all(o * k <= n for o, k, n in zip(ctx.shape(y)[2:], window.kernel, ctx.shape(x)[2:])))
+
+
+def _route_by_cells(ctx, node, r):
+    """``r`` routed to each window's first maximum where the windows tile the input, with no MaxPool
+    ``Indices`` and no scatter (both slow on ONNX Runtime's CPU provider), its steps in its blocked layout.
+
+    For each kernel cell in row-major order but the last: a strided depthwise Conv of one-hot kernels
+    takes that cell of every window, minus the window's maximum (0 where the cell ties it, else
+    negative); a ``step`` marks the losers; the relevance not yet placed times that step is what passes
+    on to the next cell, and the cell's share is the rest (exact: a share is all or nothing). The last
+    cell gets what is left. A grouped ConvTranspose of one-hot kernels puts each share in its cell."""
+    emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
+    kernel, channels = list(_window(ctx, node).kernel), int(ctx.shape(x)[1])
+    cells = int(np.prod(kernel))
+    one_hot = np.eye(cells, dtype=np.float32).reshape(cells, 1, *kernel)
+    minus_y = emit.op("Conv", [y, emit.filled(-1.0, [channels, 1, 1, 1])], {"group": channels}, early=True)
+    shares, left = [], r
+    for cell in range(cells - 1):
+        pick = emit.op("Expand", [emit.const(one_hot[cell:cell + 1]), emit.ints([channels, 1, *kernel])], early=True)
+        cell_values = emit.op("Conv", [x, pick], {"group": channels, "strides": kernel}, early=True)
+        below = emit.op("Add", [cell_values, minus_y], early=True)
+        below.shape, below.dtype = list(y.shape), np.float32
+        passed = emit.mul(left, emit.step(below, 0.0, above=False))
+        shares.append(emit.op("Add", [left, emit.blocked(passed, y, -1.0)]))
+        left = passed
+    shares.append(left)
+    stacked = emit.op("Concat", [emit.unsqueeze(share, [2]) for share in shares], {"axis": 2})
+    stacked = emit.op("Reshape", [stacked, emit.ints([0, channels * cells, *ctx.shape(y)[2:]])])
+    place = emit.op("Reshape", [emit.op("Expand", [emit.const(one_hot.reshape(1, cells, *kernel)),
+                                                   emit.ints([channels, cells, *kernel])]),
+                                emit.ints([channels * cells, 1, *kernel])])
+    rest = [n - o * k for n, o, k in zip(ctx.shape(x)[2:], ctx.shape(y)[2:], kernel)]
+    attrs = {"group": channels, "strides": kernel, **({"output_padding": rest} if any(rest) else {})}
+    return emit.op("ConvTranspose", [stacked, place], attrs)
