@@ -164,7 +164,8 @@ def _route_by_cells(ctx, node, r):
     takes that cell of every window, minus the window's maximum (0 where the cell ties it, else
     negative); a ``step`` marks the losers; the relevance not yet placed times that step is what passes
     on to the next cell, and the cell's share is the rest (exact: a share is all or nothing). The last
-    cell gets what is left. A grouped ConvTranspose of one-hot kernels puts each share in its cell."""
+    cell gets what is left. A grouped ConvTranspose of one-hot kernels puts each share in its cell.
+    Exact for finite activations (a window holding ±inf gets NaN from the one-hot kernel's zero taps)."""
     emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
     kernel, channels = list(_window(ctx, node).kernel), int(ctx.shape(x)[1])
     cells = int(np.prod(kernel))
