@@ -156,12 +156,24 @@ def _image_paths(items: list[str]) -> list[str]:
     return paths
 
 
-def _progress(done: int, total: int) -> None:
-    """A one-line progress bar on stderr, for runs of more than one batch."""
-    width = 30
-    filled = width * done // total
-    end = "\n" if done == total else ""
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images", end=end, file=sys.stderr, flush=True)
+class Progress:
+    """A progress bar on stderr for runs of more than one batch: redrawn in place on a terminal;
+    elsewhere (a log file, a pipe) written as a line at each tenth of the run."""
+
+    WIDTH = 30
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tenths = -1  # the last tenth written off a terminal
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.WIDTH * done // total
+        bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} images"
+        if self.stream.isatty():
+            print(f"\r{bar}", end="\n" if done == total else "", file=self.stream, flush=True)
+        elif 10 * done // total > self.tenths:
+            self.tenths = 10 * done // total
+            print(bar, file=self.stream, flush=True)
 
 
 def _run_explain(model, images, out, args, labels_path=None) -> None:
@@ -178,7 +190,7 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     preprocessing = _preprocessing(args, explainer.input_shape)
     labels = load_labels(labels_path) if labels_path else None
     paths = _image_paths(images)
-    progress = _progress if len(paths) > explainer.batch_size else None
+    progress = Progress() if len(paths) > explainer.batch_size else None
     for e in explain_images(explainer, paths, preprocessing, out, labels, args.target, args.top_k, progress):
         name = f" ({e.label})" if e.label else ""
         print(f"{e.image}: class {e.target}{name}, score {e.score:.4f} -> {e.heatmap}, {e.overlay}")

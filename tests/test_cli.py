@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from rlrp_onnx.cli import DEMO_IMAGES, DEMO_MODEL
+from rlrp_onnx.cli import DEMO_IMAGES, DEMO_MODEL, Progress
 from rlrp_onnx.contract import META_RULE, META_VERSION
 
 from test_errors import assert_one_line_error, run_cli
@@ -58,6 +59,35 @@ def test_explain_folder_with_labels(tmp_path, capsys):
     assert code == 0, err
     assert out.count("->") == len(list(DEMO_IMAGES.iterdir()))
     assert "(espresso)" in out
+    assert "images" not in err  # one batch: no progress bar
+
+
+def test_explain_shows_progress_over_several_batches(tmp_path, capsys):
+    """Off a terminal (captured here) the bar is a line at each tenth of the run, the last one full."""
+    code, _, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES, "--out", tmp_path, "--batch-size", "1",
+                           "--preset", "efficientnet-lite0", "--device", "cpu")
+    assert code == 0, err
+    total = len(list(DEMO_IMAGES.iterdir()))
+    lines = err.splitlines()
+    assert [line.split("] ")[1] for line in lines] == [f"{done}/{total} images" for done in range(1, total + 1)]
+    assert lines[-1].startswith("[" + "#" * Progress.WIDTH + "]") and "\r" not in err
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal_and_thins_out_elsewhere():
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = Progress(stream)
+        for done in range(8, 100, 8):
+            progress(done, 100)
+        progress(100, 100)
+    assert terminal.getvalue().count("\r") == 13 and terminal.getvalue().count("\n") == 1
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11 and lines[0].endswith("8/100 images") and lines[-1].endswith("100/100 images")
 
 
 def test_explain_bad_image(tmp_path, capsys):
