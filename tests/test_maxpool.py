@@ -8,6 +8,8 @@ over a flat patch, positive (bias > 0) or zero (cut by the Relu).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import pytest
@@ -76,8 +78,9 @@ def check(model, x, path) -> None:
 @pytest.mark.parametrize("side", [False, True], ids=["pools_only", "relu_read_elsewhere"])
 @pytest.mark.parametrize("pool", list(POOLS.values()), ids=list(POOLS))
 def test_ties_go_to_the_first_winner(tmp_path, pool, side, opset):
-    """At opset 17 through MaxPool's indices, at 22 through ArgMax over the windows' cells (no MaxPool:
-    ONNX Runtime's CUDA provider has no MaxPool-22 kernel); exported at 17, stamped 22 (same meaning)."""
+    """Windows that tile the input route by cells at both opsets; the others at opset 17 through MaxPool's
+    indices, at 22 through ArgMax over the windows' cells (no MaxPool: ONNX Runtime's CUDA provider has
+    no MaxPool-22 kernel); exported at 17, stamped 22 (same meaning)."""
     model, x, path = exported(tmp_path, pool, side)
     if opset != 17:
         stamped = onnx.load(path)
@@ -86,6 +89,21 @@ def test_ties_go_to_the_first_winner(tmp_path, pool, side, opset):
     y = torch.relu(model.conv1(torch.from_numpy(x))).detach().numpy()
     assert np.mean(y[:, :, 4:-4, 4:-4] == np.roll(y, 1, axis=3)[:, :, 4:-4, 4:-4]) > 0.4  # ties exist
     check(model, x, path)
+
+
+@pytest.mark.parametrize("opset", [17, 22])
+def test_tiling_windows_route_by_cells(tmp_path, opset):
+    """No MaxPool with Indices, no ArgMax (but the explained class's) and no scatter where the windows
+    tile the input (also with rows left over); the scatter stays for windows that overlap or pad."""
+    for name, pool in POOLS.items():
+        _, _, path = exported(tmp_path, pool)
+        stamped = onnx.load(path)
+        stamped.opset_import[0].version, stamped.ir_version = opset, 10
+        source_nodes = len(stamped.graph.node)
+        ops = Counter(n.op_type for n in compile_model(stamped).graph.node[source_nodes:])
+        routing = {op for op in ("MaxPool", "ScatterElements") if ops[op]} | ({"ArgMax"} if ops["ArgMax"] > 1 else set())
+        tiles = name.startswith("disjoint") and not pool.get("ceil_mode")
+        assert routing == (set() if tiles else {"MaxPool" if opset < 22 else "ArgMax", "ScatterElements"}), name
 
 
 def test_relu_mask_moves_to_the_pooled_output(tmp_path):

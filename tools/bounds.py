@@ -10,7 +10,7 @@ no masks
     masks and of any layout conversions around them.
 upsampled routing
     every max-pool routing (recomputed ``MaxPool`` with ``Indices`` + ``ScatterElements``, or where the
-    windows tile the input the per-cell shares placed by a ``ConvTranspose``) replaced by one
+    windows tile the input the placement of the per-cell shares) replaced by one
     nearest-neighbour ``Resize`` of the pooled relevance to the input size: the cost of routing beyond
     one pass over the input.
 both
@@ -91,9 +91,9 @@ def _unscheduled(rho: str, mask: str, producers) -> str:
 
 def upsampled_routing(node, producers):
     """``ScatterElements(zeros, flat Indices, flat r)`` becomes the flat nearest upsampling of ``r`` to the
-    max pool's input size; so does the ``ConvTranspose`` placing the cell shares of a tiling max pool
-    (``rules.pooling._route_by_cells``), with zeros for input rows and columns past the last window."""
-    if node.op_type == "ConvTranspose" and bench.is_relevance(node.name):
+    max pool's input size; so does the placement of a tiling max pool's cell shares
+    (``rules.pooling._route_by_cells``), before the zeros for input rows and columns past the last window."""
+    if node.op_type == "Reshape" and bench.is_relevance(node.name):
         return _upsampled_cells(node, producers)
     if node.op_type != "ScatterElements" or not bench.is_relevance(node.name):
         return None
@@ -108,26 +108,19 @@ def upsampled_routing(node, producers):
 
 
 def _upsampled_cells(node, producers):
-    """For ConvTranspose(Reshape(Concat(Unsqueeze(share), …))), the nearest upsampling of the relevance
-    the first share was taken from (that share is ``Add(r, −passed)``); None for other ConvTransposes."""
-    reshape = producers.get(node.input[0])
-    concat = producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
-    if concat is None or concat.op_type != "Concat" or producers[concat.input[0]].op_type != "Unsqueeze":
+    """For Reshape(Concat(Reshape(Concat(Unsqueeze(share), …)), …)), the placement of a tiling max pool's
+    cell shares (``rules.pooling._interleaved``), the nearest upsampling by the kernel of the relevance
+    the first share was taken from (that share is ``Add(r, −passed)``); None for other Reshapes."""
+    rows = producers.get(node.input[0])
+    row = producers.get(rows.input[0]) if rows is not None and rows.op_type == "Concat" else None
+    cells = producers.get(row.input[0]) if row is not None and row.op_type == "Reshape" else None
+    if cells is None or cells.op_type != "Concat" or producers[cells.input[0]].op_type != "Unsqueeze":
         return None
-    r = producers[producers[concat.input[0]].input[0]].input[0]
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    strides, rest = attrs["strides"], attrs.get("output_padding", [0] * len(attrs["strides"]))
-    scales, upsampled = node.name + "_scales", node.name + "_upsampled"
-    nodes = [helper.make_node("Constant", [], [scales], name=scales, value=helper.make_tensor(
-                 scales, onnx.TensorProto.FLOAT, [2 + len(strides)], [1.0, 1.0, *map(float, strides)])),
-             helper.make_node("Resize", [r, "", scales], [upsampled if any(rest) else node.output[0]],
-                              mode="nearest", name=node.name + "_resize")]
-    if any(rest):
-        pads = node.name + "_pads"
-        nodes += [helper.make_node("Constant", [], [pads], name=pads, value=helper.make_tensor(
-                      pads, onnx.TensorProto.INT64, [2 * (2 + len(rest))], [0] * (4 + len(rest)) + list(rest))),
-                  helper.make_node("Pad", [upsampled, pads], list(node.output), name=node.name)]
-    return nodes
+    r = producers[producers[cells.input[0]].input[0]].input[0]
+    scales = node.name + "_scales"
+    return [helper.make_node("Constant", [], [scales], name=scales, value=helper.make_tensor(
+                scales, onnx.TensorProto.FLOAT, [4], [1.0, 1.0, float(len(rows.input)), float(len(cells.input))])),
+            helper.make_node("Resize", [r, "", scales], list(node.output), mode="nearest", name=node.name)]
 
 
 VARIANTS = {

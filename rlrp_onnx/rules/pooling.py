@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import NO_CUDA_CONV_TRANSPOSE, NO_CUDA_MAX_POOL
+from ..ir import NO_CUDA_MAX_POOL
 from .geometry import Window
 from .linear import ones_kernel, window_adjoint
 from .registry import LINEAR, rule
@@ -146,11 +146,11 @@ def _first_winners(ctx, node):
 def _tiles(ctx, node) -> bool:
     """Whether ``_route_by_cells`` can route this MaxPool: 2-D windows that tile the input (kernel =
     stride, no pads, no dilation; input rows or columns past the last window are left out) on static
-    sizes, the masks as steps (compile_model's masks="steps"), an opset with ConvTranspose on CUDA."""
+    sizes, the masks as steps (compile_model's masks="steps")."""
     emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
     window = _window(ctx, node)
     sizes = ctx.shape(x)[2:] + ctx.shape(y)[2:]
-    return (emit.step_masks and emit.opset < NO_CUDA_CONV_TRANSPOSE and emit.blockable(x) and emit.blockable(y)
+    return (emit.step_masks and emit.blockable(x) and emit.blockable(y)
             and all(isinstance(d, int) for d in sizes) and window.kernel == window.strides
             and set(window.dilations) == {1} and not any(window.pads_begin + window.pads_end)
             and all(o * k <= n for o, k, n in zip(ctx.shape(y)[2:], window.kernel, ctx.shape(x)[2:])))
@@ -164,7 +164,7 @@ def _route_by_cells(ctx, node, r):
     takes that cell of every window, minus the window's maximum (0 where the cell ties it, else
     negative); a ``step`` marks the losers; the relevance not yet placed times that step is what passes
     on to the next cell, and the cell's share is the rest (exact: a share is all or nothing). The last
-    cell gets what is left. A grouped ConvTranspose of one-hot kernels puts each share in its cell.
+    cell gets what is left. ``_interleaved`` puts each share in its cell.
     Exact for finite activations (a window holding ±inf gets NaN from the one-hot kernel's zero taps)."""
     emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
     kernel, channels = list(_window(ctx, node).kernel), int(ctx.shape(x)[1])
@@ -181,11 +181,19 @@ def _route_by_cells(ctx, node, r):
         shares.append(emit.op("Add", [left, emit.blocked(passed, y, -1.0)]))
         left = passed
     shares.append(left)
-    stacked = emit.op("Concat", [emit.unsqueeze(share, [2]) for share in shares], {"axis": 2})
-    stacked = emit.op("Reshape", [stacked, emit.ints([0, channels * cells, *ctx.shape(y)[2:]])])
-    place = emit.op("Reshape", [emit.op("Expand", [emit.const(one_hot.reshape(1, cells, *kernel)),
-                                                   emit.ints([channels, cells, *kernel])]),
-                                emit.ints([channels * cells, 1, *kernel])])
-    rest = [n - o * k for n, o, k in zip(ctx.shape(x)[2:], ctx.shape(y)[2:], kernel)]
-    attrs = {"group": channels, "strides": kernel, **({"output_padding": rest} if any(rest) else {})}
-    return emit.op("ConvTranspose", [stacked, place], attrs)
+    return _interleaved(ctx, shares, kernel, channels, ctx.shape(y)[2:], ctx.shape(x)[2:])
+
+
+def _interleaved(ctx, shares, kernel, channels, grid, size):
+    """The tensor of ``size`` whose window (i, j) holds the cells' ``shares`` (each on the pooled
+    ``grid``, in row-major cell order) at its cells, zeros past the last window: per kernel row the
+    shares side by side along a new inner axis, then the rows, reshaped onto the input grid."""
+    emit = ctx.emit
+    (kh, kw), (h, w) = kernel, grid
+    rows = []
+    for row in range(kh):
+        cells = [emit.unsqueeze(share, [4]) for share in shares[row * kw:(row + 1) * kw]]  # N, C, h, w, 1
+        rows.append(emit.op("Reshape", [emit.op("Concat", cells, {"axis": 4}), emit.ints([0, channels, h, 1, w * kw])]))
+    placed = emit.op("Reshape", [emit.op("Concat", rows, {"axis": 3}), emit.ints([0, channels, h * kh, w * kw])])
+    rest = [n - o * k for n, o, k in zip(size, grid, kernel)]
+    return emit.pad(placed, [0, 0, 0, 0, 0, 0, *rest]) if any(rest) else placed
