@@ -106,7 +106,6 @@ def upsampled_routing(node, producers):
             helper.make_node("Reshape", [upsampled, flat_r.input[1]], list(node.output), name=node.name)]
 
 
-
 def _upsampled_cells(node, producers):
     """For Reshape(Concat(Reshape(Concat(Unsqueeze(share), …)), …)), the placement of a tiling max pool's
     cell shares (``rules.pooling._interleaved``), the nearest upsampling by the kernel of the relevance

@@ -149,11 +149,11 @@ def _tiles(ctx, node) -> bool:
     sizes, the masks as steps (compile_model's masks="steps")."""
     emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
     window = _window(ctx, node)
-    sizes = ctx.shape(x)[2:] + ctx.shape(y)[2:]
+    in_sizes, out_sizes = ctx.shape(x)[2:], ctx.shape(y)[2:]
     return (emit.step_masks and emit.blockable(x) and emit.blockable(y)
-            and all(isinstance(d, int) for d in sizes) and window.kernel == window.strides
+            and all(isinstance(d, int) for d in in_sizes + out_sizes) and window.kernel == window.strides
             and set(window.dilations) == {1} and not any(window.pads_begin + window.pads_end)
-            and all(o * k <= n for o, k, n in zip(ctx.shape(y)[2:], window.kernel, ctx.shape(x)[2:])))
+            and all(o * k <= n for o, k, n in zip(out_sizes, window.kernel, in_sizes)))
 
 
 def _route_by_cells(ctx, node, r):
@@ -181,19 +181,19 @@ def _route_by_cells(ctx, node, r):
         shares.append(emit.op("Add", [left, emit.blocked(passed, y, -1.0)]))
         left = passed
     shares.append(left)
-    return _interleaved(ctx, shares, kernel, channels, ctx.shape(y)[2:], ctx.shape(x)[2:])
+    return _interleaved(emit, shares, kernel, ctx.shape(y)[2:], ctx.shape(x)[2:])
 
 
-def _interleaved(ctx, shares, kernel, channels, grid, size):
+def _interleaved(emit, shares, kernel, grid, size):
     """The tensor of ``size`` whose window (i, j) holds the cells' ``shares`` (each on the pooled
     ``grid``, in row-major cell order) at its cells, zeros past the last window: per kernel row the
-    shares side by side along a new inner axis, then the rows, reshaped onto the input grid."""
-    emit = ctx.emit
+    shares side by side along a new inner axis, then the rows, reshaped onto the input grid (batch and
+    channels kept: Reshape's 0)."""
     (kh, kw), (h, w) = kernel, grid
     rows = []
     for row in range(kh):
         cells = [emit.unsqueeze(share, [4]) for share in shares[row * kw:(row + 1) * kw]]  # N, C, h, w, 1
-        rows.append(emit.op("Reshape", [emit.op("Concat", cells, {"axis": 4}), emit.ints([0, channels, h, 1, w * kw])]))
-    placed = emit.op("Reshape", [emit.op("Concat", rows, {"axis": 3}), emit.ints([0, channels, h * kh, w * kw])])
+        rows.append(emit.op("Reshape", [emit.op("Concat", cells, {"axis": 4}), emit.ints([0, 0, h, 1, w * kw])]))
+    placed = emit.op("Reshape", [emit.op("Concat", rows, {"axis": 3}), emit.ints([0, 0, h * kh, w * kw])])
     rest = [n - o * k for n, o, k in zip(size, grid, kernel)]
     return emit.pad(placed, [0, 0, 0, 0, 0, 0, *rest]) if any(rest) else placed
