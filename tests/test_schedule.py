@@ -203,6 +203,24 @@ def test_bench_tells_mask_steps_and_layout_convs_from_adjoints(compiled):
     assert len(adjoints) >= 8
 
 
+def test_bench_compares_the_forward_nodes_both_profiles_name():
+    """tools/bench.py's forward-inside-over-alone ratio sums only the forward nodes present in both
+    profiles: not the compiler's nodes, not ORT's layout conversions, not nodes only one model has."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import bench
+
+    source = {("conv1", "Conv"): 2.0, ("conv2", "Conv"): 4.0, ("ReorderOutput_token_1", "ReorderOutput"): 1.0,
+              ("pool", "MaxPool"): 1.0}
+    compiled = {("conv1", "Conv"): 3.0, ("conv2", "Conv"): 9.0, ("ReorderOutput_token_1", "ReorderOutput"): 5.0,
+                ("rlrp7_nchwc", "Conv"): 50.0, ("fused pool", "MaxPool"): 1.0}
+    inside = bench.forward_inside({"source": source, "compiled": compiled})
+    assert inside["slowdown"] == 12.0 / 6.0
+    assert [row[0] for row in inside["slowest"]] == ["conv2", "conv1"]
+
+
 def test_compare_tool_compiles_with_another_revision(exported_model, tmp_path):
     """tools/compare.py's old compiler: the package of a git revision, imported from its own checkout,
     gives the same relevance as this tree's."""

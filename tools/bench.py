@@ -41,13 +41,15 @@ of the run alone (VmHWM reset through /proc/self/clear_refs after loading) - RSS
 imports, i.e. weights plus working memory while running. Megabytes (2**20 bytes).
 
 ``--profile DIR`` also writes ONNX Runtime profiles of both models at each batch size (after one
-warm-up, ``--profile-runs`` runs) and prints the time per op type, split into forward nodes and
-relevance-pass nodes (the compiler names the latter ``rlrp<n>``) and the layout conversions ORT
-inserts itself (``ReorderInput``/``ReorderOutput`` around its blocked NCHWc convolutions). A last
-table splits the compiled model's profiled kernel time in units of its own forward part (same runs):
-1 (the forward) + the relevance pass's linear adjoints (Conv/ConvTranspose/Gemm kernels) + layout
-conversions + the other relevance ops (masks, max-pool routing, sums); and the forward part's time
-over the source model's forward (from the separate profile, so noisier).
+warm-up, ``--profile-runs`` runs alternating between the two sessions) and prints the time per op
+type, split into forward nodes and relevance-pass nodes (the compiler names the latter ``rlrp<n>``)
+and the layout conversions ORT inserts itself (``ReorderInput``/``ReorderOutput`` around its blocked
+NCHWc convolutions), and the forward nodes that run slowest inside the compiled model next to alone.
+A last table splits the compiled model's profiled kernel time in units of its own forward part (same
+runs): 1 (the forward) + the relevance pass's linear adjoints (Conv/ConvTranspose/Gemm kernels) +
+layout conversions + the other relevance ops (masks, max-pool routing, sums); and the forward part's
+time over the source model's, summed over the forward nodes both profiles name (ORT gives a node the
+same name in both).
 
 Usage::
 
@@ -309,13 +311,21 @@ def memory(spec: dict) -> dict:
 # --------------------------------------------------------------------------------- profile
 
 
-def profile(path, x: np.ndarray, threads: int, opt_level: str, runs: int, prefix: str) -> dict:
-    """Mean ms per run of each node in an ORT profile; keys are (node name, op type)."""
-    sess = session(path, threads, opt_level, profile_prefix=prefix)
-    sess.run(None, {INPUT: x})
-    for _ in range(runs):
-        sess.run(None, {INPUT: x})
-    events = json.load(open(sess.end_profiling()))
+def profiles(paths: dict, x: np.ndarray, threads: int, opt_level: str, runs: int, prefix: str) -> dict:
+    """{label: per-node times} of the models ``paths`` ({label: path}), profiled in runs that alternate
+    between their sessions (one warm-up each first), so a slow phase of the machine hits all alike."""
+    sessions = {label: session(path, threads, opt_level, profile_prefix=f"{prefix}-{label}")
+                for label, path in paths.items()}
+    for _ in range(1 + runs):
+        for sess in sessions.values():
+            sess.run(None, {INPUT: x})
+    return {label: _per_node(sess.end_profiling(), runs) for label, sess in sessions.items()}
+
+
+def _per_node(profile_file: str, runs: int) -> dict:
+    """Mean ms per run of each node over the last ``runs`` runs of an ORT profile; keys are (node name,
+    op type)."""
+    events = json.load(open(profile_file))
     # the first Node events belong to the warm-up run; keep the last `runs` runs' events
     model_runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     start = model_runs[-runs]["ts"] if len(model_runs) >= runs else 0
@@ -388,22 +398,32 @@ def summarize_profile(per_node: dict, roles: dict | None = None) -> dict:
 LINEAR_OPS = {"Conv", "ConvTranspose", "FusedConv", "Gemm", "FusedGemm", "MatMul"}
 
 
-def ratio_breakdown(profiles: dict) -> dict:
+def forward_inside(per_node: dict) -> dict:
+    """The forward nodes both profiles name ({label: per-node times} of "source" and "compiled"):
+    {"slowdown": their compiled-model time over their source-model time, "slowest": the five whose
+    time grew most, as (node, op type, ms alone, ms inside)}."""
+    source, compiled = per_node["source"], per_node["compiled"]
+    common = [key for key in source if key in compiled and key[1] not in LAYOUT_OPS and not is_relevance(key[0])]
+    grown = sorted(common, key=lambda key: source[key] - compiled[key])[:5]
+    return {"slowdown": sum(compiled[key] for key in common) / sum(source[key] for key in common),
+            "slowest": [(node, op, source[(node, op)], compiled[(node, op)]) for node, op in grown]}
+
+
+def ratio_breakdown(row: dict) -> dict:
     """Split a compiled model's profiled kernel time in units of its own forward part.
 
     Units of the forward *inside* the compiled profile, so the parts come from the same runs:
     ``adjoints`` (the relevance pass's Conv/ConvTranspose/Gemm/MatMul kernels that are adjoints),
     ``layout`` (ORT's NCHWc conversions and the Convs that take relevance into that layout), ``other``
     (masks, their step Convs, routing, sums, the seed); ``total`` = 1 + the three.
-    ``slowdown`` = that forward part over the source model's forward (a separate, noisier profile).
+    ``slowdown`` = the forward nodes' time inside over alone (``forward_inside``).
     """
-    compiled = profiles["compiled"]
+    compiled = row["profile"]["compiled"]
     forward = sum(compiled["forward"].values())
     adjoints = sum(ms for op, ms in compiled["relevance"].items() if op in LINEAR_OPS)
     parts = {"adjoints": adjoints / forward, "layout": sum(compiled["layout"].values()) / forward,
              "other": (sum(compiled["relevance"].values()) - adjoints) / forward}
-    source = sum(sum(ops.values()) for ops in profiles["source"].values())
-    return {"total": 1 + sum(parts.values()), **parts, "slowdown": forward / source}
+    return {"total": 1 + sum(parts.values()), **parts, "slowdown": row["forward_inside"]["slowdown"]}
 
 
 def print_breakdowns(rows: list[dict]) -> None:
@@ -416,7 +436,7 @@ def print_breakdowns(rows: list[dict]) -> None:
           "| forward inside / alone |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        b = ratio_breakdown(row["profile"])
+        b = ratio_breakdown(row)
         print(f"| {row['model']} | {row['batch']} | {b['total']:.2f} | {b['adjoints']:.2f} | "
               f"{b['layout']:.2f} | {b['other']:.2f} | {b['slowdown']:.2f} |")
 
@@ -487,10 +507,10 @@ def bench_model(name: str, args, cache: pathlib.Path) -> list[dict]:
         if args.profile:
             directory = pathlib.Path(args.profile)
             directory.mkdir(parents=True, exist_ok=True)
-            for label, path in (("source", source), ("compiled", compiled)):
-                per_node = profile(path, x, args.threads, args.opt_level, args.profile_runs,
-                                   str(directory / f"{name}-b{batch}-{label}"))
-                row.setdefault("profile", {})[label] = summarize_profile(per_node, roles)
+            per_node = profiles({"source": source, "compiled": compiled}, x, args.threads, args.opt_level,
+                                args.profile_runs, str(directory / f"{name}-b{batch}"))
+            row["profile"] = {label: summarize_profile(nodes, roles) for label, nodes in per_node.items()}
+            row["forward_inside"] = forward_inside(per_node)
         rows.append(row)
         print(_row_line(row), file=sys.stderr, flush=True)
     return rows
@@ -606,6 +626,9 @@ def main(argv=None) -> dict | None:
     for row in rows:
         for label, summary in row.get("profile", {}).items():
             print_profile(f"{row['model']} batch {row['batch']}, {label} model (ms per run)", summary)
+        if "forward_inside" in row:
+            print("- forward nodes slowest inside the compiled model (ms alone → inside): " + ", ".join(
+                f"{node} ({op}) {alone:.1f} → {inside:.1f}" for node, op, alone, inside in row["forward_inside"]["slowest"]))
     print_breakdowns(rows)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
