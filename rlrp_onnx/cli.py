@@ -16,6 +16,7 @@ DEMO_MODEL = REPO_MODELS / "efficientnet_lite0.onnx"
 DEMO_LABELS = REPO_MODELS / "imagenet_classes.txt"
 DEMO_IMAGES = REPO_MODELS / "images"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+RULE_PARAMETERS = ("epsilon", "gamma", "alpha", "beta", "low", "high")
 
 
 def _ints(text: str) -> list[int]:
@@ -39,17 +40,23 @@ def _input_shapes(values: list[str] | None) -> dict | None:
     shapes = {}
     for value in values:
         name, _, dims = value.rpartition("=")
-        shapes[name or ""] = _ints(dims)
+        try:
+            shapes[name or ""] = _ints(dims)
+        except argparse.ArgumentTypeError:
+            raise RlrpError(f"--input-shape takes [NAME=]N,C,H,W in whole numbers, got {value!r}") from None
     return shapes
 
 
 def _method_args(args) -> dict:
-    """``compile_model`` keywords for the rule options."""
+    """``compile_model`` keywords for the rule options (unset: the rules' defaults; an option the chosen
+    rules do not take is refused by ``methods.choose``); RlrpError for --rule with --composite."""
     from .methods import Options
 
-    options = Options(epsilon=args.epsilon, gamma=args.gamma, alpha=args.alpha, beta=args.beta,
-                      low=_bound(args.low), high=_bound(args.high))
-    return {"rule": args.rule, "composite": args.composite, "options": options}
+    if args.rule and args.composite:
+        raise RlrpError("give either --rule or --composite, not both")
+    given = {name: getattr(args, name) for name in RULE_PARAMETERS if getattr(args, name) is not None}
+    given.update({name: _bound(given[name]) for name in ("low", "high") if name in given})
+    return {"rule": args.rule, "composite": args.composite, "options": Options(**given)}
 
 
 def _form_args(args) -> dict:
@@ -65,20 +72,22 @@ def cmd_compile(args) -> None:
     from .compiler import compile_model
     from .loading import save_model
 
-    model = compile_model(args.model, output_name=args.output, input_shapes=_resolve_shapes(args),
+    model = compile_model(args.model, output_name=args.output,
+                          input_shapes=_resolve_shapes(args.model, args.input_shape),
                           **_method_args(args), **_form_args(args))
     save_model(model, args.out, source=args.model)
     print(f"wrote {args.out}")
 
 
-def _resolve_shapes(args) -> dict | None:
-    """Attach an unnamed ``--input-shape`` to the model's single float input."""
-    shapes = _input_shapes(args.input_shape)
+def _resolve_shapes(model, values: list[str] | None) -> dict | None:
+    """``--input-shape`` values as ``input_shapes``, an unnamed one attached to the model's single float
+    input."""
+    shapes = _input_shapes(values)
     if shapes and "" in shapes:
         from .loading import load_model
         from .passes import float_inputs
 
-        proto, label = load_model(args.model)
+        proto, label = load_model(model)
         names = [i.name for i in float_inputs(proto)]
         if len(names) != 1:
             raise RlrpError(f"{label}: several float inputs ({', '.join(names)}); use --input-shape NAME=dims")
@@ -102,7 +111,8 @@ def cmd_inspect(args) -> None:
         print(f"  output {value.name}: {_describe(value)}")
     print("ops in the file: " + ", ".join(f"{op} ×{n}" for op, n in sorted(ops.items())))
     method = choose(**_method_args(args))
-    plan, _ = plan_model(proto, label, method, args.output, _resolve_shapes(args), check=False)
+    plan, _ = plan_model(proto, label, method, args.output, _resolve_shapes(args.model, args.input_shape),
+                         check=False)
     method.assign(plan.nodes)
     gaps = [(node, gap(plan.context, node)) for node in plan.nodes]
     covered = sum(1 for _, reason in gaps if not reason)
@@ -147,7 +157,7 @@ def _image_paths(items: list[str]) -> list[str]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise RlrpError(f"{path}: no PNG or JPEG images in this folder")
             paths.extend(found)
@@ -180,15 +190,17 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     from .explain import explain_images
     from .explainer import Explainer
     from .labels import load_labels
+    from .runtime import class_count
 
     explainer = Explainer(model, device=args.device, batch_size=args.batch_size,
-                          output_name=getattr(args, "output", None), **_method_args(args),
-                          **_form_args(args))
+                          output_name=getattr(args, "output", None),
+                          input_shapes=_resolve_shapes(model, getattr(args, "input_shape", None)),
+                          **_method_args(args), **_form_args(args))
     if explainer.notice:
         print(explainer.notice, file=sys.stderr)
     print(f"provider: {explainer.provider}")
     preprocessing = _preprocessing(args, explainer.input_shape)
-    labels = load_labels(labels_path) if labels_path else None
+    labels = load_labels(labels_path, class_count(explainer.runtime)) if labels_path else None
     paths = _image_paths(images)
     progress = Progress() if len(paths) > explainer.batch_size else None
     for e in explain_images(explainer, paths, preprocessing, out, labels, args.target, args.top_k, progress):
@@ -205,25 +217,33 @@ def cmd_conservation(args) -> None:
     import numpy as np
 
     from .compiler import compile_model
-    from .contract import LAYER_OUTPUT_PREFIX, RELEVANCE_OUTPUT
+    from .contract import LAYER_OUTPUT_PREFIX, META_RULE, RELEVANCE_OUTPUT
     from .preprocess import prepare
     from .runtime import create_session, image_input, run_explainer
 
-    compiled = compile_model(args.model, expose="all", **_method_args(args), **_form_args(args))
+    method = _method_args(args)
+    compiled = compile_model(args.model, output_name=args.output, expose="all",
+                             input_shapes=_resolve_shapes(args.model, args.input_shape), **method, **_form_args(args))
     producers = {o: n.op_type for n in compiled.graph.node for o in n.output}
+    meta = {p.key: p.value for p in compiled.metadata_props}
     session = create_session(compiled, args.device)
     batch, _ = prepare([args.image], _preprocessing(args, list(image_input(session).shape)))
     relevance, classes, scores, outputs = run_explainer(session, batch, args.target)
     score = float(scores[0])
-    print(f"{args.image}: class {int(classes[0])}, logit {score:.6g}, rule {args.composite or args.rule}")
+    print(f"{args.image}: class {int(classes[0])}, logit {score:.6g}, rule {meta[META_RULE]}")
     print(f"{'tensor':<50} {'op':<20} {'sum R':>14} {'sum R / logit':>14}")
     names = [o.name for o in compiled.graph.output if o.name.startswith(LAYER_OUTPUT_PREFIX)]
     for name in reversed(names):
         tensor = name[len(LAYER_OUTPUT_PREFIX):]
         total = float(np.sum(outputs[name][0], dtype=np.float64))
-        print(f"{tensor[-50:]:<50} {producers.get(tensor, '?'):<20} {total:>14.6g} {total / score:>14.6g}")
+        print(f"{tensor[-50:]:<50} {producers.get(tensor, '?'):<20} {total:>14.6g} {_ratio(total, score):>14}")
     total = float(np.sum(relevance[0], dtype=np.float64))
-    print(f"{'input ' + RELEVANCE_OUTPUT:<50} {'':<20} {total:>14.6g} {total / score:>14.6g}")
+    print(f"{'input ' + RELEVANCE_OUTPUT:<50} {'':<20} {total:>14.6g} {_ratio(total, score):>14}")
+
+
+def _ratio(total: float, score: float) -> str:
+    """``total / score`` for the conservation table; n/a when the logit is 0."""
+    return f"{total / score:.6g}" if score else "n/a"
 
 
 def cmd_demo(args) -> None:
@@ -238,12 +258,12 @@ def _add_method(p) -> None:
     from .methods import COMPOSITES, RLRP, RULE_NAMES
 
     g = p.add_argument_group("explanation method (default: R-LRP, no parameters)")
-    g.add_argument("--rule", default=RLRP, choices=[RLRP, *RULE_NAMES], help="rule for every layer")
+    g.add_argument("--rule", choices=[RLRP, *RULE_NAMES], help="rule for every layer")
     g.add_argument("--composite", choices=list(COMPOSITES), help="a rule per layer, as Zennit's presets")
-    g.add_argument("--epsilon", type=float, default=1e-6, help="ε of the epsilon rule (dense layers)")
-    g.add_argument("--gamma", type=float, default=0.25)
-    g.add_argument("--alpha", type=float, default=2.0)
-    g.add_argument("--beta", type=float, default=1.0)
+    g.add_argument("--epsilon", type=float, help="ε of the epsilon rule (dense layers)")
+    g.add_argument("--gamma", type=float)
+    g.add_argument("--alpha", type=float)
+    g.add_argument("--beta", type=float)
     g.add_argument("--low", type=_floats, help="z^B lower input bound: one value or one per channel")
     g.add_argument("--high", type=_floats, help="z^B upper input bound: one value or one per channel")
 
@@ -271,6 +291,12 @@ def _add_preprocessing(p) -> None:
     g.add_argument("--layout", choices=["NCHW", "NHWC"])
 
 
+def _add_input_shape(p) -> None:
+    p.add_argument("--input-shape", action="append",
+                   help="[NAME=]N,C,H,W for a source model's inputs with dynamic sizes (the compiled model "
+                        "then takes only that size)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlrp-onnx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -279,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("-o", "--out", required=True, help="where to write the compiled model")
     p.add_argument("--output", help="the explained output, when several could be class scores")
-    p.add_argument("--input-shape", action="append", help="[NAME=]N,C,H,W for inputs with dynamic sizes")
+    _add_input_shape(p)
     _add_method(p)
     _add_form(p)
     p.set_defaults(run=cmd_compile)
@@ -287,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="list a model's ops and which ones relevance rules cover")
     p.add_argument("model")
     p.add_argument("--output")
-    p.add_argument("--input-shape", action="append")
+    _add_input_shape(p)
     _add_method(p)
     p.set_defaults(run=cmd_inspect)
 
@@ -301,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8,
                    help="images per run (default 8; a model with a fixed batch size runs that many)")
     p.add_argument("--output", help="the explained output, when several could be class scores")
+    _add_input_shape(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_preprocessing(p)
     _add_method(p)
@@ -311,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("image")
     p.add_argument("--target", type=int, help="class to explain (default: the top class)")
+    p.add_argument("--output", help="the explained output, when several could be class scores")
+    _add_input_shape(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_preprocessing(p)
     _add_method(p)

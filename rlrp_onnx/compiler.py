@@ -37,6 +37,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     label = label or loaded
     if masks not in contract.MASK_FORMS:
         raise RlrpError(f"{label}: masks must be one of {', '.join(contract.MASK_FORMS)}, got {masks!r}")
+    _check_not_compiled(source, label)
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
     plan.context.emit.step_masks = masks == "steps"
     graph = plan.context.graph
@@ -47,6 +48,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     built = gs.export_onnx(graph, do_type_check=False)
     compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label)
     _set_target_default(compiled)
+    _declare_planned_sizes(compiled, plan.inputs)
     _set_metadata(compiled, {
         **method.metadata(),
         contract.META_VERSION: contract.VERSION,
@@ -57,11 +59,39 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     return _validated(compiled, label)
 
 
+def _check_not_compiled(source: onnx.ModelProto, label: str) -> None:
+    """Refuse a model this compiler wrote, or one whose tensors already use the contract's names."""
+    if any(p.key == contract.META_VERSION for p in source.metadata_props):
+        raise RlrpError(f"{label}: already compiled by rlrp-onnx ({contract.META_VERSION} in its metadata); "
+                        "compile the source model")
+    graph = source.graph
+    names = {t.name for t in [*graph.input, *graph.output, *graph.initializer]}
+    names |= {o for n in graph.node for o in n.output}
+    taken = sorted(n for n in names if n in contract.NAMES or n.startswith(contract.RELEVANCE_OUTPUT))
+    if taken:
+        raise RlrpError(f"{label}: the model already has tensors named {', '.join(taken)}, which the compiled "
+                        "model's contract needs; rename them")
+
+
+def _declare_planned_sizes(compiled: onnx.ModelProto, inputs) -> None:
+    """Declare on the image inputs the sizes the relevance pass was built for: a size left dynamic in the
+    source and pinned by ``input_shapes`` is fixed in the compiled model, whose relevance would be
+    wrong at another size, so that ONNX Runtime refuses other sizes (the batch stays as declared)."""
+    planned = {t.name: t.shape for t in inputs}
+    for value in compiled.graph.input:
+        for dim, size in zip(list(value.type.tensor_type.shape.dim)[1:], planned.get(value.name, [])[1:]):
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_value = int(size)
+
+
 def _exposed(plan, expose, label: str) -> list[str]:
-    """The inner tensors whose relevance is exposed, checked against the relevance path."""
+    """The inner tensors whose relevance is exposed (one name, a list, or "all"), checked against the
+    relevance path."""
     on_path = [t.name for n in plan.nodes for t in n.outputs if t.name in plan.context.data]
     if expose == "all":
         return [name for name in on_path if name != plan.logits.name]
+    expose = [expose] if isinstance(expose, str) else expose
     unknown = [name for name in expose if name not in on_path]
     if unknown:
         raise RlrpError(f"{label}: cannot expose relevance at {unknown}: not tensors on the relevance path")

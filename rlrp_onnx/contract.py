@@ -11,6 +11,7 @@ META_EXPLAINED_OUTPUT = "rlrp.explained_output"
 META_IMAGE_INPUTS = "rlrp.image_inputs"
 META_MASKS = "rlrp.masks"  # one of MASK_FORMS (compile_model's masks; absent: steps)
 MASK_FORMS = ("steps", "comparisons")
+NAMES = (TARGET_INPUT, RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT)  # (and RELEVANCE_OUTPUT + anything)
 
 
 LAYER_OUTPUT_PREFIX = "rlrp_relevance/"  # + tensor name: relevance exposed at an inner tensor

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .errors import RlrpError
 from .explainer import Explainer
 from .labels import class_name
 from .preprocess import Preprocessing, prepare
@@ -29,7 +30,9 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
                    progress: Callable[[int, int], None] | None = None) -> list[Explanation]:
     """Explain each image for ``target`` (default: its top class) or its ``top_k`` best classes, and
     write ``<stem>_heatmap.png`` and ``<stem>_overlay.png`` (``<stem>_top<k>_…`` for top-k) into
-    ``out_dir``. ``progress(done, total)`` is called after each batch of images."""
+    ``out_dir``. ``progress(done, total)`` is called after each batch of images. Two different images
+    with the same stem (``a/cat.png``, ``b/cat.jpg``) would write the same files: RlrpError."""
+    _check_stems(images)
     out_dir = Path(out_dir)
     channel_axis = 0 if preprocessing.layout == "NCHW" else -1
     results = []
@@ -48,3 +51,13 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
         if progress is not None:
             progress(min(start + explainer.batch_size, len(images)), len(images))
     return results
+
+
+def _check_stems(images: Sequence[str]) -> None:
+    """RlrpError naming the first two different images whose heatmaps would have the same name."""
+    seen: dict[str, str] = {}
+    for path in images:
+        first = seen.setdefault(Path(path).stem, str(path))
+        if first != str(path):
+            raise RlrpError(f"{first} and {path} would write the same heatmap files "
+                            f"({Path(path).stem}_heatmap.png); rename one or explain them separately")

@@ -12,28 +12,35 @@ from .compiler import compile_model
 from .contract import META_EXPLAINED_OUTPUT, META_MASKS, META_RULE, META_VERSION
 from .errors import RlrpError
 from .loading import load_model
-from .methods import RLRP, Options
-from .runtime import create_session, fixed_batch, image_input, run_explainer
+from .methods import Options
+from .runtime import class_count, create_session, fixed_batch, image_input, run_explainer, target_classes
 
 
 def explainer_model(model, output_name: str | None = None, masks: str | None = None,
-                    **method) -> onnx.ModelProto:
+                    input_shapes: dict[str, list[int]] | None = None, **method) -> onnx.ModelProto:
     """The model itself when it is already compiled, else its compiled form (in memory); ``method``
     holds ``compile_model``'s rule keywords, ``masks`` its mask form (None: "steps" for a source model,
-    whichever a compiled one has)."""
+    whichever a compiled one has), ``input_shapes`` its sizes for inputs with dynamic ones."""
     proto, label = load_model(model)
     meta = {p.key: p.value for p in proto.metadata_props}
     if META_VERSION in meta:
-        chosen = method.get("composite") or method.get("rule") or RLRP
-        if chosen != meta[META_RULE]:
+        chosen = method.get("composite") or method.get("rule")
+        if chosen and chosen != meta[META_RULE]:
             raise RlrpError(f"{label} is already compiled with '{meta[META_RULE]}'; compile the source model "
                             f"to explain with '{chosen}'")
+        if method.get("options") not in (None, Options()):
+            raise RlrpError(f"{label} is already compiled with its rule's parameters; rule parameters apply "
+                            "to a source model")
+        if input_shapes:
+            raise RlrpError(f"{label} is already compiled for its declared input sizes; input shapes apply "
+                            "to a source model")
         recorded = meta.get(META_MASKS, "steps")
         if masks is not None and masks != recorded:
             raise RlrpError(f"{label} is already compiled with masks '{recorded}'; compile the source model "
                             f"for masks '{masks}'")
         return proto
-    return compile_model(proto, output_name=output_name, label=label, masks=masks or "steps", **method)
+    return compile_model(proto, output_name=output_name, label=label, masks=masks or "steps",
+                         input_shapes=input_shapes, **method)
 
 
 class Explanations(NamedTuple):
@@ -48,18 +55,20 @@ class Explainer:
     """An explainer model opened in ONNX Runtime.
 
     ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``
-    and ``masks``, as by ``compile_model``) or an already compiled one; ``device`` is "auto", "cpu" or
+    and ``masks``, as by ``compile_model``; no rule: R-LRP) or an already compiled one (which keeps its
+    rule: naming another is an error); ``device`` is "auto", "cpu" or
     "cuda" (``provider`` tells which one really runs, ``notice`` why CUDA was not used under "auto");
     ``batch_size`` caps the images per run, except for a model whose batch size is fixed: it runs that
-    many (the last run filled up).
+    many (the last run filled up); ``input_shapes`` pins a source model's dynamic input sizes, as for
+    ``compile_model``.
     """
 
-    def __init__(self, model, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
+    def __init__(self, model, rule: str | None = None, composite: str | None = None, options: Options | None = None,
                  device: str = "auto", batch_size: int = 8, output_name: str | None = None,
-                 masks: str | None = None):
-        if batch_size < 1:
-            raise RlrpError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = explainer_model(model, output_name, masks, rule=rule, composite=composite,
+                 masks: str | None = None, input_shapes: dict[str, list[int]] | None = None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise RlrpError(f"batch_size must be a whole number of images, at least 1; got {batch_size!r}")
+        self.model = explainer_model(model, output_name, masks, input_shapes, rule=rule, composite=composite,
                                      options=options)
         self.runtime = create_session(self.model, device)
         self.provider, self.notice = self.runtime.provider, self.runtime.notice
@@ -69,15 +78,19 @@ class Explainer:
         self.input_shape = list(image.shape)
         self.batch_size = fixed_batch(image) or batch_size
 
-    def explain(self, images: np.ndarray, targets: Sequence[int] | np.ndarray | None = None,
+    def explain(self, images: np.ndarray, targets: int | Sequence[int] | np.ndarray | None = None,
                 top_k: int | None = None) -> Explanations:
-        """Explain preprocessed ``images`` (N, …) for ``targets`` (one class per image, negative = top
-        class), or for each image's ``top_k`` best classes."""
+        """Explain preprocessed ``images`` (N, …) for ``targets`` (one class per image, or one for all;
+        negative = top class), or for each image's ``top_k`` best classes."""
         images = np.asarray(images)
+        if images.ndim == 0:
+            raise RlrpError(f"images must be an array (N, …) of preprocessed images, got {images!r}")
         if top_k is not None and targets is not None:
             raise RlrpError("give either targets or top_k, not both")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise RlrpError(f"top_k must be a whole number of classes, at least 1; got {top_k!r}")
+        if targets is not None:
+            targets = target_classes(targets, len(images), class_count(self.runtime))
         if len(images) == 0:  # nothing to run: empty results of the shapes a run would give
             ranks = () if top_k is None else (top_k,)
             return Explanations(np.zeros((0, *ranks, *images.shape[1:]), np.float32),
@@ -93,8 +106,6 @@ class Explainer:
 
     def _batched(self, images, targets, keep: str | None = None):
         """Run in batches; returns Explanations, or the output ``keep`` when given."""
-        if targets is not None:
-            targets = np.broadcast_to(np.asarray(targets, dtype=np.int64), (len(images),))
         parts = []
         for start in range(0, len(images), self.batch_size):
             chunk = slice(start, start + self.batch_size)

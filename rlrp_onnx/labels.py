@@ -8,8 +8,9 @@ from typing import Sequence
 from .errors import RlrpError
 
 
-def load_labels(path: str | os.PathLike) -> list[str]:
-    """Read class names, one per line (line i names class i); trailing blank lines are ignored."""
+def load_labels(path: str | os.PathLike, classes: int | None = None) -> list[str]:
+    """Read class names, one per line (line i names class i); trailing blank lines are ignored.
+    With ``classes`` (the model's number of classes), a file with another number of lines is refused."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8-sig") as file:
@@ -24,6 +25,8 @@ def load_labels(path: str | os.PathLike) -> list[str]:
         names.pop()
     if not names:
         raise RlrpError(f"labels file has no class names: {path}")
+    if classes is not None and len(names) != classes:
+        raise RlrpError(f"labels file {path} has {len(names)} lines but the model has {classes} classes")
     return names
 
 

@@ -17,6 +17,9 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
     """Return ``(model, label)`` for a path or a ModelProto; ``label`` names it in messages."""
     if isinstance(source, onnx.ModelProto):
         return source, "<model>"
+    if not isinstance(source, (str, os.PathLike)):
+        raise RlrpError("the model must be an ONNX file path or an onnx.ModelProto (onnx.load_from_string "
+                        f"reads serialized bytes), got {type(source).__name__}")
     path = Path(source)
     if not path.exists():
         raise RlrpError(f"{path}: no such file")

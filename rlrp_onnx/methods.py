@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import numbers
+from dataclasses import dataclass, field, fields
 from typing import Callable
+
+import numpy as np
 
 from .errors import RlrpError
 from .rules import RULES
@@ -17,7 +21,7 @@ CATEGORY = {"Conv": CONVOLUTION, "ConvTranspose": CONVOLUTION, "Gemm": DENSE, "M
 
 @dataclass(frozen=True)
 class Options:
-    """Rule parameters, with the defaults of shared/RLRP.md."""
+    """Rule parameters, with the defaults of shared/RLRP.md; all finite, ε > 0, γ, α and β >= 0."""
 
     epsilon: float = 1e-6
     gamma: float = 0.25
@@ -25,6 +29,13 @@ class Options:
     beta: float = 1.0
     low: object = None   # z^B input bounds: scalars or one value per channel
     high: object = None
+
+    def __post_init__(self):
+        for name in ("epsilon", "gamma", "alpha", "beta"):
+            value, positive = getattr(self, name), name == "epsilon"  # ε = 0 would be the lrp0 rule
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not (number and (value > 0 if positive else value >= 0)):
+                raise RlrpError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
 RULE_NAMES: dict[str, Callable[[Options], LayerRule]] = {
@@ -48,9 +59,18 @@ COMPOSITES: dict[str, Callable[[Options], dict[str, LayerRule]]] = {
 }
 
 
+BOUNDED = ("zbox", "epsilon_gamma_box")  # the rule and composite with a zbox layer: they need --low/--high
+
+
 def _bounds(options: Options):
     if options.low is None or options.high is None:
         raise RlrpError("the z^B (zbox) rule needs the input bounds: --low and --high")
+    try:
+        inverted = np.any(np.asarray(options.low, np.float64) > np.asarray(options.high, np.float64))
+    except ValueError:  # shapes that do not broadcast
+        raise RlrpError(f"the zbox bounds --low {options.low} and --high {options.high} differ in length") from None
+    if inverted:
+        raise RlrpError(f"the zbox bounds need --low <= --high, got {options.low} and {options.high}")
     return options.low, options.high
 
 
@@ -85,19 +105,27 @@ class Method:
         return {"rlrp.rule": self.name, **{f"rlrp.rule.{k}": v for k, v in sorted(described.items())}}
 
 
-def choose(rule: str = RLRP, composite: str | None = None, options: Options | None = None) -> Method:
-    """The method for ``rule`` (or ``composite``, which overrides it); RlrpError for unknown names."""
+def choose(rule: str | None = RLRP, composite: str | None = None, options: Options | None = None) -> Method:
+    """The method for ``rule`` (None: R-LRP) or ``composite``, which overrides it; RlrpError for unknown
+    names, and for an option set to a value none of the method's rules takes (it would be ignored)."""
     options = options or Options()
     if composite is not None:
         if composite not in COMPOSITES:
             raise RlrpError(f"unknown composite '{composite}': choose one of {', '.join(COMPOSITES)}")
-        return Method(composite, False, classical_rules(), by_category=_checked(COMPOSITES[composite], options))
-    if rule == RLRP:
-        return Method(RLRP, True, RULES)
-    if rule not in RULE_NAMES:
+        method = Method(composite, False, classical_rules(), by_category=_checked(COMPOSITES[composite], options))
+    elif rule in (None, RLRP):
+        method = Method(RLRP, True, RULES)
+    elif rule not in RULE_NAMES:
         raise RlrpError(f"unknown rule '{rule}': choose one of {', '.join([RLRP, *RULE_NAMES])}")
-    chosen = _checked(lambda o: {DENSE: RULE_NAMES[rule](o)}, options)[DENSE]
-    return Method(rule, False, classical_rules(), by_category={DENSE: chosen, CONVOLUTION: chosen})
+    else:
+        chosen = _checked(lambda o: {DENSE: RULE_NAMES[rule](o)}, options)[DENSE]
+        method = Method(rule, False, classical_rules(), by_category={DENSE: chosen, CONVOLUTION: chosen})
+    used = [r.params for r in method.by_category.values()]
+    given = {f.name: getattr(options, f.name) for f in fields(Options) if getattr(options, f.name) != f.default}
+    unused = [f"{name}={value}" for name, value in given.items() if not any(p.get(name) == value for p in used)]
+    if unused:
+        raise RlrpError(f"{method.name} does not use {', '.join(unused)}")
+    return method
 
 
 def _checked(make, options):

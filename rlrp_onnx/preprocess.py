@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -109,18 +110,21 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read a photo (PNG, JPEG, anything Pillow reads) as uint8 RGB, height × width × 3.
 
     EXIF orientation is applied; grayscale and palette images become RGB; transparent pixels are put
-    on white. Missing, unreadable, non-image or truncated files raise RlrpError naming the file.
+    on white. Missing, unreadable, non-image or truncated files, and images above Pillow's
+    ``Image.MAX_IMAGE_PIXELS``, raise RlrpError naming the file.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise RlrpError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # an error, not 2 raw lines
+            with Image.open(path) as image:
+                image.load()
+                return _to_rgb(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise RlrpError(f"not an image, or a format Pillow cannot read: {path}") from None
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise RlrpError(f"image too large to read safely: {path} ({error})") from None
     except OSError as error:
         if error.strerror:  # the file system refused: a folder, no permission, ...
@@ -155,10 +159,9 @@ def _is_fixed(dim) -> bool:
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale ("I" in older Pillow)
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if values.max(initial=0) > 255 else 255.0
-        gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        gray = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")

@@ -127,7 +127,7 @@ def run_explainer(
         overridable = {node.name for node in inference.get_overridable_initializers()}
         if TARGET_INPUT not in inputs and TARGET_INPUT not in overridable:
             raise RlrpError(f"the model has no input {TARGET_INPUT!r}, so a target class cannot be chosen")
-        feed[TARGET_INPUT] = _filled(_target_feed(targets, count, class_count(inference)), fixed)
+        feed[TARGET_INPUT] = _filled(target_classes(targets, count, class_count(inference)), fixed)
 
     device = "cuda" if isinstance(session, RuntimeSession) and session.provider == CUDA else None
     values = run_bound(inference, feed, output_names, device) if device else inference.run(output_names, feed)
@@ -290,13 +290,19 @@ def class_count(session: RuntimeSession | onnxruntime.InferenceSession) -> int |
     return shape[1] if shape is not None and len(shape) == 2 and isinstance(shape[1], int) else None
 
 
-def _target_feed(targets: int | Sequence[int] | np.ndarray, batch: int, classes: int | None) -> np.ndarray:
-    values = np.asarray(targets)
+def target_classes(targets: int | Sequence[int] | np.ndarray, count: int, classes: int | None) -> np.ndarray:
+    """``targets`` checked and as int64, one per image: integers (not bools), one for each of the
+    ``count`` images or a single one for all, each below ``classes`` (negative: the arg-max class)."""
+    try:
+        values = np.asarray(targets)
+    except ValueError:  # ragged nesting
+        values = np.asarray(targets, dtype=object)
+    integers = np.issubdtype(values.dtype, np.integer) or values.shape == (0,)  # [] for no images
+    if values.shape not in ((), (count,)) or not integers:
+        raise RlrpError(f"targets must be {count} integer class indices, one per image; got {values.tolist()!r}")
     if values.ndim == 0:
-        values = np.full(batch, values)
-    if values.shape != (batch,) or not np.issubdtype(values.dtype, np.integer):
-        raise RlrpError(f"targets must be {batch} integer class indices, one per image; got {values.tolist()}")
-    if classes is not None and values.max(initial=-1) >= classes:
+        values = np.full(count, values)
+    if classes is not None and values.size and values.max() >= classes:  # no max(initial=-1): unsigned dtypes
         raise RlrpError(f"target class {values.max()} does not exist: the model has {classes} classes "
                         f"(0 to {classes - 1}; a negative target means the top class)")
     return values.astype(np.int64)

@@ -77,10 +77,13 @@ def overlay_rgb(
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 H×W×3 (or H×W) array as a PNG, creating missing folders; RlrpError on failure."""
     path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
     image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         image.save(path, format="PNG")
+    except FileExistsError:  # makedirs: the folder's path is taken by a file
+        raise RlrpError(f"cannot write {path}: the output folder {folder} is a file") from None
     except OSError as error:
         raise RlrpError(f"cannot write {path}: {error.strerror or error}") from None
 

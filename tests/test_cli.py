@@ -12,9 +12,14 @@ import onnx
 import pytest
 from PIL import Image
 
+from onnx import TensorProto, helper
+
+from rlrp_onnx import RlrpError
 from rlrp_onnx.cli import DEMO_IMAGES, DEMO_MODEL, Progress
 from rlrp_onnx.contract import META_RULE, META_VERSION
+from rlrp_onnx.labels import load_labels
 
+from onnx_builders import make_model
 from test_errors import assert_one_line_error, run_cli
 
 
@@ -149,3 +154,125 @@ def test_compile_with_comparison_masks(tmp_path, capsys):
 def test_cli_usage_error_exits_non_zero():
     result = subprocess.run([sys.executable, "-m", "rlrp_onnx.cli", "compile"], capture_output=True, text=True)
     assert result.returncode != 0 and "usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+def tiny_cnn(tmp_path, bias=True, softmax=False):
+    """x [N, 3, 16, 16] → Conv → Relu → GlobalAveragePool → Gemm → logits [N, 5] (and their Softmax)."""
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "g": rng.normal(size=(5, 4)).astype(np.float32)}
+    if bias:
+        weights.update(b=rng.normal(size=4).astype(np.float32), gb=rng.normal(size=5).astype(np.float32))
+    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias else []), ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "g"] + (["gb"] if bias else []), ["logits"], transB=1)]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
+        outputs.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 5]))
+    path = tmp_path / "tiny.onnx"
+    onnx.save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                         outputs, weights), path)
+    return path
+
+
+def write_image(path, value=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8) if value is None else \
+        np.full((16, 16, 3), value, np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_labels_must_have_one_line_per_class(tmp_path, capsys):
+    model, image = tiny_cnn(tmp_path), write_image(tmp_path / "a.png")
+    labels = tmp_path / "classes.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(6)) + "\n\n")  # one too many (blank lines ignored)
+    code, _, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--labels", labels)
+    assert_one_line_error(code, err, "classes.txt has 6 lines but the model has 5 classes")
+    assert not (tmp_path / "o").exists()
+    labels.write_text("\n".join(f"class {i}" for i in range(5)))
+    code, out, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--labels", labels)
+    assert code == 0, err
+    assert re.search(r"a.png: class \d \(class \d\)", out)
+
+
+def test_labels_of_a_model_with_an_unknown_class_count_are_taken_as_they_are(tmp_path):
+    labels = tmp_path / "classes.txt"
+    labels.write_text("a\nb\nc\n")
+    assert load_labels(labels) == ["a", "b", "c"]
+    with pytest.raises(RlrpError, match="3 lines but the model has 2 classes"):
+        load_labels(labels, 2)
+
+
+@pytest.mark.parametrize("images, clash", [
+    (["dup/cat.png", "dup/cat.jpg"], ("dup/cat.jpg and ", "dup/cat.png", "cat_heatmap.png")),
+    (["dupa/x.png", "dupb/x.png"], ("dupa/x.png and ", "dupb/x.png", "x_heatmap.png")),
+])
+def test_images_whose_heatmaps_would_have_the_same_name_are_refused(tmp_path, capsys, images, clash):
+    for name in images:
+        write_image(tmp_path / name)
+    folders = sorted({str(tmp_path / name.split("/")[0]) for name in images})  # given as folders
+    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), *folders, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, *clash)
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_folder_listing_skips_subfolders_named_like_images(tmp_path, capsys):
+    write_image(tmp_path / "photos" / "b.png")
+    (tmp_path / "photos" / "sub.png").mkdir()
+    code, out, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), tmp_path / "photos", "--out", tmp_path / "o")
+    assert code == 0, err
+    assert out.count("->") == 1 and "b.png: class" in out
+
+
+def test_output_folder_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), write_image(tmp_path / "a.png"), "--out", blocker)
+    assert_one_line_error(code, err, f"the output folder {blocker} is a file")
+
+
+def test_conservation_with_a_zero_logit(tmp_path, capsys):
+    """A bias-free network on a black image: every total and the logit are 0, the ratios n/a."""
+    code, out, err = run_cli(capsys, "conservation", tiny_cnn(tmp_path, bias=False),
+                             write_image(tmp_path / "black.png", 0))
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert "logit 0, rule rlrp" in lines[0]
+    assert len(lines) > 3 and all(line.split()[-1] == "n/a" for line in lines[2:])
+
+
+def test_conservation_chooses_the_output(tmp_path, capsys):
+    model, image = tiny_cnn(tmp_path, softmax=True), write_image(tmp_path / "a.png")
+    code, _, err = run_cli(capsys, "conservation", model, image)
+    assert_one_line_error(code, err, "choose one with --output")
+    code, out, err = run_cli(capsys, "conservation", model, image, "--output", "logits")
+    assert code == 0, err
+    assert "rule rlrp" in out and out.strip().splitlines()[-1].startswith("input rlrp_relevance")
+
+
+@pytest.mark.parametrize("options, error", [
+    (["--rule", "epsilon", "--composite", "epsilon_plus"], "give either --rule or --composite, not both"),
+    (["--rule", "rlrp", "--composite", "epsilon_plus"], "give either --rule or --composite, not both"),
+    (["--rule", "rlrp", "--epsilon", "5"], "rlrp does not use epsilon=5.0"),
+    (["--gamma", "1"], "rlrp does not use gamma=1.0"),
+    (["--rule", "epsilon", "--epsilon", "0.1", "--gamma", "1"], "epsilon does not use gamma=1.0"),
+    (["--composite", "epsilon_alpha2_beta1", "--alpha", "3", "--beta", "2"],
+     "epsilon_alpha2_beta1 does not use alpha=3.0, beta=2.0"),  # its alpha and beta are fixed
+])
+def test_method_options_that_would_be_ignored_are_refused(tmp_path, capsys, options, error):
+    code, _, err = run_cli(capsys, "inspect", tiny_cnn(tmp_path), *options)
+    assert_one_line_error(code, err, error)
+
+
+@pytest.mark.parametrize("options, rule", [
+    (["--rule", "epsilon", "--epsilon", "0.1"], "epsilon(epsilon=0.1)"),
+    (["--composite", "epsilon_gamma_box", "--epsilon", "0.1", "--gamma", "0.5", "--low", "0", "--high", "1"],
+     "zbox(low=0.0, high=1.0)"),
+    (["--composite", "epsilon_alpha2_beta1", "--alpha", "2"], "alphabeta(alpha=2.0, beta=1.0)"),  # its own value
+])
+def test_method_options_that_are_used_are_taken(tmp_path, capsys, options, rule):
+    code, out, err = run_cli(capsys, "inspect", tiny_cnn(tmp_path), *options)
+    assert code == 0, err
+    assert rule in out

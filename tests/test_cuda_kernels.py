@@ -57,7 +57,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from rlrp_onnx import compile_model
-from rlrp_onnx.methods import COMPOSITES, RULE_NAMES, Options
+from rlrp_onnx.methods import BOUNDED, COMPOSITES, RULE_NAMES, Options
 
 from onnx_builders import dense_classifier, make_model
 
@@ -86,7 +86,8 @@ def _method_id(method) -> str:
 
 def _compile(model, method) -> onnx.ModelProto:
     rule, composite = method
-    return compile_model(model, rule=rule or "rlrp", composite=composite, options=ZBOX)
+    bounded = (composite or rule) in BOUNDED
+    return compile_model(model, rule=rule, composite=composite, options=ZBOX if bounded else None)
 
 
 # ---- the kernel table ----------------------------------------------------------------------------

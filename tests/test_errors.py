@@ -169,6 +169,121 @@ def test_dynamic_spatial_size_needs_input_shape(tmp_path, capsys):
     assert code == 0 and (tmp_path / "o.onnx").exists()
 
 
+def _dynamic_gap_model(tmp_path):
+    """image [N, 3, H, W] → GlobalAveragePool → Flatten → logits: its relevance scales with 1/(H·W)."""
+    model = make_model(
+        [helper.make_node("GlobalAveragePool", ["image"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["logits"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_pinned_sizes_are_declared_by_the_compiled_model(tmp_path):
+    """A size pinned by input_shapes is fixed in the compiled model's input: the relevance pass is built
+    for it, and at another size it would be silently wrong (scaled by the ratio of the areas)."""
+    from rlrp_onnx import Explainer
+
+    path = _dynamic_gap_model(tmp_path)
+    compiled = compile_model(path, input_shapes={"image": [1, 3, 5, 5]})
+    dims = compiled.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, 5, 5]
+    assert [d.dim_param for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim] == ["N", "", "H", "W"]
+    explainer = Explainer(compiled, device="cpu")
+    x = np.random.default_rng(0).random((2, 3, 5, 5), dtype=np.float32)
+    result = explainer.explain(x)
+    assert np.allclose(result.relevance.sum(axis=(1, 2, 3)), result.scores, rtol=1e-5)
+    with pytest.raises(RlrpError, match="does not fit input 'image'"):
+        explainer.explain(np.ones((1, 3, 7, 7), np.float32))
+
+
+@pytest.mark.parametrize("shape, fragments", [
+    ("1,3,0,5", ["whole sizes >= 1"]),
+    ("1,3,-5,5", ["whole sizes >= 1"]),
+    ("1,1,5,5", ["declared [?, 3, ?, ?]", "differs on axes [1]"]),
+    ("zz=1,3,5,5", ["no float input named 'zz'", "float inputs: image"]),
+])
+def test_bad_input_shapes(tmp_path, capsys, shape, fragments):
+    path = _dynamic_gap_model(tmp_path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx", "--input-shape", shape)
+    assert_one_line_error(code, err, "dyn.onnx", *fragments)
+
+
+def test_explain_and_conservation_take_the_input_shape(tmp_path, capsys):
+    from PIL import Image
+
+    path, image = _dynamic_gap_model(tmp_path), tmp_path / "photo.png"
+    Image.fromarray(np.full((9, 9, 3), 200, np.uint8)).save(image)
+    code, _, err = run_cli(capsys, "explain", path, image, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "dyn.onnx", "--input-shape")
+    code, out, err = run_cli(capsys, "explain", path, image, "--out", tmp_path / "out", "--input-shape", "1,3,5,5")
+    assert code == 0, err
+    assert (tmp_path / "out" / "photo_heatmap.png").exists()
+    code, out, err = run_cli(capsys, "conservation", path, image, "--input-shape", "1,3,5,5")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].split()[-1] == "1"  # a mean pool conserves the logit
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx", "--input-shape", "1,3,a,b")
+    assert_one_line_error(code, err, "--input-shape takes [NAME=]N,C,H,W", "'1,3,a,b'")
+
+
+def test_a_compiled_model_keeps_its_rule_and_parameters(tmp_path, capsys, dense_path):
+    from rlrp_onnx import Explainer
+
+    compiled = tmp_path / "eps.onnx"
+    assert run_cli(capsys, "compile", dense_path, "-o", compiled, "--rule", "epsilon", "--epsilon", "0.1")[0] == 0
+    explainer = Explainer(compiled, device="cpu")
+    meta = {p.key: p.value for p in explainer.model.metadata_props}
+    assert meta["rlrp.rule"] == "epsilon" and meta["rlrp.rule.dense"] == "epsilon(epsilon=0.1)"
+    with pytest.raises(RlrpError, match="already compiled with 'epsilon'"):
+        Explainer(compiled, rule="rlrp", device="cpu")
+    from rlrp_onnx.methods import Options
+    with pytest.raises(RlrpError, match="already compiled with its rule's parameters"):
+        Explainer(compiled, options=Options(epsilon=0.2), device="cpu")
+    with pytest.raises(RlrpError, match="input shapes apply to a source model"):
+        Explainer(compiled, input_shapes={"x": [1, 6]}, device="cpu")
+
+
+def test_compiling_a_compiled_model_is_refused(tmp_path, capsys, dense_path):
+    compiled = tmp_path / "c.onnx"
+    assert run_cli(capsys, "compile", dense_path, "-o", compiled)[0] == 0
+    code, out, err = run_cli(capsys, "compile", compiled, "-o", tmp_path / "cc.onnx")
+    assert_one_line_error(code, err, "c.onnx", "already compiled", "compile the source model")
+    assert not out
+
+
+def test_contract_names_taken_by_the_source_are_refused(tmp_path, capsys):
+    model = dense_classifier()
+    model.graph.node[-1].output[0] = model.graph.output[0].name = "rlrp_score"
+    path = tmp_path / "taken.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "taken.onnx", "already has tensors named rlrp_score")
+
+
+def test_zbox_bounds_must_fit_the_layers_they_apply_to(tmp_path, capsys, dense_path):
+    """dense_classifier: the first Gemm reads 6 features, the second 8. Per-feature bounds fit the first
+    layer only: with zbox on every layer they are refused; as the first-layer rule of a composite they
+    compile."""
+    bounds = ["--low", ",".join(["0"] * 6), "--high", ",".join(["1"] * 6)]
+    code, _, err = run_cli(capsys, "compile", dense_path, "-o", tmp_path / "o.onnx", "--rule", "zbox", *bounds)
+    assert_one_line_error(code, err, "dense.onnx", "zbox bounds", "(8 channels)")
+    code, _, _ = run_cli(capsys, "compile", dense_path, "-o", tmp_path / "o.onnx",
+                         "--composite", "epsilon_gamma_box", *bounds)
+    assert code == 0
+    code, _, err = run_cli(capsys, "compile", dense_path, "-o", tmp_path / "o.onnx",
+                           "--composite", "epsilon_gamma_box", "--low", "0,0", "--high", "1,1")
+    assert_one_line_error(code, err, "dense.onnx", "zbox bounds", "(6 channels)")
+
+
+def test_expose_takes_one_tensor_name(dense_path):
+    compiled = compile_model(dense_path, expose="a")
+    assert "rlrp_relevance/a" in [o.name for o in compiled.graph.output]
+    with pytest.raises(RlrpError, match=r"cannot expose relevance at \['bogus'\]"):
+        compile_model(dense_path, expose="bogus")
+
+
 def test_python_api_raises_rlrp_error(tmp_path):
     with pytest.raises(RlrpError, match="no such file"):
         compile_model(tmp_path / "absent.onnx")

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from rlrp_onnx import Explainer, RlrpError, compile_model
@@ -81,6 +80,27 @@ def test_api_errors(explainer, photos):
         explainer.explain(photos, targets=[1, 2, 1000, 3, 4, 5])
     with pytest.raises(RlrpError, match="already compiled with 'rlrp'"):
         Explainer(explainer.model, rule="epsilon")
+
+
+def test_bad_targets_batch_size_and_model():
+    """Checked up front with one-line errors (targets were cast: 1.7 ran as class 1)."""
+    from onnx_builders import dense_classifier
+
+    model = dense_classifier(classes=4)
+    tiny, rows = Explainer(model, device="cpu", batch_size=2), np.ones((3, 6), np.float32)
+    assert tiny.explain(rows, 2).classes.tolist() == [2, 2, 2]
+    for targets in ([1.7, 2.9, 0.5], ["1", "2", "3"], [True, False, True], [1, 2], [3], [[1], [2], [3]]):
+        with pytest.raises(RlrpError, match="targets must be 3 integer class indices, one per image"):
+            tiny.explain(rows, targets)
+    for batch_size in (0, 2.5, "4", True):
+        with pytest.raises(RlrpError, match="batch_size must be a whole number of images, at least 1"):
+            Explainer(model, device="cpu", batch_size=batch_size)
+    with pytest.raises(RlrpError, match="ONNX file path or an onnx.ModelProto .*, got bytes$"):
+        Explainer(model.SerializeToString(), device="cpu")
+    with pytest.raises(RlrpError, match="ONNX file path or an onnx.ModelProto .*, got bytes$"):
+        compile_model(model.SerializeToString())
+    with pytest.raises(RlrpError, match="images must be an array"):
+        tiny.explain(None)
 
 
 def test_masks_form_of_source_and_compiled_models(explainer, photos):

@@ -1,6 +1,7 @@
 """Preprocessing: reading photos, presets, resizing, normalisation and layout."""
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -41,10 +42,31 @@ def test_load_jpeg_and_png_give_uint8_rgb(tmp_path, chelsea):
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16"])
 def test_other_modes_become_rgb(tmp_path, chelsea, mode):
     source = Image.fromarray(chelsea)
-    image = source.convert("L").convert("I;16") if mode == "I;16" else source.convert(mode)
+    if mode == "I;16":  # the photo's gray levels over the 16-bit range
+        image = Image.fromarray((np.asarray(source.convert("L"), np.uint16) * 257).astype(np.uint16))
+    else:
+        image = source.convert(mode)
     loaded = load_image(save(tmp_path, "cat.png", image))
     assert loaded.dtype == np.uint8 and loaded.shape == chelsea.shape
     assert 60 < loaded.mean() < 200  # not black or blown out
+
+
+def test_16_bit_brightness_follows_the_mode_not_the_content(tmp_path):
+    """Constant 16-bit images of 255 and 256 are both nearly black (the range is 65535 for both)."""
+    dark = [load_image(save(tmp_path, f"g{v}.png", Image.fromarray(np.full((4, 4), v, np.uint16)))) for v in (255, 256)]
+    assert Image.open(tmp_path / "g255.png").mode.startswith("I")
+    assert (dark[0] == 1).all() and (dark[1] == 1).all()
+    assert (load_image(save(tmp_path, "white.png", Image.fromarray(np.full((4, 4), 65535, np.uint16)))) == 255).all()
+
+
+def test_image_above_pillows_warning_size_is_one_clear_error(tmp_path, monkeypatch):
+    """Pillow warns (two raw lines on stderr) above MAX_IMAGE_PIXELS, refuses above twice that: both refused."""
+    path = save(tmp_path, "big.png", Image.new("RGB", (12, 12)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: a warning, not yet an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning still escaping fails the test
+        with pytest.raises(RlrpError, match="too large to read safely: .*big.png"):
+            load_image(path)
 
 
 def test_transparent_pixels_are_white(tmp_path):

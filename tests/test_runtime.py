@@ -135,6 +135,23 @@ def test_run_explainer_rejects_bad_batches_and_targets(weights, images):
         run_explainer(runtime, images, targets=[0, 5, -1])
 
 
+@pytest.mark.parametrize("targets", [[1.7, 2.9, 0.0], ["1", "2", "3"], [True, False, True], True, 2.0,
+                                     [1, 2], [1, 2, 3, 4], [[1], [2], [3]], [[1], [2, 3], [4]]])
+def test_target_classes_are_integers_one_per_image(targets):
+    with pytest.raises(RlrpError, match=r"^targets must be 3 integer class indices, one per image; got "):
+        runtime.target_classes(targets, 3, N_CLASSES)
+
+
+def test_target_classes_as_int64():
+    """One int applies to all images; numpy integers of any width, unsigned too, are range-checked."""
+    assert runtime.target_classes(np.int32(4), 3, N_CLASSES).tolist() == [4, 4, 4]
+    got = runtime.target_classes(np.array([0, 4, 1], np.uint8), 3, N_CLASSES)
+    assert got.dtype == np.int64 and got.tolist() == [0, 4, 1]
+    assert runtime.target_classes([], 0, N_CLASSES).shape == (0,)
+    with pytest.raises(RlrpError, match="target class 9223372036854775809 does not exist"):
+        runtime.target_classes(np.array([2**63 + 1, 1], np.uint64), 2, N_CLASSES)
+
+
 def test_class_count_from_the_explained_output(weights):
     """The named explained output's class axis; nothing when the model does not name it (the range
     check is then left to the model)."""

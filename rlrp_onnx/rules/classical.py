@@ -89,6 +89,12 @@ def zbox(low, high) -> LayerRule:
     return LayerRule("zbox", (Group(parts),), params={"low": low, "high": high})
 
 
+def bounds_fit(rule: LayerRule, channels) -> bool:
+    """Whether ``rule``'s input bounds (zbox's low and high: one value, or one per channel of axis 1) fit
+    a layer input with ``channels`` channels."""
+    return all(np.size(rule.params[key]) in (1, channels) for key in ("low", "high") if key in rule.params)
+
+
 def flat() -> LayerRule:
     return LayerRule("flat", (Group((Part("ones", "ones", None),)),))
 

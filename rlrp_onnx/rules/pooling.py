@@ -123,7 +123,7 @@ def _first_winners(ctx, node):
     emit, x = ctx.emit, node.inputs[0]
     window = _window(ctx, node)
     in_spatial, out_spatial = ctx.spatial(x), ctx.spatial(node.outputs[0])
-    rank, axes = len(in_spatial), list(range(2, 2 + len(in_spatial)))
+    axes = list(range(2, 2 + len(in_spatial)))
     spans = [(o - 1) * s + 1 for o, s in zip(out_spatial, window.strides)]
     ends = [max(span + (k - 1) * d - b - n, 0) for span, k, d, b, n in zip(
         spans, window.kernel, window.dilations, window.pads_begin, in_spatial)]
