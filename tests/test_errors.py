@@ -156,13 +156,7 @@ def test_unwritable_output_and_source_untouched(tmp_path, capsys, dense_path):
 
 
 def test_dynamic_spatial_size_needs_input_shape(tmp_path, capsys):
-    model = make_model(
-        [helper.make_node("GlobalAveragePool", ["image"], ["p"]),
-         helper.make_node("Flatten", ["p"], ["logits"])],
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
-    path = tmp_path / "dyn.onnx"
-    onnx.save(model, path)
+    path = _dynamic_gap_model(tmp_path)
     code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
     assert_one_line_error(code, err, "dyn.onnx", "'image'", "--input-shape")
     code, out, _ = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx", "--input-shape", "1,3,5,5")
