@@ -280,6 +280,57 @@ class VGGBNGelu(VGG16Like):
         init_deterministic(self, seed)
 
 
+# ---- SENet's squeeze-excitation: Linear gates reshaped and broadcast before the product ---------------
+
+class SENetLike(nn.Module):
+    """Conv blocks whose squeeze-excitation is SENet's reference form: mean → Linear → ReLU → Linear →
+    gate → view(N, C, 1, 1) (→ expand_as(x)) → x · gate; Sigmoid in one block, Hardsigmoid in the other."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.se1 = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 8), nn.Sigmoid())
+        self.se2 = nn.Sequential(nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 16), nn.Hardsigmoid())
+        self.fc = nn.Linear(16, num_classes)
+        init_deterministic(self, seed)
+
+    @staticmethod
+    def _excite(x, se, expand):
+        gate = se(x.mean((2, 3))).view(x.shape[0], x.shape[1], 1, 1)
+        return x * (gate.expand_as(x) if expand else gate)
+
+    def forward(self, x):
+        x = self._excite(torch.relu(self.conv1(x)), self.se1, expand=False)
+        x = self._excite(torch.relu(self.conv2(x)), self.se2, expand=True)
+        return self.fc(x.mean((2, 3)))
+
+
+# ---- attention weights from a Softmax, as gates ----------------------------------------------------
+
+class AttentionLike(nn.Module):
+    """A conv block weighted by a spatial attention map (1x1 Conv → Softmax over positions → view) and
+    by channel attention (mean → Linear → Softmax over channels → [:, :, None, None]), then pooled."""
+
+    input_shape = (3, 12, 12)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.where, self.spatial = nn.Conv2d(8, 1, 1), nn.Softmax(dim=-1)
+        self.which, self.channels = nn.Linear(8, 8), nn.Softmax(dim=1)
+        self.fc = nn.Linear(8, num_classes)
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        f = torch.relu(self.conv(x))
+        n, _, h, w = f.shape
+        spatial = self.spatial(self.where(f).flatten(2)).view(n, 1, h, w)
+        channels = self.channels(self.which(f.mean((2, 3))))[:, :, None, None]
+        return self.fc((f * spatial * channels).sum((2, 3)))
+
+
 FAMILIES: dict[str, ModelSpec] = {
     "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
     "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
@@ -287,6 +338,8 @@ FAMILIES: dict[str, ModelSpec] = {
     "inception_like": ModelSpec(InceptionLike, InceptionLike.input_shape),
     "squeezenet_like": ModelSpec(SqueezeNetLike, SqueezeNetLike.input_shape),
     "vgg_bn_gelu": ModelSpec(VGGBNGelu, VGGBNGelu.input_shape),
+    "senet_like": ModelSpec(SENetLike, SENetLike.input_shape),
+    "attention_like": ModelSpec(AttentionLike, AttentionLike.input_shape),
 }
 
 

@@ -3,8 +3,8 @@ R-LRP equals input × gradient with the gates held constant.
 
 ``detached_gates(model)`` is a context manager: while it is active, forward hooks make
 
-* every ``nn.Sigmoid`` / ``nn.Hardsigmoid`` module a gate: its output is detached (use it on models
-  where these modules only gate, e.g. squeeze-excitation);
+* every ``nn.Sigmoid`` / ``nn.Hardsigmoid`` / ``nn.Softmax`` module a gate: its output is detached (use
+  it on models where these modules only gate, e.g. squeeze-excitation, attention weights);
 * every gated activation ``y = x·g(x)`` — ``nn.SiLU`` (g = sigmoid), ``nn.Hardswish`` (g = hardsigmoid),
   ``nn.GELU`` (g = Φ, exact or tanh form), ``nn.Mish`` (g = tanh∘softplus) — return the same value with
   gradient ``g(x)``: ``y.detach() + (x − x.detach())·g(x).detach()``.
@@ -34,7 +34,7 @@ GATED = {
     nn.GELU: _gelu_gate,
     nn.Mish: lambda m, x: torch.tanh(F.softplus(x)),
 }
-GATES = (nn.Sigmoid, nn.Hardsigmoid)
+GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
 
 
 def _hook(module, inputs, output):

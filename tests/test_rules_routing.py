@@ -9,13 +9,15 @@ input × gradient for the exported modules.
 from __future__ import annotations
 
 import numpy as np
+import onnx.numpy_helper
 import pytest
 import torch
 import torch.nn.functional as F
 from onnx import helper
 from torch import nn
 
-from rlrp_onnx.contract import RELEVANCE_OUTPUT
+from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT
 
 from exporting import EXPORTERS, export_onnx
 from oracle import input_times_gradient, relative_l2_error
@@ -67,6 +69,7 @@ ROUTING = {
         [node("Transpose", ["x"], ["t"], perm=[1, 2, 0, 3]), node("GatherND", ["t", "i"], ["g"]),
          node("Transpose", ["g"], ["h"], perm=[1, 0, 2])],
         {"i": ints(0, 1, 2, 3, 0, 1).reshape(3, 2)}, 13),
+    "neg": ([node("Neg", ["x"], ["h"])], {}, 13),
     "where_broadcast_condition": (
         [node("Mul", ["x", "m2"], ["x2"]), node("Where", ["c", "x", "x2"], ["h"])],
         {"c": np.array([True, False, True, True]).reshape(1, 4, 1), "m2": np.float32(-2.0)}, 13),
@@ -104,6 +107,8 @@ RESIZE = {
                             {"scales": np.asarray([1.5, 2.0], np.float32)}, 18),
     "linear_antialias_down_opset18": resize("linear", "half_pixel", [1, 1, 0.5, 0.6], opset=18, antialias=1),
     "linear_half_pixel_symmetric_opset19": resize("linear", "half_pixel_symmetric", [1, 1, 1.5, 2.5], opset=19),
+    "linear_scales_opset11": ([node("Resize", ["x", "roi", "scales"], ["h"], mode="linear")],  # roi required
+                              {"roi": np.zeros(0, np.float32), "scales": np.asarray([1, 1, 2, 1.5], np.float32)}, 11),
 }
 
 
@@ -111,6 +116,34 @@ RESIZE = {
 def test_resize(case):
     nodes, inits, opset = RESIZE[case]
     check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+def test_resize_to_a_size_shape_inference_cannot_see_is_refused():
+    """torch's opset-11 export of interpolate(size=...): sizes = Concat(Shape(x)[:2], [h, w]), which ONNX
+    shape inference does not see through at Resize-11; the relevance rule cannot know the resized axes
+    (it passed relevance through unchanged) and must refuse."""
+    nodes = [node("Shape", ["x"], ["s"]), node("Slice", ["s", "zero", "two"], ["nc"]),
+             node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             node("Resize", ["x", "none", "none", "sizes"], ["h"], mode="linear")]  # roi, scales required at 11
+    inits = {"zero": ints(0), "two": ints(2), "hw": ints(6, 7), "none": np.zeros(0, np.float32)}
+    with pytest.raises(RlrpError, match="Resize to a size computed at run time .* opset >= 13"):
+        compile_model(head_model(nodes, X_SHAPE, h_shape=(3, 6, 7), initializers=inits, opset=11))
+
+
+def test_softmax_inside_the_network_only_as_a_gate():
+    """A Softmax that gates a product gets no relevance (RLRP.md: gates held constant); one whose output
+    is used otherwise would need a rule R-LRP does not define: refused, naming it."""
+    model = head_model([node("Softmax", ["x"], ["w"], axis=1), node("Mul", ["x", "w"], ["h"])], X_SHAPE)
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    out, _ = compiled(model, x, [1, -1, 3])
+    w = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    weights = next(t for t in model.graph.initializer if t.name == "W")
+    rows = onnx.numpy_helper.to_array(weights)[out[CLASS_OUTPUT]].reshape(x.shape)
+    assert out[CLASS_OUTPUT][[0, 2]].tolist() == [1, 3]
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * w * rows, rtol=1e-5, atol=1e-7)  # w held constant
+    summed = [node("Softmax", ["x"], ["w"], axis=1, name="attention"), node("Add", ["x", "w"], ["h"])]
+    with pytest.raises(RlrpError, match="attention .Softmax: Softmax inside the network is supported only as a gate"):
+        compile_model(head_model(summed, X_SHAPE))
 
 
 def test_resize_nearest_is_routed_without_matmul():

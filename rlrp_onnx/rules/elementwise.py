@@ -7,6 +7,7 @@ import numpy as np
 from .registry import LINEAR, rule
 
 GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
+RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose"}  # move values, change none
 
 
 @rule("Add", "Sum", kind=LINEAR)
@@ -28,8 +29,44 @@ def sub(ctx, node, rho):
 
 
 def _is_gate(ctx, tensor) -> bool:
+    """Whether ``tensor`` is a gate's output, also reshaped or broadcast on the way (SENet's
+    Sigmoid → view(N, C, 1, 1) → expand_as(x))."""
     producer = ctx.producer(tensor)
+    while producer is not None and producer.op in RESHAPING:
+        producer = ctx.producer(producer.inputs[0])
     return producer is not None and producer.op in GATES
+
+
+def _only_gates(ctx, tensor) -> bool:
+    """Whether every reader of ``tensor`` (through reshaping ops) is a product in which it is the gate and
+    the other operand is data and no gate: relevance then never reaches it."""
+    for reader in ctx.readers(tensor):
+        if reader.op in RESHAPING:
+            if not _only_gates(ctx, reader.outputs[0]):
+                return False
+            continue
+        others = [t for t in reader.inputs if t is not tensor]
+        if reader.op != "Mul" or len(others) != 1 or not ctx.is_data(others[0]) or _is_gate(ctx, others[0]):
+            return False
+    return True
+
+
+def _softmax_check(ctx, node):
+    if not _only_gates(ctx, node.outputs[0]):
+        return "Softmax inside the network is supported only as a gate (its output multiplies a data tensor)"
+    return None
+
+
+@rule("Softmax", check=_softmax_check)
+def softmax(ctx, node, rho):
+    """A gate, held constant by the product it gates (``mul``): no relevance reaches it (``_softmax_check``)."""
+    return {}
+
+
+@rule("Neg", kind=LINEAR)
+def neg(ctx, node, rho):
+    """rho_x = −rho_y."""
+    return {0: ctx.emit.op("Neg", [rho[0]])}
 
 
 @rule("Mul", kind=LINEAR)

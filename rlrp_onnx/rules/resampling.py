@@ -38,6 +38,9 @@ def _axis_params(ctx, node):
         kind, values = next(iter(constant.items()))
         axes = [a % rank for a in node.attrs.get("axes", range(rank))]
         pairs = zip(axes, values.tolist())
+    elif len(shape_out) != rank or not all(isinstance(d, int) for d in shape_out[1:]):
+        return ("Resize to a size computed at run time that shape inference cannot determine is not supported "
+                "(torch's opset-11 export of interpolate(size=...); export with opset >= 13)")
     else:  # a dynamic (batch) axis is taken to be copied from x, as Shape(x) feeds it
         kind, pairs = "sizes", [(a, d) for a, d in enumerate(shape_out) if isinstance(d, int)]
     params = {}
@@ -76,16 +79,17 @@ def _matrix(attrs: tuple, opset: int, rank: int, axis: int, size_in: int, kind: 
     if kind == "scales":
         control = np.ones(rank, dtype=np.float32)
         control[axis] = value
-        names = ["x", "", "control"]
+        names = ["x", "roi", "control"]
     else:
         control = np.array(shape, dtype=np.int64)
         control[axis] = value
-        names = ["x", "", "", "control"]
+        names = ["x", "roi", "", "control"]
     node = helper.make_node("Resize", names, ["y"], **dict(attrs))
+    roi = np.zeros(0, np.float32)  # unused (no tf_crop_and_resize), but Resize-11 requires the input
     graph = helper.make_graph(
         [node], "basis", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(control, "control")])
+        initializer=[numpy_helper.from_array(control, "control"), numpy_helper.from_array(roi, "roi")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 8)
     options = ort.SessionOptions()
