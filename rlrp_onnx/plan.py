@@ -64,7 +64,8 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
             raise RlrpError(f"{label}: no output holds class scores [N, K] (outputs: {described})")
         if len(chosen) > 1:
             names = ", ".join(t.name for t in chosen)
-            raise RlrpError(f"{label}: several outputs could be class scores ({names}); choose one with --output (output_name= in Python)")
+            raise RlrpError(f"{label}: several outputs could be class scores ({names}); "
+                            "choose one with --output (output_name= in Python)")
     output = chosen[0]
     if not _is_scores(output):
         raise RlrpError(f"{label}: output '{output.name}' is not class scores [N, K] ({described})")
