@@ -13,6 +13,7 @@ from .loading import load_model
 from .methods import RLRP, Method, Options, choose
 from .passes import canonicalize, float_inputs
 from .passes.batchnorm import fold_batchnorm
+from .passes.layer_bias import fold_layer_constants
 from .plan import analyse, make_plan
 from .weightless import weightless
 
@@ -107,7 +108,7 @@ def plan_model(source: onnx.ModelProto, label: str, method: Method, output_name:
         raise RlrpError(f"{label}: the model has no float32 input to explain")
     graph = canonicalize(source, label, input_shapes)
     if not method.relative:
-        fold_batchnorm(graph)
+        fold_batchnorm(fold_layer_constants(graph))
     inputs = [t for t in graph.inputs if t.name in {i.name for i in float_inputs(source)}]
     planner = make_plan if check else analyse
     return planner(graph, label, inputs, method, output_name), method

@@ -222,3 +222,57 @@ def test_classical_rules_keep_the_source_graph(tmp_path):
     source_nodes = [n.SerializeToString() for n in model.graph.node]
     assert [n.SerializeToString() for n in compiled.graph.node[:len(source_nodes)]] == source_nodes
     assert isinstance(compiled, onnx.ModelProto)
+
+
+# ---- one layer, several spellings: the rule sees W and b together (RLRP.md: "Conv, Gemm, MatMul+bias")
+
+LAYER_SPELLINGS = {  # name → (x shape, nodes, initializers), (reference nodes, initializers): same map
+    "matmul_add_as_gemm": (
+        (2, 6),
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["h"])],
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h"])]),
+    "conv_add_per_channel_as_bias": (
+        (2, 3, 5, 5),
+        [helper.make_node("Conv", ["x", "k"], ["z"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["c", "z"], ["h"])],
+        [helper.make_node("Conv", ["x", "k", "b"], ["h"], pads=[1, 1, 1, 1])]),
+    "gemm_alpha_beta_into_constants": (
+        (2, 6),
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h"], alpha=-1.0, beta=0.5)],
+        [helper.make_node("Gemm", ["x", "minus_w", "half_b"], ["h"])]),
+}
+
+
+def _network(x_shape, nodes, inits, width):
+    rng = np.random.default_rng(12)
+    head = {"w2": rng.normal(size=(4, width)).astype(np.float32)}
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape[1:]])
+    return make_model(list(nodes) + [helper.make_node("Relu", ["h"], ["a"]),
+                                     helper.make_node("Flatten", ["a"], ["f"]),
+                                     helper.make_node("Gemm", ["f", "w2"], ["logits"], transB=1)],
+                      [x_info], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                      {**inits, **head})
+
+
+@pytest.mark.parametrize("spelling", list(LAYER_SPELLINGS))
+@pytest.mark.parametrize("method", [{"rule": r} for r in RULES] + [{"composite": "epsilon_gamma_box"}],
+                         ids=lambda m: next(iter(m.values())))
+def test_a_layer_is_one_layer_however_it_is_spelled(spelling, method):
+    """A dense layer written MatMul + Add (skl2onnx, tf2onnx), a bias-free Conv + a per-channel Add, and a
+    Gemm with alpha/beta give the relevance of the plain layer with its bias: the rule modifies W and b
+    together (they went through the rule apart, the Add as an ε-step: zplus was off by 100%)."""
+    x_shape, nodes, reference = LAYER_SPELLINGS[spelling]
+    rng = np.random.default_rng(13)
+    if len(x_shape) == 2:
+        w, b = rng.normal(size=(6, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)
+        inits = {"w": w, "b": b}
+        ref_inits = {"w": w, "b": b} if spelling.startswith("matmul") else {"minus_w": -w, "half_b": 0.5 * b}
+        width = 8
+    else:
+        k, b = rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+        inits, ref_inits, width = {"k": k, "c": b.reshape(1, 4, 1, 1)}, {"k": k, "b": b}, 4 * 25
+    options = Options(low=-3.0, high=3.0) if method in ({"rule": "zbox"}, {"composite": "epsilon_gamma_box"}) \
+        else RULES[method["rule"]][0] if "rule" in method else None
+    x = rng.normal(size=x_shape).astype(np.float32)
+    out, _ = explain(_network(x_shape, nodes, inits, width), x, [1, -1], options=options, **method)
+    expected, _ = explain(_network(x_shape, reference, ref_inits, width), x, [1, -1], options=options, **method)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-4, atol=1e-6)
