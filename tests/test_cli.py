@@ -188,7 +188,8 @@ def test_labels_must_have_one_line_per_class(tmp_path, capsys):
     model, image = tiny_cnn(tmp_path), write_image(tmp_path / "a.png")
     labels = tmp_path / "classes.txt"
     labels.write_text("\n".join(f"class {i}" for i in range(6)) + "\n\n")  # one too many (blank lines ignored)
-    code, _, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--labels", labels)
+    code, _, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--labels", labels,
+                           "--device", "cpu")
     assert_one_line_error(code, err, "classes.txt has 6 lines but the model has 5 classes")
     assert not (tmp_path / "o").exists()
     labels.write_text("\n".join(f"class {i}" for i in range(5)))
@@ -213,7 +214,7 @@ def test_images_whose_heatmaps_would_have_the_same_name_are_refused(tmp_path, ca
     for name in images:
         write_image(tmp_path / name)
     folders = sorted({str(tmp_path / name.split("/")[0]) for name in images})  # given as folders
-    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), *folders, "--out", tmp_path / "o")
+    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), *folders, "--out", tmp_path / "o", "--device", "cpu")
     assert_one_line_error(code, err, *clash)
     assert not (tmp_path / "o").exists()  # refused before anything is written
 
@@ -229,7 +230,8 @@ def test_folder_listing_skips_subfolders_named_like_images(tmp_path, capsys):
 def test_output_folder_that_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("")
-    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), write_image(tmp_path / "a.png"), "--out", blocker)
+    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), write_image(tmp_path / "a.png"), "--out", blocker,
+                           "--device", "cpu")
     assert_one_line_error(code, err, f"the output folder {blocker} is a file")
 
 

@@ -210,7 +210,7 @@ def test_explain_and_conservation_take_the_input_shape(tmp_path, capsys):
 
     path, image = _dynamic_gap_model(tmp_path), tmp_path / "photo.png"
     Image.fromarray(np.full((9, 9, 3), 200, np.uint8)).save(image)
-    code, _, err = run_cli(capsys, "explain", path, image, "--out", tmp_path / "out")
+    code, _, err = run_cli(capsys, "explain", path, image, "--out", tmp_path / "out", "--device", "cpu")
     assert_one_line_error(code, err, "dyn.onnx", "--input-shape")
     code, out, err = run_cli(capsys, "explain", path, image, "--out", tmp_path / "out", "--input-shape", "1,3,5,5")
     assert code == 0, err
