@@ -12,7 +12,7 @@ from .errors import RlrpError
 from .methods import Method
 from .rules.classical import bounds_fit
 
-TRAILING = {"Softmax", "LogSoftmax"}
+TRAILING = {"Softmax", "LogSoftmax", "Sigmoid"}  # at the output: the explained logit is their input
 
 
 @dataclass
@@ -73,8 +73,8 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
 
 
 def logits_of(output: gs.Variable) -> gs.Variable:
-    """The pre-softmax scores: the input of a trailing Softmax/LogSoftmax (seen through Identity, as
-    skl2onnx writes it), else the output itself."""
+    """The pre-activation scores: the input of a trailing Softmax/LogSoftmax/Sigmoid (seen through
+    Identity, as skl2onnx writes it), else the output itself."""
     producer = output.inputs[0] if output.inputs else None
     while producer is not None and producer.op == "Identity" and producer.inputs[0].inputs:
         producer = producer.inputs[0].inputs[0]
@@ -118,6 +118,11 @@ def make_plan(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Me
               output_name: str | None = None) -> Plan:
     """Plan the relevance pass; raise one RlrpError listing every node no rule covers."""
     plan = analyse(graph, label, inputs, method, output_name)
+    unknown = [t.name for n in plan.nodes for t in n.outputs if plan.context.is_data(t) and t.shape is None]
+    if unknown:
+        raise RlrpError(f"{label}: ONNX shape inference cannot tell the shape of {len(unknown)} tensor(s) relevance "
+                        f"crosses ({', '.join(unknown[:3])}{', …' if len(unknown) > 3 else ''}): a reshape to a "
+                        "size computed at run time it does not follow (exporting with a newer opset may avoid it)")
     gaps = [f"{node.name or '<unnamed>'} ({node.op}: {reason})"
             for node in plan.nodes if (reason := gap(plan.context, node))]
     if gaps:

@@ -239,6 +239,25 @@ def test_a_compiled_model_keeps_its_rule_and_parameters(tmp_path, capsys, dense_
         Explainer(compiled, input_shapes={"x": [1, 6]}, device="cpu")
 
 
+def test_shapes_shape_inference_cannot_tell_are_refused(tmp_path, capsys):
+    """tf2onnx's Flatten below opset 17: Reshape(r, Concat(Shape(r)[0:1], [K])), which ONNX shape inference
+    does not follow through Slice there; the rules need the shapes (it crashed with a TypeError)."""
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Shape", ["r"], ["s"]),
+         helper.make_node("Slice", ["s", "zero", "one", "zero"], ["n"]),
+         helper.make_node("Concat", ["n", "flat"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["r", "shape"], ["f"]),
+         helper.make_node("MatMul", ["f", "w"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        {"zero": np.array([0]), "one": np.array([1]), "flat": np.array([18]),
+         "w": np.ones((18, 4), np.float32)}, opset=13)
+    path = tmp_path / "flat13.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "flat13.onnx", "shape inference cannot tell the shape", "crosses (f)")
+
+
 def test_compiling_a_compiled_model_is_refused(tmp_path, capsys, dense_path):
     compiled = tmp_path / "c.onnx"
     assert run_cli(capsys, "compile", dense_path, "-o", compiled)[0] == 0

@@ -265,3 +265,22 @@ def test_lrn_denominator_held_constant(size):
     reference = x * lrn_factor(x, size, 0.05, 0.75, 2.0) * rho
     assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], reference) < TOLERANCE)
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+@pytest.mark.parametrize("trailing", ["Sigmoid", "Softmax", "LogSoftmax"])
+def test_a_trailing_activation_is_skipped(trailing):
+    """RLRP.md: the explained quantity is the logit before a trailing Softmax/LogSoftmax; a trailing
+    Sigmoid (a multi-label head) likewise, not the identity rule on the probability (which scaled the
+    relevance by sigmoid(z)/z and gave the probability as the score)."""
+    from onnx_builders import dense_classifier
+
+    plain = dense_classifier()
+    activated = onnx.ModelProto()
+    activated.CopyFrom(plain)
+    activated.graph.node[-1].output[0] = "z"
+    activated.graph.node.append(node(trailing, ["z"], ["logits"]))
+    x = np.random.default_rng(8).standard_normal((3, 6)).astype(np.float32)
+    expected, _ = compiled(plain, x)
+    out, _ = compiled(activated, x)
+    np.testing.assert_allclose(out["rlrp_score"], expected["logits"].max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)

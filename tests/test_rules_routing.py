@@ -70,6 +70,9 @@ ROUTING = {
          node("Transpose", ["g"], ["h"], perm=[1, 0, 2])],
         {"i": ints(0, 1, 2, 3, 0, 1).reshape(3, 2)}, 13),
     "neg": ([node("Neg", ["x"], ["h"])], {}, 13),
+    "slice_batch_to_tf2onnx_end": (  # tf2onnx writes "to the end" as 10**9, also on the dynamic batch axis
+        [node("Slice", ["x", "s", "e", "a", "st"], ["h"])], {"s": ints(0, 1), "e": ints(10**9, 10**9),
+                                                            "a": ints(0, 2), "st": ints(1, 2)}, 13),
     "where_broadcast_condition": (
         [node("Mul", ["x", "m2"], ["x2"]), node("Where", ["c", "x", "x2"], ["h"])],
         {"c": np.array([True, False, True, True]).reshape(1, 4, 1), "m2": np.float32(-2.0)}, 13),
@@ -146,6 +149,22 @@ def test_softmax_inside_the_network_only_as_a_gate():
         compile_model(head_model(summed, X_SHAPE))
 
 
+def test_softmax_reshaped_into_the_scores_is_no_gate():
+    """tf2onnx's head Conv1x1 → Softmax → Reshape: the Softmax feeds only the graph output. Taken for a
+    gate it gave zero relevance and the probability as the score; it must be refused instead."""
+    w = np.random.default_rng(6).standard_normal((4, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [node("Gemm", ["x", "w"], ["z"], transB=1), node("Unsqueeze", ["z", "axes"], ["z4"]),
+         node("Softmax", ["z4"], ["p4"], axis=1, name="head_softmax"), node("Flatten", ["p4"], ["probs"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["N", 4])],
+        initializer=[onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(ints(2, 3), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(RlrpError, match="head_softmax .Softmax: Softmax inside the network is supported only as"):
+        compile_model(model)
+
+
 def test_resize_nearest_is_routed_without_matmul():
     nodes, inits, opset = RESIZE["nearest_asymmetric_floor_x2"]
     model = head_model(nodes, X_SHAPE, initializers=inits, opset=opset)
@@ -169,6 +188,23 @@ CONV_TRANSPOSE = {
 @pytest.mark.parametrize("case", list(CONV_TRANSPOSE))
 def test_conv_transpose(case):
     nodes, inits, opset = CONV_TRANSPOSE[case]
+    check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+def conv(weight_shape, seed=7, **attrs):
+    w = np.random.default_rng(seed).standard_normal(weight_shape).astype(np.float32)
+    return [node("Conv", ["x", "w"], ["h"], **attrs)], {"w": w}, 17
+
+
+CONV = {  # adjoints whose end rows need output_padding >= stride (ONNX Runtime refuses that ConvTranspose)
+    "dilated_begin_pad_above_end": conv((4, 3, 3, 1), dilations=[2, 1], pads=[2, 0, 1, 0]),
+    "stride2_dilation3": conv((4, 3, 2, 2), strides=[2, 1], dilations=[3, 1], pads=[2, 0, 0, 0]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV))
+def test_conv_adjoint_geometry(case):
+    nodes, inits, opset = CONV[case]
     check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
 
 

@@ -39,8 +39,12 @@ def _is_gate(ctx, tensor) -> bool:
 
 def _only_gates(ctx, tensor) -> bool:
     """Whether every reader of ``tensor`` (through reshaping ops) is a product in which it is the gate and
-    the other operand is data and no gate: relevance then never reaches it."""
-    for reader in ctx.readers(tensor):
+    the other operand is data and no gate: relevance then never reaches it. (Not a graph output: a
+    Softmax reshaped into the scores is no gate.)"""
+    readers = ctx.readers(tensor)
+    if not readers or tensor in ctx.graph.outputs:
+        return False
+    for reader in readers:
         if reader.op in RESHAPING:
             if not _only_gates(ctx, reader.outputs[0]):
                 return False

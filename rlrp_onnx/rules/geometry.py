@@ -71,7 +71,7 @@ class Window:
 
         The adjoint scatters each output position over its window (full positions −p_begin …). Its
         pads are symmetric, since ONNX Runtime's CUDA provider runs asymmetric ones on the CPU:
-        the begin pad on both sides where ``output_padding`` (< max(stride, dilation)) can give back
+        the begin pad on both sides where ``output_padding`` (< stride) can give back
         what the end pad should not have cut, else a smaller pad and a cut at the start. Rows past
         the last window never received anything: zeros.
         """
@@ -79,7 +79,7 @@ class Window:
         for size, out, k, s, d, p in zip(in_spatial, out_spatial, self.kernel, self.strides,
                                           self.dilations, self.pads_begin):
             extent = (out - 1) * s + (k - 1) * d + 1
-            limit = max(s, d) - 1
+            limit = s - 1  # ONNX Runtime refuses output_padding >= stride (whatever the dilation)
             missing = size - (extent - 2 * p)   # rows the symmetric pad p would cut too many at the end
             q = p if missing <= limit else max(p - missing, 0)
             extra = min(max(size - (extent - p - q), 0), limit)

@@ -95,7 +95,7 @@ def split(ctx, node, rho):
 
 # ---- Slice ---------------------------------------------------------------------------------------
 
-FULL = 2**31 - 1  # an end at or past this is "to the end" (exporters write INT32_MAX or INT64_MAX)
+FULL = 10**9  # an end at or past this is "to the end" (exporters write INT32_MAX, INT64_MAX; tf2onnx 10**9)
 
 
 def _slice_spec(ctx, node):
