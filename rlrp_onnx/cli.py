@@ -16,7 +16,6 @@ DEMO_MODEL = REPO_MODELS / "efficientnet_lite0.onnx"
 DEMO_LABELS = REPO_MODELS / "imagenet_classes.txt"
 DEMO_IMAGES = REPO_MODELS / "images"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-RULE_PARAMETERS = ("epsilon", "gamma", "alpha", "beta", "low", "high")
 
 
 def _ints(text: str) -> list[int]:
@@ -50,11 +49,13 @@ def _input_shapes(values: list[str] | None) -> dict | None:
 def _method_args(args) -> dict:
     """``compile_model`` keywords for the rule options (unset: the rules' defaults; an option the chosen
     rules do not take is refused by ``methods.choose``); RlrpError for --rule with --composite."""
+    from dataclasses import fields
+
     from .methods import Options
 
     if args.rule and args.composite:
         raise RlrpError("give either --rule or --composite, not both")
-    given = {name: getattr(args, name) for name in RULE_PARAMETERS if getattr(args, name) is not None}
+    given = {f.name: getattr(args, f.name) for f in fields(Options) if getattr(args, f.name) is not None}
     given.update({name: _bound(given[name]) for name in ("low", "high") if name in given})
     return {"rule": args.rule, "composite": args.composite, "options": Options(**given)}
 

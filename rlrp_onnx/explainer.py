@@ -43,6 +43,12 @@ def explainer_model(model, output_name: str | None = None, masks: str | None = N
                          input_shapes=input_shapes, **method)
 
 
+def _check_count(value, name: str, unit: str) -> None:
+    """RlrpError unless ``value`` is a whole number (not a bool) of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise RlrpError(f"{name} must be a whole number of {unit}, at least 1; got {value!r}")
+
+
 class Explanations(NamedTuple):
     """Relevance shaped like the images (with a K axis after N for ``top_k``), classes and scores."""
 
@@ -66,8 +72,7 @@ class Explainer:
     def __init__(self, model, rule: str | None = None, composite: str | None = None, options: Options | None = None,
                  device: str = "auto", batch_size: int = 8, output_name: str | None = None,
                  masks: str | None = None, input_shapes: dict[str, list[int]] | None = None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise RlrpError(f"batch_size must be a whole number of images, at least 1; got {batch_size!r}")
+        _check_count(batch_size, "batch_size", "images")
         self.model = explainer_model(model, output_name, masks, input_shapes, rule=rule, composite=composite,
                                      options=options)
         self.runtime = create_session(self.model, device)
@@ -87,8 +92,8 @@ class Explainer:
             raise RlrpError(f"images must be an array (N, …) of preprocessed images, got {images!r}")
         if top_k is not None and targets is not None:
             raise RlrpError("give either targets or top_k, not both")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-            raise RlrpError(f"top_k must be a whole number of classes, at least 1; got {top_k!r}")
+        if top_k is not None:
+            _check_count(top_k, "top_k", "classes")
         if targets is not None:
             targets = target_classes(targets, len(images), class_count(self.runtime))
         if len(images) == 0:  # nothing to run: empty results of the shapes a run would give

@@ -30,12 +30,18 @@ def fold_batchnorm(graph: gs.Graph) -> gs.Graph:
         shape = [-1] + [1] * (weights.ndim - 1)
         folded_w = (weights * factor.reshape(shape)).astype(weights.dtype)
         folded_b = ((bias - mean) * factor + shift).astype(weights.dtype)
-        x, y = layer.inputs[0], bn.outputs[0]
-        layer.inputs.clear()
-        layer.inputs.extend([x, gs.Constant(f"{layer.name}_bn_weight", folded_w),
-                             gs.Constant(f"{layer.name}_bn_bias", folded_b)])
-        layer.outputs.clear()
-        bn.outputs.clear()
-        layer.outputs.append(y)
+        absorb(layer, bn, [layer.inputs[0], gs.Constant(f"{layer.name}_bn_weight", folded_w),
+                           gs.Constant(f"{layer.name}_bn_bias", folded_b)])
     graph.cleanup().toposort()
     return graph
+
+
+def absorb(layer: gs.Node, follower: gs.Node, inputs: list) -> None:
+    """``layer`` reads ``inputs`` and writes ``follower``'s output, which is left without outputs (for
+    ``graph.cleanup()`` to remove): a fold of ``follower`` into ``layer``."""
+    y = follower.outputs[0]
+    layer.inputs.clear()
+    layer.inputs.extend(inputs)
+    layer.outputs.clear()
+    follower.outputs.clear()
+    layer.outputs.append(y)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .batchnorm import absorb
+
 
 def fold_layer_constants(graph: gs.Graph) -> gs.Graph:
     """``Add(Conv(x, W[, b]), c)`` with ``c`` constant per channel → ``Conv(x, W, b + c)``;
@@ -49,16 +51,6 @@ def _channel_vector(bias: np.ndarray, rank: int, channels: int, axis: int) -> np
     return np.broadcast_to(full.reshape(-1), (channels,))
 
 
-def _rewire(layer: gs.Node, add: gs.Node, inputs: list) -> None:
-    """``layer`` reads ``inputs`` and writes the Add's output; the Add is left without outputs."""
-    y = add.outputs[0]
-    layer.inputs.clear()
-    layer.inputs.extend(inputs)
-    layer.outputs.clear()
-    add.outputs.clear()
-    layer.outputs.append(y)
-
-
 def _into_conv(conv: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
     weights = conv.inputs[1]
     old = conv.inputs[2] if len(conv.inputs) > 2 and conv.inputs[2].name else None
@@ -69,8 +61,8 @@ def _into_conv(conv: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
     if vector is None:
         return
     total = vector + (old.values if old is not None else 0)
-    _rewire(conv, add, [conv.inputs[0], weights,
-                        gs.Constant(f"{conv.name}_add_bias", total.astype(weights.values.dtype))])
+    folded = gs.Constant(f"{conv.name}_add_bias", total.astype(weights.values.dtype))
+    absorb(conv, add, [conv.inputs[0], weights, folded])
 
 
 def _into_gemm(matmul: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
@@ -81,4 +73,5 @@ def _into_gemm(matmul: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
     if vector is None:
         return
     matmul.op = "Gemm"
-    _rewire(matmul, add, [x, weights, gs.Constant(f"{matmul.name}_add_bias", vector.astype(weights.values.dtype))])
+    folded = gs.Constant(f"{matmul.name}_add_bias", vector.astype(weights.values.dtype))
+    absorb(matmul, add, [x, weights, folded])
