@@ -1,8 +1,8 @@
 """A small Keras classifier converted by tf2onnx, with its oracle; run as a script in its own process
 (TensorFlow is kept out of the pytest process, which holds torch).
 
-``python tests/keras_model.py OUT_DIR`` writes ``OUT_DIR/keras.onnx`` (input ``image`` NHWC
-[N, 32, 32, 3], output ``softmax``) and ``OUT_DIR/reference.npz`` with ``x`` (3 samples), ``classes``
+``python tests/keras_model.py OUT_DIR`` writes ``OUT_DIR/keras.onnx`` (opset 17; input ``image`` NHWC
+[N, 32, 32, 3], output ``softmax``), ``OUT_DIR/keras_opset13.onnx`` (the same model at opset 13) and ``OUT_DIR/reference.npz`` with ``x`` (3 samples), ``classes``
 (the arg-max) and ``relevance``: input × gradient of the pre-softmax logit in TensorFlow, computed on a
 twin of the model (same weights) whose gates are wrapped in ``stop_gradient`` (shared/RLRP.md, "An exact
 oracle").
@@ -76,8 +76,9 @@ def main(out_dir: str) -> None:
     twin.set_weights(model.get_weights())
 
     spec = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="image"),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
-    onnx.save(proto, os.path.join(out_dir, "keras.onnx"))
+    for opset, name in ((17, "keras.onnx"), (13, "keras_opset13.onnx")):
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+        onnx.save(proto, os.path.join(out_dir, name))
 
     x = tf.constant(rng.standard_normal((3, 32, 32, 3)).astype(np.float32))
     with tf.GradientTape() as tape:

@@ -315,14 +315,16 @@ def test_no_attribute_fallbacks_to_cpu(emitted):
 # ---- other opsets --------------------------------------------------------------------------------
 
 def conv_classifier(opset: int) -> onnx.ModelProto:
-    """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → Slice of 3 of 4 channels → MaxPool 2x2/2 →
+    """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → Slice of 3 of 4 channels → MaxPool 3x3/1 pad 1
+    (overlapping windows: routed differently below opset 16, from 16 and from 22) → MaxPool 2x2/2 →
     AveragePool 2x2/2 → Flatten → Gemm (the Slice's adjoint pads with zeros)."""
     rng = np.random.default_rng(0)
     return make_model(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
          helper.make_node("Relu", ["c"], ["all"]),
          helper.make_node("Slice", ["all", "starts", "ends", "axes"], ["r"]),
-         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("MaxPool", ["r"], ["o"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("MaxPool", ["o"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("AveragePool", ["p"], ["q"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("Flatten", ["q"], ["f"]),
          helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1)],

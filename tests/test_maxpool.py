@@ -1,6 +1,6 @@
 """MaxPool relevance where windows tie: each window's relevance goes to its first winner, as in torch's
-(and ONNX Runtime's) max-pool gradient, whether windows overlap or not, at opsets 17 and 22 and (disjoint
-windows only) opset 15; a Relu read only by MaxPools has its mask applied at the pooled resolution.
+(and ONNX Runtime's) max-pool gradient, whether windows overlap or not, at opsets 11, 17 and 22; a Relu
+read only by MaxPools has its mask applied at the pooled resolution.
 
 Ties are made on purpose: the images are piecewise constant, so a convolution gives equal outputs all
 over a flat patch, positive (bias > 0) or zero (cut by the Relu).
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx import compile_model
 
 from oracle import input_times_gradient
 from test_rule_configs import compare, export
@@ -74,36 +74,45 @@ def check(model, x, path) -> None:
     compare(compile_model(path), path, input_times_gradient(model, x, targets), x, targets, TOLERANCE)
 
 
-@pytest.mark.parametrize("opset", [17, 22])
+def stamped(path, opset: int) -> onnx.ModelProto:
+    """The model at ``path`` declared at ``opset`` (17 to 22 give every op it holds the same meaning)."""
+    model = onnx.load(path)
+    model.opset_import[0].version, model.ir_version = opset, 10
+    return model
+
+
+@pytest.mark.parametrize("opset", [11, 17, 22])
 @pytest.mark.parametrize("side", [False, True], ids=["pools_only", "relu_read_elsewhere"])
 @pytest.mark.parametrize("pool", list(POOLS.values()), ids=list(POOLS))
 def test_ties_go_to_the_first_winner(tmp_path, pool, side, opset):
-    """Windows that tile the input route by cells at both opsets; the others at opset 17 through MaxPool's
-    indices, at 22 through ArgMax over the windows' cells (no MaxPool: ONNX Runtime's CUDA provider has
-    no MaxPool-22 kernel); exported at 17, stamped 22 (same meaning)."""
-    model, x, path = exported(tmp_path, pool, side)
-    if opset != 17:
-        stamped = onnx.load(path)
-        stamped.opset_import[0].version, stamped.ir_version = opset, 10
-        onnx.save(stamped, path)
+    """Windows that tile the input route by cells at every opset; the others at opset 17 through
+    MaxPool's indices, at 22 through ArgMax over the windows' cells (no MaxPool: ONNX Runtime's CUDA
+    provider has no MaxPool-22 kernel), at 11 (no summing scatter) overlapping windows through that
+    ArgMax and a one-hot Conv's adjoint; exported at 11 and 17, stamped 22."""
+    model, x, path = exported(tmp_path, pool, side, opset=min(opset, 17))
+    if opset > 17:
+        onnx.save(stamped(path, opset), path)
     y = torch.relu(model.conv1(torch.from_numpy(x))).detach().numpy()
     assert np.mean(y[:, :, 4:-4, 4:-4] == np.roll(y, 1, axis=3)[:, :, 4:-4, 4:-4]) > 0.4  # ties exist
     check(model, x, path)
 
 
-@pytest.mark.parametrize("opset", [17, 22])
+@pytest.mark.parametrize("opset", [11, 17, 22])
 def test_tiling_windows_route_by_cells(tmp_path, opset):
     """No MaxPool with Indices, no ArgMax (but the explained class's) and no scatter where the windows
-    tile the input (also with rows left over); the scatter stays for windows that overlap or pad."""
+    tile the input (also with rows left over); the scatter stays for windows that pad, and for windows
+    that overlap from opset 16 on."""
     for name, pool in POOLS.items():
-        _, _, path = exported(tmp_path, pool)
-        stamped = onnx.load(path)
-        stamped.opset_import[0].version, stamped.ir_version = opset, 10
-        source_nodes = len(stamped.graph.node)
-        ops = Counter(n.op_type for n in compile_model(stamped).graph.node[source_nodes:])
+        _, _, path = exported(tmp_path, pool, opset=min(opset, 17))
+        source = stamped(path, opset) if opset > 17 else onnx.load(path)
+        ops = Counter(n.op_type for n in compile_model(source).graph.node[len(source.graph.node):])
         routing = {op for op in ("MaxPool", "ScatterElements") if ops[op]} | ({"ArgMax"} if ops["ArgMax"] > 1 else set())
-        tiles = name.startswith("disjoint") and not pool.get("ceil_mode")
-        assert routing == (set() if tiles else {"MaxPool" if opset < 22 else "ArgMax", "ScatterElements"}), name
+        if name.startswith("disjoint") and not pool.get("ceil_mode"):
+            assert routing == set(), name
+        elif opset < 16 and name.startswith("overlapping"):
+            assert routing == {"ArgMax"}, name
+        else:
+            assert routing == {"MaxPool" if opset < 22 else "ArgMax", "ScatterElements"}, name
 
 
 def test_relu_mask_moves_to_the_pooled_output(tmp_path):
@@ -116,14 +125,3 @@ def test_relu_mask_moves_to_the_pooled_output(tmp_path):
     steps = {n.input[0] for n in nodes if n.op_type == "HardSigmoid"}  # Emitter.step: Conv, HardSigmoid
     masked = {n.input[0] for n in nodes if n.op_type == "Greater" or (n.op_type == "Conv" and n.output[0] in steps)}
     assert not masked & relu_outputs and pool_outputs <= masked
-
-
-def test_disjoint_windows_need_opset_11_only(tmp_path):
-    model, x, path = exported(tmp_path, POOLS["disjoint_2x2"], opset=15)
-    check(model, x, path)
-
-
-def test_overlapping_windows_need_opset_16(tmp_path):
-    _, _, path = exported(tmp_path, POOLS["overlapping_3x3_s2_pad1"], opset=15)
-    with pytest.raises(RlrpError, match="MaxPool with overlapping windows needs opset >= 16"):
-        compile_model(path)

@@ -14,24 +14,30 @@ from .gelu import recognise_gelu
 from .hard_sigmoid import recognise_hard_sigmoid
 from .names import unique_node_names
 from .pad_into_conv import pad_into_conv
+from .reshape_targets import pin_reshape_targets
 from .sequence import split_to_sequence
 from .static_shapes import float_inputs, pin_input_shapes
 
 MIN_OPSET = 11
+UPGRADE_OPSET = 13  # the opset the refusal of older files suggests converting them to
 
 
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
-    """Pin input shapes, infer shapes, simplify and fold constants, infer again, recognise decomposed
-    activations (GELU, hard sigmoid) and fold zero Pads into the Convs they feed; the source is not
-    modified."""
+    """Pin input shapes, infer shapes, simplify and fold constants, infer again (and again after making
+    Reshape targets computed from the batch size constants), recognise decomposed activations (GELU,
+    hard sigmoid) and fold zero Pads into the Convs they feed; the source is not modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
-        raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}")
+        raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}, or "
+                        f"convert the file with onnx.version_converter.convert_version(model, {UPGRADE_OPSET})")
     model = copy.deepcopy(model)
     pin_input_shapes(model, label, input_shapes)
     graph = gs.import_onnx(infer_shapes(model, label))
-    model = gs.export_onnx(split_to_sequence(fold_constants(castlike_to_cast(graph))), do_type_check=False)
-    graph = gs.import_onnx(infer_shapes(model, label))
+    graph = split_to_sequence(fold_constants(castlike_to_cast(graph)))
+    while True:
+        graph = gs.import_onnx(infer_shapes(gs.export_onnx(graph, do_type_check=False), label))
+        if not pin_reshape_targets(graph):
+            break
     for simplify in (recognise_gelu, recognise_hard_sigmoid, pad_into_conv):  # only planned, never run
         graph = simplify(graph)
     return unique_node_names(graph)

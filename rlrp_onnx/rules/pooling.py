@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ..ir import NO_CUDA_MAX_POOL
 from .geometry import Window
 from .linear import ones_kernel, window_adjoint
 from .registry import LINEAR, rule
+
+SCATTER_ADDS = 16  # the opset from which ScatterElements can sum (reduction="add")
 
 
 def _window(ctx, node):
@@ -75,8 +78,6 @@ def reduce(ctx, node, rho):
 def _maxpool_check(ctx, node):
     if int(node.attrs.get("storage_order", 0)) != 0:
         return "MaxPool with storage_order=1 is not supported"
-    if ctx.emit.opset < 16 and not _window(ctx, node).disjoint:
-        return f"MaxPool with overlapping windows needs opset >= 16 (model has {ctx.emit.opset})"
     return None
 
 
@@ -91,7 +92,8 @@ def relu_masked_by_pools(ctx, relu) -> bool:
 @rule("MaxPool", check=_maxpool_check)
 def max_pool(ctx, node, rho):
     """Each output's rho goes to the input position that won its window: where the windows tile the input,
-    by ``_route_by_cells``; else scattered to ONNX's ``Indices`` (from opset NO_CUDA_MAX_POOL on, to
+    by ``_route_by_cells``; where they overlap below opset 16 (ScatterElements cannot add there), by
+    ``_route_by_kernel``; else scattered to ONNX's ``Indices`` (from opset NO_CUDA_MAX_POOL on, to
     ``_first_winners``), summed where windows overlap."""
     emit, x = ctx.emit, node.inputs[0]
     r = rho[0]
@@ -100,6 +102,8 @@ def max_pool(ctx, node, rho):
         r = emit.gate(r, node.outputs[0], low=0.0)
     if _tiles(ctx, node):
         return {0: _route_by_cells(ctx, node, r)}
+    if emit.opset < SCATTER_ADDS and not _window(ctx, node).disjoint:
+        return {0: _route_by_kernel(ctx, node, r)}
     if emit.opset >= NO_CUDA_MAX_POOL:  # per (sample, channel) row: positions within it
         rows, cells = [-1, int(np.prod(ctx.spatial(x)))], [-1, int(np.prod(ctx.spatial(node.outputs[0])))]
         indices, axis = _first_winners(ctx, node), 1
@@ -115,11 +119,29 @@ def max_pool(ctx, node, rho):
     return {0: emit.reshape_like(routed, x)}
 
 
-def _first_winners(ctx, node):
-    """For each MaxPool output, the position of its window's first maximum within its (sample, channel)
-    plane of the input, row-major: the input padded with −inf, one strided Slice per kernel cell, stacked,
-    ArgMax (the first maximum), the cell turned into a position by constant tables. No MaxPool, whose
-    CUDA kernel ONNX Runtime lacks from opset NO_CUDA_MAX_POOL on."""
+def _route_by_kernel(ctx, node, r):
+    """``r`` routed to each window's first maximum (``_winning_cells``) without a scatter: per kernel
+    cell, ``r`` where that cell won, stacked as ``channels × cells`` channels; the adjoint of the grouped
+    Conv that takes each window's cells out of x (one-hot kernels) puts every share at its cell of the
+    input, summing where windows overlap."""
+    emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
+    window, channels = _window(ctx, node), int(ctx.shape(x)[1])
+    cells, rank = int(np.prod(window.kernel)), len(window.kernel)
+    numbers = emit.const(np.arange(cells).reshape(1, 1, cells, *[1] * rank), np.int64)
+    won = emit.op("Cast", [emit.op("Equal", [emit.unsqueeze(_winning_cells(ctx, node), [2]), numbers])],
+                  {"to": onnx.TensorProto.FLOAT})
+    shares = emit.op("Reshape", [emit.mul(won, emit.unsqueeze(r, [2])),
+                                 emit.ints([0, channels * cells, *ctx.spatial(y)])])
+    one_hot = np.eye(cells, dtype=np.float32).reshape(1, cells, 1, *window.kernel)
+    copies = emit.op("Expand", [emit.const(one_hot), emit.ints([channels, *one_hot.shape[1:]])], early=True)
+    kernels = emit.op("Reshape", [copies, emit.ints([channels * cells, 1, *window.kernel])], early=True)
+    kernels.shape, kernels.dtype = [channels * cells, 1, *window.kernel], np.float32
+    return window_adjoint(ctx, shares, kernels, window, x, y, channels)
+
+
+def _winning_cells(ctx, node):
+    """For each MaxPool output, the kernel cell (row-major) holding its window's first maximum: the input
+    padded with −inf, one strided Slice per kernel cell, stacked, ArgMax (the first maximum)."""
     emit, x = ctx.emit, node.inputs[0]
     window = _window(ctx, node)
     in_spatial, out_spatial = ctx.spatial(x), ctx.spatial(node.outputs[0])
@@ -128,13 +150,23 @@ def _first_winners(ctx, node):
     ends = [max(span + (k - 1) * d - b - n, 0) for span, k, d, b, n in zip(
         spans, window.kernel, window.dilations, window.pads_begin, in_spatial)]
     padded = emit.pad(x, [0, 0, *window.pads_begin, 0, 0, *ends], value=-np.inf)
-    offsets = list(np.ndindex(*window.kernel))
     cells = []
-    for offset in offsets:
+    for offset in np.ndindex(*window.kernel):
         starts = [t * d for t, d in zip(offset, window.dilations)]
         cell = emit.slice(padded, starts, [a + span for a, span in zip(starts, spans)], axes, list(window.strides))
         cells.append(emit.unsqueeze(cell, [2]))
-    winner = emit.op("ArgMax", [emit.op("Concat", cells, {"axis": 2})], {"axis": 2, "keepdims": 0})
+    return emit.op("ArgMax", [emit.op("Concat", cells, {"axis": 2})], {"axis": 2, "keepdims": 0})
+
+
+def _first_winners(ctx, node):
+    """For each MaxPool output, the position of its window's first maximum within its (sample, channel)
+    plane of the input, row-major: the winning cell (``_winning_cells``) turned into a position by
+    constant tables. No MaxPool, whose CUDA kernel ONNX Runtime lacks from opset NO_CUDA_MAX_POOL on."""
+    emit, x = ctx.emit, node.inputs[0]
+    window = _window(ctx, node)
+    in_spatial, out_spatial = ctx.spatial(x), ctx.spatial(node.outputs[0])
+    offsets = list(np.ndindex(*window.kernel))
+    winner = _winning_cells(ctx, node)
     step = np.cumprod([1, *in_spatial[:0:-1]])[::-1]  # of each spatial axis in the row-major plane
     shift = [sum(t * d * st for t, d, st in zip(offset, window.dilations, step)) for offset in offsets]
     grids = np.meshgrid(*[np.arange(o) * s - b for o, s, b in zip(out_spatial, window.strides, window.pads_begin)],

@@ -1,0 +1,96 @@
+"""Reshape targets computed from the batch size at run time (``x.view(x.size(0), -1)``) become constants.
+
+ONNX shape inference follows such a target (Shape → Gather → Unsqueeze → Concat) only for Reshape-14
+and later; below that the reshaped tensor has no shape and the relevance path cannot be planned. On the
+planning graph only (the compiled model keeps the source's Reshape), a target whose value is known up
+to one symbolic size is rewritten as a constant with -1 in that size's place: for any input the source
+Reshape accepts, both give the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def pin_reshape_targets(graph: gs.Graph) -> int:
+    """Replace each computed Reshape target that ``_value`` can evaluate by a constant; the number
+    replaced (shape inference then may know more shapes, and so more targets)."""
+    pinned = 0
+    for node in graph.nodes:
+        if node.op != "Reshape" or isinstance(node.inputs[1], gs.Constant) or node.attrs.get("allowzero", 0) \
+                or _known(node.outputs[0].shape):
+            continue
+        value = _value(node.inputs[1])
+        target = None if value is None or value.ndim != 1 else _constant_target(list(value), node.inputs[0].shape)
+        if target is not None:
+            node.inputs[1] = gs.Constant(f"{node.outputs[0].name}_target", np.array(target, np.int64))
+            pinned += 1
+    graph.cleanup()
+    return pinned
+
+
+def _value(tensor) -> np.ndarray | None:
+    """The value of a shape-like integer tensor as an object array of ints and symbolic sizes (names),
+    or None when it is not computed from shapes and constants by the ops below."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values.astype(object) if tensor.values.dtype.kind in "iu" else None
+    if len(tensor.inputs) != 1:
+        return None
+    node = tensor.inputs[0]
+    if node.op == "Shape":
+        shape = node.inputs[0].shape
+        if not _known(shape):
+            return None
+        return np.array(list(shape), dtype=object)[node.attrs.get("start", 0):node.attrs.get("end", None)]
+    values = [_value(t) for t in node.inputs]
+    if any(v is None for v in values):
+        return None
+    if node.op in ("Cast", "Identity"):
+        return values[0]
+    if node.op == "Gather" and node.attrs.get("axis", 0) == 0 and _ints(values[1]):
+        return np.array(np.take(values[0], values[1].astype(np.int64), axis=0), dtype=object)
+    if node.op == "Concat" and all(v.ndim == 1 for v in values):
+        return np.concatenate(values)
+    if node.op == "Unsqueeze" and values[0].ndim == 0:
+        return values[0].reshape(1)
+    if node.op == "Squeeze" and values[0].shape == (1,):
+        return values[0].reshape(())
+    if node.op == "Slice" and values[0].ndim == 1 and all(v.size == 1 and _ints(v) for v in values[1:]):
+        start, end, *rest = (int(v.reshape(-1)[0]) for v in values[1:])
+        if rest[:1] not in ([], [0], [-1]):
+            return None
+        return values[0][slice(start, end, rest[1] if len(rest) > 1 else 1)]
+    return None
+
+
+def _known(shape) -> bool:
+    return shape is not None and all(d is not None for d in shape)
+
+
+def _ints(value: np.ndarray) -> bool:
+    return all(not isinstance(v, str) for v in value.reshape(-1))
+
+
+def _constant_target(target: list, data_shape) -> list[int] | None:
+    """``target`` (ints and symbolic sizes) as Reshape constants, or None: zeros copy the data's size,
+    a -1 is worked out when the symbolic sizes on both sides cancel, and one symbolic size left
+    becomes -1."""
+    if (0 in target or -1 in target) and not _known(data_shape):
+        return None
+    target = [data_shape[i] if isinstance(size, int) and size == 0 and i < len(data_shape) else size
+              for i, size in enumerate(target)]
+    symbols = [size for size in target if isinstance(size, str)]
+    known = [int(size) for size in target if not isinstance(size, str) and size != -1]
+    if -1 in target:
+        data_symbols = [d for d in data_shape if isinstance(d, str)]
+        total = math.prod(int(d) for d in data_shape if not isinstance(d, str))
+        if Counter(symbols) != Counter(data_symbols) or total % max(math.prod(known), 1):
+            return None
+        target = [total // max(math.prod(known), 1) if size == -1 else size for size in target]
+    if len(symbols) > 1:
+        return None
+    return [-1 if isinstance(size, str) else int(size) for size in target]

@@ -1,0 +1,104 @@
+"""Models exported at opsets 11-15, as tutorials (``opset_version=11``), tf2onnx (15 by default) and model
+zoos write them: overlapping max pools, where ScatterElements cannot sum (before opset 16), and
+``x.view(x.size(0), -1)``, whose Reshape ONNX shape inference does not follow before Reshape-14.
+
+The torch networks are checked against autograd (with their gates held, ``gates.detached_gates``); the
+hand-built Reshape spellings against the relevance of a linear classifier, x · W[class] (exact).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from rlrp_onnx import compile_model
+from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT
+from rlrp_onnx.passes import canonicalize
+
+from family_models import family_input, make_family
+from gates import detached_gates
+from onnx_builders import make_model
+from oracle import input_times_gradient
+from reference_models import example_input, make_model as make_reference
+from test_oracle import run
+from test_rule_configs import compare, export
+
+CASES = [("resnet18_like", 11), ("resnet18_like", 13), ("resnet50_like", 15), ("densenet_like", 12),
+         ("inception_like", 11), ("senet_like", 12), ("attention_like", 13)]
+
+
+@pytest.mark.parametrize("name,opset", CASES, ids=[f"{n}-opset{o}" for n, o in CASES])
+def test_older_opset_exports_match_autograd(tmp_path, name, opset):
+    """ResNets, DenseNet and Inception have overlapping max pools (3x3, stride 2); ResNet-18, SENet and
+    the attention net reshape by the batch size read at run time (SENet twice, the second Reshape's
+    input shape known only once the first is pinned)."""
+    reference = name in ("resnet18_like", "resnet50_like")
+    model = make_reference(name) if reference else make_family(name)
+    x = example_input(name, batch=3, seed=7) if reference else family_input(name, batch=3, seed=7)
+    path = export(model, x, tmp_path / "model.onnx", opset)
+    targets = [3, -1, 9]
+    with detached_gates(model):
+        reference = input_times_gradient(model, x, targets)
+    compare(compile_model(path), path, reference, x, targets)
+
+
+# ---- Reshape targets computed from the batch size -------------------------------------------------
+
+X_SHAPE = ["N", 4, 2, 2]
+
+
+def _shape_ops(spelling: str):
+    """Nodes computing the Reshape target ``target`` from ``x``'s shape, as exporters spell it."""
+    shape = helper.make_node("Shape", ["x"], ["shape"])
+    if spelling == "torchscript":  # x.view(x.size(0), -1)
+        return [shape, helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+                helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
+                helper.make_node("Concat", ["n1", "minus_one"], ["target"], axis=0)]
+    if spelling == "tf2onnx":  # Keras Flatten: Cast, Slice of the first size, Concat, Cast
+        return [shape, helper.make_node("Cast", ["shape"], ["shape32"], to=TensorProto.INT32),
+                helper.make_node("Slice", ["shape32", "zero1", "one1", "zero1"], ["n1"]),
+                helper.make_node("Concat", ["n1", "sixteen32"], ["target32"], axis=0),
+                helper.make_node("Cast", ["target32"], ["target"], to=TensorProto.INT64)]
+    if spelling == "two_sizes":  # x.reshape(x.shape[0], x.shape[1], -1), then flattened by the Gemm's input
+        return [shape, helper.make_node("Slice", ["shape", "zero1", "two1"], ["lead"]),
+                helper.make_node("Concat", ["lead", "minus_one"], ["target3"], axis=0),
+                helper.make_node("Reshape", ["x", "target3"], ["x3"]),
+                helper.make_node("Shape", ["x3"], ["shape3"]),
+                helper.make_node("Gather", ["shape3", "zero1"], ["n1"], axis=0),
+                helper.make_node("Concat", ["n1", "sixteen"], ["target"], axis=0)]
+    raise ValueError(spelling)
+
+
+def reshaped_classifier(spelling: str, opset: int = 13) -> onnx.ModelProto:
+    """x [N, 4, 2, 2] → Reshape to [N, 16] (target computed at run time) → Gemm → logits [N, 3]."""
+    rng = np.random.default_rng(5)
+    data = "x3" if spelling == "two_sizes" else "x"
+    return make_model(
+        _shape_ops(spelling) + [helper.make_node("Reshape", [data, "target"], ["flat"]),
+                                helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, X_SHAPE)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        {"w": rng.normal(size=(3, 16)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32),
+         "zero": np.array(0), "zero1": np.array([0]), "one1": np.array([1]), "two1": np.array([2]),
+         "axes0": np.array([0]), "minus_one": np.array([-1]), "sixteen": np.array([16]),
+         "sixteen32": np.array([16], np.int32)},
+        opset=opset)
+
+
+@pytest.mark.parametrize("spelling", ["torchscript", "tf2onnx", "two_sizes"])
+def test_reshape_by_the_batch_size(spelling):
+    """Shape inference alone cannot size the Reshape-13 output; the planning graph's target becomes a
+    constant with -1 for the batch size, the compiled model keeps the source's Reshape, and the
+    relevance is exact: x · W[class]."""
+    source = reshaped_classifier(spelling)
+    flat = next(n for n in canonicalize(source, "m").nodes if n.outputs[0].name == "flat")
+    assert list(flat.inputs[1].values) == [-1, 16]
+    compiled = compile_model(source)
+    assert [n for n in compiled.graph.node if n.output[0] == "flat"][0].input[1] == "target"
+    x = np.random.default_rng(1).normal(size=(2, 4, 2, 2)).astype(np.float32)
+    out = run(compiled, {"x": x})
+    weights = onnx.numpy_helper.to_array(next(t for t in source.graph.initializer if t.name == "w"))
+    expected = x * weights[out[CLASS_OUTPUT]].reshape(x.shape)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected, rtol=1e-5, atol=1e-6)
