@@ -9,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .ir import Emitter, Tensor
+from .rules.registry import LAYER
 
 
 class Context:
@@ -27,6 +28,12 @@ class Context:
     def is_data(self, tensor: Tensor) -> bool:
         """Whether relevance flows into ``tensor`` (it depends on an explained input)."""
         return tensor.name in self.data
+
+    def is_layer(self, node: gs.Node) -> bool:
+        """Whether ``node`` is a layer with weights (its rule of kind LAYER, one data operand): a MatMul of
+        two data tensors (attention) is a product instead."""
+        rule = self.rules.get(node.op)
+        return rule is not None and rule.kind == LAYER and sum(self.is_data(t) for t in node.inputs[:2]) == 1
 
     @staticmethod
     def constant(tensor: Tensor) -> np.ndarray | None:
@@ -50,9 +57,10 @@ class Context:
     def producer(tensor: Tensor) -> gs.Node | None:
         return tensor.inputs[0] if tensor.inputs else None
 
-    def unbroadcast(self, rho: Tensor, operand: Tensor, result: Tensor) -> Tensor:
-        """Sum ``rho`` (shaped like ``result``) over the axes along which ``operand`` was broadcast."""
-        out_shape, in_shape = self.shape(result), self.shape(operand)
+    def unbroadcast(self, rho: Tensor, operand: Tensor, result: Tensor | list) -> Tensor:
+        """Sum ``rho`` (shaped like ``result``, a tensor or a shape) over the axes along which ``operand``
+        was broadcast."""
+        out_shape, in_shape = self.shape(result) if not isinstance(result, list) else result, self.shape(operand)
         lead = len(out_shape) - len(in_shape)
         axes = [i + lead for i, (a, b) in enumerate(zip(in_shape, out_shape[lead:])) if a == 1 and b != 1]
         if axes:

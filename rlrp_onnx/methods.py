@@ -12,7 +12,6 @@ import numpy as np
 from .errors import RlrpError
 from .rules import RULES
 from .rules.classical import LayerRule, alphabeta, classical_rules, epsilon, flat, gamma, lrp0, wsquare, zbox, zplus
-from .rules.registry import LAYER
 
 RLRP = "rlrp"
 DENSE, CONVOLUTION, FIRST = "dense", "convolution", "first"
@@ -84,15 +83,14 @@ class Method:
     layer_rules: dict[str, LayerRule] = field(default_factory=dict)
     by_category: dict[str, LayerRule] = field(default_factory=dict)
 
-    def assign(self, nodes) -> None:
+    def assign(self, nodes, ctx) -> None:
         """Give every weighted layer on the relevance path its rule ("first" = no layer upstream)."""
         if self.relative:
             return
         upstream: set[str] = set()
         for node in nodes:
             before = any(t.name in upstream for t in node.inputs)
-            rule = RULES.get(node.op)
-            if rule is not None and rule.kind == LAYER:
+            if ctx.is_layer(node):
                 first = not before and FIRST in self.by_category
                 self.layer_rules[node.name] = self.by_category[FIRST if first else CATEGORY[node.op]]
                 upstream.update(t.name for t in node.outputs)

@@ -127,7 +127,7 @@ def make_plan(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Me
             for node in plan.nodes if (reason := gap(plan.context, node))]
     if gaps:
         raise RlrpError(f"{label}: {len(gaps)} node(s) not covered: " + "; ".join(gaps))
-    method.assign(plan.nodes)
+    method.assign(plan.nodes, plan.context)
     misfits = [f"{node.name} ({channels} channels)" for node in plan.nodes if node.name in method.layer_rules
                and not bounds_fit(method.layer_rules[node.name], channels := _input_channels(plan.context, node))]
     if misfits:

@@ -19,7 +19,10 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
 * ``squeezenet_like``    SqueezeNet 1.1 fire modules, ceil-mode 3x3/2 max pools on even sizes (where
   ceil mode matters), Conv1x1-ReLU-global-average classifier;
 * ``vgg_bn_gelu``        VGG16 with BatchNorm (Conv-BN-ReLU), classifier Linear-GELU-Dropout-Linear-
-  GELU(tanh)-Dropout-Linear: both GELU decompositions.
+  GELU(tanh)-Dropout-Linear: both GELU decompositions;
+* ``senet_like``, ``attention_like``  Sigmoid/Hardsigmoid and Softmax gates, reshaped on the way;
+* ``vit_like``           a vision transformer: multi-head self-attention (MatMuls of two data tensors,
+  Softmax weights), LayerNorm, GELU MLPs, class token and position embedding.
 """
 
 from __future__ import annotations
@@ -331,6 +334,58 @@ class AttentionLike(nn.Module):
         return self.fc((f * spatial * channels).sum((2, 3)))
 
 
+# ---- a vision transformer: attention as a MatMul of two data tensors -----------------------------
+
+class Attention(nn.Module):
+    """Multi-head self-attention as ViT writes it: one qkv Linear, softmax(q·kᵀ·scale)·v, a projection."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv, self.proj, self.softmax = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Softmax(dim=-1)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        weights = self.softmax(q @ k.transpose(-2, -1) * self.scale)
+        return self.proj((weights @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class ViTLike(nn.Module):
+    """ViT: patch-embedding Conv, class token (expanded to the batch) and position embedding, pre-norm
+    blocks (LayerNorm → attention → skip, LayerNorm → Linear-GELU-Linear → skip), LayerNorm, the class
+    token's head."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, seed=0, num_classes=10, dim=32, heads=4, depth=2):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls, self.position = nn.Parameter(torch.zeros(1, 1, dim)), nn.Parameter(torch.zeros(1, 17, dim))
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "norm1": nn.LayerNorm(dim), "attention": Attention(dim, heads), "norm2": nn.LayerNorm(dim),
+            "mlp": nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))})
+            for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+        init_deterministic(self, seed)
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(seed)
+            self.cls.normal_(0, 0.5, generator=generator)
+            self.position.normal_(0, 0.5, generator=generator)
+            for m in self.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.uniform_(0.5, 1.5, generator=generator)
+                    m.bias.normal_(0, 0.1, generator=generator)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.position
+        for block in self.blocks:
+            x = x + block["attention"](block["norm1"](x))
+            x = x + block["mlp"](block["norm2"](x))
+        return self.head(self.norm(x)[:, 0])
+
+
 FAMILIES: dict[str, ModelSpec] = {
     "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
     "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
@@ -340,6 +395,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "vgg_bn_gelu": ModelSpec(VGGBNGelu, VGGBNGelu.input_shape),
     "senet_like": ModelSpec(SENetLike, SENetLike.input_shape),
     "attention_like": ModelSpec(AttentionLike, AttentionLike.input_shape),
+    "vit_like": ModelSpec(ViTLike, ViTLike.input_shape),
 }
 
 

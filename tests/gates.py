@@ -7,7 +7,9 @@ R-LRP equals input × gradient with the gates held constant.
   it on models where these modules only gate, e.g. squeeze-excitation, attention weights);
 * every gated activation ``y = x·g(x)`` — ``nn.SiLU`` (g = sigmoid), ``nn.Hardswish`` (g = hardsigmoid),
   ``nn.GELU`` (g = Φ, exact or tanh form), ``nn.Mish`` (g = tanh∘softplus) — return the same value with
-  gradient ``g(x)``: ``y.detach() + (x − x.detach())·g(x).detach()``.
+  gradient ``g(x)``: ``y.detach() + (x − x.detach())·g(x).detach()``;
+* every ``nn.LayerNorm`` hold its statistics (mean and standard deviation) constant: gradient
+  ``weight / σ``.
 
 Independent of ``rlrp_onnx``; use with ``oracle.input_times_gradient``.
 """
@@ -37,10 +39,18 @@ GATED = {
 GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
 
 
+def _held_statistics(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    axes = tuple(range(-len(module.normalized_shape), 0))
+    variance = x.detach().var(dim=axes, unbiased=False, keepdim=True)
+    return module.weight.detach() / torch.sqrt(variance + module.eps)
+
+
 def _hook(module, inputs, output):
     if isinstance(module, GATES):
         return output.detach()
     x = inputs[0]
+    if isinstance(module, nn.LayerNorm):
+        return output.detach() + (x - x.detach()) * _held_statistics(module, x)
     gate = GATED[type(module)](module, x.detach())
     return output.detach() + (x - x.detach()) * gate
 
@@ -49,7 +59,7 @@ def _hook(module, inputs, output):
 def detached_gates(model: nn.Module):
     """Hold every gate of ``model`` constant in autograd while the context is active."""
     handles = [m.register_forward_hook(_hook) for m in model.modules()
-               if isinstance(m, GATES) or type(m) in GATED]
+               if isinstance(m, (*GATES, nn.LayerNorm)) or type(m) in GATED]
     try:
         yield model
     finally:

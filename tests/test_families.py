@@ -67,12 +67,31 @@ def added_ops(compiled: onnx.ModelProto, source) -> set[str]:
     return {n.op_type for n in compiled.graph.node if n.name not in names}
 
 
-def check_against_oracle(compiled, path, model, x, targets):
+# ONNX Runtime fuses a residual Add, the Linear bias before it and the LayerNorm after it into one
+# SkipLayerNormalization only where no other node reads the sums; in a transformer the relevance pass
+# reads them, so there the compiled model's logits may differ from the source's in the last bits
+# (measured: 7e-7 of 3.4 in the dynamo export). With ONNX Runtime's fusions off they are equal.
+FUSED_DIFFERENTLY = {"vit_like"}
+
+
+def check_own_output(compiled, path, x, name=None):
+    """The compiled model's logits are the source's: bit for bit, or (FUSED_DIFFERENTLY) to the last bits
+    and bit for bit without ONNX Runtime's fusions."""
+    logits = run(compiled, {"image": x})["logits"]
+    if name not in FUSED_DIFFERENTLY:
+        assert np.array_equal(logits, run(path, {"image": x})["logits"]), "the model's own output changed"
+        return
+    np.testing.assert_allclose(logits, run(path, {"image": x})["logits"], rtol=1e-5, atol=1e-6)
+    unfused = [run(m, {"image": x}, fuse=False)["logits"] for m in (compiled, path)]
+    assert np.array_equal(*unfused), "the model's own output changed"
+
+
+def check_against_oracle(compiled, path, model, x, targets, name=None):
     feed = {"image": x}
     if targets is not None:
         feed[TARGET_INPUT] = np.asarray(targets, dtype=np.int64)
     out = run(compiled, feed)
-    assert np.array_equal(out["logits"], run(path, {"image": x})["logits"]), "the model's own output changed"
+    check_own_output(compiled, path, x, name)
     with detached_gates(model):
         relevance, classes, scores = input_times_gradient(model, x, targets)
     np.testing.assert_array_equal(out[CLASS_OUTPUT], classes)
@@ -89,8 +108,8 @@ def test_family_matches_oracle(exported_family, family, capsys, name, exporter, 
     assert coverage(capsys, path) == 100.0
     compiled = compile_model(path)
     x = family_input(name, batch=3, seed=7)
-    check_against_oracle(compiled, path, family(name), x, targets=None)
-    check_against_oracle(compiled, path, family(name), x, targets=[3, -1, 9])
+    check_against_oracle(compiled, path, family(name), x, targets=None, name=name)
+    check_against_oracle(compiled, path, family(name), x, targets=[3, -1, 9], name=name)
     assert not added_ops(compiled, path) & {"Div", "Reciprocal"}
 
 

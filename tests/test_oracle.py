@@ -23,9 +23,12 @@ TOLERANCE = 1e-4
 VARIANTS = [(e, f) for e in ("torchscript", "dynamo") for f in (True, False)]
 
 
-def run(model: onnx.ModelProto | str, feed: dict) -> dict:
+def run(model: onnx.ModelProto | str, feed: dict, fuse: bool = True) -> dict:
+    """All outputs of ``model`` on CPU; ``fuse=False``: ONNX Runtime's basic optimisations only."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not fuse:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]

@@ -235,6 +235,44 @@ NORMALIZATION = {
 }
 
 
+def layer_norm_in_arithmetic(opset: int, affine: bool = True, axes=(-1,)):
+    """torch's LayerNorm export below opset 17: ReduceMean, Sub, Pow 2, ReduceMean, Add ε, Sqrt, Div,
+    then · γ and + β (the axes an attribute before opset 18, an input from 18)."""
+    def mean(inputs, output):
+        if opset >= 18:
+            return node("ReduceMean", [*inputs, "axes"], [output])
+        return node("ReduceMean", inputs, [output], axes=list(axes))
+
+    nodes = [mean(["x"], "m"), node("Sub", ["x", "m"], ["d"]), const("two", 2.0), node("Pow", ["d", "two"], ["p"]),
+             mean(["p"], "v"), const("eps", 1e-5), node("Add", ["v", "eps"], ["ve"]), node("Sqrt", ["ve"], ["s"]),
+             node("Div", ["d", "s"], ["n" if affine else "h"])]
+    if affine:
+        nodes += [node("Mul", ["n", "s_w"], ["g"]), node("Add", ["g", "b_w"], ["h"])]
+    inits = {"s_w": SCALE_W, "b_w": BIAS_W} if affine else {}
+    return nodes, {**inits, **({"axes": np.array(axes, np.int64)} if opset >= 18 else {})}
+
+
+@pytest.mark.parametrize("opset,affine", [(13, True), (13, False), (18, True)])
+def test_layer_norm_in_arithmetic_is_recognised(opset, affine):
+    """passes/layer_norm.py: one LayerNormalization node in the canonical graph, its rule's relevance."""
+    nodes, inits = layer_norm_in_arithmetic(opset, affine)
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=opset)
+    assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
+        ["LayerNormalization"]
+    x = sample() * 3 + 1
+    scale = SCALE_W if affine else 1.0
+    _, compiled_model = check(model, x, lambda rho: x * scale * inverse_std(x, (3,), 1e-5) * rho)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+def test_layer_norm_over_other_axes_is_not_recognised():
+    """Means over a leading axis are no LayerNorm (its axes run to the end): left as found, reported."""
+    nodes, inits = layer_norm_in_arithmetic(13, axes=(1,))
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13)
+    with pytest.raises(RlrpError, match="Sqrt"):
+        compile_model(model)
+
+
 @pytest.mark.parametrize("case", list(NORMALIZATION))
 def test_normalization_statistics_held_constant(case):
     nodes, inits, opset, factor = NORMALIZATION[case]

@@ -18,6 +18,7 @@ from torch import nn
 
 from rlrp_onnx import RlrpError, compile_model
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT
+from rlrp_onnx.methods import Options
 
 from exporting import EXPORTERS, export_onnx
 from oracle import input_times_gradient, relative_l2_error
@@ -147,6 +148,51 @@ def test_softmax_inside_the_network_only_as_a_gate():
     summed = [node("Softmax", ["x"], ["w"], axis=1, name="attention"), node("Add", ["x", "w"], ["h"])]
     with pytest.raises(RlrpError, match="attention .Softmax: Softmax inside the network is supported only as a gate"):
         compile_model(head_model(summed, X_SHAPE))
+
+
+def _swap(a):
+    return np.swapaxes(a, -1, -2)
+
+
+def test_matmul_of_two_data_tensors():
+    """Attention's products (RLRP.md's product rules, read for MatMul): softmax weights times values, the
+    weights a gate held constant (rho_V = Wᵀ·rho); x·x[:, :1]ᵀ, no gate, each operand half
+    (rho_U = rho·V/2, rho_V = Uᵀ·rho/2, summed over the batch axis V was broadcast along)."""
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    c = np.random.default_rng(6).standard_normal((5, 4)).astype(np.float32)
+    gated = [node("Softmax", ["x"], ["w"], axis=-1), node("MatMul", ["c", "x"], ["v"]),
+             node("MatMul", ["w", "v"], ["h"])]
+    model = head_model(gated, X_SHAPE, initializers={"c": c})
+    out, _ = compiled(model, x, [1, -1, 3])
+    w = np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)
+    rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(x.shape)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * (c.T @ (_swap(w) @ rho)), rtol=1e-5, atol=1e-6)
+
+    bilinear = [node("Slice", ["x", "zero", "one", "one"], ["first"]),
+                node("Transpose", ["first"], ["v"], perm=[0, 1, 3, 2]), node("MatMul", ["x", "v"], ["h"])]
+    model = head_model(bilinear, X_SHAPE, initializers={"zero": ints(0), "one": ints(1)})
+    out, _ = compiled(model, x, [1, -1, 3])
+    rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(3, 3, 4, 4)
+    rho_x = 0.5 * rho @ x[:, :1]
+    rho_x[:, :1] += _swap(0.5 * (_swap(x) @ rho).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * rho_x, rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_of_two_data_tensors_is_no_layer_for_classical_rules():
+    """Under a classical rule such a MatMul takes the fixed ε-rule of weightless products, not the layer
+    rule (which would modify its runtime operand as weights); the first-layer rule goes to the Gemm."""
+    from rlrp_onnx.compiler import plan_model
+    from rlrp_onnx.methods import choose
+
+    bilinear = [node("Slice", ["x", "zero", "one", "one"], ["first"]),
+                node("Transpose", ["first"], ["v"], perm=[0, 1, 3, 2]), node("MatMul", ["x", "v"], ["h"])]
+    model = head_model(bilinear, X_SHAPE, initializers={"zero": ints(0), "one": ints(1)})
+    method = choose(composite="epsilon_gamma_box", options=Options(low=-3.0, high=3.0))
+    plan, _ = plan_model(model, "m", method)
+    assert {n.op for n in plan.context.graph.nodes if n.name in method.layer_rules} == {"Gemm"}
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    out = run(compile_model(model, rule="zplus"), {"x": x})
+    assert np.all(np.isfinite(out[RELEVANCE_OUTPUT]))
 
 
 def test_softmax_reshaped_into_the_scores_is_no_gate():

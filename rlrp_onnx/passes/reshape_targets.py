@@ -3,8 +3,8 @@
 ONNX shape inference follows such a target (Shape → Gather → Unsqueeze → Concat) only for Reshape-14
 and later; below that the reshaped tensor has no shape and the relevance path cannot be planned. On the
 planning graph only (the compiled model keeps the source's Reshape), a target whose value is known up
-to one symbolic size is rewritten as a constant with -1 in that size's place: for any input the source
-Reshape accepts, both give the same shape.
+to one symbolic size is rewritten as a constant with 0 (copy) or -1 in that size's place: for any input
+the source Reshape accepts, both give the same shape.
 """
 
 from __future__ import annotations
@@ -16,21 +16,50 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 
+ARITHMETIC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+              "Div": lambda a, b: np.trunc(a / b).astype(np.int64)}  # on integers, as ONNX's Div
+
+
 def pin_reshape_targets(graph: gs.Graph) -> int:
-    """Replace each computed Reshape target that ``_value`` can evaluate by a constant; the number
-    replaced (shape inference then may know more shapes, and so more targets)."""
+    """Replace each computed Reshape target that ``_value`` can evaluate by a constant, and give each
+    Expand to such a shape its output shape; the number pinned (shape inference then may know more
+    shapes, and so more targets)."""
     pinned = 0
     for node in graph.nodes:
-        if node.op != "Reshape" or isinstance(node.inputs[1], gs.Constant) or node.attrs.get("allowzero", 0) \
-                or _known(node.outputs[0].shape):
+        if node.op not in ("Reshape", "Expand") or isinstance(node.inputs[1], gs.Constant) \
+                or node.attrs.get("allowzero", 0) or _follows(node.outputs[0].shape, node.inputs[0].shape):
             continue
         value = _value(node.inputs[1])
-        target = None if value is None or value.ndim != 1 else _constant_target(list(value), node.inputs[0].shape)
+        if value is None or value.ndim != 1:
+            continue
+        if node.op == "Expand":
+            shape = _broadcast(node.inputs[0].shape, list(value))
+            if shape is not None and shape != node.outputs[0].shape:
+                node.outputs[0].shape = shape
+                pinned += 1
+            continue
+        target = _constant_target(list(value), node.inputs[0].shape)
         if target is not None:
             node.inputs[1] = gs.Constant(f"{node.outputs[0].name}_target", np.array(target, np.int64))
             pinned += 1
     graph.cleanup()
     return pinned
+
+
+def _follows(shape, data_shape) -> bool:
+    """Whether shape inference knew ``shape``: every size a number or a name the data's shape has."""
+    return _known(shape) and all(isinstance(d, int) or d in (data_shape or []) for d in shape)
+
+
+def _broadcast(data_shape, target: list) -> list | None:
+    """Expand's output shape: ``data_shape`` and ``target`` broadcast (numbers or names), or None."""
+    if not _known(data_shape):
+        return None
+    rank = max(len(data_shape), len(target))
+    a, b = [1] * (rank - len(data_shape)) + list(data_shape), [1] * (rank - len(target)) + target
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        return None
+    return [y if x == 1 else x for x, y in zip(a, b)]
 
 
 def _value(tensor) -> np.ndarray | None:
@@ -53,6 +82,16 @@ def _value(tensor) -> np.ndarray | None:
         return values[0]
     if node.op == "Gather" and node.attrs.get("axis", 0) == 0 and _ints(values[1]):
         return np.array(np.take(values[0], values[1].astype(np.int64), axis=0), dtype=object)
+    if node.op in ARITHMETIC and all(_ints(v) for v in values):
+        return np.array(ARITHMETIC[node.op](*(v.astype(np.int64) for v in values)), dtype=object)
+    if node.op == "Reshape" and values[0].ndim == 1 and list(values[1]) == [-1]:
+        return values[0]
+    if node.op == "Equal" and values[0].shape == values[1].shape:  # a size is never negative
+        return np.array([a == b if _ints(np.array([a, b], dtype=object)) else False if -1 in (a, b) else None
+                         for a, b in zip(values[0], values[1])], dtype=object) if values[0].ndim == 1 else None
+    if node.op == "Where" and all(v.shape == values[0].shape and v.ndim == 1 for v in values) \
+            and all(c in (True, False) for c in values[0]):
+        return np.array([a if c else b for c, a, b in zip(*values)], dtype=object)
     if node.op == "Concat" and all(v.ndim == 1 for v in values):
         return np.concatenate(values)
     if node.op == "Unsqueeze" and values[0].ndim == 0:
@@ -78,7 +117,7 @@ def _ints(value: np.ndarray) -> bool:
 def _constant_target(target: list, data_shape) -> list[int] | None:
     """``target`` (ints and symbolic sizes) as Reshape constants, or None: zeros copy the data's size,
     a -1 is worked out when the symbolic sizes on both sides cancel, and one symbolic size left
-    becomes -1."""
+    becomes 0 where the data has it at the same place (shape inference then keeps its name), else -1."""
     if (0 in target or -1 in target) and not _known(data_shape):
         return None
     target = [data_shape[i] if isinstance(size, int) and size == 0 and i < len(data_shape) else size
@@ -93,4 +132,6 @@ def _constant_target(target: list, data_shape) -> list[int] | None:
         target = [total // max(math.prod(known), 1) if size == -1 else size for size in target]
     if len(symbols) > 1:
         return None
-    return [-1 if isinstance(size, str) else int(size) for size in target]
+    copies = list(data_shape or [])
+    return [(0 if i < len(copies) and copies[i] == size else -1) if isinstance(size, str) else int(size)
+            for i, size in enumerate(target)]

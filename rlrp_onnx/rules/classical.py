@@ -133,7 +133,7 @@ class Layer:
         self.ctx, self.node = ctx, node
         self._constants: dict[tuple, object] = {}
         data = [i for i, t in enumerate(node.inputs[:2]) if ctx.is_data(t)]
-        self.weighted = RULES[node.op].kind == LAYER
+        self.weighted = ctx.is_layer(node)
         if self.weighted:
             self.x_index = data[0]
             self.w_index = 1 - self.x_index
@@ -223,7 +223,7 @@ def propagate(ctx, node, relevance, rule: LayerRule) -> dict:
 
 
 def _layer(ctx, node, relevance):
-    return propagate(ctx, node, relevance[0], ctx.layer_rules[node.name])
+    return propagate(ctx, node, relevance[0], ctx.layer_rules[node.name] if ctx.is_layer(node) else FIXED)
 
 
 def _fixed(ctx, node, relevance):

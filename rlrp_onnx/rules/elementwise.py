@@ -8,6 +8,7 @@ from .registry import LINEAR, rule
 
 GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose"}  # move values, change none
+PRODUCTS = {"Mul", "MatMul"}  # what a gate may multiply
 
 
 @rule("Add", "Sum", kind=LINEAR)
@@ -50,14 +51,15 @@ def _only_gates(ctx, tensor) -> bool:
                 return False
             continue
         others = [t for t in reader.inputs if t is not tensor]
-        if reader.op != "Mul" or len(others) != 1 or not ctx.is_data(others[0]) or _is_gate(ctx, others[0]):
+        if reader.op not in PRODUCTS or len(others) != 1 or not ctx.is_data(others[0]) or _is_gate(ctx, others[0]):
             return False
     return True
 
 
 def _softmax_check(ctx, node):
     if not _only_gates(ctx, node.outputs[0]):
-        return "Softmax inside the network is supported only as a gate (its output multiplies a data tensor)"
+        return ("Softmax inside the network is supported only as a gate (its output multiplies a data tensor, "
+                "by Mul or MatMul)")
     return None
 
 
@@ -75,20 +77,28 @@ def neg(ctx, node, rho):
 
 @rule("Mul", kind=LINEAR)
 def mul(ctx, node, rho):
-    """By a constant: rho_x = c·rho_y. Two data tensors: a gate is held constant (rho_u = v·rho_y,
-    rho_v = 0), otherwise each operand takes half (rho_u = v·rho_y/2, rho_v = u·rho_y/2)."""
+    """By a constant: rho_x = c·rho_y. Two data tensors (``product``): a gate is held constant
+    (rho_u = v·rho_y, rho_v = 0), otherwise each operand takes half (rho_u = v·rho_y/2, rho_v = u·rho_y/2)."""
     emit, y = ctx.emit, node.outputs[0]
-    u, v = node.inputs
-    data = [ctx.is_data(u), ctx.is_data(v)]
+    data = [ctx.is_data(t) for t in node.inputs]
+    def adjoint(i, r):
+        return ctx.unbroadcast(emit.mul(r, node.inputs[1 - i]), node.inputs[i], y)
+
     if not all(data):
-        i = data.index(True)
-        return {i: ctx.unbroadcast(emit.mul(rho[0], node.inputs[1 - i]), node.inputs[i], y)}
-    gates = [_is_gate(ctx, u), _is_gate(ctx, v)]
+        return {data.index(True): adjoint(data.index(True), rho[0])}
+    return product(ctx, node, rho[0], adjoint)
+
+
+def product(ctx, node, rho, adjoint) -> dict:
+    """Relative relevance of both data operands of a product y = u ∘ v (Mul, MatMul), ``adjoint(i, r)``
+    being the adjoint in operand i with the other held: a gate is held constant and the other operand
+    takes all (rho_u = adjoint(0, rho_y), rho_v = 0); otherwise each operand takes half."""
+    gates = [_is_gate(ctx, t) for t in node.inputs[:2]]
     if any(gates):
         i = gates.index(False) if not all(gates) else 0
-        return {i: ctx.unbroadcast(emit.mul(rho[0], node.inputs[1 - i]), node.inputs[i], y)}
-    half = emit.mul(rho[0], emit.const(0.5))
-    return {i: ctx.unbroadcast(emit.mul(half, node.inputs[1 - i]), node.inputs[i], y) for i in (0, 1)}
+        return {i: adjoint(i, rho)}
+    half = ctx.emit.mul(rho, ctx.emit.const(0.5))
+    return {i: adjoint(i, half) for i in (0, 1)}
 
 
 def _div_check(ctx, node):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import NO_CUDA_CONV_TRANSPOSE
+from .elementwise import product
 from .geometry import Window
 from .registry import LAYER, NORMALIZATION, rule
 
@@ -149,15 +150,24 @@ def gemm(ctx, node, rho):
 
 
 def _matmul_check(ctx, node):
-    if all(ctx.is_data(t) for t in node.inputs[:2]):
-        return "MatMul of two runtime tensors is not supported"
+    if all(ctx.is_data(t) for t in node.inputs[:2]) and min(len(ctx.shape(t)) for t in node.inputs[:2]) < 2:
+        return "MatMul of two runtime tensors is supported for operands of rank >= 2"
     return None
+
+
+def _swapped(emit, tensor, rank: int):
+    """``tensor`` with its last two axes swapped."""
+    return emit.op("Transpose", [tensor], {"perm": [*range(rank - 2), rank - 1, rank - 2]})
 
 
 @rule("MatMul", check=_matmul_check, kind=LAYER)
 def matmul(ctx, node, rho):
-    """y = X·W: rho_X = rho·Wᵀ; y = W·X: rho_X = Wᵀ·rho (as Gemm on the shared weights where 2-D)."""
+    """y = X·W: rho_X = rho·Wᵀ; y = W·X: rho_X = Wᵀ·rho (as Gemm on the shared weights where 2-D).
+    y = U·V of two data tensors (attention): a product (``elementwise.product``) with the adjoints
+    rho·Vᵀ and Uᵀ·rho, summed over broadcast batch axes."""
     emit = ctx.emit
+    if all(ctx.is_data(t) for t in node.inputs[:2]):
+        return _data_product(ctx, node, rho[0])
     x_index = 0 if ctx.is_data(node.inputs[0]) else 1
     x, w = node.inputs[x_index], node.inputs[1 - x_index]
     w_rank = len(ctx.shape(w))
@@ -167,11 +177,22 @@ def matmul(ctx, node, rho):
         return {0: emit.reshape_like(out, x)}
     if x_index == 1 and w_rank == 2 and len(ctx.shape(x)) == 2:
         return {1: emit.op("Gemm", [w, rho[0]], {"transA": 1})}
-    perm = list(range(w_rank))
-    perm[-2:] = perm[-1], perm[-2]
-    w_t = emit.op("Transpose", [w], {"perm": perm})
+    w_t = _swapped(emit, w, w_rank)
     pair = [rho[0], w_t] if x_index == 0 else [w_t, rho[0]]
     return {x_index: ctx.unbroadcast(emit.op("MatMul", pair), x, node.outputs[0])}
+
+
+def _data_product(ctx, node, rho):
+    emit, y = ctx.emit, node.outputs[0]
+    batch = ctx.shape(y)[:-2]
+
+    def adjoint(i, r):
+        operand, other = node.inputs[i], node.inputs[1 - i]
+        held = _swapped(emit, other, len(ctx.shape(other)))
+        out = emit.op("MatMul", [r, held] if i == 0 else [held, r])
+        return ctx.unbroadcast(out, operand, batch + ctx.shape(operand)[-2:])
+
+    return product(ctx, node, rho, adjoint)
 
 
 def _batchnorm_check(ctx, node):
