@@ -86,9 +86,9 @@ def _value(tensor) -> np.ndarray | None:
         return np.array(ARITHMETIC[node.op](*(v.astype(np.int64) for v in values)), dtype=object)
     if node.op == "Reshape" and values[0].ndim == 1 and list(values[1]) == [-1]:
         return values[0]
-    if node.op == "Equal" and values[0].shape == values[1].shape:  # a size is never negative
-        return np.array([a == b if _ints(np.array([a, b], dtype=object)) else False if -1 in (a, b) else None
-                         for a, b in zip(values[0], values[1])], dtype=object) if values[0].ndim == 1 else None
+    if node.op == "Equal" and values[0].shape == values[1].shape and values[0].ndim == 1:
+        equal = [_equal(a, b) for a, b in zip(values[0], values[1])]
+        return None if None in equal else np.array(equal, dtype=object)
     if node.op == "Where" and all(v.shape == values[0].shape and v.ndim == 1 for v in values) \
             and all(c in (True, False) for c in values[0]):
         return np.array([a if c else b for c, a, b in zip(*values)], dtype=object)
@@ -104,6 +104,13 @@ def _value(tensor) -> np.ndarray | None:
             return None
         return values[0][slice(start, end, rest[1] if len(rest) > 1 else 1)]
     return None
+
+
+def _equal(a, b) -> bool | None:
+    """a == b for numbers; a size (a name) equals no negative number; else unknown (None)."""
+    if not isinstance(a, str) and not isinstance(b, str):
+        return a == b
+    return False if any(not isinstance(v, str) and v < 0 for v in (a, b)) else None
 
 
 def _known(shape) -> bool:
