@@ -99,13 +99,26 @@ def _exposed(plan, expose, label: str) -> list[str]:
     return list(expose)
 
 
+OTHER_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _input_types(source: onnx.ModelProto) -> str:
+    """The inputs and their types for an error message, with advice when one is another float type."""
+    initializers = {t.name for t in source.graph.initializer}
+    inputs = [i for i in source.graph.input if i.name not in initializers]
+    types = [i.type.tensor_type.elem_type for i in inputs]
+    listed = ", ".join(f"{i.name} {onnx.TensorProto.DataType.Name(t).lower()}" for i, t in zip(inputs, types))
+    advice = "; only float32 models are supported: convert the model to float32" if OTHER_FLOATS & set(types) else ""
+    return f" (inputs: {listed}){advice}"
+
+
 def plan_model(source: onnx.ModelProto, label: str, method: Method, output_name: str | None = None,
                input_shapes: dict[str, list[int]] | None = None, check: bool = True):
     """Canonicalize ``source`` and plan its relevance pass under ``method``: ``(plan, method)``.
 
     With ``check=False`` uncovered nodes are left for the caller to report (``inspect``)."""
     if not float_inputs(source):
-        raise RlrpError(f"{label}: the model has no float32 input to explain")
+        raise RlrpError(f"{label}: the model has no float32 input to explain{_input_types(source)}")
     graph = canonicalize(source, label, input_shapes)
     if not method.relative:
         fold_batchnorm(fold_layer_constants(graph))

@@ -125,7 +125,19 @@ def test_no_float_input(tmp_path, capsys):
     path = tmp_path / "ints.onnx"
     onnx.save(model, path)
     code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
-    assert_one_line_error(code, err, "ints.onnx", "no float32 input")
+    assert_one_line_error(code, err, "ints.onnx", "no float32 input", "(inputs: ids int64)")
+
+
+def test_float16_model(tmp_path, capsys):
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["N", 2])],
+        {"w": np.ones((3, 2), np.float16)})
+    path = tmp_path / "half.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "half.onnx", "(inputs: x float16)", "convert the model to float32")
 
 
 def test_output_not_class_scores(tmp_path, capsys):
