@@ -11,8 +11,12 @@ from .backward import Context
 from .errors import RlrpError
 from .methods import Method
 from .rules.classical import bounds_fit
+from .rules.elementwise import held_gate
 
 TRAILING = {"Softmax", "LogSoftmax", "Sigmoid"}  # at the output: the explained logit is their input
+NORMALIZATION_HINT = ("; part of a normalization written out? LayerNorm is recognised over contiguous axes, "
+                      "as torch and tf2onnx write it (passes/layer_norm.py)")
+HINTS = {"Sqrt": NORMALIZATION_HINT, "Reciprocal": NORMALIZATION_HINT}
 
 
 @dataclass
@@ -33,11 +37,22 @@ def _is_float(tensor) -> bool:
         return False
 
 
+def _read(node: gs.Node) -> list:
+    """The tensors ``node`` reads: its inputs and, for If/Loop/Scan, what its subgraphs read."""
+    tensors = list(node.inputs)
+    for value in node.attrs.values():
+        for graph in value if isinstance(value, list) else [value]:
+            if isinstance(graph, gs.Graph):
+                tensors += [t for inner in graph.nodes for t in _read(inner)]
+    return tensors
+
+
 def data_tensors(graph: gs.Graph, inputs: list[gs.Variable]) -> set[str]:
-    """Float tensors that depend on an explained input (integer tensors such as shapes carry no relevance)."""
+    """Float tensors that depend on an explained input (integer tensors such as shapes carry no relevance);
+    a control-flow node's outputs depend on what its subgraphs read."""
     data = {t.name for t in inputs}
     for node in graph.nodes:
-        if any(t.name in data for t in node.inputs):
+        if any(t.name in data for t in _read(node)):
             data.update(t.name for t in node.outputs if _is_float(t))
     return data
 
@@ -83,13 +98,16 @@ def logits_of(output: gs.Variable) -> gs.Variable:
     return output
 
 
-def _relevance_path(graph: gs.Graph, data: set[str], logits: gs.Variable) -> list[gs.Node]:
-    """Nodes (forward order) through which relevance flows from ``logits`` back to the inputs."""
+def _relevance_path(context: Context, logits: gs.Variable) -> list[gs.Node]:
+    """Nodes (forward order) through which relevance flows from ``logits`` back to the inputs. A gate held
+    constant by a product receives none: what only computes gates (attention scores, squeeze-excitation
+    branches) needs no rule."""
     reached, path = {logits.name}, []
-    for node in reversed(graph.nodes):
+    for node in reversed(context.graph.nodes):
         if any(t.name in reached for t in node.outputs):
             path.append(node)
-            reached.update(t.name for t in node.inputs if t.name in data)
+            held = held_gate(context, node)
+            reached.update(t.name for i, t in enumerate(node.inputs) if context.is_data(t) and i != held)
     path.reverse()
     return path
 
@@ -98,7 +116,7 @@ def gap(context: Context, node: gs.Node) -> str | None:
     """Why no rule covers ``node`` (None when one does)."""
     rule = context.rules.get(node.op)
     if rule is None:
-        return "no relevance rule"
+        return "no relevance rule" + HINTS.get(node.op, "")
     return rule.check(context, node) if rule.check else None
 
 
@@ -110,8 +128,8 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
     data = data_tensors(graph, inputs)
     if logits.name not in data:
         raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input")
-    path = _relevance_path(graph, data, logits)
-    return Plan(inputs, output, logits, path, Context(graph, data, method.rules, method.layer_rules, method.relative))
+    context = Context(graph, data, method.rules, method.layer_rules, method.relative)
+    return Plan(inputs, output, logits, _relevance_path(context, logits), context)
 
 
 def make_plan(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Method,

@@ -80,14 +80,22 @@ def main(out_dir: str) -> None:
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
         onnx.save(proto, os.path.join(out_dir, name))
 
-    x = tf.constant(rng.standard_normal((3, 32, 32, 3)).astype(np.float32))
+    save_reference(twin, rng.standard_normal((3, 32, 32, 3)).astype(np.float32), os.path.join(out_dir, "reference.npz"))
+
+
+def save_reference(twin, x, path: str) -> None:
+    """Save ``x``, the arg-max classes of ``twin`` and the relevance: input × gradient of their logits."""
+    import numpy as np
+    import tensorflow as tf
+
+    x = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
         logits = twin(x)
         classes = tf.argmax(logits, axis=1)
         selected = tf.reduce_sum(tf.gather(logits, classes, batch_dims=1))
     relevance = (x * tape.gradient(selected, x)).numpy()
-    np.savez(os.path.join(out_dir, "reference.npz"), x=x.numpy(), classes=classes.numpy(), relevance=relevance)
+    np.savez(path, x=x.numpy(), classes=classes.numpy(), relevance=relevance)
 
 
 if __name__ == "__main__":

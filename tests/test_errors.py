@@ -115,29 +115,20 @@ def test_directory_as_model(tmp_path, capsys):
     assert_one_line_error(code, err, "not a file")
 
 
-def test_no_float_input(tmp_path, capsys):
+@pytest.mark.parametrize("kind,expected", [
+    (TensorProto.INT64, ["no float32 input", "(inputs: x int64)"]),
+    (TensorProto.FLOAT16, ["no float32 input", "(inputs: x float16)", "convert the model to float32"])])
+def test_no_float32_input(tmp_path, capsys, kind, expected):
     model = make_model(
-        [helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+        [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
          helper.make_node("MatMul", ["f", "w"], ["logits"])],
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+        [helper.make_tensor_value_info("x", kind, ["N", 3])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
         {"w": np.ones((3, 2), np.float32)})
-    path = tmp_path / "ints.onnx"
+    path = tmp_path / "other.onnx"
     onnx.save(model, path)
     code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
-    assert_one_line_error(code, err, "ints.onnx", "no float32 input", "(inputs: ids int64)")
-
-
-def test_float16_model(tmp_path, capsys):
-    model = make_model(
-        [helper.make_node("MatMul", ["x", "w"], ["logits"])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["N", 2])],
-        {"w": np.ones((3, 2), np.float16)})
-    path = tmp_path / "half.onnx"
-    onnx.save(model, path)
-    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
-    assert_one_line_error(code, err, "half.onnx", "(inputs: x float16)", "convert the model to float32")
+    assert_one_line_error(code, err, "other.onnx", *expected)
 
 
 def test_output_not_class_scores(tmp_path, capsys):

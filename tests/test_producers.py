@@ -95,31 +95,50 @@ def test_sklearn_mlp_classifier(digits, tmp_path, capsys, activation, zipmap):
     assert np.all(errors < TOLERANCE), errors
 
 
-KERAS_SCRIPT = os.path.join(os.path.dirname(__file__), "keras_model.py")
+KERAS_SCRIPTS = {name: os.path.join(os.path.dirname(__file__), f"{name}.py") for name in ("keras_model", "keras_vit")}
 
 
-def test_keras_through_tf2onnx(tmp_path, capsys):
-    """tf2onnx output: NHWC input behind a Transpose, Flatten as Shape arithmetic, swish as x·Sigmoid(x),
-    hard_swish as x·Clip(x+3, 0, 6)·(1/6) (passes/hard_sigmoid.py), GELU tanh form, sigmoid SE; at
-    opsets 17 and 13 (there the Flatten's Reshape is one ONNX shape inference does not follow)."""
+def keras_exports(tmp_path, script: str):
+    """Run ``tests/<script>.py`` (TensorFlow, in its own process) into ``tmp_path``."""
     import importlib.util
     import subprocess
     import sys
 
     if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None:
         pytest.skip("TensorFlow and tf2onnx are not installed (pip install tensorflow-cpu tf2onnx)")
-    from test_families import added_ops, coverage
-
-    result = subprocess.run([sys.executable, KERAS_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, KERAS_SCRIPTS[script], str(tmp_path)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def check_keras(capsys, path, reference):
+    from test_families import added_ops, coverage
+
+    assert coverage(capsys, path) == 100.0
+    compiled = compile_model(path)
+    out = run(compiled, {"image": reference["x"]})
+    np.testing.assert_array_equal(out["softmax"], run(path, {"image": reference["x"]})["softmax"])
+    np.testing.assert_array_equal(out[CLASS_OUTPUT], reference["classes"])
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], reference["relevance"])
+    assert np.all(errors < TOLERANCE), (path.name, errors)
+    assert not added_ops(compiled, path) & {"Div", "Reciprocal"}
+
+
+def test_keras_through_tf2onnx(tmp_path, capsys):
+    """tf2onnx output: NHWC input behind a Transpose, Flatten as Shape arithmetic, swish as x·Sigmoid(x),
+    hard_swish as x·Clip(x+3, 0, 6)·(1/6) (passes/hard_sigmoid.py), GELU tanh form, sigmoid SE; at
+    opsets 17 and 13 (there the Flatten's Reshape is one ONNX shape inference does not follow)."""
+    keras_exports(tmp_path, "keras_model")
     reference = np.load(tmp_path / "reference.npz")
     for path in (tmp_path / "keras.onnx", tmp_path / "keras_opset13.onnx"):
-        assert coverage(capsys, path) == 100.0
-        compiled = compile_model(path)
-        out = run(compiled, {"image": reference["x"]})
-        np.testing.assert_array_equal(out["softmax"], run(path, {"image": reference["x"]})["softmax"])
-        np.testing.assert_array_equal(out[CLASS_OUTPUT], reference["classes"])
-        errors = relative_l2_error(out[RELEVANCE_OUTPUT], reference["relevance"])
-        assert np.all(errors < TOLERANCE), (path.name, errors)
-        assert not added_ops(compiled, path) & {"Div", "Reciprocal"}
+        check_keras(capsys, path, reference)
+
+
+def test_keras_vision_transformer_through_tf2onnx(tmp_path, capsys):
+    """keras.layers.MultiHeadAttention (MatMuls around a Softmax held as a gate) and LayerNormalization
+    (written out by tf2onnx with Reciprocal of Sqrt, recognised by passes/layer_norm.py), at tf2onnx's
+    default opset 15 and at 17."""
+    keras_exports(tmp_path, "keras_vit")
+    reference = np.load(tmp_path / "vit_reference.npz")
+    for opset in (15, 17):
+        check_keras(capsys, tmp_path / f"vit_opset{opset}.onnx", reference)

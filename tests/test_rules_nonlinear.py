@@ -252,24 +252,56 @@ def layer_norm_in_arithmetic(opset: int, affine: bool = True, axes=(-1,)):
     return nodes, {**inits, **({"axes": np.array(axes, np.int64)} if opset >= 18 else {})}
 
 
-@pytest.mark.parametrize("opset,affine", [(13, True), (13, False), (18, True)])
-def test_layer_norm_in_arithmetic_is_recognised(opset, affine):
+def keras_layer_norm(opset: int, affine: bool = True):
+    """Keras' LayerNormalization as tf2onnx writes it at every opset: inv = 1/Sqrt(mean((x−m)·(x−m)) + ε)
+    [· γ], x·inv + (Neg(m)·inv [+ β])."""
+    nodes = [node("ReduceMean", ["x"], ["m"], axes=[-1]), node("Sub", ["x", "m"], ["d"]),
+             node("Mul", ["d", "d"], ["p"]), node("ReduceMean", ["p"], ["v"], axes=[-1]), const("eps", 1e-3),
+             node("Add", ["v", "eps"], ["ve"]), node("Sqrt", ["ve"], ["s"]), node("Reciprocal", ["s"], ["r"])]
+    inverse = "inv" if affine else "r"
+    if affine:
+        nodes.append(node("Mul", ["r", "s_w"], ["inv"]))
+    nodes += [node("Mul", ["x", inverse], ["xs"]), node("Neg", ["m"], ["nm"]),
+              node("Mul", ["nm", inverse], ["ms" if affine else "shift"])]
+    if affine:
+        nodes.append(node("Add", ["ms", "b_w"], ["shift"]))
+    nodes.append(node("Add", ["xs", "shift"], ["h"]))
+    return nodes, ({"s_w": SCALE_W, "b_w": BIAS_W} if affine else {})
+
+
+@pytest.mark.parametrize("form,opset,affine", [("torch", 13, True), ("torch", 13, False), ("torch", 18, True),
+                                               ("keras", 15, True), ("keras", 17, False)])
+def test_layer_norm_in_arithmetic_is_recognised(form, opset, affine):
     """passes/layer_norm.py: one LayerNormalization node in the canonical graph, its rule's relevance."""
-    nodes, inits = layer_norm_in_arithmetic(opset, affine)
+    nodes, inits = layer_norm_in_arithmetic(opset, affine) if form == "torch" else keras_layer_norm(opset, affine)
+    epsilon = 1e-5 if form == "torch" else 1e-3
     model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=opset)
     assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
         ["LayerNormalization"]
     x = sample() * 3 + 1
     scale = SCALE_W if affine else 1.0
-    _, compiled_model = check(model, x, lambda rho: x * scale * inverse_std(x, (3,), 1e-5) * rho)
+    _, compiled_model = check(model, x, lambda rho: x * scale * inverse_std(x, (3,), epsilon) * rho)
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
 
 
-def test_layer_norm_over_other_axes_is_not_recognised():
-    """Means over a leading axis are no LayerNorm (its axes run to the end): left as found, reported."""
-    nodes, inits = layer_norm_in_arithmetic(13, axes=(1,))
+@pytest.mark.parametrize("opset", [13, 18])
+def test_layer_norm_over_leading_axes_is_recognised(opset):
+    """Means over axis 1 only (ConvNeXt's channels_first LayerNorm written by hand): one planned
+    LayerNormalization over those axes, the statistics held constant."""
+    nodes, inits = layer_norm_in_arithmetic(opset, axes=(1,))
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=opset)
+    assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
+        ["LayerNormalization"]
+    x = sample() * 3 + 1
+    _, compiled_model = check(model, x, lambda rho: x * SCALE_W * inverse_std(x, (1,), 1e-5) * rho)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+def test_layer_norm_over_scattered_axes_is_not_recognised():
+    """Means over axes that are not contiguous are left as found, reported with a hint."""
+    nodes, inits = layer_norm_in_arithmetic(13, axes=(1, 3))
     model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13)
-    with pytest.raises(RlrpError, match="Sqrt"):
+    with pytest.raises(RlrpError, match="Sqrt: no relevance rule; part of a normalization written out"):
         compile_model(model)
 
 

@@ -195,6 +195,42 @@ def test_matmul_of_two_data_tensors_is_no_layer_for_classical_rules():
     assert np.all(np.isfinite(out[RELEVANCE_OUTPUT]))
 
 
+def test_what_only_computes_a_gate_needs_no_rule():
+    """Relevance never reaches a gate held by its product, so the nodes computing only the gate are not
+    on the relevance path (cosine attention's x/‖x‖ has no rule: it used to be refused); a gate behind
+    an Identity (attention dropout in an unoptimised export) is still a gate."""
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    for gate_nodes in ([node("ReduceL2", ["x"], ["norm"], axes=[1]), node("Div", ["x", "norm"], ["unit"]),
+                        node("Sigmoid", ["unit"], ["g"])],
+                       [node("Sigmoid", ["x"], ["s"]), node("Identity", ["s"], ["g"])]):
+        model = head_model(gate_nodes + [node("Mul", ["x", "g"], ["h"])], X_SHAPE)
+        out, _ = compiled(model, x, [1, -1, 3])
+        rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(x.shape)
+        unit = x / np.sqrt((x.astype(np.float64) ** 2).sum(axis=1, keepdims=True)) if len(gate_nodes) == 3 else x
+        g = 1 / (1 + np.exp(-unit))
+        np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * g * rho, rtol=1e-5, atol=1e-6)
+
+
+def test_a_node_reading_the_input_in_a_subgraph_is_named():
+    """An If whose branches read the data (TorchScript's unfolded squeeze(0)) is the uncovered node, not
+    "does not depend on any float input"."""
+    branch = lambda name: helper.make_graph(  # noqa: E731
+        [node("Identity", ["x"], [f"{name}_out"])], name, [], [helper.make_tensor_value_info(f"{name}_out", 1, None)])
+    nodes = [node("Shape", ["x"], ["shape"]), node("Gather", ["shape", "zero"], ["n"], axis=0),  # N == 1?
+             node("Equal", ["n", "one"], ["cond"]),
+             node("If", ["cond"], ["h"], then_branch=branch("then"), else_branch=branch("else"), name="choose")]
+    graph = helper.make_graph(
+        nodes + [node("Flatten", ["h"], ["flat"]), node("Gemm", ["flat", "W"], ["logits"], transB=1)], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *X_SHAPE])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 4])],
+        initializer=[onnx.numpy_helper.from_array(np.ones((4, 60), np.float32), "W"),
+                     onnx.numpy_helper.from_array(np.array(0), "zero"), onnx.numpy_helper.from_array(np.array(1), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(RlrpError, match="choose .If: no relevance rule"):
+        compile_model(model)
+
+
 def test_softmax_reshaped_into_the_scores_is_no_gate():
     """tf2onnx's head Conv1x1 → Softmax → Reshape: the Softmax feeds only the graph output. Taken for a
     gate it gave zero relevance and the probability as the score; it must be refused instead."""

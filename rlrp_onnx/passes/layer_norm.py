@@ -1,10 +1,16 @@
-"""Recognise LayerNorm written out in arithmetic (torch's export below opset 17, which has no
-LayerNormalization op) and replace it, in the canonical graph only, by one ``LayerNormalization`` node,
-whose rule holds the statistics constant.
+"""Recognise LayerNorm written out in arithmetic and replace it, in the canonical graph only, by one
+``LayerNormalization`` node, whose rule holds the statistics constant.
 
-Form matched: ``m = ReduceMean(x)``, ``d = x − m``, ``σ = Sqrt(ReduceMean(d²) + ε)``, ``d / σ``, then
-optionally ``· γ`` and ``+ β`` by constants, the means over the same trailing axes. Like ``gelu.py``,
-the node is only planned, never run, so it is valid at any opset.
+Both forms share the statistics ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(mean(d²) + ε)`` (means over
+the same contiguous axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as
+Pow 2 or d·d), then:
+
+* torch below opset 17, which has no LayerNormalization op: ``d / σ``, then optionally ``· γ`` and ``+ β``;
+* Keras through tf2onnx (at every opset): ``inv = Reciprocal(σ)``, optionally ``· γ``, then
+  ``x · inv + (−m · inv``, optionally ``+ β)``.
+
+Like ``gelu.py``, the node is only planned, never run, so it is valid at any opset; axes that do not run
+to the end (ConvNeXt's channels_first LayerNorm over axis 1) are recorded in its attribute PLANNED_AXES.
 """
 
 from __future__ import annotations
@@ -12,26 +18,115 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..rules.normalization import PLANNED_AXES
 from .gelu import producer, scalar
 
 
 def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
     """Replace every matched decomposition by a LayerNormalization node writing its last tensor."""
-    for div in [n for n in graph.nodes if n.op == "Div"]:
-        found = _match(div)
-        if found is None:
+    for sqrt in [n for n in graph.nodes if n.op == "Sqrt"]:
+        statistics = _statistics(sqrt)
+        found = statistics and (_torch_form(sqrt, *statistics) or _keras_form(sqrt, *statistics))
+        if not found:
             continue
-        x, axis, epsilon, last = found
-        scale, bias, last = _affine(last, x, axis)
+        x, axes, epsilon = statistics[0], statistics[2], statistics[3]
+        scale, bias, last = found
+        if scale is None:
+            ones = [x.shape[a] if a in axes else 1 for a in range(axes[0], len(x.shape))]
+            scale = gs.Constant(f"{sqrt.name}/ones", np.ones(ones, dtype=np.float32))
+        attrs = {"axis": axes[0], "epsilon": epsilon}
+        if axes[-1] != len(x.shape) - 1:
+            attrs[PLANNED_AXES] = axes
         out = last.outputs[0]
         last.outputs.clear()
-        graph.nodes.append(gs.Node("LayerNormalization", f"{div.name}/layer_norm", {"axis": axis, "epsilon": epsilon},
+        graph.nodes.append(gs.Node("LayerNormalization", f"{sqrt.name}/layer_norm", attrs,
                                    [x, scale] + ([bias] if bias is not None else []), [out]))
     return graph.cleanup().toposort()
 
 
+def _statistics(sqrt):
+    """(x, mean node, axes, ε, Sub node) when ``sqrt`` computes σ = Sqrt(mean((x − mean(x))²) + ε)."""
+    add = producer(sqrt.inputs[0])
+    if add is None or add.op != "Add" or not _only_read_by(add.outputs[0], sqrt):
+        return None
+    variance = [producer(t) for t in add.inputs if scalar(t) is None]
+    epsilon = [scalar(t) for t in add.inputs if scalar(t) is not None]
+    if len(variance) != 1 or len(epsilon) != 1 or variance[0] is None \
+            or not _only_read_by(variance[0].outputs[0], add):
+        return None
+    square = producer(variance[0].inputs[0])
+    if square is None or not _only_read_by(square.outputs[0], variance[0]) or not (
+            (square.op == "Pow" and scalar(square.inputs[1]) == 2.0)
+            or (square.op == "Mul" and square.inputs[0] is square.inputs[1])):
+        return None
+    sub = producer(square.inputs[0])
+    if sub is None or sub.op != "Sub":
+        return None
+    x, mean = sub.inputs[0], producer(sub.inputs[1])
+    if x.shape is None or mean is None or mean.inputs[0] is not x:
+        return None
+    rank = len(x.shape)
+    axes = _mean_axes(mean, rank)
+    if not axes or axes != _mean_axes(variance[0], rank) or axes != list(range(axes[0], axes[-1] + 1)) \
+            or not all(isinstance(x.shape[a], int) for a in axes):
+        return None
+    return x, mean, axes, epsilon[0], sub
+
+
+def _torch_form(sqrt, x, mean, axes, epsilon, sub):
+    """(γ, β, last node) for ``d / σ`` [· γ] [+ β]."""
+    div = [n for n in sqrt.outputs[0].outputs if n.op == "Div" and n.inputs[0] is sub.outputs[0]]
+    if len(div) != 1 or not _only_read_by(sqrt.outputs[0], div[0]) or not _only_read_by(mean.outputs[0], sub) \
+            or len(_readers(sub.outputs[0])) != 2:
+        return None
+    scale, last = _by_constant(div[0], "Mul", x)
+    bias, last = _by_constant(last, "Add", x)
+    return scale, bias, last
+
+
+def _keras_form(sqrt, x, mean, axes, epsilon, sub):
+    """(γ, β, last node) for inv = 1/σ [· γ], x · inv + (−m · inv [+ β])."""
+    reciprocal = sqrt.outputs[0].outputs
+    if len(reciprocal) != 1 or reciprocal[0].op != "Reciprocal" or len(_readers(sub.outputs[0])) != 1:
+        return None
+    scale, inverse = _by_constant(reciprocal[0], "Mul", x)
+    negated = [n for n in mean.outputs[0].outputs if n.op == "Neg"]
+    if len(negated) != 1 or not _only_read_by(mean.outputs[0], sub, negated[0]):
+        return None
+    products = inverse.outputs[0].outputs
+    scaled = [n for n in products if n.op == "Mul" and x in n.inputs]
+    shifted = [n for n in products if n.op == "Mul" and negated[0].outputs[0] in n.inputs]
+    if len(products) != 2 or len(scaled) != 1 or len(shifted) != 1 \
+            or not _only_read_by(negated[0].outputs[0], shifted[0]):
+        return None
+    bias, shift = _by_constant(shifted[0], "Add", x)
+    total = scaled[0].outputs[0].outputs
+    if len(total) != 1 or total[0].op != "Add" or not _only_read_by(shift.outputs[0], total[0]) \
+            or shift.outputs[0] not in total[0].inputs:
+        return None
+    return scale, bias, total[0]
+
+
+def _by_constant(node, op: str, x):
+    """(constant, its node) when ``node``'s output is read only by ``op`` with a constant that broadcasts
+    within x's shape, else (None, ``node``)."""
+    users = node.outputs[0].outputs
+    if len(users) != 1 or users[0].op != op or len(users[0].inputs) != 2:
+        return None, node
+    constants = [t for t in users[0].inputs if isinstance(t, gs.Constant)]
+    if len(constants) != 1:
+        return None, node
+    shape = constants[0].values.shape
+    if len(shape) > len(x.shape) or any(c not in (1, d) for c, d in zip(shape[::-1], x.shape[::-1])):
+        return None, node
+    return constants[0], users[0]
+
+
 def _mean_axes(node, rank: int) -> list[int] | None:
-    """The axes of a keepdims ReduceMean (attribute or constant input), non-negative, or None."""
+    """The axes of a keepdims mean (ReduceMean, axes an attribute or a constant input; GlobalAveragePool),
+    non-negative, or None."""
+    if node is not None and node.op == "GlobalAveragePool":
+        return list(range(2, rank))
     if node is None or node.op != "ReduceMean" or not node.attrs.get("keepdims", 1):
         return None
     axes = node.attrs.get("axes")
@@ -40,57 +135,10 @@ def _mean_axes(node, rank: int) -> list[int] | None:
     return sorted(a % rank for a in axes) if axes else None
 
 
+def _readers(tensor) -> set[int]:
+    """The nodes reading ``tensor`` (once each, whichever inputs)."""
+    return {id(n) for n in tensor.outputs}
+
+
 def _only_read_by(tensor, *readers) -> bool:
-    return sorted(id(n) for n in tensor.outputs) == sorted(id(n) for n in readers)
-
-
-def _match(div):
-    """(x, axis, ε, Div) when ``div`` is (x − mean(x)) / Sqrt(mean((x − mean(x))²) + ε)."""
-    sub, sqrt = producer(div.inputs[0]), producer(div.inputs[1])
-    if sub is None or sub.op != "Sub" or sqrt is None or sqrt.op != "Sqrt":
-        return None
-    x, d = sub.inputs[0], sub.outputs[0]
-    mean = producer(sub.inputs[1])
-    add = producer(sqrt.inputs[0])
-    if x.shape is None or mean is None or mean.inputs[0] is not x or add is None or add.op != "Add":
-        return None
-    variance = [producer(t) for t in add.inputs if scalar(t) is None]
-    epsilon = [scalar(t) for t in add.inputs if scalar(t) is not None]
-    if len(variance) != 1 or len(epsilon) != 1 or variance[0] is None or variance[0].op != "ReduceMean":
-        return None
-    square = producer(variance[0].inputs[0])
-    if square is None or square.op != "Pow" or square.inputs[0] is not d or scalar(square.inputs[1]) != 2.0:
-        return None
-    rank = len(x.shape)
-    axes = _mean_axes(mean, rank)
-    if axes is None or axes != _mean_axes(variance[0], rank) or axes != list(range(axes[0], rank)):
-        return None
-    if not (_only_read_by(mean.outputs[0], sub) and _only_read_by(d, square, div)
-            and _only_read_by(square.outputs[0], variance[0]) and _only_read_by(variance[0].outputs[0], add)
-            and _only_read_by(add.outputs[0], sqrt) and _only_read_by(sqrt.outputs[0], div)):
-        return None
-    if not all(isinstance(size, int) for size in x.shape[axes[0]:]):
-        return None
-    return x, axes[0], epsilon[0], div
-
-
-def _affine(last, x, axis: int):
-    """(γ, β, last node): the constant Mul and Add that follow ``last`` as its only readers (γ = ones
-    when there is no Mul)."""
-    scale = bias = None
-    for op in ("Mul", "Add"):
-        users = last.outputs[0].outputs
-        if len(users) != 1 or users[0].op != op:
-            break
-        constants = [t for t in users[0].inputs if isinstance(t, gs.Constant)]
-        if len(constants) != 1 or len(users[0].inputs) != 2 or constants[0].values.ndim > len(x.shape) - axis:
-            break
-        if op == "Mul":
-            scale = constants[0]
-        else:
-            bias = constants[0]
-        last = users[0]
-    if scale is None:
-        ones = np.ones(x.shape[axis:], dtype=np.float32)
-        scale = gs.Constant(f"{last.name}/ones", ones)
-    return scale, bias, last
+    return _readers(tensor) == {id(n) for n in readers}

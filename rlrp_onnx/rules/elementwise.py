@@ -7,7 +7,8 @@ import numpy as np
 from .registry import LINEAR, rule
 
 GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
-RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose"}  # move values, change none
+RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose",  # move values, change none
+             "Identity", "Dropout"}  # (attention dropout: Identity in dynamo's unoptimized export)
 PRODUCTS = {"Mul", "MatMul"}  # what a gate may multiply
 
 
@@ -46,6 +47,8 @@ def _only_gates(ctx, tensor) -> bool:
     if not readers or tensor in ctx.graph.outputs:
         return False
     for reader in readers:
+        if reader.op in ("Shape", "Size"):  # reads no value (tf2onnx sizes the Reshapes of its Einsum so)
+            continue
         if reader.op in RESHAPING:
             if not _only_gates(ctx, reader.outputs[0]):
                 return False
@@ -89,14 +92,24 @@ def mul(ctx, node, rho):
     return product(ctx, node, rho[0], adjoint)
 
 
+def held_gate(ctx, node) -> int | None:
+    """The operand index of a product of two data tensors (Mul, MatMul) held constant as a gate, which no
+    relevance reaches (with two gates, operand 1), or None."""
+    if node.op not in PRODUCTS or len(node.inputs) != 2 or not all(ctx.is_data(t) for t in node.inputs):
+        return None
+    gates = [_is_gate(ctx, t) for t in node.inputs]
+    if not any(gates):
+        return None
+    return 1 - (gates.index(False) if not all(gates) else 0)
+
+
 def product(ctx, node, rho, adjoint) -> dict:
     """Relative relevance of both data operands of a product y = u ∘ v (Mul, MatMul), ``adjoint(i, r)``
     being the adjoint in operand i with the other held: a gate is held constant and the other operand
     takes all (rho_u = adjoint(0, rho_y), rho_v = 0); otherwise each operand takes half."""
-    gates = [_is_gate(ctx, t) for t in node.inputs[:2]]
-    if any(gates):
-        i = gates.index(False) if not all(gates) else 0
-        return {i: adjoint(i, rho)}
+    gate = held_gate(ctx, node)
+    if gate is not None:
+        return {1 - gate: adjoint(1 - gate, rho)}
     half = ctx.emit.mul(rho, ctx.emit.const(0.5))
     return {i: adjoint(i, half) for i in (0, 1)}
 

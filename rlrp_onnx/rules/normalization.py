@@ -8,6 +8,10 @@ import numpy as np
 
 from .registry import NORMALIZATION, rule
 
+# The normalized axes of a LayerNormalization planned by passes/layer_norm.py over axes that do not run to
+# the end (ConvNeXt's channels_first LayerNorm: axis 1 of N, C, H, W); the planned node is never run.
+PLANNED_AXES = "rlrp_axes"
+
 
 def _mean(ctx, tensor, axes, shape):
     count = float(np.prod([shape[a] for a in axes]))
@@ -26,6 +30,8 @@ def _norm_axes(ctx, node):
     rank = len(ctx.shape(node.inputs[0]))
     if node.op == "InstanceNormalization":
         return list(range(2, rank))
+    if PLANNED_AXES in node.attrs:
+        return list(node.attrs[PLANNED_AXES])
     return list(range(node.attrs.get("axis", -1) % rank, rank))
 
 
