@@ -252,10 +252,13 @@ def layer_norm_in_arithmetic(opset: int, affine: bool = True, axes=(-1,)):
     return nodes, {**inits, **({"axes": np.array(axes, np.int64)} if opset >= 18 else {})}
 
 
-def keras_layer_norm(opset: int, affine: bool = True):
+def keras_layer_norm(opset: int, affine: bool = True, reshaped_mean: bool = False):
     """Keras' LayerNormalization as tf2onnx writes it at every opset: inv = 1/Sqrt(mean((x−m)·(x−m)) + ε)
-    [· γ], x·inv + (Neg(m)·inv [+ β])."""
-    nodes = [node("ReduceMean", ["x"], ["m"], axes=[-1]), node("Sub", ["x", "m"], ["d"]),
+    [· γ], x·inv + (Neg(m)·inv [+ β]); ``reshaped_mean``: the Sub reads m through a Reshape that keeps its
+    shape (tf2onnx's transpose optimizer)."""
+    centre = [node("Reshape", ["m", "same"], ["mr"]), node("Sub", ["x", "mr"], ["d"])] if reshaped_mean else \
+        [node("Sub", ["x", "m"], ["d"])]
+    nodes = [node("ReduceMean", ["x"], ["m"], axes=[-1]), *centre,
              node("Mul", ["d", "d"], ["p"]), node("ReduceMean", ["p"], ["v"], axes=[-1]), const("eps", 1e-3),
              node("Add", ["v", "eps"], ["ve"]), node("Sqrt", ["ve"], ["s"]), node("Reciprocal", ["s"], ["r"])]
     inverse = "inv" if affine else "r"
@@ -266,14 +269,16 @@ def keras_layer_norm(opset: int, affine: bool = True):
     if affine:
         nodes.append(node("Add", ["ms", "b_w"], ["shift"]))
     nodes.append(node("Add", ["xs", "shift"], ["h"]))
-    return nodes, ({"s_w": SCALE_W, "b_w": BIAS_W} if affine else {})
+    return nodes, ({"s_w": SCALE_W, "b_w": BIAS_W} if affine else {}) | (
+        {"same": np.array([-1, *X_SHAPE[:-1], 1])} if reshaped_mean else {})
 
 
 @pytest.mark.parametrize("form,opset,affine", [("torch", 13, True), ("torch", 13, False), ("torch", 18, True),
-                                               ("keras", 15, True), ("keras", 17, False)])
+                                               ("keras", 15, True), ("keras", 17, False), ("keras_reshaped", 15, True)])
 def test_layer_norm_in_arithmetic_is_recognised(form, opset, affine):
     """passes/layer_norm.py: one LayerNormalization node in the canonical graph, its rule's relevance."""
-    nodes, inits = layer_norm_in_arithmetic(opset, affine) if form == "torch" else keras_layer_norm(opset, affine)
+    nodes, inits = layer_norm_in_arithmetic(opset, affine) if form == "torch" else \
+        keras_layer_norm(opset, affine, reshaped_mean=form == "keras_reshaped")
     epsilon = 1e-5 if form == "torch" else 1e-3
     model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=opset)
     assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
