@@ -14,6 +14,7 @@ from .methods import RLRP, Method, Options, choose
 from .passes import canonicalize, float_inputs
 from .passes.batchnorm import fold_batchnorm
 from .passes.layer_bias import fold_layer_constants
+from .passes.static_shapes import runtime_inputs
 from .plan import analyse, make_plan
 from .weightless import weightless
 
@@ -104,8 +105,7 @@ OTHER_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.Tensor
 
 def _input_types(source: onnx.ModelProto) -> str:
     """The inputs and their types for an error message, with advice when one is another float type."""
-    initializers = {t.name for t in source.graph.initializer}
-    inputs = [i for i in source.graph.input if i.name not in initializers]
+    inputs = runtime_inputs(source)
     types = [i.type.tensor_type.elem_type for i in inputs]
     listed = ", ".join(f"{i.name} {onnx.TensorProto.DataType.Name(t).lower()}" for i, t in zip(inputs, types))
     advice = "; only float32 models are supported: convert the model to float32" if OTHER_FLOATS & set(types) else ""

@@ -26,10 +26,12 @@ def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
     """Replace every matched decomposition by a LayerNormalization node writing its last tensor."""
     for sqrt in [n for n in graph.nodes if n.op == "Sqrt"]:
         statistics = _statistics(sqrt)
-        found = statistics and (_torch_form(sqrt, *statistics) or _keras_form(sqrt, *statistics))
+        if statistics is None:
+            continue
+        x, mean, axes, epsilon, sub = statistics
+        found = _torch_form(sqrt, x, mean, sub) or _keras_form(sqrt, x, mean, sub)
         if not found:
             continue
-        x, axes, epsilon = statistics[0], statistics[2], statistics[3]
         scale, bias, last = found
         if scale is None:
             ones = [x.shape[a] if a in axes else 1 for a in range(axes[0], len(x.shape))]
@@ -73,7 +75,7 @@ def _statistics(sqrt):
     return x, mean, axes, epsilon[0], sub
 
 
-def _torch_form(sqrt, x, mean, axes, epsilon, sub):
+def _torch_form(sqrt, x, mean, sub):
     """(γ, β, last node) for ``d / σ`` [· γ] [+ β]."""
     div = [n for n in sqrt.outputs[0].outputs if n.op == "Div" and n.inputs[0] is sub.outputs[0]]
     if len(div) != 1 or not _only_read_by(sqrt.outputs[0], div[0]) or not _only_read_by(mean.outputs[0], sub) \
@@ -84,7 +86,7 @@ def _torch_form(sqrt, x, mean, axes, epsilon, sub):
     return scale, bias, last
 
 
-def _keras_form(sqrt, x, mean, axes, epsilon, sub):
+def _keras_form(sqrt, x, mean, sub):
     """(γ, β, last node) for inv = 1/σ [· γ], x · inv + (−m · inv [+ β])."""
     reciprocal = sqrt.outputs[0].outputs
     if len(reciprocal) != 1 or reciprocal[0].op != "Reciprocal" or len(_readers(sub.outputs[0])) != 1:

@@ -9,11 +9,15 @@ from ..errors import RlrpError
 FLOAT_TYPES = {onnx.TensorProto.FLOAT}
 
 
+def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs a caller feeds (not initializers)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
 def float_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The graph inputs that can be explained (float32, not initializers)."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input
-            if i.name not in initializers and i.type.tensor_type.elem_type in FLOAT_TYPES]
+    return [i for i in runtime_inputs(model) if i.type.tensor_type.elem_type in FLOAT_TYPES]
 
 
 def pin_input_shapes(model: onnx.ModelProto, label: str, overrides: dict[str, list[int]] | None) -> None:

@@ -39,36 +39,16 @@ def _is_gate(ctx, tensor) -> bool:
     return producer is not None and producer.op in GATES
 
 
-def _only_gates(ctx, tensor) -> bool:
-    """Whether every reader of ``tensor`` (through reshaping ops) is a product in which it is the gate and
-    the other operand is data and no gate: relevance then never reaches it. (Not a graph output: a
-    Softmax reshaped into the scores is no gate.)"""
-    readers = ctx.readers(tensor)
-    if not readers or tensor in ctx.graph.outputs:
-        return False
-    for reader in readers:
-        if reader.op in ("Shape", "Size"):  # reads no value (tf2onnx sizes the Reshapes of its Einsum so)
-            continue
-        if reader.op in RESHAPING:
-            if not _only_gates(ctx, reader.outputs[0]):
-                return False
-            continue
-        others = [t for t in reader.inputs if t is not tensor]
-        if reader.op not in PRODUCTS or len(others) != 1 or not ctx.is_data(others[0]) or _is_gate(ctx, others[0]):
-            return False
-    return True
-
-
 def _softmax_check(ctx, node):
-    if not _only_gates(ctx, node.outputs[0]):
-        return ("Softmax inside the network is supported only as a gate (its output multiplies a data tensor, "
-                "by Mul or MatMul)")
-    return None
+    """A Softmax that only gates products is held constant there and never reaches the relevance path
+    (plan._relevance_path, ``held_gate``); one on the path is read otherwise: refused."""
+    return ("Softmax inside the network is supported only as a gate (its output multiplies a data tensor, "
+            "by Mul or MatMul)")
 
 
 @rule("Softmax", check=_softmax_check)
 def softmax(ctx, node, rho):
-    """A gate, held constant by the product it gates (``mul``): no relevance reaches it (``_softmax_check``)."""
+    """Never called: every Softmax on the relevance path is refused (``_softmax_check``)."""
     return {}
 
 
@@ -84,6 +64,7 @@ def mul(ctx, node, rho):
     (rho_u = v·rho_y, rho_v = 0), otherwise each operand takes half (rho_u = v·rho_y/2, rho_v = u·rho_y/2)."""
     emit, y = ctx.emit, node.outputs[0]
     data = [ctx.is_data(t) for t in node.inputs]
+
     def adjoint(i, r):
         return ctx.unbroadcast(emit.mul(r, node.inputs[1 - i]), node.inputs[i], y)
 
