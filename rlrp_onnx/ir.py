@@ -197,15 +197,18 @@ class Emitter:
         return self.mul(anchored, factor)
 
     def gate(self, rho: Tensor, y: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
-        """``rho`` where ``low < y < high`` (an absent bound always holds), 0 elsewhere.
+        """``rho`` where ``low < y < high`` (an absent bound always holds), 0 elsewhere; with both bounds,
+        ``y`` is the output of a Clip to them.
 
-        On an N,C,H,W tensor inside the graph the factor is a product of ``step``s, which ONNX Runtime's
-        CPU provider runs in the blocked (NCHWc) layout of the Convs around them; elsewhere, or with
-        ``step_masks`` off, a comparison (``masked``)."""
+        On an N,C,H,W tensor inside the graph the factor is a ``step``, a ``band`` for ``[0, high]``, or
+        the product of two steps, which ONNX Runtime's CPU provider runs in the blocked (NCHWc) layout
+        of the Convs around them; elsewhere, or with ``step_masks`` off, a comparison (``masked``)."""
         bounds = [(b, above) for b, above in ((low, True), (high, False)) if b is not None]
         if not bounds:
             return rho
         if self.step_masks and self.blockable(y) and all(abs(b) <= STEP_BOUND_LIMIT for b, _ in bounds):
+            if low == 0.0 and high is not None and high >= 1.0 / STEP_BOUND_LIMIT:
+                return self.mul(rho, self.band(y, high))
             steps = [self.step(y, bound, above) for bound, above in bounds]
             factor = steps[0] if len(steps) == 1 else self.op("Mul", steps, early=True)
             return self.mul(rho, factor)
@@ -233,6 +236,30 @@ class Emitter:
         for t in (z, step):
             t.shape, t.dtype = list(y.shape), np.float32
         return step
+
+    def band(self, y: Tensor, high: float) -> gs.Variable:
+        """``[0 < y < high]`` as 0.0/1.0 for the output ``y`` of a Clip to ``[0, high]`` (ReLU6), an N,C,H,W
+        tensor with a static channel count: ``HardSigmoid(STEP_ALPHA·v)`` of ``v = s·(high − y) − 1 + [y > 0]``,
+        the last term the lower ``step``, with ``s`` the power of two that puts ``s·high`` in (1/2, 1].
+        ONNX Runtime's blocked Conv takes the ``Add`` as its Sum input, so both bounds cost two Conv
+        kernels (two steps and their product cost three). Exact in any order of the Conv's bias and Sum
+        additions: below ``high``, ``s·(high − y) ≥ 2⁻²⁴``, so ``v`` is positive exactly when both bounds
+        hold (``tests/test_step.py``).
+
+        Emitted first, like ``step``: in the plain layout ONNX Runtime computes the band when the
+        relevance pass reaches it; in the blocked layout, some bands during the forward pass (emitted
+        with the relevance instead, every band in the plain layout was, at 2.5 times the peak memory)."""
+        channels = y.shape[1]
+        high = float(np.float32(high))
+        scale = 2.0 ** -int(np.ceil(np.log2(high)))
+        positive = self.step(y, 0.0, above=True)
+        z = self.op("Conv", [y, self.filled(-scale, [channels, 1, 1, 1]), self.filled(scale * high - 1.0, [channels])],
+                    {"group": channels}, early=True)
+        v = self.op("Add", [z, positive], early=True)
+        band = self.op("HardSigmoid", [v], {"alpha": STEP_ALPHA, "beta": 0.0}, early=True)
+        for t in (z, v, band):
+            t.shape, t.dtype = list(y.shape), np.float32
+        return band
 
     def blocked(self, rho: Tensor, like: Tensor, scale: float = 1.0) -> Tensor:
         """``scale``·``rho`` for the relevance of ``like``; where that is an N,C,H,W tensor inside the graph,

@@ -357,8 +357,8 @@ def is_step_factor(node, producers) -> bool:
 
 def conv_roles(model) -> dict[str, str]:
     """The relevance pass's Convs that are not adjoints, by every name ONNX Runtime may give their
-    kernel (its fusions keep the Conv's or the HardSigmoid's name): ``Emitter.step``'s Conv (with its
-    HardSigmoid and the product of two steps) as MASK_STEP, ``Emitter.blocked``'s as LAYOUT_CONV."""
+    kernel (its fusions keep the Conv's or the HardSigmoid's name): ``Emitter.step``'s and
+    ``Emitter.band``'s Conv (with its HardSigmoid, the band's Add and the product of two steps) as MASK_STEP, ``Emitter.blocked``'s as LAYOUT_CONV."""
     producers = {o: n for n in model.graph.node for o in n.output}
     readers = collections.defaultdict(list)
     for node in model.graph.node:
@@ -368,6 +368,8 @@ def conv_roles(model) -> dict[str, str]:
     for node in model.graph.node:
         if node.op_type == "HardSigmoid" and is_relevance(node.name):
             step = [node, producers[node.input[0]]]
+            if step[-1].op_type == "Add":  # Emitter.band: its Conv, with the lower step as the Sum
+                step += [p for p in map(producers.get, step[-1].input) if getattr(p, "op_type", "") == "Conv"]
             step += [r for r in readers[node.output[0]] if r.op_type == "Mul" and is_step_factor(r, producers)]
             roles.update({name: MASK_STEP for n in step for name in (n.name, n.output[0])})
     from onnx import numpy_helper
