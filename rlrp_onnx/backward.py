@@ -57,10 +57,9 @@ class Context:
     def producer(tensor: Tensor) -> gs.Node | None:
         return tensor.inputs[0] if tensor.inputs else None
 
-    def unbroadcast(self, rho: Tensor, operand: Tensor, result: Tensor | list) -> Tensor:
-        """Sum ``rho`` (shaped like ``result``, a tensor or a shape) over the axes along which ``operand``
-        was broadcast."""
-        out_shape, in_shape = self.shape(result) if not isinstance(result, list) else result, self.shape(operand)
+    def unbroadcast(self, rho: Tensor, operand: Tensor, shape: list) -> Tensor:
+        """Sum ``rho`` (of ``shape``) over the axes along which ``operand`` was broadcast to it."""
+        out_shape, in_shape = shape, self.shape(operand)
         lead = len(out_shape) - len(in_shape)
         axes = [i + lead for i, (a, b) in enumerate(zip(in_shape, out_shape[lead:])) if a == 1 and b != 1]
         if axes:

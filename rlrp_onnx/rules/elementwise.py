@@ -16,7 +16,7 @@ PRODUCTS = {"Mul", "MatMul"}  # what a gate may multiply
 def add(ctx, node, rho):
     """rho_u = rho_v = rho_y: a constant addend is a bias whose share stays behind; a skip splits R ∝ u, v."""
     y = node.outputs[0]
-    return {i: ctx.unbroadcast(rho[0], t, y) for i, t in enumerate(node.inputs) if ctx.is_data(t)}
+    return {i: ctx.unbroadcast(rho[0], t, ctx.shape(y)) for i, t in enumerate(node.inputs) if ctx.is_data(t)}
 
 
 @rule("Sub", kind=LINEAR)
@@ -24,9 +24,9 @@ def sub(ctx, node, rho):
     """rho_u = rho_y, rho_v = −rho_y."""
     y, result = node.outputs[0], {}
     if ctx.is_data(node.inputs[0]):
-        result[0] = ctx.unbroadcast(rho[0], node.inputs[0], y)
+        result[0] = ctx.unbroadcast(rho[0], node.inputs[0], ctx.shape(y))
     if ctx.is_data(node.inputs[1]):
-        result[1] = ctx.unbroadcast(ctx.emit.op("Neg", [rho[0]]), node.inputs[1], y)
+        result[1] = ctx.unbroadcast(ctx.emit.op("Neg", [rho[0]]), node.inputs[1], ctx.shape(y))
     return result
 
 
@@ -66,7 +66,7 @@ def mul(ctx, node, rho):
     data = [ctx.is_data(t) for t in node.inputs]
 
     def adjoint(i, r):
-        return ctx.unbroadcast(emit.mul(r, node.inputs[1 - i]), node.inputs[i], y)
+        return ctx.unbroadcast(emit.mul(r, node.inputs[1 - i]), node.inputs[i], ctx.shape(y))
 
     if not all(data):
         return {data.index(True): adjoint(data.index(True), rho[0])}
@@ -107,4 +107,4 @@ def div(ctx, node, rho):
     divisor = ctx.constant(node.inputs[1])
     inverse = (1.0 / divisor.astype(np.float64)).astype(divisor.dtype)
     scaled = ctx.emit.mul(rho[0], ctx.emit.const(inverse, divisor.dtype))
-    return {0: ctx.unbroadcast(scaled, node.inputs[0], node.outputs[0])}
+    return {0: ctx.unbroadcast(scaled, node.inputs[0], ctx.shape(node.outputs[0]))}

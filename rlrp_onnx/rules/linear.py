@@ -145,7 +145,7 @@ def gemm(ctx, node, rho):
             result[1] = ctx.emit.op("Gemm", [a, rho[0]], {"alpha": alpha, "transA": 1 - trans_a})
     if len(node.inputs) > 2 and ctx.is_data(node.inputs[2]):
         beta = ctx.emit.mul(rho[0], ctx.emit.const(float(node.attrs.get("beta", 1.0))))
-        result[2] = ctx.unbroadcast(beta, node.inputs[2], node.outputs[0])
+        result[2] = ctx.unbroadcast(beta, node.inputs[2], ctx.shape(node.outputs[0]))
     return result
 
 
@@ -179,7 +179,8 @@ def matmul(ctx, node, rho):
         return {1: emit.op("Gemm", [w, rho[0]], {"transA": 1})}
     w_t = _swapped(emit, w, w_rank)
     pair = [rho[0], w_t] if x_index == 0 else [w_t, rho[0]]
-    return {x_index: ctx.unbroadcast(emit.op("MatMul", pair), x, node.outputs[0])}
+    adjoint_shape = ctx.shape(node.outputs[0])[:-2] + ctx.shape(x)[-2:]  # y's batch axes, x's matrix axes
+    return {x_index: ctx.unbroadcast(emit.op("MatMul", pair), x, adjoint_shape)}
 
 
 def _data_product(ctx, node, rho):

@@ -195,5 +195,5 @@ def where(ctx, node, rho):
     cond, zero, result = node.inputs[0], emit.const(0.0), {}
     for index, picked in ((1, [cond, rho[0], zero]), (2, [cond, zero, rho[0]])):
         if ctx.is_data(node.inputs[index]):
-            result[index] = ctx.unbroadcast(emit.op("Where", picked), node.inputs[index], y)
+            result[index] = ctx.unbroadcast(emit.op("Where", picked), node.inputs[index], ctx.shape(y))
     return result

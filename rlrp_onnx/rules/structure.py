@@ -28,7 +28,7 @@ def cast(ctx, node, rho):
 @rule("Expand")
 def expand(ctx, node, rho):
     """rho_x = rho_y summed over the broadcast axes."""
-    return {0: ctx.unbroadcast(rho[0], node.inputs[0], node.outputs[0])}
+    return {0: ctx.unbroadcast(rho[0], node.inputs[0], ctx.shape(node.outputs[0]))}
 
 
 @rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
