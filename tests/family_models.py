@@ -334,6 +334,29 @@ class AttentionLike(nn.Module):
         return self.fc((f * spatial * channels).sum((2, 3)))
 
 
+# ---- GroupNorm: exported as InstanceNormalization between two Reshapes -----------------------------
+
+class GroupNormLike(nn.Module):
+    """Residual Conv blocks normalized by GroupNorm (as in ResNet-GN and diffusion U-Nets), one of them
+    with one channel per group."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(16, 16), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(2, 16))
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GroupNorm(8, 32), nn.ReLU())
+        self.fc = nn.Linear(32, num_classes)
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        return self.fc(self.down(x).mean((2, 3)))
+
+
 # ---- a vision transformer: attention as a MatMul of two data tensors -----------------------------
 
 class Attention(nn.Module):
@@ -396,6 +419,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "senet_like": ModelSpec(SENetLike, SENetLike.input_shape),
     "attention_like": ModelSpec(AttentionLike, AttentionLike.input_shape),
     "vit_like": ModelSpec(ViTLike, ViTLike.input_shape),
+    "groupnorm_like": ModelSpec(GroupNormLike, GroupNormLike.input_shape),
 }
 
 

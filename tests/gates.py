@@ -8,8 +8,8 @@ R-LRP equals input × gradient with the gates held constant.
 * every gated activation ``y = x·g(x)`` — ``nn.SiLU`` (g = sigmoid), ``nn.Hardswish`` (g = hardsigmoid),
   ``nn.GELU`` (g = Φ, exact or tanh form), ``nn.Mish`` (g = tanh∘softplus) — return the same value with
   gradient ``g(x)``: ``y.detach() + (x − x.detach())·g(x).detach()``;
-* every ``nn.LayerNorm`` hold its statistics (mean and standard deviation) constant: gradient
-  ``weight / σ``.
+* every ``nn.LayerNorm`` and ``nn.GroupNorm`` hold its statistics (mean and standard deviation, per
+  sample, and per group) constant: gradient ``weight / σ``.
 
 Independent of ``rlrp_onnx``; use with ``oracle.input_times_gradient``.
 """
@@ -37,19 +37,25 @@ GATED = {
     nn.Mish: lambda m, x: torch.tanh(F.softplus(x)),
 }
 GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
+NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
-def _held_statistics(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    axes = tuple(range(-len(module.normalized_shape), 0))
-    variance = x.detach().var(dim=axes, unbiased=False, keepdim=True)
-    return module.weight.detach() / torch.sqrt(variance + module.eps)
+def _held_statistics(module: nn.LayerNorm | nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.GroupNorm):  # over each group's channels and all positions
+        groups = x.detach().reshape(x.shape[0], module.num_groups, -1)
+        variance = groups.var(dim=2, unbiased=False, keepdim=True).expand_as(groups).reshape(x.shape)
+        weight = module.weight.detach().reshape(1, -1, *[1] * (x.ndim - 2))
+    else:
+        axes = tuple(range(-len(module.normalized_shape), 0))
+        variance, weight = x.detach().var(dim=axes, unbiased=False, keepdim=True), module.weight.detach()
+    return weight / torch.sqrt(variance + module.eps)
 
 
 def _hook(module, inputs, output):
     if isinstance(module, GATES):
         return output.detach()
     x = inputs[0]
-    if isinstance(module, nn.LayerNorm):
+    if isinstance(module, NORMS):
         return output.detach() + (x - x.detach()) * _held_statistics(module, x)
     gate = GATED[type(module)](module, x.detach())
     return output.detach() + (x - x.detach()) * gate
@@ -59,7 +65,7 @@ def _hook(module, inputs, output):
 def detached_gates(model: nn.Module):
     """Hold every gate of ``model`` constant in autograd while the context is active."""
     handles = [m.register_forward_hook(_hook) for m in model.modules()
-               if isinstance(m, (*GATES, nn.LayerNorm)) or type(m) in GATED]
+               if isinstance(m, (*GATES, *NORMS)) or type(m) in GATED]
     try:
         yield model
     finally:

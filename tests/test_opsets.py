@@ -26,7 +26,7 @@ from test_oracle import run
 from test_rule_configs import compare, export
 
 CASES = [("resnet18_like", 11), ("resnet18_like", 13), ("resnet50_like", 15), ("densenet_like", 12),
-         ("inception_like", 11), ("senet_like", 12), ("attention_like", 13), ("vit_like", 11), ("vit_like", 16)]
+         ("inception_like", 11), ("senet_like", 12), ("attention_like", 13), ("vit_like", 11), ("vit_like", 16), ("groupnorm_like", 11)]
 
 
 @pytest.mark.parametrize("name,opset", CASES, ids=[f"{n}-opset{o}" for n, o in CASES])
@@ -34,7 +34,8 @@ def test_older_opset_exports_match_autograd(tmp_path, name, opset):
     """ResNets, DenseNet and Inception have overlapping max pools (3x3, stride 2); ResNet-18, SENet and
     the attention net reshape by the batch size read at run time (SENet twice, the second Reshape's
     input shape known only once the first is pinned); the ViT expands its class token to the batch size
-    and, below opset 17, writes LayerNorm out in arithmetic (passes/layer_norm.py)."""
+    and, below opset 17, writes LayerNorm out in arithmetic (passes/layer_norm.py); GroupNorm reshapes to
+    the batch size around its InstanceNormalization."""
     reference = name in ("resnet18_like", "resnet50_like")
     model = make_reference(name) if reference else make_family(name)
     x = example_input(name, batch=3, seed=7) if reference else family_input(name, batch=3, seed=7)
