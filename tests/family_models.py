@@ -350,11 +350,48 @@ class GroupNormLike(nn.Module):
         self.down = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GroupNorm(8, 32), nn.ReLU())
         self.fc = nn.Linear(32, num_classes)
         init_deterministic(self, seed)
+        with torch.no_grad():  # scales and shifts other than GroupNorm's defaults (1, 0)
+            for norm in (m for m in self.modules() if isinstance(m, nn.GroupNorm)):
+                norm.weight.copy_(torch.linspace(0.5, 1.5, norm.num_channels))
+                norm.bias.copy_(torch.linspace(-0.2, 0.2, norm.num_channels))
 
     def forward(self, x):
         x = self.stem(x)
         x = torch.relu(x + self.block(x))
         return self.fc(self.down(x).mean((2, 3)))
+
+
+# ---- RMSNorm, as LLaMA-style code writes it out ---------------------------------------------------
+
+class WrittenRMSNorm(nn.RMSNorm):
+    """``x · rsqrt(mean(x²) + ε) · γ`` written out, which both exporters export (TorchScript has no
+    export of ``nn.RMSNorm``'s own op; the dynamo exporter writes that op out the same way)."""
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class RMSNormLike(nn.Module):
+    """Tokens from a patch Conv through a pre-norm residual MLP block with RMSNorm, a final RMSNorm, the
+    mean over tokens and a head; ``norm`` makes the RMSNorm modules (``WrittenRMSNorm`` or ``nn.RMSNorm``)."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, seed=0, num_classes=10, dim=16, norm=WrittenRMSNorm):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.norm1, self.norm2 = norm(dim, eps=1e-6), norm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 32), nn.SiLU(), nn.Linear(32, dim))
+        self.head = nn.Linear(dim, num_classes)
+        init_deterministic(self, seed)
+        with torch.no_grad():
+            for scale in (self.norm1.weight, self.norm2.weight):
+                scale.copy_(torch.linspace(0.5, 1.5, dim))
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = x + self.mlp(self.norm1(x))
+        return self.head(self.norm2(x).mean(1))
 
 
 # ---- a vision transformer: attention as a MatMul of two data tensors -----------------------------
@@ -420,6 +457,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "attention_like": ModelSpec(AttentionLike, AttentionLike.input_shape),
     "vit_like": ModelSpec(ViTLike, ViTLike.input_shape),
     "groupnorm_like": ModelSpec(GroupNormLike, GroupNormLike.input_shape),
+    "rmsnorm_like": ModelSpec(RMSNormLike, RMSNormLike.input_shape),
 }
 
 

@@ -8,8 +8,8 @@ R-LRP equals input × gradient with the gates held constant.
 * every gated activation ``y = x·g(x)`` — ``nn.SiLU`` (g = sigmoid), ``nn.Hardswish`` (g = hardsigmoid),
   ``nn.GELU`` (g = Φ, exact or tanh form), ``nn.Mish`` (g = tanh∘softplus) — return the same value with
   gradient ``g(x)``: ``y.detach() + (x − x.detach())·g(x).detach()``;
-* every ``nn.LayerNorm`` and ``nn.GroupNorm`` hold its statistics (mean and standard deviation, per
-  sample, and per group) constant: gradient ``weight / σ``.
+* every ``nn.LayerNorm``, ``nn.GroupNorm`` and ``nn.RMSNorm`` hold its statistics (mean and standard
+  deviation, per sample, and per group; the root mean square) constant: gradient ``weight / σ``.
 
 Independent of ``rlrp_onnx``; use with ``oracle.input_times_gradient``.
 """
@@ -37,18 +37,23 @@ GATED = {
     nn.Mish: lambda m, x: torch.tanh(F.softplus(x)),
 }
 GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
-NORMS = (nn.LayerNorm, nn.GroupNorm)
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
-def _held_statistics(module: nn.LayerNorm | nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+def _held_statistics(module: nn.LayerNorm | nn.GroupNorm | nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    eps = module.eps
     if isinstance(module, nn.GroupNorm):  # over each group's channels and all positions
         groups = x.detach().reshape(x.shape[0], module.num_groups, -1)
         variance = groups.var(dim=2, unbiased=False, keepdim=True).expand_as(groups).reshape(x.shape)
         weight = module.weight.detach().reshape(1, -1, *[1] * (x.ndim - 2))
+    elif isinstance(module, nn.RMSNorm):  # the mean square, not the variance; ε None: float32's ε
+        axes = tuple(range(-len(module.normalized_shape), 0))
+        variance, weight = x.detach().pow(2).mean(dim=axes, keepdim=True), module.weight.detach()
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
     else:
         axes = tuple(range(-len(module.normalized_shape), 0))
         variance, weight = x.detach().var(dim=axes, unbiased=False, keepdim=True), module.weight.detach()
-    return weight / torch.sqrt(variance + module.eps)
+    return weight / torch.sqrt(variance + eps)
 
 
 def _hook(module, inputs, output):

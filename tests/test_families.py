@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import re
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
+import torch
+from torch import nn
 
 from rlrp_onnx import compile_model
 from rlrp_onnx.cli import main
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 
 from exporting import EXPORTERS, export_onnx
-from family_models import FAMILIES, family_input, make_family
+from family_models import FAMILIES, RMSNormLike, family_input, make_family
 from gates import detached_gates
 from oracle import input_times_gradient, relative_l2_error
 from test_oracle import run
@@ -111,6 +115,37 @@ def test_family_matches_oracle(exported_family, family, capsys, name, exporter, 
     check_against_oracle(compiled, path, family(name), x, targets=None, name=name)
     check_against_oracle(compiled, path, family(name), x, targets=[3, -1, 9], name=name)
     assert not added_ops(compiled, path) & {"Div", "Reciprocal"}
+
+
+class DivRMSNorm(nn.RMSNorm):
+    """RMSNorm written as ``x / sqrt(mean(x·x) + ε) · γ``."""
+
+    def forward(self, x):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+RMS_FORMS = {"nn.RMSNorm-dynamo-opset18": (nn.RMSNorm, True, 18, "Reciprocal"),
+             "nn.RMSNorm-dynamo-opset23": (nn.RMSNorm, True, 23, "RMSNormalization"),
+             "x-over-sqrt-torchscript-opset11": (DivRMSNorm, False, 11, "Div")}
+
+
+@pytest.mark.parametrize("form", RMS_FORMS)
+def test_rms_norm_forms(tmp_path, form):
+    """RMSNorm as the dynamo exporter writes ``nn.RMSNorm`` (Reciprocal of Sqrt; from opset 23 the
+    RMSNormalization op) and as ``x / σ``, against autograd with the root mean square held."""
+    norm, dynamo, opset, op = RMS_FORMS[form]
+    model = RMSNormLike(norm=norm).eval()
+    x, path = family_input("rmsnorm_like", batch=3, seed=7), tmp_path / "rms.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        batch = {"dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=64)},)} if dynamo else \
+            {"dynamic_axes": {"image": {0: "N"}, "logits": {0: "N"}}}
+        program = torch.onnx.export(model, (torch.from_numpy(x),), None if dynamo else str(path), dynamo=dynamo,
+                                    opset_version=opset, input_names=["image"], output_names=["logits"], **batch)
+        if dynamo:
+            program.save(str(path), external_data=False)
+    assert op in {n.op_type for n in onnx.load(str(path)).graph.node}
+    check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9])
 
 
 def test_gelu_head_is_recognised(exported_family):

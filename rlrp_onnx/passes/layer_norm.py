@@ -1,13 +1,17 @@
-"""Recognise LayerNorm written out in arithmetic and replace it, in the canonical graph only, by one
-``LayerNormalization`` node, whose rule holds the statistics constant.
+"""Recognise LayerNorm and RMSNorm written out in arithmetic and replace each, in the canonical graph only,
+by one ``LayerNormalization`` or ``RMSNormalization`` node, whose rule holds the statistics constant.
 
-Both forms share the statistics ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(mean(d²) + ε)`` (means over
-the same contiguous axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as
+LayerNorm's statistics are ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(mean(d²) + ε)`` (means over the
+same contiguous axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as
 Pow 2 or d·d), then:
 
 * torch below opset 17, which has no LayerNormalization op: ``d / σ``, then optionally ``· γ`` and ``+ β``;
 * Keras through tf2onnx (at every opset): ``inv = Reciprocal(σ)``, optionally ``· γ``, then
   ``x · inv + (−m · inv``, optionally ``+ β)``.
+
+RMSNorm's (torch's ``nn.RMSNorm``, which only the dynamo exporter exports, and the form LLaMA-style code
+writes out) is ``σ = Sqrt(mean(x²) + ε)``, then ``x · inv`` with ``inv = Reciprocal(σ)`` or ``1 / σ``
+(``torch.rsqrt``), or ``x / σ``, optionally ``· γ``.
 
 Like ``gelu.py``, the node is only planned, never run, so it is valid at any opset; axes that do not run
 to the end (ConvNeXt's channels_first LayerNorm over axis 1) are recorded in its attribute PLANNED_AXES.
@@ -23,13 +27,17 @@ from .gelu import producer, scalar
 
 
 def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
-    """Replace every matched decomposition by a LayerNormalization node writing its last tensor."""
+    """Replace every matched decomposition by a LayerNormalization (RMSNormalization where the mean is
+    not subtracted) node writing its last tensor."""
     for sqrt in [n for n in graph.nodes if n.op == "Sqrt"]:
         statistics = _statistics(sqrt)
         if statistics is None:
             continue
         x, mean, axes, epsilon, sub = statistics
-        found = _torch_form(sqrt, x, mean, sub) or _keras_form(sqrt, x, mean, sub)
+        if sub is None:
+            found = _rms_form(sqrt, x)
+        else:
+            found = _torch_form(sqrt, x, mean, sub) or _keras_form(sqrt, x, mean, sub)
         if not found:
             continue
         scale, bias, last = found
@@ -41,13 +49,15 @@ def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
             attrs[PLANNED_AXES] = axes
         out = last.outputs[0]
         last.outputs.clear()
-        graph.nodes.append(gs.Node("LayerNormalization", f"{sqrt.name}/layer_norm", attrs,
+        op = "LayerNormalization" if sub is not None else "RMSNormalization"
+        graph.nodes.append(gs.Node(op, f"{sqrt.name}/layer_norm", attrs,
                                    [x, scale] + ([bias] if bias is not None else []), [out]))
     return graph.cleanup().toposort()
 
 
 def _statistics(sqrt):
-    """(x, mean node, axes, ε, Sub node) when ``sqrt`` computes σ = Sqrt(mean((x − mean(x))²) + ε)."""
+    """(x, mean node, axes, ε, Sub node) when ``sqrt`` computes σ = Sqrt(mean((x − mean(x))²) + ε);
+    (x, None, axes, ε, None) when it computes σ = Sqrt(mean(x²) + ε)."""
     add = producer(sqrt.inputs[0])
     if add is None or add.op != "Add" or not _only_read_by(add.outputs[0], sqrt):
         return None
@@ -62,15 +72,16 @@ def _statistics(sqrt):
             or (square.op == "Mul" and square.inputs[0] is square.inputs[1])):
         return None
     sub = producer(square.inputs[0])
-    if sub is None or sub.op != "Sub":
-        return None
-    x, mean = sub.inputs[0], producer(sub.inputs[1])
-    if x.shape is None or mean is None or mean.inputs[0] is not x:
+    mean = producer(sub.inputs[1]) if sub is not None and sub.op == "Sub" else None
+    if mean is None or mean.inputs[0] is not sub.inputs[0]:  # no mean subtracted: RMSNorm's statistics
+        sub = mean = None
+    x = sub.inputs[0] if sub is not None else square.inputs[0]
+    if x.shape is None:
         return None
     rank = len(x.shape)
-    axes = _mean_axes(mean, rank)
-    if not axes or axes != _mean_axes(variance[0], rank) or axes != list(range(axes[0], axes[-1] + 1)) \
-            or not all(isinstance(x.shape[a], int) for a in axes):
+    axes = _mean_axes(variance[0], rank)
+    if not axes or (mean is not None and axes != _mean_axes(mean, rank)) \
+            or axes != list(range(axes[0], axes[-1] + 1)) or not all(isinstance(x.shape[a], int) for a in axes):
         return None
     return x, mean, axes, epsilon[0], sub
 
@@ -107,6 +118,27 @@ def _keras_form(sqrt, x, mean, sub):
             or shift.outputs[0] not in total[0].inputs:
         return None
     return scale, bias, total[0]
+
+
+def _rms_form(sqrt, x):
+    """(γ, None, last node) for ``x · inv`` with inv = Reciprocal(σ) or 1 / σ, or ``x / σ``; [· γ]."""
+    readers = sqrt.outputs[0].outputs
+    if len(readers) != 1:
+        return None
+    step = readers[0]
+    if step.op == "Div" and step.inputs[0] is x and step.inputs[1] is sqrt.outputs[0]:
+        normalized = step
+    else:
+        if not (step.op == "Reciprocal" or (step.op == "Div" and scalar(step.inputs[0]) == 1.0
+                                             and step.inputs[1] is sqrt.outputs[0])):
+            return None
+        users = step.outputs[0].outputs
+        if len(users) != 1 or users[0].op != "Mul" or len(users[0].inputs) != 2 \
+                or {id(t) for t in users[0].inputs} != {id(x), id(step.outputs[0])}:
+            return None
+        normalized = users[0]
+    scale, last = _by_constant(normalized, "Mul", x)
+    return scale, None, last
 
 
 def _by_constant(node, op: str, x):

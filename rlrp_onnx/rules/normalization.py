@@ -18,11 +18,13 @@ def _mean(ctx, tensor, axes, shape):
     return ctx.emit.mul(ctx.emit.reduce_sum(tensor, axes, keepdims=True), ctx.emit.const(1.0 / count))
 
 
-def inverse_std(ctx, x, axes, epsilon):
-    """(Var[x over axes] + ε)^(−1/2), keepdims, as the forward computes it."""
+def inverse_std(ctx, x, axes, epsilon, centred: bool = True):
+    """(Var[x over axes] + ε)^(−1/2), keepdims, as the forward computes it; not ``centred``, the inverse
+    root mean square (mean(x²) + ε)^(−1/2)."""
     emit, shape = ctx.emit, ctx.shape(x)
-    centred = emit.op("Sub", [x, _mean(ctx, x, axes, shape)])
-    variance = _mean(ctx, emit.mul(centred, centred), axes, shape)
+    if centred:
+        x = emit.op("Sub", [x, _mean(ctx, x, axes, shape)])
+    variance = _mean(ctx, emit.mul(x, x), axes, shape)
     return emit.op("Pow", [emit.op("Add", [variance, emit.const(epsilon)]), emit.const(-0.5)])
 
 
@@ -43,14 +45,17 @@ def _norm_check(ctx, node):
     return None
 
 
-@rule("InstanceNormalization", "LayerNormalization", check=_norm_check, kind=NORMALIZATION)
+@rule("InstanceNormalization", "LayerNormalization", "RMSNormalization", check=_norm_check, kind=NORMALIZATION)
 def normalization(ctx, node, rho):
-    """y = scale·(x − μ)/σ + B with μ, σ held constant: rho_x = rho_y·scale/σ (μ and B are bias shares)."""
+    """y = scale·(x − μ)/σ + B with μ, σ held constant: rho_x = rho_y·scale/σ (μ and B are bias shares);
+    RMSNormalization: y = scale·x/rms(x), rms held constant, rho_x = rho_y·scale/rms."""
     emit, x = ctx.emit, node.inputs[0]
     scale = node.inputs[1]
     if node.op == "InstanceNormalization":  # scale [C] against x [N, C, ...]
         scale = emit.op("Reshape", [scale, emit.ints([-1] + [1] * (len(ctx.shape(x)) - 2))])
-    factor = emit.mul(scale, inverse_std(ctx, x, _norm_axes(ctx, node), float(node.attrs.get("epsilon", 1e-5))))
+    epsilon = float(node.attrs.get("epsilon", 1e-5))
+    inverse = inverse_std(ctx, x, _norm_axes(ctx, node), epsilon, centred=node.op != "RMSNormalization")
+    factor = emit.mul(scale, inverse)
     return {0: emit.mul(rho[0], factor)}
 
 
