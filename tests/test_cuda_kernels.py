@@ -40,7 +40,7 @@ epsilon_alpha2_beta1_flat (ε, γ, z^B, α2β1, flat). Together they give every 
 all 14 methods give on all four small reference networks and EfficientNet-Lite0 from both exporters
 with BatchNorm folded and kept (70 combinations; compared once, 2026-11-26); the family's ViT
 (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17 and 13 and from
-dynamo, under every method. A small hand-built
+dynamo, and its GroupNorm and RMSNorm networks from both exporters, under every method. A small hand-built
 Conv/pool/Gemm classifier is also compiled at opsets 11-23, since the compiler emits at the source
 model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from opset 19 on the compiler
 avoids ops whose newest schema has no CUDA kernel: Pad, Identity, ConvTranspose, MaxPool).
@@ -276,17 +276,20 @@ def _report(signatures: dict, problem) -> list[str]:
 
 # ---- the models ----------------------------------------------------------------------------------
 
-def _vit_exports(folder):
+def _family_exports(folder):
     """The family's ViT (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17
-    and 13 (LayerNorm in arithmetic) and from dynamo: (label, path)."""
+    and 13 (LayerNorm in arithmetic) and from dynamo, and its GroupNorm and RMSNorm networks from both
+    exporters: (label, path)."""
     from exporting import export_onnx
     from family_models import family_input, make_family
     from test_rule_configs import export
 
     model, x = make_family("vit_like"), family_input("vit_like", 2)
     yield "vit_like-torchscript-opset13", export(model, x, folder / "vit13.onnx", opset=13)
-    for exporter in ("torchscript", "dynamo"):
-        yield f"vit_like-{exporter}-fold", export_onnx(model, x, folder / f"vit-{exporter}.onnx", exporter, True)
+    for name in ("vit_like", "groupnorm_like", "rmsnorm_like"):
+        model, x = make_family(name), family_input(name, 2)
+        for exporter in ("torchscript", "dynamo"):
+            yield f"{name}-{exporter}-fold", export_onnx(model, x, folder / f"{name}-{exporter}.onnx", exporter, True)
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +302,7 @@ def emitted(exported_model, tmp_path_factory) -> dict[tuple, list[str]]:
     for name, exporter, fold in EFFICIENTNET:
         path = exported_model(name, exporter, fold).path
         jobs += [(f"{name}-{exporter}-{'fold' if fold else 'keep'}", path, method) for method in EFFICIENTNET_METHODS]
-    for label, path in _vit_exports(tmp_path_factory.mktemp("vit")):
+    for label, path in _family_exports(tmp_path_factory.mktemp("families")):
         jobs += [(label, path, method) for method in METHODS]
     sources: dict[str, onnx.ModelProto] = {}
     signatures: dict[tuple, list[str]] = defaultdict(list)
