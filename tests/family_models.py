@@ -397,18 +397,24 @@ class RMSNormLike(nn.Module):
 # ---- a vision transformer: attention as a MatMul of two data tensors -----------------------------
 
 class Attention(nn.Module):
-    """Multi-head self-attention as ViT writes it: one qkv Linear, softmax(q·kᵀ·scale)·v, a projection."""
+    """Multi-head self-attention as ViT writes it: one qkv Linear, softmax(q·kᵀ·scale)·v, a projection;
+    with ``einsum``, both products written as ``torch.einsum``."""
 
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, einsum=False):
         super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.heads, self.scale, self.einsum = heads, (dim // heads) ** -0.5, einsum
         self.qkv, self.proj, self.softmax = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Softmax(dim=-1)
 
     def forward(self, x):
         b, t, d = x.shape
         q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        weights = self.softmax(q @ k.transpose(-2, -1) * self.scale)
-        return self.proj((weights @ v).transpose(1, 2).reshape(b, t, d))
+        if self.einsum:
+            weights = self.softmax(torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale)
+            mixed = torch.einsum("bhqk,bhkd->bhqd", weights, v)
+        else:
+            weights = self.softmax(q @ k.transpose(-2, -1) * self.scale)
+            mixed = weights @ v
+        return self.proj(mixed.transpose(1, 2).reshape(b, t, d))
 
 
 class ViTLike(nn.Module):
@@ -418,12 +424,12 @@ class ViTLike(nn.Module):
 
     input_shape = (3, 16, 16)
 
-    def __init__(self, seed=0, num_classes=10, dim=32, heads=4, depth=2):
+    def __init__(self, seed=0, num_classes=10, dim=32, heads=4, depth=2, einsum=False):
         super().__init__()
         self.embed = nn.Conv2d(3, dim, 4, stride=4)
         self.cls, self.position = nn.Parameter(torch.zeros(1, 1, dim)), nn.Parameter(torch.zeros(1, 17, dim))
         self.blocks = nn.ModuleList(nn.ModuleDict({
-            "norm1": nn.LayerNorm(dim), "attention": Attention(dim, heads), "norm2": nn.LayerNorm(dim),
+            "norm1": nn.LayerNorm(dim), "attention": Attention(dim, heads, einsum), "norm2": nn.LayerNorm(dim),
             "mlp": nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))})
             for _ in range(depth))
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
@@ -446,6 +452,13 @@ class ViTLike(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
+class EinsumViTLike(ViTLike):
+    """``ViTLike`` with its attention products written as ``torch.einsum``."""
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__(seed, num_classes, einsum=True)
+
+
 FAMILIES: dict[str, ModelSpec] = {
     "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
     "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
@@ -458,6 +471,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "vit_like": ModelSpec(ViTLike, ViTLike.input_shape),
     "groupnorm_like": ModelSpec(GroupNormLike, GroupNormLike.input_shape),
     "rmsnorm_like": ModelSpec(RMSNormLike, RMSNormLike.input_shape),
+    "vit_einsum_like": ModelSpec(EinsumViTLike, EinsumViTLike.input_shape),
 }
 
 

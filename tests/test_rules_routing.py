@@ -178,6 +178,26 @@ def test_matmul_of_two_data_tensors():
     np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * rho_x, rtol=1e-5, atol=1e-6)
 
 
+def test_einsum_of_two_data_tensors():
+    """Attention written with einsum: the same product rules with Einsum adjoints. Softmax weights against
+    the input (w·xᵀ per plane), the weights held (rho_x = rhoᵀ·w); x·xᵀ per plane, no gate, each operand
+    half (rho_x = (rho·x + rhoᵀ·x)/2)."""
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    planes = (3, X_SHAPE[0], X_SHAPE[1], X_SHAPE[1])
+    gated = [node("Softmax", ["x"], ["w"], axis=-1), node("Einsum", ["w", "x"], ["h"], equation="ncij,nckj->ncik")]
+    model = head_model(gated, X_SHAPE)
+    out, _ = compiled(model, x, [1, -1, 3])
+    w = np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)
+    rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(planes)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * (_swap(rho) @ w), rtol=1e-5, atol=1e-6)
+
+    gram = [node("Einsum", ["x", "x"], ["h"], equation="ncij,nckj->ncik")]
+    model = head_model(gram, X_SHAPE)
+    out, _ = compiled(model, x, [1, -1, 3])
+    rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(planes)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * 0.5 * (rho @ x + _swap(rho) @ x), rtol=1e-5, atol=1e-6)
+
+
 def test_matmul_of_two_data_tensors_is_no_layer_for_classical_rules():
     """Under a classical rule such a MatMul takes the fixed ε-rule of weightless products, not the layer
     rule (which would modify its runtime operand as weights); the first-layer rule goes to the Gemm."""

@@ -1,10 +1,12 @@
 """More linear maps with constant weights: ConvTranspose (adjoint: Conv with the same weights) and Einsum
-with one data operand (adjoint: the Einsum that contracts rho_y with the other operands)."""
+with one data operand (adjoint: the Einsum that contracts rho_y with the other operands); an Einsum of two
+data operands (attention written with einsum) is a product with those adjoints."""
 
 from __future__ import annotations
 
 import re
 
+from .elementwise import product
 from .registry import LAYER, rule
 
 
@@ -49,33 +51,46 @@ def _letters(term: str) -> list[str]:
 
 def _einsum_check(ctx, node):
     data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
-    if len(node.inputs) != 2 or len(data) != 1:
-        return "Einsum is supported with two operands, one of them constant"
+    if len(node.inputs) != 2 or not data:
+        return "Einsum is supported with two operands"
     terms, output = _terms(ctx, node)
-    mine = _letters(terms[data[0]])
-    if len(set(mine)) != len(mine):
-        return "Einsum taking a diagonal of the input is not supported"
-    if any("..." in t for i, t in enumerate(terms) if i != data[0]) or ("..." in mine) != ("..." in output):
+    for index in data:
+        mine = _letters(terms[index])
+        if len(set(mine)) != len(mine):
+            return "Einsum taking a diagonal of the input is not supported"
+        if ("..." in mine) != ("..." in output):
+            return "Einsum summing over '...' is not supported"
+    if len(data) == 1 and "..." in terms[1 - data[0]]:
         return "Einsum broadcasting '...' against a constant operand is not supported"
+    if len(data) == 2 and "..." in output:
+        return "Einsum broadcasting '...' between two data operands is not supported"
     return None
 
 
 @rule("Einsum", check=_einsum_check, kind=LAYER)
 def einsum(ctx, node, rho):
-    """rho_x = einsum(out, others -> x); indices summed in x alone are broadcast back (Expand)."""
+    """One data operand: rho_x = einsum(out, other -> x); indices summed in x alone are broadcast back
+    (Expand). Two (``elementwise.product``): a gate (attention weights) is held, else each takes half."""
+    data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
+    if len(data) == 2:
+        return product(ctx, node, rho[0], lambda index, r: _einsum_adjoint(ctx, node, index, r))
+    return {data[0]: _einsum_adjoint(ctx, node, data[0], rho[0])}
+
+
+def _einsum_adjoint(ctx, node, index: int, r):
+    """The adjoint in operand ``index`` with the other operand held, applied to ``r`` (shaped like y)."""
     emit = ctx.emit
-    index = next(i for i, t in enumerate(node.inputs) if ctx.is_data(t))
     terms, output = _terms(ctx, node)
     others = [t for i, t in enumerate(terms) if i != index]
     mine = _letters(terms[index])
     reachable = set(_letters(output)) | {c for t in others for c in _letters(t)}
     kept = [c for c in mine if c in reachable]
     equation = ",".join([output] + others) + "->" + "".join(kept)
-    operands = [rho[0]] + [t for i, t in enumerate(node.inputs) if i != index]
-    r = emit.op("Einsum", operands, {"equation": equation})
+    operands = [r] + [t for i, t in enumerate(node.inputs) if i != index]
+    adjoint = emit.op("Einsum", operands, {"equation": equation})
     extra = len(ctx.shape(node.inputs[index])) - len(mine)  # axes of '...' beyond the one letter slot
     ellipsis = mine.index("...") if "..." in mine else len(mine)
     missing = [p + (extra if p > ellipsis else 0) for p, c in enumerate(mine) if c not in reachable]
     if missing:
-        r = emit.expand_like(emit.unsqueeze(r, missing), node.inputs[index])
-    return {index: r}
+        adjoint = emit.expand_like(emit.unsqueeze(adjoint, missing), node.inputs[index])
+    return adjoint

@@ -9,7 +9,7 @@ from .registry import LINEAR, rule
 GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose",  # move values, change none
              "Identity", "Dropout"}  # (attention dropout: Identity in dynamo's unoptimized export)
-PRODUCTS = {"Mul", "MatMul"}  # what a gate may multiply
+PRODUCTS = {"Mul", "MatMul", "Einsum"}  # what a gate may multiply
 
 
 @rule("Add", "Sum", kind=LINEAR)
