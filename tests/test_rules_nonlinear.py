@@ -289,6 +289,32 @@ def test_layer_norm_in_arithmetic_is_recognised(form, opset, affine):
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
 
 
+def test_keras_layer_norm_scaling_a_transposed_input_is_recognised():
+    """Keras' LayerNormalization over (H, W, C) after tf2onnx's transpose optimizer: the statistics over
+    all axes but the batch of the N, C, H, W tensor x, the scaling on x transposed to N, H, W, C (the same
+    statistics per sample). One LayerNormalization on the transposed x; relevance routed back through the
+    Transpose."""
+    shape_t = (X_SHAPE[1], X_SHAPE[2], X_SHAPE[0])
+    scale_t, bias_t = SCALE_CHW.transpose(1, 2, 0)[None], BIAS_C.reshape(1, 1, 1, 3) * np.ones((1, *shape_t), np.float32)
+    nodes = [node("ReduceMean", ["x"], ["m"], axes=[2, 3, 1]), node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             node("Sub", ["x", "m"], ["d"]), node("Mul", ["d", "d"], ["p"]),
+             node("ReduceMean", ["p"], ["v"], axes=[2, 3, 1]), const("eps", 1e-3), node("Add", ["v", "eps"], ["ve"]),
+             node("Sqrt", ["ve"], ["s"]), node("Reciprocal", ["s"], ["r"]), node("Mul", ["r", "s_t"], ["inv"]),
+             node("Neg", ["m"], ["nm"]), node("Mul", ["nm", "inv"], ["ms"]), node("Add", ["ms", "b_t"], ["shift"]),
+             node("Mul", ["t", "inv"], ["xs"]), node("Add", ["xs", "shift"], ["h"])]
+    model = head_model(nodes, X_SHAPE, shape_t, initializers={"s_t": scale_t, "b_t": bias_t}, opset=15)
+    assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
+        ["Transpose", "LayerNormalization"]
+    x = sample() * 3 + 1
+
+    def reference(rho):
+        rho_t = rho.reshape(len(rho), *shape_t) * scale_t
+        return x * rho_t.transpose(0, 3, 1, 2) * inverse_std(x, (1, 2, 3), 1e-3)
+
+    _, compiled_model = check(model, x, reference)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
 @pytest.mark.parametrize("opset", [13, 18])
 def test_layer_norm_over_leading_axes_is_recognised(opset):
     """Means over axis 1 only (ConvNeXt's channels_first LayerNorm written by hand): one planned

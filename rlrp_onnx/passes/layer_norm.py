@@ -37,10 +37,11 @@ def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
         if sub is None:
             found = _rms_form(sqrt, x)
         else:
-            found = _torch_form(sqrt, x, mean, sub) or _keras_form(sqrt, x, mean, sub)
+            found = _torch_form(sqrt, x, mean, sub) or next(
+                filter(None, (_keras_form(sqrt, like, mean, sub) for like in _layouts(x, axes))), None)
         if not found:
             continue
-        scale, bias, last = found
+        scale, bias, last, x = found
         if scale is None:
             ones = [x.shape[a] if a in axes else 1 for a in range(axes[0], len(x.shape))]
             scale = gs.Constant(f"{sqrt.name}/ones", np.ones(ones, dtype=np.float32))
@@ -94,11 +95,21 @@ def _torch_form(sqrt, x, mean, sub):
         return None
     scale, last = _by_constant(div[0], "Mul", x)
     bias, last = _by_constant(last, "Add", x)
-    return scale, bias, last
+    return scale, bias, last, x
+
+
+def _layouts(x, axes):
+    """x and, where the statistics cover every axis but the batch axis (so they are per sample, the same
+    in any order of those axes), x transposed among them: what tf2onnx's transpose optimizer may scale
+    instead of x (a Keras LayerNorm over (H, W, C) computed on the N, C, H, W tensor)."""
+    if axes != list(range(1, len(x.shape))):
+        return [x]
+    return [x] + [n.outputs[0] for n in x.outputs if n.op == "Transpose" and list(n.attrs.get("perm", []))[:1] == [0]]
 
 
 def _keras_form(sqrt, x, mean, sub):
-    """(γ, β, last node) for inv = 1/σ [· γ], x · inv + (−m · inv [+ β])."""
+    """(γ, β, last node, x) for inv = 1/σ [· γ], x · inv + (−m · inv [+ β]), ``x`` the tensor scaled (the
+    statistics' input or one of its ``_layouts``)."""
     reciprocal = sqrt.outputs[0].outputs
     if len(reciprocal) != 1 or reciprocal[0].op != "Reciprocal" or len(_readers(sub.outputs[0])) != 1:
         return None
@@ -117,11 +128,11 @@ def _keras_form(sqrt, x, mean, sub):
     if len(total) != 1 or total[0].op != "Add" or not _only_read_by(shift.outputs[0], total[0]) \
             or shift.outputs[0] not in total[0].inputs:
         return None
-    return scale, bias, total[0]
+    return scale, bias, total[0], x
 
 
 def _rms_form(sqrt, x):
-    """(γ, None, last node) for ``x · inv`` with inv = Reciprocal(σ) or 1 / σ, or ``x / σ``; [· γ]."""
+    """(γ, None, last node, x) for ``x · inv`` with inv = Reciprocal(σ) or 1 / σ, or ``x / σ``; [· γ]."""
     readers = sqrt.outputs[0].outputs
     if len(readers) != 1:
         return None
@@ -138,7 +149,7 @@ def _rms_form(sqrt, x):
             return None
         normalized = users[0]
     scale, last = _by_constant(normalized, "Mul", x)
-    return scale, None, last
+    return scale, None, last, x
 
 
 def _by_constant(node, op: str, x):
