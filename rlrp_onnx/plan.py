@@ -14,8 +14,8 @@ from .rules.classical import bounds_fit
 from .rules.elementwise import held_gate
 
 TRAILING = {"Softmax", "LogSoftmax", "Sigmoid"}  # at the output: the explained logit is their input
-NORMALIZATION_HINT = ("; part of a normalization written out? LayerNorm is recognised over contiguous axes, "
-                      "as torch and tf2onnx write it (passes/layer_norm.py)")
+NORMALIZATION_HINT = ("; part of a normalization written out? LayerNorm and RMSNorm are recognised as torch "
+                      "and tf2onnx write them (passes/layer_norm.py)")
 HINTS = {"Sqrt": NORMALIZATION_HINT, "Reciprocal": NORMALIZATION_HINT}
 
 

@@ -252,14 +252,15 @@ def layer_norm_in_arithmetic(opset: int, affine: bool = True, axes=(-1,)):
     return nodes, {**inits, **({"axes": np.array(axes, np.int64)} if opset >= 18 else {})}
 
 
-def keras_layer_norm(opset: int, affine: bool = True, reshaped_mean: bool = False):
+def keras_layer_norm(opset: int, affine: bool = True, reshaped_mean: bool = False, axes=(-1,)):
     """Keras' LayerNormalization as tf2onnx writes it at every opset: inv = 1/Sqrt(mean((x−m)·(x−m)) + ε)
     [· γ], x·inv + (Neg(m)·inv [+ β]); ``reshaped_mean``: the Sub reads m through a Reshape that keeps its
-    shape (tf2onnx's transpose optimizer)."""
+    shape (tf2onnx's transpose optimizer); ``axes`` those of the means (Keras' GroupNormalization: all of
+    a grouped view but the batch and the groups)."""
     centre = [node("Reshape", ["m", "same"], ["mr"]), node("Sub", ["x", "mr"], ["d"])] if reshaped_mean else \
         [node("Sub", ["x", "m"], ["d"])]
-    nodes = [node("ReduceMean", ["x"], ["m"], axes=[-1]), *centre,
-             node("Mul", ["d", "d"], ["p"]), node("ReduceMean", ["p"], ["v"], axes=[-1]), const("eps", 1e-3),
+    nodes = [node("ReduceMean", ["x"], ["m"], axes=list(axes)), *centre,
+             node("Mul", ["d", "d"], ["p"]), node("ReduceMean", ["p"], ["v"], axes=list(axes)), const("eps", 1e-3),
              node("Add", ["v", "eps"], ["ve"]), node("Sqrt", ["ve"], ["s"]), node("Reciprocal", ["s"], ["r"])]
     inverse = "inv" if affine else "r"
     if affine:
@@ -328,10 +329,29 @@ def test_layer_norm_over_leading_axes_is_recognised(opset):
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
 
 
-def test_layer_norm_over_scattered_axes_is_not_recognised():
-    """Means over axes that are not contiguous are left as found, reported with a hint."""
-    nodes, inits = layer_norm_in_arithmetic(13, axes=(1, 3))
-    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13)
+@pytest.mark.parametrize("form", ["torch", "keras"])
+def test_normalization_over_scattered_axes_is_recognised(form):
+    """Means over axes that are not contiguous (a group norm: Keras' GroupNormalization means over every
+    axis of its grouped view but the batch and the groups): one planned LayerNormalization over exactly
+    those axes, the statistics held constant."""
+    nodes, inits = layer_norm_in_arithmetic(13, axes=(1, 3)) if form == "torch" else \
+        keras_layer_norm(15, axes=(1, 3))
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13 if form == "torch" else 15)
+    assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
+        ["LayerNormalization"]
+    x = sample() * 3 + 1
+    epsilon = 1e-5 if form == "torch" else 1e-3
+    _, compiled_model = check(model, x, lambda rho: x * SCALE_W * inverse_std(x, (1, 3), epsilon) * rho)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+def test_normalization_without_its_mean_subtracted_is_not_recognised():
+    """A mean of (x − c)² with c not x's mean is no normalization's statistics: left as found, reported
+    with a hint."""
+    nodes = [const("c", 0.5), node("Sub", ["x", "c"], ["d"]), node("Mul", ["d", "d"], ["p"]),
+             node("ReduceMean", ["p"], ["v"], axes=[-1]), const("eps", 1e-5), node("Add", ["v", "eps"], ["ve"]),
+             node("Sqrt", ["ve"], ["s"]), node("Add", ["x", "s"], ["h"])]
+    model = head_model(nodes, X_SHAPE, X_SHAPE, opset=13)
     with pytest.raises(RlrpError, match="Sqrt: no relevance rule; part of a normalization written out"):
         compile_model(model)
 

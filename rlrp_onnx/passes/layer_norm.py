@@ -2,8 +2,8 @@
 by one ``LayerNormalization`` or ``RMSNormalization`` node, whose rule holds the statistics constant.
 
 LayerNorm's statistics are ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(mean(d²) + ε)`` (means over the
-same contiguous axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as
-Pow 2 or d·d), then:
+same axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as Pow 2 or d·d),
+then:
 
 * torch below opset 17, which has no LayerNormalization op: ``d / σ``, then optionally ``· γ`` and ``+ β``;
 * Keras through tf2onnx (at every opset): ``inv = Reciprocal(σ)``, optionally ``· γ``, then
@@ -13,8 +13,10 @@ RMSNorm's (torch's ``nn.RMSNorm``, which only the dynamo exporter exports, and t
 writes out) is ``σ = Sqrt(mean(x²) + ε)``, then ``x · inv`` with ``inv = Reciprocal(σ)`` or ``1 / σ``
 (``torch.rsqrt``), or ``x / σ``, optionally ``· γ``.
 
-Like ``gelu.py``, the node is only planned, never run, so it is valid at any opset; axes that do not run
-to the end (ConvNeXt's channels_first LayerNorm over axis 1) are recorded in its attribute PLANNED_AXES.
+Like ``gelu.py``, the node is only planned, never run, so it is valid at any opset; axes other than the
+last ones (ConvNeXt's channels_first LayerNorm over axis 1; Keras' GroupNormalization, over every axis
+of a [N, H, W, groups, C/groups] view but the batch and the groups) are recorded in its attribute
+PLANNED_AXES.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
             ones = [x.shape[a] if a in axes else 1 for a in range(axes[0], len(x.shape))]
             scale = gs.Constant(f"{sqrt.name}/ones", np.ones(ones, dtype=np.float32))
         attrs = {"axis": axes[0], "epsilon": epsilon}
-        if axes[-1] != len(x.shape) - 1:
+        if axes != list(range(axes[0], len(x.shape))):
             attrs[PLANNED_AXES] = axes
         out = last.outputs[0]
         last.outputs.clear()
@@ -82,7 +84,7 @@ def _statistics(sqrt):
     rank = len(x.shape)
     axes = _mean_axes(variance[0], rank)
     if not axes or (mean is not None and axes != _mean_axes(mean, rank)) \
-            or axes != list(range(axes[0], axes[-1] + 1)) or not all(isinstance(x.shape[a], int) for a in axes):
+            or not all(isinstance(x.shape[a], int) for a in axes):
         return None
     return x, mean, axes, epsilon[0], sub
 

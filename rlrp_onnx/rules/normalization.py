@@ -8,8 +8,9 @@ import numpy as np
 
 from .registry import NORMALIZATION, rule
 
-# The normalized axes of a LayerNormalization planned by passes/layer_norm.py over axes that do not run to
-# the end (ConvNeXt's channels_first LayerNorm: axis 1 of N, C, H, W); the planned node is never run.
+# The normalized axes of a LayerNormalization planned by passes/layer_norm.py over axes other than the last
+# ones (ConvNeXt's channels_first LayerNorm: axis 1 of N, C, H, W; a group norm's axes but the groups');
+# the planned node is never run.
 PLANNED_AXES = "rlrp_axes"
 
 
