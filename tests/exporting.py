@@ -173,8 +173,10 @@ def export_onnx(
     exporter: str = "torchscript",
     fold_batchnorm: bool = True,
     verify: bool = True,
+    opset: int | None = None,
 ) -> pathlib.Path:
-    """Export ``model`` to ``path``; see the module docstring for what each mode does."""
+    """Export ``model`` to ``path``; see the module docstring for what each mode does. ``opset``: other
+    than the exporter's default (17 TorchScript, 18 dynamo)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -189,7 +191,7 @@ def export_onnx(
                 (x,),
                 str(path),
                 dynamo=False,
-                opset_version=TORCHSCRIPT_OPSET,
+                opset_version=opset or TORCHSCRIPT_OPSET,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -205,7 +207,7 @@ def export_onnx(
                 model,
                 (x,),
                 dynamo=True,
-                opset_version=DYNAMO_OPSET,
+                opset_version=opset or DYNAMO_OPSET,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: batch},),

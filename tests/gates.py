@@ -46,13 +46,13 @@ def _held_statistics(module: nn.LayerNorm | nn.GroupNorm | nn.RMSNorm, x: torch.
         groups = x.detach().reshape(x.shape[0], module.num_groups, -1)
         variance = groups.var(dim=2, unbiased=False, keepdim=True).expand_as(groups).reshape(x.shape)
         weight = module.weight.detach().reshape(1, -1, *[1] * (x.ndim - 2))
-    elif isinstance(module, nn.RMSNorm):  # the mean square, not the variance; ε None: float32's ε
-        axes = tuple(range(-len(module.normalized_shape), 0))
-        variance, weight = x.detach().pow(2).mean(dim=axes, keepdim=True), module.weight.detach()
-        eps = torch.finfo(x.dtype).eps if eps is None else eps
-    else:
-        axes = tuple(range(-len(module.normalized_shape), 0))
-        variance, weight = x.detach().var(dim=axes, unbiased=False, keepdim=True), module.weight.detach()
+    else:  # over the trailing normalized_shape; RMSNorm: the mean square, ε None meaning float32's ε
+        axes, weight = tuple(range(-len(module.normalized_shape), 0)), module.weight.detach()
+        if isinstance(module, nn.RMSNorm):
+            variance = x.detach().pow(2).mean(dim=axes, keepdim=True)
+            eps = torch.finfo(x.dtype).eps if eps is None else eps
+        else:
+            variance = x.detach().var(dim=axes, unbiased=False, keepdim=True)
     return weight / torch.sqrt(variance + eps)
 
 

@@ -90,7 +90,7 @@ def _statistics(sqrt):
 
 
 def _torch_form(sqrt, x, mean, sub):
-    """(γ, β, last node) for ``d / σ`` [· γ] [+ β]."""
+    """(γ, β, last node, x) for ``d / σ`` [· γ] [+ β]."""
     div = [n for n in sqrt.outputs[0].outputs if n.op == "Div" and n.inputs[0] is sub.outputs[0]]
     if len(div) != 1 or not _only_read_by(sqrt.outputs[0], div[0]) or not _only_read_by(mean.outputs[0], sub) \
             or len(_readers(sub.outputs[0])) != 2:

@@ -43,7 +43,7 @@ def _softmax_check(ctx, node):
     """A Softmax that only gates products is held constant there and never reaches the relevance path
     (plan._relevance_path, ``held_gate``); one on the path is read otherwise: refused."""
     return ("Softmax inside the network is supported only as a gate (its output multiplies a data tensor, "
-            "by Mul or MatMul)")
+            "by Mul, MatMul or Einsum)")
 
 
 @rule("Softmax", check=_softmax_check)
@@ -74,7 +74,7 @@ def mul(ctx, node, rho):
 
 
 def held_gate(ctx, node) -> int | None:
-    """The operand index of a product of two data tensors (Mul, MatMul) held constant as a gate, which no
+    """The operand index of a product of two data tensors (PRODUCTS) held constant as a gate, which no
     relevance reaches (with two gates, operand 1), or None."""
     if node.op not in PRODUCTS or len(node.inputs) != 2 or not all(ctx.is_data(t) for t in node.inputs):
         return None
@@ -85,7 +85,7 @@ def held_gate(ctx, node) -> int | None:
 
 
 def product(ctx, node, rho, adjoint) -> dict:
-    """Relative relevance of both data operands of a product y = u ∘ v (Mul, MatMul), ``adjoint(i, r)``
+    """Relative relevance of both data operands of a product y = u ∘ v (PRODUCTS), ``adjoint(i, r)``
     being the adjoint in operand i with the other held: a gate is held constant and the other operand
     takes all (rho_u = adjoint(0, rho_y), rho_v = 0); otherwise each operand takes half."""
     gate = held_gate(ctx, node)
