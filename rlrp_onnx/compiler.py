@@ -13,6 +13,7 @@ from .loading import load_model
 from .methods import RLRP, Method, Options, choose
 from .passes import canonicalize, float_inputs
 from .passes.batchnorm import fold_batchnorm
+from .passes.float16 import float32_twin, uses_float16
 from .passes.layer_bias import fold_layer_constants
 from .passes.static_shapes import runtime_inputs
 from .plan import analyse, make_plan
@@ -100,7 +101,7 @@ def _exposed(plan, expose, label: str) -> list[str]:
     return list(expose)
 
 
-OTHER_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+OTHER_FLOATS = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 
 
 def _input_types(source: onnx.ModelProto) -> str:
@@ -108,18 +109,20 @@ def _input_types(source: onnx.ModelProto) -> str:
     inputs = runtime_inputs(source)
     types = [i.type.tensor_type.elem_type for i in inputs]
     listed = ", ".join(f"{i.name} {onnx.TensorProto.DataType.Name(t).lower()}" for i, t in zip(inputs, types))
-    advice = "; only float32 models are supported: convert the model to float32" if OTHER_FLOATS & set(types) else ""
+    advice = ("; only float32 and float16 models are supported: convert the model to float32"
+              if OTHER_FLOATS & set(types) else "")
     return f" (inputs: {listed}){advice}"
 
 
 def plan_model(source: onnx.ModelProto, label: str, method: Method, output_name: str | None = None,
                input_shapes: dict[str, list[int]] | None = None, check: bool = True):
-    """Canonicalize ``source`` and plan its relevance pass under ``method``: ``(plan, method)``.
+    """Canonicalize ``source`` and plan its relevance pass under ``method``: ``(plan, method)``. A
+    float16 model is planned as its float32 twin: the relevance pass is float32 whatever the source.
 
     With ``check=False`` uncovered nodes are left for the caller to report (``inspect``)."""
     if not float_inputs(source):
-        raise RlrpError(f"{label}: the model has no float32 input to explain{_input_types(source)}")
-    graph = canonicalize(source, label, input_shapes)
+        raise RlrpError(f"{label}: the model has no float32 or float16 input to explain{_input_types(source)}")
+    graph = canonicalize(float32_twin(source) if uses_float16(source) else source, label, input_shapes)
     if not method.relative:
         fold_batchnorm(fold_layer_constants(graph))
     inputs = [t for t in graph.inputs if t.name in {i.name for i in float_inputs(source)}]

@@ -7,18 +7,23 @@ import copy
 import onnx
 
 from .errors import RlrpError
+from .passes.float16 import HALF, SINGLE, uses_float16
+from .weightless import weightless
 
 
 def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
           new_inputs: list[str], new_outputs: list[str], label: str) -> onnx.ModelProto:
     """The source model plus the nodes named ``new_nodes`` of ``built`` (its canonical form with the
     relevance pass), the initializers they need that the source lacks, the shapes of their tensors
-    that ``built`` knows, and the new inputs/outputs."""
+    that ``built`` knows, and the new inputs/outputs. ``built`` is float32; the float16 tensors of the
+    source that the relevance pass reads reach it through Casts."""
     model = copy.deepcopy(source)
     graph = model.graph
     available = {t.name for t in graph.input} | {t.name for t in graph.initializer}
     available |= {o for n in graph.node for o in n.output}
     nodes = [n for n in built.graph.node if n.name in new_nodes]
+    if uses_float16(source):
+        nodes = _read_as_float32(source, nodes, available, label)
     produced = {o for n in nodes for o in n.output}
     needed = {i for n in nodes for i in n.input if i and i not in produced and i not in available}
     initializers = {t.name: t for t in built.graph.initializer}
@@ -33,3 +38,39 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
     outputs = {t.name: t for t in built.graph.output}
     graph.output.extend(outputs[name] for name in new_outputs)
     return model
+
+
+def _read_as_float32(source: onnx.ModelProto, nodes: list[onnx.NodeProto], available: set[str],
+                     label: str) -> list[onnx.NodeProto]:
+    """``nodes`` preceded by a Cast to float32 of each float16 tensor of the source (``available``) they
+    read, and reading that instead."""
+    types = _element_types(source)
+    produced = {o for n in nodes for o in n.output}
+    taken = available | produced | {n.name for n in [*source.graph.node, *nodes]}
+    read = sorted({i for n in nodes for i in n.input if i and i in available})
+    unknown = [name for name in read if name not in types]
+    if unknown:
+        raise RlrpError(f"{label}: cannot tell the element type of {unknown[:5]}, which the relevance pass reads "
+                        "(ONNX shape inference gives none)")
+    widened = {name: _fresh(f"rlrp_float32/{name}", taken) for name in read if types[name] == HALF}
+    casts = [onnx.helper.make_node("Cast", [name], [wide], name=wide, to=SINGLE) for name, wide in widened.items()]
+    for node in nodes:
+        node.input[:] = [widened.get(name, name) for name in node.input]
+    return casts + nodes
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of the main graph whose type is declared, stored or inferred."""
+    inferred = onnx.shape_inference.infer_shapes(weightless(model), strict_mode=False).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.output, *inferred.value_info]
+             if v.type.tensor_type.elem_type}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """``name``, primed until no tensor or node uses it; then taken."""
+    while name in taken:
+        name += "'"
+    taken.add(name)
+    return name

@@ -3,7 +3,7 @@
 API
 ---
 ``export_onnx(model, example_input, path, exporter="torchscript", fold_batchnorm=True,
-verify=True) -> pathlib.Path``
+verify=True, opset=None, dtype=torch.float32) -> pathlib.Path``
     Write ``model`` (an eval-mode ``nn.Module``) to ``path`` as a single
     self-contained ``.onnx`` file (weights inline, no external data) with one
     input ``image`` (float32 ``[batch, C, H, W]``, only ``batch`` symbolic) and
@@ -174,13 +174,15 @@ def export_onnx(
     fold_batchnorm: bool = True,
     verify: bool = True,
     opset: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> pathlib.Path:
     """Export ``model`` to ``path``; see the module docstring for what each mode does. ``opset``: other
-    than the exporter's default (17 TorchScript, 18 dynamo)."""
+    than the exporter's default (17 TorchScript, 18 dynamo); ``dtype``: the input's type (float16 for a
+    model converted with ``.half()``; verify with float32 inputs only)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    x = _as_tensor(example_input)
+    x = _as_tensor(example_input).to(dtype)
     if x.ndim != 4:
         raise ValueError(f"example_input must be NCHW, got shape {tuple(x.shape)}")
 

@@ -18,7 +18,7 @@ API
     * ``classes``: int64 ``(N,)``, the ``c_i`` used;
     * ``scores``: float32 ``(N,)``, ``logit[i, c_i]``.
 
-``branch_decisions(onnx_path, x)`` and ``input_times_gradient(..., kinks=...)``
+``branch_decisions(onnx_path, x)``, ``run_with_decisions(onnx_path, feed)``, ``input_times_gradient(..., kinks=...)``
     In float32, a pre-activation within rounding distance of a kink (0 for ReLU, 0 and 6 for
     ReLU6) can fall on different sides in torch and in ONNX Runtime, which differ in summation
     order; each such flip moves a patch of the gradient. On a real photo through a deep net, a
@@ -27,6 +27,9 @@ API
     Runtime and returns the outputs of its Relu/Clip/LeakyRelu nodes in graph order;
     ``kinks=`` hands them to torch, whose piecewise-linear modules then take their slope from
     those outputs while every other step of the backward pass stays torch autograd.
+    ``run_with_decisions`` runs any model (a compiled one too) with those outputs added and returns
+    them and the model's own outputs from the same run: for float16 models, whose float32
+    emulation on CPU depends on which tensors are read (test_float16.py).
 
 ``relative_l2_error(a, b) -> np.ndarray``
     Per-sample ``||a_i - b_i||_2 / ||b_i||_2`` over all non-batch axes, in
@@ -41,7 +44,7 @@ import contextlib
 import numpy as np
 import torch
 
-__all__ = ["branch_decisions", "input_times_gradient", "relative_l2_error", "resolve_targets"]
+__all__ = ["branch_decisions", "input_times_gradient", "relative_l2_error", "resolve_targets", "run_with_decisions"]
 
 
 def resolve_targets(logits: np.ndarray, targets) -> np.ndarray:
@@ -64,15 +67,25 @@ PIECEWISE_TORCH = (torch.nn.ReLU, torch.nn.Hardtanh, torch.nn.LeakyReLU)  # ReLU
 def branch_decisions(onnx_path, x: np.ndarray) -> list[np.ndarray]:
     """Outputs of the source model's piecewise-linear nodes, in graph order, run by ONNX Runtime."""
     import onnx
+
+    return run_with_decisions(onnx_path, {onnx.load(str(onnx_path)).graph.input[0].name: x})[0]
+
+
+def run_with_decisions(onnx_path, feed: dict) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """The outputs of the piecewise-linear nodes and the model's own outputs, from one ONNX Runtime run
+    (CPU) of the model with the former added as outputs."""
+    import onnx
     import onnxruntime as ort
 
     model = onnx.load(str(onnx_path))
     names = [n.output[0] for n in model.graph.node if n.op_type in PIECEWISE_ONNX]
+    own = [o.name for o in model.graph.output]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(names, {model.graph.input[0].name: x})
+    values = session.run(names + own, feed)
+    return values[:len(names)], dict(zip(own, values[len(names):]))
 
 
 def _slope(module: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,8 @@ all 14 methods give on all four small reference networks and EfficientNet-Lite0 
 with BatchNorm folded and kept (70 combinations; compared once, 2026-11-26); the family's ViT
 (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17 and 13 and from
 dynamo, the same ViT with Einsum attention and the family's GroupNorm and RMSNorm networks from both
-exporters, under every method. A small hand-built
+exporters, and test_float16's network in float16 (both exporters, and behind float32 Casts; the Casts
+that widen what the relevance pass reads), under every method. A small hand-built
 Conv/pool/Gemm classifier is also compiled at opsets 11-23, since the compiler emits at the source
 model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from opset 19 on the compiler
 avoids ops whose newest schema has no CUDA kernel: Pad, Identity, ConvTranspose, MaxPool).
@@ -293,6 +294,17 @@ def _family_exports(folder):
             yield f"{name}-{exporter}-fold", export_onnx(model, x, folder / f"{name}-{exporter}.onnx", exporter, True)
 
 
+def _float16_exports(folder):
+    """test_float16's HalfNet in float16 from both exporters and behind float32 Casts: (label, path)."""
+    from test_float16 import HalfNet, example, export_half
+
+    model, x = HalfNet(), example(2, seed=0)
+    for exporter in ("torchscript", "dynamo"):
+        yield f"halfnet-{exporter}-float16", export_half(model, x, folder / f"half-{exporter}.onnx", exporter)
+    yield "halfnet-float32-io", export_half(model, x.astype(np.float32), folder / "half-io.onnx", "torchscript",
+                                            float_interface=True)
+
+
 @pytest.fixture(scope="module")
 def emitted(exported_model, tmp_path_factory) -> dict[tuple, list[str]]:
     """Every signature of the added nodes over the models and methods above → "model/method" list."""
@@ -304,6 +316,8 @@ def emitted(exported_model, tmp_path_factory) -> dict[tuple, list[str]]:
         path = exported_model(name, exporter, fold).path
         jobs += [(f"{name}-{exporter}-{'fold' if fold else 'keep'}", path, method) for method in EFFICIENTNET_METHODS]
     for label, path in _family_exports(tmp_path_factory.mktemp("families")):
+        jobs += [(label, path, method) for method in METHODS]
+    for label, path in _float16_exports(tmp_path_factory.mktemp("float16")):
         jobs += [(label, path, method) for method in METHODS]
     sources: dict[str, onnx.ModelProto] = {}
     signatures: dict[tuple, list[str]] = defaultdict(list)
@@ -335,11 +349,12 @@ def test_no_attribute_fallbacks_to_cpu(emitted):
 
 # ---- other opsets --------------------------------------------------------------------------------
 
-def conv_classifier(opset: int) -> onnx.ModelProto:
+def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
     """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → Slice of 3 of 4 channels → MaxPool 3x3/1 pad 1
     (overlapping windows: routed differently below opset 16, from 16 and from 22) → MaxPool 2x2/2 →
-    AveragePool 2x2/2 → Flatten → Gemm (the Slice's adjoint pads with zeros)."""
+    AveragePool 2x2/2 → Flatten → Gemm (the Slice's adjoint pads with zeros); in ``dtype``."""
     rng = np.random.default_rng(0)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     return make_model(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
          helper.make_node("Relu", ["c"], ["all"]),
@@ -349,22 +364,25 @@ def conv_classifier(opset: int) -> onnx.ModelProto:
          helper.make_node("AveragePool", ["p"], ["q"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("Flatten", ["q"], ["f"]),
          helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
-        {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32),
-         "w2": rng.normal(size=(5, 12)).astype(np.float32), "b2": rng.normal(size=5).astype(np.float32),
+        [helper.make_tensor_value_info("x", elem, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", elem, ["N", 5])],
+        {"w": rng.normal(size=(4, 3, 3, 3)).astype(dtype), "b": rng.normal(size=4).astype(dtype),
+         "w2": rng.normal(size=(5, 12)).astype(dtype), "b2": rng.normal(size=5).astype(dtype),
          "starts": np.array([0]), "ends": np.array([3]), "axes": np.array([1])},
         opset=opset)
 
 
 @pytest.mark.parametrize("opset", range(11, 24))
 def test_emitted_ops_have_cuda_kernels_at_other_opsets(cuda_table, opset):
-    """The compiler emits at the source model's opset: a small Conv/pool/Gemm classifier at opsets 11-23."""
-    source = conv_classifier(opset)
+    """The compiler emits at the source model's opset: a small Conv/pool/Gemm classifier at opsets 11-23,
+    in float32 and in float16."""
     signatures: dict[tuple, list[str]] = defaultdict(list)
-    for method in METHODS:
-        for signature in emitted_signatures(source, _compile(source, method)):
-            signatures[signature].append(f"conv_classifier-opset{opset}/{_method_id(method)}")
+    for dtype in (np.float32, np.float16):
+        source = conv_classifier(opset, dtype)
+        for method in METHODS:
+            for signature in emitted_signatures(source, _compile(source, method)):
+                label = f"conv_classifier-opset{opset}-{np.dtype(dtype).name}"
+                signatures[signature].append(f"{label}/{_method_id(method)}")
     problems = _report(signatures, lambda signature: kernel_problem(cuda_table, signature))
     assert not problems, f"{len(problems)} emitted (op, opset, types) have no CUDA kernel:\n" + "\n".join(problems)
 

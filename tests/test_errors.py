@@ -116,9 +116,10 @@ def test_directory_as_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind,expected", [
-    (TensorProto.INT64, ["no float32 input", "(inputs: x int64)"]),
-    (TensorProto.FLOAT16, ["no float32 input", "(inputs: x float16)", "convert the model to float32"])])
-def test_no_float32_input(tmp_path, capsys, kind, expected):
+    (TensorProto.INT64, ["no float32 or float16 input", "(inputs: x int64)"]),
+    (TensorProto.DOUBLE, ["no float32 or float16 input", "(inputs: x double)", "convert the model to float32"]),
+    (TensorProto.BFLOAT16, ["no float32 or float16 input", "(inputs: x bfloat16)", "convert the model to float32"])])
+def test_no_float_input(tmp_path, capsys, kind, expected):
     model = make_model(
         [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
          helper.make_node("MatMul", ["f", "w"], ["logits"])],

@@ -6,7 +6,7 @@ import onnx
 
 from ..errors import RlrpError
 
-FLOAT_TYPES = {onnx.TensorProto.FLOAT}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 
 
 def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -16,7 +16,7 @@ def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def float_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph inputs that can be explained (float32, not initializers)."""
+    """The graph inputs that can be explained (float32 or float16, not initializers)."""
     return [i for i in runtime_inputs(model) if i.type.tensor_type.elem_type in FLOAT_TYPES]
 
 
