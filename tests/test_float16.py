@@ -32,7 +32,8 @@ from oracle import input_times_gradient, relative_l2_error, run_with_decisions
 from reference_models import init_deterministic
 from test_oracle import TOLERANCE, photos, run  # noqa: F401 (photos: a fixture)
 
-HALF_ULPS = 2.0**-9  # two float16 units in the last place, relative
+HALF_ULP = 2.0**-10  # a float16 unit in the last place, relative
+LOGITS_BOUND = 8 * HALF_ULP  # of the largest logit; measured up to 2.0e-3 (ONNX Runtime 1.32), 2.4e-3 (1.29)
 
 
 class HalfNet(torch.nn.Module):
@@ -91,11 +92,11 @@ def check_half(model: torch.nn.Module, path, x: np.ndarray, targets=None, masks:
 
     assert out[RELEVANCE_OUTPUT].dtype == np.float32 and out[SCORE_OUTPUT].dtype == np.float32
     assert out["logits"].dtype == source.dtype
-    np.testing.assert_allclose(out["logits"], source, rtol=0, atol=HALF_ULPS * np.abs(source).max())
+    np.testing.assert_allclose(out["logits"], source, rtol=0, atol=LOGITS_BOUND * np.abs(source).max())
     explained = out["logits"][np.arange(len(x)), out[CLASS_OUTPUT]].astype(np.float32)
     np.testing.assert_array_equal(out[CLASS_OUTPUT], out["logits"].argmax(axis=1) if targets is None
                                   else np.where(np.asarray(targets) >= 0, targets, out["logits"].argmax(axis=1)))
-    np.testing.assert_allclose(out[SCORE_OUTPUT], explained, rtol=HALF_ULPS)
+    np.testing.assert_allclose(out[SCORE_OUTPUT], explained, rtol=HALF_ULP)
 
     # ONNX Runtime's float16 emulation on CPU depends on which tensors are outputs, so the kinks and the
     # relevance they are checked against come from one run of the compiled model with the activations
