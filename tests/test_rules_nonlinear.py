@@ -316,6 +316,35 @@ def test_keras_layer_norm_scaling_a_transposed_input_is_recognised():
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
 
 
+def test_keras_layer_norm_moved_as_in_a_mixer_is_recognised():
+    """tf2onnx's transpose optimizer on an MLP-Mixer's LayerNorm: the statistics over axis 1 of x
+    (N, C, H, W), the mean reaching the Sub through a Reshape round trip and its Neg through the first
+    Reshape (both only move the axis of size 1), inv·γ computed per channel and transposed with x to
+    N, H, W, C. One LayerNormalization on the transposed x, over its last axis, γ moved with it."""
+    moved, shape_t = [0, 2, 3, 1], (X_SHAPE[1], X_SHAPE[2], X_SHAPE[0])
+    nodes = [node("ReduceMean", ["x"], ["m"], axes=[1]), node("Reshape", ["m", "to_t"], ["mt"]),
+             node("Reshape", ["mt", "back"], ["mb"]), node("Neg", ["mt"], ["nm"]), node("Sub", ["x", "mb"], ["d"]),
+             node("Mul", ["d", "d"], ["p"]), node("ReduceMean", ["p"], ["v"], axes=[1]), const("eps", 1e-3),
+             node("Add", ["v", "eps"], ["ve"]), node("Sqrt", ["ve"], ["s"]), node("Reciprocal", ["s"], ["r"]),
+             node("Mul", ["r", "g"], ["inv"]), node("Transpose", ["inv"], ["inv_t"], perm=moved),
+             node("Transpose", ["x"], ["t"], perm=moved), node("Mul", ["nm", "inv_t"], ["ms"]),
+             node("Add", ["ms", "b"], ["shift"]), node("Mul", ["t", "inv_t"], ["xs"]),
+             node("Add", ["xs", "shift"], ["h"])]
+    inits = {"to_t": np.array([-1, *shape_t[:2], 1]), "back": np.array([-1, 1, *shape_t[:2]]),
+             "g": SCALE_C.reshape(1, 3, 1, 1), "b": BIAS_C.reshape(1, 1, 1, 3)}
+    model = head_model(nodes, X_SHAPE, shape_t, initializers=inits, opset=15)
+    assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
+        ["Transpose", "LayerNormalization"]
+    x = sample() * 3 + 1
+
+    def reference(rho):
+        rho_x = rho.reshape(len(rho), *shape_t).transpose(0, 3, 1, 2)
+        return x * rho_x * SCALE_C.reshape(1, 3, 1, 1) * inverse_std(x, (1,), 1e-3)
+
+    _, compiled_model = check(model, x, reference)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
 @pytest.mark.parametrize("opset", [13, 18])
 def test_layer_norm_over_leading_axes_is_recognised(opset):
     """Means over axis 1 only (ConvNeXt's channels_first LayerNorm written by hand): one planned

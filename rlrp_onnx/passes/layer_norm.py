@@ -7,7 +7,9 @@ then:
 
 * torch below opset 17, which has no LayerNormalization op: ``d / σ``, then optionally ``· γ`` and ``+ β``;
 * Keras through tf2onnx (at every opset): ``inv = Reciprocal(σ)``, optionally ``· γ``, then
-  ``x · inv + (−m · inv``, optionally ``+ β)``.
+  ``x · inv + (−m · inv``, optionally ``+ β)``; its transpose optimizer may compute the last step on a
+  transpose of x, with inv [· γ] and −m moved alike (by Transposes, or Reshapes that move axes of size 1),
+  as in an MLP-Mixer's LayerNorms; the LayerNormalization is then planned on that transpose.
 
 RMSNorm's (torch's ``nn.RMSNorm``, which only the dynamo exporter exports, and the form LLaMA-style code
 writes out) is ``σ = Sqrt(mean(x²) + ε)``, then ``x · inv`` with ``inv = Reciprocal(σ)`` or ``1 / σ``
@@ -39,8 +41,12 @@ def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
         if sub is None:
             found = _rms_form(sqrt, x)
         else:
-            found = _torch_form(sqrt, x, mean, sub) or next(
-                filter(None, (_keras_form(sqrt, like, mean, sub) for like in _layouts(x, axes))), None)
+            found = _torch_form(sqrt, x, mean, sub)
+            for like, perm in _layouts(x) if not found else []:
+                found = _keras_form(sqrt, x, like, perm, mean, sub)
+                if found:
+                    axes = sorted(perm.index(a) for a in axes)
+                    break
         if not found:
             continue
         scale, bias, last, x = found
@@ -75,7 +81,7 @@ def _statistics(sqrt):
             or (square.op == "Mul" and square.inputs[0] is square.inputs[1])):
         return None
     sub = producer(square.inputs[0])
-    mean = producer(sub.inputs[1]) if sub is not None and sub.op == "Sub" else None
+    mean = producer(_unmoved(sub.inputs[1])) if sub is not None and sub.op == "Sub" else None
     if mean is None or mean.inputs[0] is not sub.inputs[0]:  # no mean subtracted: RMSNorm's statistics
         sub = mean = None
     x = sub.inputs[0] if sub is not None else square.inputs[0]
@@ -100,37 +106,119 @@ def _torch_form(sqrt, x, mean, sub):
     return scale, bias, last, x
 
 
-def _layouts(x, axes):
-    """x and, where the statistics cover every axis but the batch axis (so they are per sample, the same
-    in any order of those axes), x transposed among them: what tf2onnx's transpose optimizer may scale
-    instead of x (a Keras LayerNorm over (H, W, C) computed on the N, C, H, W tensor)."""
-    if axes != list(range(1, len(x.shape))):
-        return [x]
-    return [x] + [n.outputs[0] for n in x.outputs if n.op == "Transpose" and list(n.attrs.get("perm", []))[:1] == [0]]
+def _layouts(x):
+    """(x, identity) and (x transposed, its perm) for each Transpose of x keeping the batch axis: what
+    tf2onnx's transpose optimizer may scale instead of x, with the statistics, the mean and the scale
+    moved the same way (a Keras LayerNorm over (H, W, C) computed on the N, C, H, W tensor; the
+    token-mixing blocks of an MLP-Mixer)."""
+    rank = len(x.shape)
+    transposes = [n for n in x.outputs if n.op == "Transpose" and list(n.attrs.get("perm", []))[:1] == [0]]
+    return [(x, list(range(rank)))] + [(n.outputs[0], list(n.attrs["perm"])) for n in transposes]
 
 
-def _keras_form(sqrt, x, mean, sub):
-    """(γ, β, last node, x) for inv = 1/σ [· γ], x · inv + (−m · inv [+ β]), ``x`` the tensor scaled (the
-    statistics' input or one of its ``_layouts``)."""
+def _keras_form(sqrt, x, like, perm, mean, sub):
+    """(γ, β, last node, ``like``) for inv = 1/σ [· γ], x · inv + (−m · inv [+ β]), computed on ``like``,
+    ``x`` moved by ``perm``: inv [· γ] and −m reach the products moved the same way (by a Transpose, or,
+    where only axes of size 1 move, a Reshape), or broadcast alike in both layouts."""
     reciprocal = sqrt.outputs[0].outputs
     if len(reciprocal) != 1 or reciprocal[0].op != "Reciprocal" or len(_readers(sub.outputs[0])) != 1:
         return None
     scale, inverse = _by_constant(reciprocal[0], "Mul", x)
-    negated = [n for n in mean.outputs[0].outputs if n.op == "Neg"]
-    if len(negated) != 1 or not _only_read_by(mean.outputs[0], sub, negated[0]):
+    moved = _moved(inverse.outputs[0], perm)
+    if moved is not None:  # inv [· γ] in the statistics' layout, then moved
+        scale, inverse = scale if scale is None else _permuted(scale, perm), moved
+        if scale is None:
+            scale, inverse = _by_constant(inverse, "Mul", like)
+    elif _moved_shape(sqrt.outputs[0].shape, perm) == list(sqrt.outputs[0].shape)[1:]:
+        scale, inverse = _by_constant(reciprocal[0], "Mul", like)
+    else:
+        return None
+    negated = _negated_mean(mean, sub, perm)
+    if negated is None:
         return None
     products = inverse.outputs[0].outputs
-    scaled = [n for n in products if n.op == "Mul" and x in n.inputs]
-    shifted = [n for n in products if n.op == "Mul" and negated[0].outputs[0] in n.inputs]
+    scaled = [n for n in products if n.op == "Mul" and like in n.inputs]
+    shifted = [n for n in products if n.op == "Mul" and negated.outputs[0] in n.inputs]
     if len(products) != 2 or len(scaled) != 1 or len(shifted) != 1 \
-            or not _only_read_by(negated[0].outputs[0], shifted[0]):
+            or not _only_read_by(negated.outputs[0], shifted[0]):
         return None
-    bias, shift = _by_constant(shifted[0], "Add", x)
+    bias, shift = _by_constant(shifted[0], "Add", like)
     total = scaled[0].outputs[0].outputs
     if len(total) != 1 or total[0].op != "Add" or not _only_read_by(shift.outputs[0], total[0]) \
             or shift.outputs[0] not in total[0].inputs:
         return None
-    return scale, bias, total[0], x
+    return scale, bias, total[0], like
+
+
+def _negated_mean(mean, sub, perm):
+    """The one Neg of the mean m moved by ``perm``, where m reaches only it and ``sub`` (unmoved), also
+    through Transposes and Reshapes that only move axes of size 1 (the same values)."""
+    shape = mean.outputs[0].shape
+    aliases = _size_one_moves(mean.outputs[0])
+    readers = [n for t in aliases for n in t.outputs]
+    negated = [n for n in readers if n.op == "Neg"]
+    if len(negated) != 1 or list(negated[0].inputs[0].shape)[1:] != _moved_shape(shape, perm) \
+            or sub.inputs[1] not in aliases or list(sub.inputs[1].shape)[1:] != list(shape)[1:] \
+            or any(n is not sub and n is not negated[0] and n.outputs[0] not in aliases for n in readers):
+        return None
+    return negated[0]
+
+
+def _moved(tensor, perm):
+    """The one reader of ``tensor``, if any, that moves its axes by ``perm`` (not the identity): a
+    Transpose with that perm, or a Reshape that only moves axes of size 1 that way."""
+    if perm == sorted(perm) or len(tensor.outputs) != 1:
+        return None
+    reader = tensor.outputs[0]
+    if reader.op == "Transpose" and list(reader.attrs.get("perm", [])) == perm:
+        return reader
+    if reader.op == "Reshape" and tensor.shape is not None and reader.outputs[0].shape is not None \
+            and list(reader.outputs[0].shape)[1:] == _moved_shape(tensor.shape, perm) \
+            and _moves_size_one_axes(tensor.shape, perm):
+        return reader
+    return None
+
+
+def _unmoved(tensor):
+    """The tensor ``tensor`` was reached from by Transposes and Reshapes that only move axes of size 1."""
+    while (before := producer(tensor)) is not None and before.op in ("Transpose", "Reshape") \
+            and before.outputs[0] in _size_one_moves(before.inputs[0]):
+        tensor = before.inputs[0]
+    return tensor
+
+
+def _size_one_moves(tensor):
+    """``tensor`` and every tensor reached from it by Transposes and Reshapes that only move its axes
+    of size 1 (the same values, whatever the shape)."""
+    found, queue = [], [tensor]
+    while queue:
+        t = queue.pop()
+        found.append(t)
+        for n in t.outputs:
+            out = n.outputs[0] if n.op in ("Transpose", "Reshape") else None
+            if out is None or out.shape is None or t.shape is None \
+                    or not all(isinstance(d, int) for d in [*out.shape[1:], *t.shape[1:]]):
+                continue
+            if (n.op == "Transpose" and _moves_size_one_axes(t.shape, list(n.attrs.get("perm", [])))) or \
+                    (n.op == "Reshape" and [d for d in out.shape[1:] if d != 1] == [d for d in t.shape[1:] if d != 1]):
+                queue.append(out)
+    return found
+
+
+def _moved_shape(shape, perm) -> list:
+    """The non-batch sizes of ``shape`` moved by ``perm``."""
+    return [shape[p] for p in perm][1:]
+
+
+def _moves_size_one_axes(shape, perm) -> bool:
+    kept = [p for p in perm if shape[p] != 1]
+    return kept == sorted(kept)
+
+
+def _permuted(constant, perm):
+    """A constant broadcast against the statistics' layout, moved by ``perm``."""
+    values = constant.values.reshape((1,) * (len(perm) - constant.values.ndim) + constant.values.shape)
+    return gs.Constant(f"{constant.name}/moved", np.ascontiguousarray(values.transpose(perm)))
 
 
 def _rms_form(sqrt, x):
