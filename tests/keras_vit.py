@@ -1,8 +1,10 @@
 """A small Keras vision transformer converted by tf2onnx, with its oracle; run as a script in its own
 process (TensorFlow is kept out of the pytest process, which holds torch).
 
-``python tests/keras_vit.py OUT_DIR`` writes ``OUT_DIR/vit_opset15.onnx`` (tf2onnx's default opset) and
-``OUT_DIR/vit_opset17.onnx`` (input ``image`` NHWC [N, 16, 16, 3], output ``softmax``) and
+``python tests/keras_vit.py OUT_DIR`` writes ``OUT_DIR/vit_opset15.onnx`` (tf2onnx's default opset),
+``OUT_DIR/vit_opset17.onnx`` and ``OUT_DIR/vit_opset13.onnx`` (input ``image`` NHWC [N, 16, 16, 3],
+output ``softmax``; at 13 the attention's Reshape targets are products of the batch size, which ONNX
+shape inference does not follow before Reshape-14) and
 ``OUT_DIR/vit_reference.npz`` with ``x`` (3 samples), ``classes`` and ``relevance``: input × gradient of
 the pre-softmax logit in TensorFlow on a twin (same weights) whose gates are held with stop_gradient —
 the attention weights, the GELU gate and every LayerNormalization's mean and variance (shared/RLRP.md,
@@ -80,7 +82,7 @@ def main(out_dir: str) -> None:
     twin.set_weights(model.get_weights())
 
     spec = (tf.TensorSpec((None, 16, 16, 3), tf.float32, name="image"),)
-    for opset in (15, 17):
+    for opset in (13, 15, 17):
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
         onnx.save(proto, os.path.join(out_dir, f"vit_opset{opset}.onnx"))
 

@@ -70,13 +70,29 @@ def _shape_ops(spelling: str):
                 helper.make_node("Shape", ["x3"], ["shape3"]),
                 helper.make_node("Gather", ["shape3", "zero1"], ["n1"], axis=0),
                 helper.make_node("Concat", ["n1", "sixteen"], ["target"], axis=0)]
+    if spelling == "reduce_prod":  # Keras Dense on [N, 4, 4]: Reshape to [N·4, 4], then back as [N, 16]
+        return [shape, helper.make_node("Gather", ["shape", "lead2"], ["lead"], axis=0),
+                helper.make_node("ReduceProd", ["lead"], ["rows"], keepdims=1),
+                helper.make_node("Concat", ["rows", "minus_one"], ["target_rows"], axis=0),
+                helper.make_node("Reshape", ["x", "target_rows"], ["x3"]),
+                helper.make_node("Gather", ["shape", "zero1"], ["n1"], axis=0),
+                helper.make_node("Concat", ["n1", "sixteen"], ["target"], axis=0)]
+    if spelling == "broadcast_max":  # tf2onnx's Einsum: batch sizes broadcast with Max
+        return [shape, helper.make_node("Gather", ["shape", "zero1"], ["n1"], axis=0),
+                helper.make_node("Max", ["n1", "one1"], ["n_or_1"]),
+                helper.make_node("Concat", ["n_or_1", "sixteen"], ["target"], axis=0)]
     raise ValueError(spelling)
+
+
+# the flat Reshape's target on the planning graph: 0 copies the batch size where the data has it
+PLANNED = {"torchscript": [0, 16], "tf2onnx": [0, 16], "two_sizes": [0, 16], "reduce_prod": [-1, 16],
+           "broadcast_max": [-1, 16]}
 
 
 def reshaped_classifier(spelling: str, opset: int = 13) -> onnx.ModelProto:
     """x [N, 4, 2, 2] → Reshape to [N, 16] (target computed at run time) → Gemm → logits [N, 3]."""
     rng = np.random.default_rng(5)
-    data = "x3" if spelling == "two_sizes" else "x"
+    data = "x3" if spelling in ("two_sizes", "reduce_prod") else "x"
     return make_model(
         _shape_ops(spelling) + [helper.make_node("Reshape", [data, "target"], ["flat"]),
                                 helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)],
@@ -84,18 +100,22 @@ def reshaped_classifier(spelling: str, opset: int = 13) -> onnx.ModelProto:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
         {"w": rng.normal(size=(3, 16)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32),
          "zero": np.array(0), "zero1": np.array([0]), "one1": np.array([1]), "two1": np.array([2]),
-         "axes0": np.array([0]), "minus_one": np.array([-1]), "sixteen": np.array([16]),
+         "axes0": np.array([0]), "minus_one": np.array([-1]), "sixteen": np.array([16]), "lead2": np.array([0, 1]),
          "sixteen32": np.array([16], np.int32)},
         opset=opset)
 
 
-@pytest.mark.parametrize("spelling", ["torchscript", "tf2onnx", "two_sizes"])
+@pytest.mark.parametrize("spelling", sorted(PLANNED))
 def test_reshape_by_the_batch_size(spelling):
     """Shape inference alone cannot size the Reshape-13 output; the planning graph's target becomes a
-    constant, the compiled model keeps the source's Reshape, and the relevance is exact: x · W[class]."""
+    constant, the compiled model keeps the source's Reshape, and the relevance is exact: x · W[class].
+    A multiple of the batch size (ReduceProd) and a Max of it with 1 are pinned too: as the one
+    symbolic size of a target, they become -1."""
     source = reshaped_classifier(spelling)
-    flat = next(n for n in canonicalize(source, "m").nodes if n.outputs[0].name == "flat")
-    assert list(flat.inputs[1].values) == [0, 16]  # 0: copy the batch size (shape inference keeps its name)
+    planned = {n.outputs[0].name: n for n in canonicalize(source, "m").nodes}
+    assert list(planned["flat"].inputs[1].values) == PLANNED[spelling]
+    if spelling == "reduce_prod":
+        assert list(planned["x3"].inputs[1].values) == [-1, 4]  # [N·4, -1]
     compiled = compile_model(source)
     assert [n for n in compiled.graph.node if n.output[0] == "flat"][0].input[1] == "target"
     x = np.random.default_rng(1).normal(size=(2, 4, 2, 2)).astype(np.float32)

@@ -137,8 +137,9 @@ def test_keras_through_tf2onnx(tmp_path, capsys):
 def test_keras_vision_transformer_through_tf2onnx(tmp_path, capsys):
     """keras.layers.MultiHeadAttention (MatMuls around a Softmax held as a gate) and LayerNormalization
     (written out by tf2onnx with Reciprocal of Sqrt, recognised by passes/layer_norm.py), at tf2onnx's
-    default opset 15 and at 17."""
+    default opset 15, at 17, and at 13 (Reshape targets that are multiples of the batch size, pinned by
+    passes/reshape_targets.py)."""
     keras_exports(tmp_path, "keras_vit")
     reference = np.load(tmp_path / "vit_reference.npz")
-    for opset in (15, 17):
+    for opset in (13, 15, 17):
         check_keras(capsys, tmp_path / f"vit_opset{opset}.onnx", reference)

@@ -3,14 +3,16 @@
 ONNX shape inference follows such a target (Shape → Gather → Unsqueeze → Concat) only for Reshape-14
 and later; below that the reshaped tensor has no shape and the relevance path cannot be planned. On the
 planning graph only (the compiled model keeps the source's Reshape), a target whose value is known up
-to one symbolic size is rewritten as a constant with 0 (copy) or -1 in that size's place: for any input
-the source Reshape accepts, both give the same shape.
+to one symbolic size, or a whole multiple of one (``N·heads``, as Keras' attention and dense layers on
+N-D inputs compute it with ReduceProd), is rewritten as a constant with 0 (copy) or -1 in that size's
+place: for any input the source Reshape accepts, both give the same shape.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -18,6 +20,26 @@ import onnx_graphsurgeon as gs
 
 ARITHMETIC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
               "Div": lambda a, b: np.trunc(a / b).astype(np.int64)}  # on integers, as ONNX's Div
+
+
+@dataclass(frozen=True)
+class Multiple:
+    """A symbolic size (a name) times a whole number other than 1."""
+
+    name: str
+    factor: int
+
+
+def _times(a, b):
+    """a · b for sizes (numbers, names, Multiples), or None where one symbolic size multiplies another."""
+    if _symbolic(a) and _symbolic(b):
+        return None
+    if not _symbolic(a) and not _symbolic(b):
+        return int(a) * int(b)
+    size, k = (a, int(b)) if _symbolic(a) else (b, int(a))
+    factor = k * (size.factor if isinstance(size, Multiple) else 1)
+    name = size.name if isinstance(size, Multiple) else size
+    return name if factor == 1 else Multiple(name, factor)
 
 
 def pin_reshape_targets(graph: gs.Graph) -> int:
@@ -53,7 +75,7 @@ def _follows(shape, data_shape) -> bool:
 
 def _broadcast(data_shape, target: list) -> list | None:
     """Expand's output shape: ``data_shape`` and ``target`` broadcast (numbers or names), or None."""
-    if not _known(data_shape):
+    if not _known(data_shape) or any(isinstance(size, Multiple) for size in target):
         return None
     rank = max(len(data_shape), len(target))
     a, b = [1] * (rank - len(data_shape)) + list(data_shape), [1] * (rank - len(target)) + target
@@ -84,6 +106,19 @@ def _value(tensor) -> np.ndarray | None:
         return np.array(np.take(values[0], values[1].astype(np.int64), axis=0), dtype=object)
     if node.op in ARITHMETIC and all(_ints(v) for v in values):
         return np.array(ARITHMETIC[node.op](*(v.astype(np.int64) for v in values)), dtype=object)
+    if node.op == "Mul":
+        product = np.frompyfunc(_times, 2, 1)(*values)
+        return None if any(v is None for v in np.reshape(product, -1)) else np.array(product, dtype=object)
+    if node.op in ("Max", "Min") and len(values) == 2 and values[0].shape == values[1].shape \
+            and values[0].ndim == 1:  # batch sizes broadcast, as tf2onnx writes Einsum
+        return np.array([_extreme(node.op, a, b, f"{node.name}/{i}") for i, (a, b) in enumerate(zip(*values))],
+                        dtype=object)
+    if node.op == "ReduceProd" and values[0].ndim == 1 and _reduces_all(node, values):
+        product = 1
+        for size in values[0]:
+            product = None if product is None else _times(product, size)
+        keep = node.attrs.get("keepdims", 1)
+        return None if product is None else np.array([product] if keep else product, dtype=object)
     if node.op == "Reshape" and values[0].ndim == 1 and list(values[1]) == [-1]:
         return values[0]
     if node.op == "Equal" and values[0].shape == values[1].shape and values[0].ndim == 1:
@@ -106,11 +141,32 @@ def _value(tensor) -> np.ndarray | None:
     return None
 
 
+def _extreme(op: str, a, b, fresh: str):
+    """Max or Min of two sizes: a number when both are, the size when they are equal, else a new
+    symbolic size ``fresh`` (some size, equal to no other: a target with it as its one unknown still
+    pins)."""
+    if a == b:
+        return a
+    if not _symbolic(a) and not _symbolic(b):
+        return max(a, b) if op == "Max" else min(a, b)
+    return fresh
+
+
+def _reduces_all(node, values) -> bool:
+    """Whether a ReduceProd of a vector reduces its one axis (axes an attribute, an input from opset 18)."""
+    axes = node.attrs.get("axes") if len(values) < 2 else list(values[1])
+    return axes in (None, [0], [-1])
+
+
 def _equal(a, b) -> bool | None:
-    """a == b for numbers; a size (a name) equals no negative number; else unknown (None)."""
-    if not isinstance(a, str) and not isinstance(b, str):
+    """a == b for numbers; a symbolic size equals no negative number; else unknown (None)."""
+    if not _symbolic(a) and not _symbolic(b):
         return a == b
-    return False if any(not isinstance(v, str) and v < 0 for v in (a, b)) else None
+    return False if any(not _symbolic(v) and v < 0 for v in (a, b)) else None
+
+
+def _symbolic(size) -> bool:
+    return isinstance(size, (str, Multiple))
 
 
 def _known(shape) -> bool:
@@ -118,7 +174,7 @@ def _known(shape) -> bool:
 
 
 def _ints(value: np.ndarray) -> bool:
-    return all(not isinstance(v, str) for v in value.reshape(-1))
+    return all(not _symbolic(v) for v in value.reshape(-1))
 
 
 def _constant_target(target: list, data_shape) -> list[int] | None:
@@ -127,18 +183,20 @@ def _constant_target(target: list, data_shape) -> list[int] | None:
     becomes 0 where the data has it at the same place (shape inference then keeps its name), else -1."""
     if (0 in target or -1 in target) and not _known(data_shape):
         return None
-    target = [data_shape[i] if isinstance(size, int) and size == 0 and i < len(data_shape) else size
+    target = [data_shape[i] if not _symbolic(size) and size == 0 and i < len(data_shape) else size
               for i, size in enumerate(target)]
-    symbols = [size for size in target if isinstance(size, str)]
-    known = [int(size) for size in target if not isinstance(size, str) and size != -1]
+    symbols = [size for size in target if _symbolic(size)]
+    known = [int(size) for size in target if not _symbolic(size) and size != -1] + \
+        [size.factor for size in symbols if isinstance(size, Multiple)]
     if -1 in target:
         data_symbols = [d for d in data_shape if isinstance(d, str)]
         total = math.prod(int(d) for d in data_shape if not isinstance(d, str))
-        if Counter(symbols) != Counter(data_symbols) or total % max(math.prod(known), 1):
+        names = [size.name if isinstance(size, Multiple) else size for size in symbols]
+        if Counter(names) != Counter(data_symbols) or total % max(math.prod(known), 1):
             return None
         target = [total // max(math.prod(known), 1) if size == -1 else size for size in target]
     if len(symbols) > 1:
         return None
     copies = list(data_shape or [])
-    return [(0 if i < len(copies) and copies[i] == size else -1) if isinstance(size, str) else int(size)
+    return [(0 if i < len(copies) and copies[i] == size else -1) if _symbolic(size) else int(size)
             for i, size in enumerate(target)]
