@@ -114,7 +114,7 @@ def cmd_inspect(args) -> None:
     method = choose(**_method_args(args))
     plan, _ = plan_model(proto, label, method, args.output, _resolve_shapes(args.model, args.input_shape),
                          check=False)
-    method.assign(plan.nodes, plan.context)
+    method.assign(plan.nodes, plan.context, label)
     gaps = [(node, gap(plan.context, node)) for node in plan.nodes]
     covered = sum(1 for _, reason in gaps if not reason)
     print(f"explained output: {plan.explained_output.name} (logits: {plan.logits.name})")

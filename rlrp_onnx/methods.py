@@ -11,7 +11,8 @@ import numpy as np
 
 from .errors import RlrpError
 from .rules import RULES
-from .rules.classical import LayerRule, alphabeta, classical_rules, epsilon, flat, gamma, lrp0, wsquare, zbox, zplus
+from .rules.classical import (LayerRule, alphabeta, bounds_fit, classical_rules, epsilon, flat, gamma, lrp0, wsquare,
+                              zbox, zplus)
 
 RLRP = "rlrp"
 DENSE, CONVOLUTION, FIRST = "dense", "convolution", "first"
@@ -83,8 +84,9 @@ class Method:
     layer_rules: dict[str, LayerRule] = field(default_factory=dict)
     by_category: dict[str, LayerRule] = field(default_factory=dict)
 
-    def assign(self, nodes, ctx) -> None:
-        """Give every weighted layer on the relevance path its rule ("first" = no layer upstream)."""
+    def assign(self, nodes, ctx, label: str) -> None:
+        """Give every weighted layer on the relevance path its rule ("first" = no layer upstream); an
+        RlrpError where zbox bounds do not fit a layer's input channels."""
         if self.relative:
             return
         upstream: set[str] = set()
@@ -96,6 +98,12 @@ class Method:
                 upstream.update(t.name for t in node.outputs)
             elif before:
                 upstream.update(t.name for t in node.outputs)
+        misfits = [f"{node.name} ({channels} channels)" for node in nodes if node.name in self.layer_rules
+                   and (channels := _input_channels(ctx, node)) is not None
+                   and not bounds_fit(self.layer_rules[node.name], channels)]
+        if misfits:
+            raise RlrpError(f"{label}: the zbox bounds (--low, --high) need one value, or one per input channel "
+                            "of each layer they apply to; layers with other channel counts: " + ", ".join(misfits))
 
     def metadata(self) -> dict[str, str]:
         """What the compiled model records of the method."""
@@ -131,3 +139,9 @@ def _checked(make, options):
         return make(options)
     except ValueError as error:
         raise RlrpError(str(error)) from None
+
+
+def _input_channels(ctx, node):
+    """Axis 1 of a layer's data input (None where its shape is unknown: ``inspect`` plans unchecked)."""
+    shape = ctx.shape(next(t for t in node.inputs[:2] if ctx.is_data(t)))
+    return shape[1] if len(shape) > 1 else None

@@ -10,7 +10,6 @@ import onnx_graphsurgeon as gs
 from .backward import Context
 from .errors import RlrpError
 from .methods import Method
-from .rules.classical import bounds_fit
 from .rules.elementwise import held_gate
 
 TRAILING = {"Softmax", "LogSoftmax", "Sigmoid"}  # at the output: the explained logit is their input
@@ -145,15 +144,5 @@ def make_plan(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Me
             for node in plan.nodes if (reason := gap(plan.context, node))]
     if gaps:
         raise RlrpError(f"{label}: {len(gaps)} node(s) not covered: " + "; ".join(gaps))
-    method.assign(plan.nodes, plan.context)
-    misfits = [f"{node.name} ({channels} channels)" for node in plan.nodes if node.name in method.layer_rules
-               and not bounds_fit(method.layer_rules[node.name], channels := _input_channels(plan.context, node))]
-    if misfits:
-        raise RlrpError(f"{label}: the zbox bounds (--low, --high) need one value, or one per input channel of "
-                        f"each layer they apply to; layers with other channel counts: " + ", ".join(misfits))
+    method.assign(plan.nodes, plan.context, label)
     return plan
-
-
-def _input_channels(context: Context, node: gs.Node):
-    """Axis 1 of a layer's data input."""
-    return context.shape(next(t for t in node.inputs[:2] if context.is_data(t)))[1]

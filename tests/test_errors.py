@@ -306,6 +306,8 @@ def test_zbox_bounds_must_fit_the_layers_they_apply_to(tmp_path, capsys, dense_p
     code, _, err = run_cli(capsys, "compile", dense_path, "-o", tmp_path / "o.onnx",
                            "--composite", "epsilon_gamma_box", "--low", "0,0", "--high", "1,1")
     assert_one_line_error(code, err, "dense.onnx", "zbox bounds", "(6 channels)")
+    code, _, err = run_cli(capsys, "inspect", dense_path, "--rule", "zbox", *bounds)  # inspect checks them too
+    assert_one_line_error(code, err, "dense.onnx", "zbox bounds", "(8 channels)")
 
 
 def test_expose_takes_one_tensor_name(dense_path):
