@@ -165,3 +165,36 @@ def test_every_method_explains_a_float16_model_like_its_float32_twin(tmp_path, r
     assert np.isfinite(out[RELEVANCE_OUTPUT]).all()
     errors = relative_l2_error(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT])
     assert np.all(errors < 0.05), errors
+
+
+def test_twin_widens_every_float16_declaration():
+    """passes/float16.py on a hand-built graph: initializers, declarations, Constant values, Cast targets
+    and an If's branches become float32; names and everything else stay."""
+    from onnx import TensorProto, helper
+
+    from rlrp_onnx.passes.float16 import float32_twin, uses_float16
+
+    def branch(name, value):
+        constant = helper.make_node("Constant", [], [f"{name}_out"],
+                                    value=helper.make_tensor(f"{name}_v", TensorProto.FLOAT16, [1], [value]))
+        return helper.make_graph([constant], name, [], [helper.make_tensor_value_info(f"{name}_out",
+                                                                                      TensorProto.FLOAT16, [1])])
+
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+             helper.make_node("Mul", ["h", "w"], ["y"]),
+             helper.make_node("If", ["flag"], ["z"], then_branch=branch("then", 1.5), else_branch=branch("else", 2.5))]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                     helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT16, [1])],
+        [onnx.numpy_helper.from_array(np.array([0.1, 3.0], np.float16), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    twin = float32_twin(model)
+    assert uses_float16(model) and not uses_float16(twin)
+    text = onnx.printer.to_text(twin)
+    assert "float16" not in text and "Cast <to: int = 1>" in text and "float16" in onnx.printer.to_text(model)
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(twin.graph.initializer[0]),
+                                  np.array([0.1, 3.0], np.float16).astype(np.float32))
+    onnx.checker.check_model(twin, full_check=True)
+    assert [n.name for n in twin.graph.node] == [n.name for n in model.graph.node]
