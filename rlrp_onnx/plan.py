@@ -46,14 +46,31 @@ def _read(node: gs.Node) -> list:
     return tensors
 
 
-def data_tensors(graph: gs.Graph, inputs: list[gs.Variable]) -> set[str]:
+def data_tensors(graph: gs.Graph, inputs: list[gs.Variable], carries=_is_float) -> set[str]:
     """Float tensors that depend on an explained input (integer tensors such as shapes carry no relevance);
-    a control-flow node's outputs depend on what its subgraphs read."""
+    a control-flow node's outputs depend on what its subgraphs read. ``carries``: which tensors pass the
+    dependence on (default float32 ones)."""
     data = {t.name for t in inputs}
     for node in graph.nodes:
         if any(t.name in data for t in _read(node)):
-            data.update(t.name for t in node.outputs if _is_float(t))
+            data.update(t.name for t in node.outputs if carries(t))
     return data
+
+
+def _wider_float_between(graph: gs.Graph, inputs: list[gs.Variable], logits: gs.Variable):
+    """The first tensor of another float type (double) through which ``logits`` depends on ``inputs``,
+    or None."""
+    reached = data_tensors(graph, inputs, lambda t: _is_float(t) or _is_other_float(t))
+    if logits.name not in reached:
+        return None
+    return next(t for node in graph.nodes for t in node.outputs if t.name in reached and _is_other_float(t))
+
+
+def _is_other_float(tensor) -> bool:
+    try:
+        return tensor.dtype is not None and np.dtype(tensor.dtype).kind == "f" and not _is_float(tensor)
+    except TypeError:
+        return False
 
 
 def _is_scores(tensor) -> bool:
@@ -126,7 +143,10 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
     logits = logits_of(output)
     data = data_tensors(graph, inputs)
     if logits.name not in data:
-        raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input")
+        wider = _wider_float_between(graph, inputs, logits)
+        raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input" + (
+            "" if wider is None else f" except through '{wider.name}', a {np.dtype(wider.dtype).name} tensor; only "
+            "float32 and float16 are supported: convert the model to float32"))
     context = Context(graph, data, method.rules, method.layer_rules, method.relative)
     return Plan(inputs, output, logits, _relevance_path(context, logits), context)
 

@@ -132,6 +132,22 @@ def test_no_float_input(tmp_path, capsys, kind, expected):
     assert_one_line_error(code, err, "other.onnx", *expected)
 
 
+def test_a_double_section_is_named(tmp_path, capsys):
+    """A float32 model computing in double between Casts: refused, naming the double tensor."""
+    model = make_model(
+        [helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.DOUBLE),
+         helper.make_node("MatMul", ["wide", "w"], ["m"]),
+         helper.make_node("Cast", ["m"], ["logits"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        {"w": np.ones((3, 2), np.float64)})
+    path = tmp_path / "double.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "double.onnx", "except through 'wide', a float64 tensor",
+                          "convert the model to float32")
+
+
 def test_output_not_class_scores(tmp_path, capsys):
     model = make_model(
         [helper.make_node("Conv", ["image", "w"], ["map"], pads=[1, 1, 1, 1])],
