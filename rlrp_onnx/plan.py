@@ -29,11 +29,15 @@ class Plan:
     context: Context
 
 
-def _is_float(tensor) -> bool:
+def _element_type(tensor) -> np.dtype | None:
     try:
-        return tensor.dtype is not None and np.dtype(tensor.dtype) == np.float32
+        return np.dtype(tensor.dtype) if tensor.dtype is not None else None
     except TypeError:  # a sequence or map (skl2onnx's ZipMap output), or an undefined type
-        return False
+        return None
+
+
+def _is_float(tensor) -> bool:
+    return _element_type(tensor) == np.float32
 
 
 def _read(node: gs.Node) -> list:
@@ -67,10 +71,8 @@ def _wider_float_between(graph: gs.Graph, inputs: list[gs.Variable], logits: gs.
 
 
 def _is_other_float(tensor) -> bool:
-    try:
-        return tensor.dtype is not None and np.dtype(tensor.dtype).kind == "f" and not _is_float(tensor)
-    except TypeError:
-        return False
+    dtype = _element_type(tensor)
+    return dtype is not None and dtype.kind == "f" and dtype != np.float32
 
 
 def _is_scores(tensor) -> bool:
@@ -145,7 +147,7 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
     if logits.name not in data:
         wider = _wider_float_between(graph, inputs, logits)
         raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input" + (
-            "" if wider is None else f" except through '{wider.name}', a {np.dtype(wider.dtype).name} tensor; only "
+            "" if wider is None else f" except through '{wider.name}', a {_element_type(wider).name} tensor; only "
             "float32 and float16 are supported: convert the model to float32"))
     context = Context(graph, data, method.rules, method.layer_rules, method.relative)
     return Plan(inputs, output, logits, _relevance_path(context, logits), context)

@@ -25,11 +25,11 @@ import torch
 
 from rlrp_onnx import Explainer, compile_model
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
-from rlrp_onnx.methods import BOUNDED, COMPOSITES, RULE_NAMES, Options
 
 from exporting import export_onnx
 from oracle import input_times_gradient, relative_l2_error, run_with_decisions
 from reference_models import init_deterministic
+from test_cuda_kernels import METHODS, _compile, _method_id
 from test_oracle import TOLERANCE, photos, run  # noqa: F401 (photos: a fixture)
 
 HALF_ULP = 2.0**-10  # a float16 unit in the last place, relative
@@ -145,22 +145,16 @@ def test_float16_efficientnet_on_real_photos(tmp_path, reference_model, photos):
     np.testing.assert_allclose(explained.relevance, out[RELEVANCE_OUTPUT], rtol=1e-5, atol=1e-7)
 
 
-METHODS = [("rlrp", None)] + [(rule, None) for rule in RULE_NAMES] + [("rlrp", name) for name in COMPOSITES]
-
-
-@pytest.mark.parametrize("rule,composite", METHODS, ids=[c or r for r, c in METHODS])
-def test_every_method_explains_a_float16_model_like_its_float32_twin(tmp_path, rule, composite):
+@pytest.mark.parametrize("method", METHODS, ids=[_method_id(m) for m in METHODS])
+def test_every_method_explains_a_float16_model_like_its_float32_twin(tmp_path, method):
     """Each rule on the float16 model against the same rule on the float32 model with its weights: the
     two differ only by the float16 rounding of activations and the mask flips it causes (which the
     R-LRP oracle above aligns, and no plain reference of the classical rules here does)."""
     model, x = HalfNet(seed=2).eval(), example(3, seed=5)
     half = export_half(model, x, tmp_path / "half.onnx", "torchscript")
     twin = export_onnx(copy.deepcopy(model).half().float(), x, tmp_path / "twin.onnx", fold_batchnorm=False)
-    bounded = rule in BOUNDED or composite in BOUNDED
-    options = Options(low=-3.0, high=3.0) if bounded else None
-    method = {"rule": rule, "composite": composite, "options": options}
-    out = run(compile_model(half, **method), {"image": x})
-    expected = run(compile_model(twin, **method), {"image": x.astype(np.float32)})
+    out = run(_compile(half, method), {"image": x})
+    expected = run(_compile(twin, method), {"image": x.astype(np.float32)})
     np.testing.assert_array_equal(out[CLASS_OUTPUT], expected[CLASS_OUTPUT])
     assert np.isfinite(out[RELEVANCE_OUTPUT]).all()
     errors = relative_l2_error(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT])

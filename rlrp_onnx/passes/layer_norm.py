@@ -121,7 +121,8 @@ def _keras_form(sqrt, x, like, perm, mean, sub):
     ``x`` moved by ``perm``: inv [· γ] and −m reach the products moved the same way (by a Transpose, or,
     where only axes of size 1 move, a Reshape), or broadcast alike in both layouts."""
     reciprocal = sqrt.outputs[0].outputs
-    if len(reciprocal) != 1 or reciprocal[0].op != "Reciprocal" or len(_readers(sub.outputs[0])) != 1:
+    if len(reciprocal) != 1 or reciprocal[0].op != "Reciprocal" or len(_readers(sub.outputs[0])) != 1 \
+            or sqrt.outputs[0].shape is None or mean.outputs[0].shape is None:
         return None
     scale, inverse = _by_constant(reciprocal[0], "Mul", x)
     moved = _moved(inverse.outputs[0], perm)
@@ -172,17 +173,15 @@ def _moved(tensor, perm):
     reader = tensor.outputs[0]
     if reader.op == "Transpose" and list(reader.attrs.get("perm", [])) == perm:
         return reader
-    if reader.op == "Reshape" and tensor.shape is not None and reader.outputs[0].shape is not None \
-            and list(reader.outputs[0].shape)[1:] == _moved_shape(tensor.shape, perm) \
-            and _moves_size_one_axes(tensor.shape, perm):
+    if reader.op == "Reshape" and _moves_only_size_one_axes(reader, tensor) \
+            and list(reader.outputs[0].shape)[1:] == _moved_shape(tensor.shape, perm):
         return reader
     return None
 
 
 def _unmoved(tensor):
     """The tensor ``tensor`` was reached from by Transposes and Reshapes that only move axes of size 1."""
-    while (before := producer(tensor)) is not None and before.op in ("Transpose", "Reshape") \
-            and before.outputs[0] in _size_one_moves(before.inputs[0]):
+    while (before := producer(tensor)) is not None and _moves_only_size_one_axes(before, before.inputs[0]):
         tensor = before.inputs[0]
     return tensor
 
@@ -194,15 +193,20 @@ def _size_one_moves(tensor):
     while queue:
         t = queue.pop()
         found.append(t)
-        for n in t.outputs:
-            out = n.outputs[0] if n.op in ("Transpose", "Reshape") else None
-            if out is None or out.shape is None or t.shape is None \
-                    or not all(isinstance(d, int) for d in [*out.shape[1:], *t.shape[1:]]):
-                continue
-            if (n.op == "Transpose" and _moves_size_one_axes(t.shape, list(n.attrs.get("perm", [])))) or \
-                    (n.op == "Reshape" and [d for d in out.shape[1:] if d != 1] == [d for d in t.shape[1:] if d != 1]):
-                queue.append(out)
+        queue.extend(n.outputs[0] for n in t.outputs if _moves_only_size_one_axes(n, t))
     return found
+
+
+def _moves_only_size_one_axes(node, tensor) -> bool:
+    """Whether ``node`` is a Transpose or Reshape of ``tensor`` that only moves axes of size 1 (its output
+    holds the same values in the same order), all non-batch sizes known."""
+    out = node.outputs[0]
+    if node.op not in ("Transpose", "Reshape") or out.shape is None or tensor.shape is None \
+            or not all(isinstance(d, int) for d in [*out.shape[1:], *tensor.shape[1:]]):
+        return False
+    if node.op == "Transpose":
+        return _moves_size_one_axes(tensor.shape, list(node.attrs.get("perm", [])))
+    return [d for d in out.shape[1:] if d != 1] == [d for d in tensor.shape[1:] if d != 1]
 
 
 def _moved_shape(shape, perm) -> list:
