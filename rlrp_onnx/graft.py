@@ -8,6 +8,7 @@ import onnx
 
 from .errors import RlrpError
 from .passes.float16 import HALF, SINGLE, uses_float16
+from .passes.fold import infer_shapes
 from .weightless import weightless
 
 
@@ -44,7 +45,7 @@ def _read_as_float32(source: onnx.ModelProto, nodes: list[onnx.NodeProto], avail
                      label: str) -> list[onnx.NodeProto]:
     """``nodes`` preceded by a Cast to float32 of each float16 tensor of the source (``available``) they
     read, and reading that instead."""
-    types = _element_types(source)
+    types = _element_types(source, label)
     produced = {o for n in nodes for o in n.output}
     taken = available | produced | {n.name for n in [*source.graph.node, *nodes]}
     read = sorted({i for n in nodes for i in n.input if i and i in available})
@@ -59,9 +60,9 @@ def _read_as_float32(source: onnx.ModelProto, nodes: list[onnx.NodeProto], avail
     return casts + nodes
 
 
-def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+def _element_types(model: onnx.ModelProto, label: str) -> dict[str, int]:
     """Element type of every tensor of the main graph whose type is declared, stored or inferred."""
-    inferred = onnx.shape_inference.infer_shapes(weightless(model), strict_mode=False).graph
+    inferred = infer_shapes(weightless(model), label).graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.output, *inferred.value_info]
              if v.type.tensor_type.elem_type}
     types.update({t.name: t.data_type for t in model.graph.initializer})
