@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from .contract import TARGET_FORMS
 from .errors import RlrpError, first_line
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -75,7 +76,7 @@ def cmd_compile(args) -> None:
 
     model = compile_model(args.model, output_name=args.output,
                           input_shapes=_resolve_shapes(args.model, args.input_shape),
-                          **_method_args(args), **_form_args(args))
+                          target_input=args.target_input, **_method_args(args), **_form_args(args))
     save_model(model, args.out, source=args.model)
     print(f"wrote {args.out}")
 
@@ -309,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_shape(p)
     _add_method(p)
     _add_form(p)
+    p.add_argument("--target-input", choices=TARGET_FORMS, default="optional",
+                   help="rlrp_target optional with the default -1 (arg-max; default), or required, for "
+                        "runtimes that ignore a feed of an input with a default (onnxruntime-node)")
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("inspect", help="list a model's ops and which ones relevance rules cover")

@@ -22,7 +22,7 @@ from .weightless import weightless
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
                   output_name: str | None = None, input_shapes: dict[str, list[int]] | None = None,
                   expose: str | list[str] = (), label: str | None = None,
-                  masks: str = "steps") -> onnx.ModelProto:
+                  masks: str = "steps", target_input: str = "optional") -> onnx.ModelProto:
     """Compile an ONNX classifier (path or ModelProto) into an explainer model (contract version 1).
 
     ``rule`` is "rlrp" (default) or a classical LRP rule (``rlrp_onnx.methods.RULE_NAMES``), and
@@ -34,12 +34,18 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     ``label`` names a ModelProto in messages (a path names itself). ``masks`` chooses how Relu and Clip
     masks on N,C,H,W tensors are computed: "steps" (default; when the relevance pass needs them, in
     ONNX Runtime's blocked CPU layout, the faster form there) or "comparisons" (during the forward
-    pass, kept as booleans: less working memory).
+    pass, kept as booleans: less working memory). ``target_input`` "optional" (default, the contract's
+    form) gives ``rlrp_target`` the default -1 (arg-max); "required" declares it without one, for runtimes
+    that do not let a caller feed an input that has a default (onnxruntime-node ignores such a feed):
+    the caller then always feeds it, -1 for arg-max.
     """
     source, loaded = load_model(model)
     label = label or loaded
     if masks not in contract.MASK_FORMS:
         raise RlrpError(f"{label}: masks must be one of {', '.join(contract.MASK_FORMS)}, got {masks!r}")
+    if target_input not in contract.TARGET_FORMS:
+        raise RlrpError(f"{label}: target_input must be one of {', '.join(contract.TARGET_FORMS)}, "
+                        f"got {target_input!r}")
     _check_not_compiled(source, label)
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
     plan.context.emit.step_masks = masks == "steps"
@@ -50,7 +56,8 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     graph.outputs.extend(new_outputs)
     built = gs.export_onnx(graph, do_type_check=False)
     compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label)
-    _set_target_default(compiled)
+    if target_input == "optional":
+        _set_target_default(compiled)
     _declare_planned_sizes(compiled, plan.inputs)
     _set_metadata(compiled, {
         **method.metadata(),

@@ -11,6 +11,9 @@ META_EXPLAINED_OUTPUT = "rlrp.explained_output"
 META_IMAGE_INPUTS = "rlrp.image_inputs"
 META_MASKS = "rlrp.masks"  # one of MASK_FORMS (compile_model's masks; absent: steps)
 MASK_FORMS = ("steps", "comparisons")
+# compile_model's target_input: rlrp_target with the default -1 (the contract's optional input), or
+# without one, for runtimes that do not let a caller feed an input that has a default
+TARGET_FORMS = ("optional", "required")
 NAMES = (TARGET_INPUT, RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT)  # (and RELEVANCE_OUTPUT + anything)
 
 

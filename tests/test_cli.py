@@ -14,9 +14,9 @@ from PIL import Image
 
 from onnx import TensorProto, helper
 
-from rlrp_onnx import RlrpError
-from rlrp_onnx.cli import DEMO_IMAGES, DEMO_MODEL, Progress
-from rlrp_onnx.contract import META_RULE, META_VERSION
+from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx.cli import DEMO_IMAGES, DEMO_LABELS, DEMO_MODEL, Progress
+from rlrp_onnx.contract import META_RULE, META_VERSION, TARGET_INPUT
 from rlrp_onnx.labels import load_labels
 
 from onnx_builders import make_model
@@ -149,6 +149,25 @@ def test_compile_with_comparison_masks(tmp_path, capsys):
     code, _, err = run_cli(capsys, "explain", compiled, DEMO_IMAGES / "chelsea.png", "--out", tmp_path,
                            "--masks", "steps", "--device", "cpu")
     assert_one_line_error(code, err, "already compiled with masks 'comparisons'")
+
+
+def test_compile_with_a_required_target_input(tmp_path, capsys):
+    """``--target-input required``: rlrp_target is an ordinary input (no default value); the Python
+    runner feeds -1 (arg-max) when no target is asked, and the asked class otherwise."""
+    compiled = tmp_path / "lite0.required.onnx"
+    code, _, err = run_cli(capsys, "compile", DEMO_MODEL, "-o", compiled, "--target-input", "required")
+    assert code == 0, err
+    model = onnx.load(compiled)
+    assert TARGET_INPUT in [i.name for i in model.graph.input]
+    assert TARGET_INPUT not in [t.name for t in model.graph.initializer]
+    for target, expected in ((None, "Egyptian cat"), ("5", "electric ray")):
+        code, out, err = run_cli(capsys, "explain", compiled, DEMO_IMAGES / "chelsea.png", "--out", tmp_path,
+                                 "--preset", "efficientnet-lite0", "--labels", DEMO_LABELS, "--device", "cpu",
+                                 *(("--target", target) if target else ()))
+        assert code == 0, err
+        assert expected in out
+    with pytest.raises(RlrpError, match="target_input must be one of optional, required"):
+        compile_model(DEMO_MODEL, target_input="default")
 
 
 def test_cli_usage_error_exits_non_zero():
