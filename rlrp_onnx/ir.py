@@ -84,6 +84,11 @@ class Emitter:
         """A 1-D int64 initializer."""
         return self.const(list(values), np.int64)
 
+    def scalar_int(self, value: int) -> gs.Constant:
+        """A 0-d int64 initializer, for an input the ONNX spec wants scalar (OneHot's depth: ONNX's
+        reference evaluator takes no other form)."""
+        return gs.Constant(self._name(), np.array(value, dtype=np.int64))
+
     def shape_of(self, tensor: Tensor) -> gs.Variable:
         """The runtime shape of ``tensor`` (one Shape node per tensor)."""
         if tensor.name not in self._shapes:

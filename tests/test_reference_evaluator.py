@@ -1,0 +1,162 @@
+"""Compiled graphs mean what the ONNX specification says: ONNX's own reference evaluator computes the
+relevance ONNX Runtime computes.
+
+``onnx.reference.ReferenceEvaluator`` runs a model with the ONNX project's numpy implementations of the
+operator specifications: a second runtime that no one on this project wrote and that shares no kernel
+with ONNX Runtime. Where the two agree on a compiled model, its relevance pass relies on the ops'
+specified semantics rather than on ONNX Runtime's behaviour, which is what another runtime that follows
+the specification (TensorRT, OpenVINO, ONNX Runtime Web) needs.
+
+Models: the four small reference networks with BatchNorm kept, under R-LRP with both mask forms;
+SimpleCNN under every rule and composite; every architecture family under R-LRP; and the CUDA kernel
+check's small Conv/pool/Gemm classifier at opsets 11-23 in float32 and float16 under R-LRP and
+epsilon_gamma_box, which covers each of the opset-dependent forms of max-pool routing.
+
+Tolerances, relative to the largest |relevance|: 1e-5 for R-LRP in float32 (measured up to 1e-6);
+1e-3 for the classical rules, whose stabilized divisions amplify the two runtimes' different
+summation orders (measured up to 6e-5, z^B); 1e-2 in float16, where ONNX Runtime's CPU provider
+computes most float16 ops in float32 and the reference evaluator in float16. A graph that relied on an
+op meaning something else than its specification differs by the order of the relevance itself.
+
+One reference op is replaced: MaxPool, for its ``Indices`` output. onnx 1.23.2 computes those indices
+wrongly for stride-1 pools (on a 4x4 or 8x8 input, with or without pads, indices that do not point at
+the pooled values, some negative; strided pools are right); here both outputs come from
+``max_pool_with_indices``, a plain implementation of the specification checked below against the
+pooled values and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from rlrp_onnx import compile_model
+from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT
+
+from exporting import export_onnx
+from family_models import FAMILIES, family_input, make_family
+from reference_models import SMALL_MODELS, example_input
+from test_cuda_kernels import METHODS, _compile, _method_id, conv_classifier
+
+# Mask steps are HardSigmoids of slope 2**127: the product overflows to ±inf by design (tests/test_step.py),
+# which numpy reports.
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
+
+
+def max_pool_with_indices(x: np.ndarray, kernel_shape, strides=None, pads=None, dilations=None,
+                          ceil_mode=0) -> tuple[np.ndarray, np.ndarray]:
+    """2-D MaxPool as the ONNX specification defines it, with ``Indices`` into the flattened input
+    (N·C·H·W, padding not counted); the first maximum in row-major window order wins."""
+    (kh, kw), (sh, sw) = kernel_shape, strides or (1, 1)
+    top, left, bottom, right = pads or (0, 0, 0, 0)
+    dh, dw = dilations or (1, 1)
+    n, c, h, w = x.shape
+    rounding = np.ceil if ceil_mode else np.floor
+    out_h = int(rounding((h + top + bottom - dh * (kh - 1) - 1) / sh)) + 1
+    out_w = int(rounding((w + left + right - dw * (kw - 1) - 1) / sw)) + 1
+    best = np.full((n, c, out_h, out_w), -np.inf, dtype=x.dtype)
+    index = np.zeros(best.shape, dtype=np.int64)
+    planes = (np.arange(n * c) * h * w).reshape(n, c, 1, 1)
+    for i in range(kh):
+        for j in range(kw):
+            rows = np.arange(out_h) * sh - top + i * dh
+            cols = np.arange(out_w) * sw - left + j * dw
+            inside = (rows[:, None] >= 0) & (rows[:, None] < h) & (cols[None] >= 0) & (cols[None] < w)
+            r, q = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+            values = np.where(inside, x[:, :, r[:, None], q[None]], -np.inf)
+            wins = values > best
+            best = np.where(wins, values, best)
+            index = np.where(wins, planes + r[:, None] * w + q[None], index)
+    return best, index
+
+
+class MaxPool(OpRun):
+    """The reference MaxPool, with ``max_pool_with_indices`` for both outputs."""
+
+    op_domain = ""
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, pads=None,
+             storage_order=None, strides=None):
+        assert auto_pad in (None, "NOTSET", b"NOTSET") and not storage_order and x.ndim == 4
+        return max_pool_with_indices(x, kernel_shape, strides, pads, dilations, ceil_mode)
+
+
+def relevance_by_both(compiled: onnx.ModelProto, feed: dict) -> tuple[dict, dict]:
+    """The contract outputs by ONNX Runtime (CPU) and by the reference evaluator."""
+    names = [RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT]
+    session = onnxruntime.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    runtime = dict(zip(names, session.run(names, feed)))
+    reference = dict(zip(names, ReferenceEvaluator(compiled, new_ops=[MaxPool]).run(names, feed)))
+    return runtime, reference
+
+
+def assert_agree(compiled: onnx.ModelProto, feed: dict, tolerance: float) -> None:
+    runtime, reference = relevance_by_both(compiled, feed)
+    assert np.array_equal(runtime[CLASS_OUTPUT], reference[CLASS_OUTPUT])
+    ours, theirs = runtime[RELEVANCE_OUTPUT], np.asarray(reference[RELEVANCE_OUTPUT])
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype == np.float32
+    assert np.isfinite(ours).all() and np.isfinite(theirs).all()
+    assert np.abs(ours - theirs).max() <= tolerance * np.abs(ours).max()
+    scores = runtime[SCORE_OUTPUT]
+    assert np.allclose(scores, reference[SCORE_OUTPUT], rtol=tolerance, atol=tolerance * np.abs(scores).max())
+
+
+@pytest.mark.parametrize("name", SMALL_MODELS)
+@pytest.mark.parametrize("masks", ["steps", "comparisons"])
+def test_reference_networks(exported_model, name, masks):
+    path = exported_model(name, "torchscript", fold_batchnorm=False).path
+    assert_agree(compile_model(path, masks=masks), {"image": example_input(name, 2, seed=7)}, 1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=_method_id)
+def test_every_rule_on_simple_cnn(exported_model, method):
+    path = exported_model("simple_cnn", "torchscript", fold_batchnorm=False).path
+    tolerance = 1e-5 if method == ("rlrp", None) else 1e-3
+    assert_agree(_compile(onnx.load(str(path)), method), {"image": example_input("simple_cnn", 2, seed=7)},
+                 tolerance)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_families(tmp_path, name):
+    x = family_input(name, 2, seed=7)
+    path = export_onnx(make_family(name), x, tmp_path / f"{name}.onnx", "torchscript", fold_batchnorm=False)
+    assert_agree(compile_model(path), {"image": x}, 1e-5)
+
+
+@pytest.mark.parametrize("opset", range(11, 24))
+def test_opsets_and_float16(opset):
+    rng = np.random.default_rng(opset)
+    for dtype, rlrp_tolerance, classical_tolerance in ((np.float32, 1e-5, 1e-3), (np.float16, 1e-2, 1e-2)):
+        source = conv_classifier(opset, dtype)
+        feed = {"x": rng.normal(size=(2, 3, 8, 8)).astype(dtype)}
+        assert_agree(_compile(source, ("rlrp", None)), feed, rlrp_tolerance)
+        assert_agree(_compile(source, (None, "epsilon_gamma_box")), feed, classical_tolerance)
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((2, 3, 8, 8), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
+    ((1, 2, 9, 7), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ((1, 2, 8, 8), dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ((1, 1, 7, 7), dict(kernel_shape=[3, 2], strides=[2, 1], pads=[0, 1, 1, 0], ceil_mode=1)),
+    ((1, 1, 9, 9), dict(kernel_shape=[2, 2], dilations=[2, 2], pads=[1, 1, 1, 1])),
+])
+def test_max_pool_with_indices_follows_the_specification(shape, attrs):
+    """The replacement MaxPool: every index points at its pooled value in the flattened input, and
+    values and indices equal ONNX Runtime's (ties included: the input has repeated values)."""
+    x = np.random.default_rng(0).integers(0, 5, size=shape).astype(np.float32)
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)
+    model = helper.make_model(
+        helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("i", TensorProto.INT64, None)]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    pooled, indices = max_pool_with_indices(x, **attrs)
+    assert np.array_equal(x.reshape(-1)[indices], pooled)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected_pooled, expected_indices = session.run(None, {"x": x})
+    assert np.array_equal(pooled, expected_pooled) and np.array_equal(indices, expected_indices)
