@@ -16,6 +16,10 @@ SHARED_CONSTANT_BYTES = 64
 # ``Emitter.step``: z = ±STEP_SCALE·(y − bound), then HardSigmoid(STEP_ALPHA·z); the product of the two
 # is at least 2**149, so the smallest positive float32 difference (2**-149) maps to 1.
 STEP_SCALE, STEP_ALPHA = 2.0**22, 2.0**127
+# The HardSigmoid's beta: any value in (-2**-25, 0) keeps the step exact (STEP_ALPHA·z is 0 or at most -1
+# below the bound, at least 1 above it, where 1 + STEP_BETA rounds to 1). Not 0: OpenVINO (2026.4) reads
+# an explicit beta of 0 as HardSigmoid's default 0.5, which makes every mask 1/2 at its bound.
+STEP_BETA = -(2.0**-30)
 STEP_BOUND_LIMIT = 2.0**100  # keeps STEP_SCALE·bound far from float32's overflow
 
 # ONNX Runtime's CUDA provider has no kernel for ConvTranspose-22 and MaxPool-22: from this opset on the
@@ -237,7 +241,7 @@ class Emitter:
         if bound:  # (no empty bias input: ONNX Runtime's NCHWc Conv takes none)
             inputs.append(self.filled(-sign * STEP_SCALE * bound, [channels]))
         z = self.op("Conv", inputs, {"group": channels}, early=True)
-        step = self.op("HardSigmoid", [z], {"alpha": STEP_ALPHA, "beta": 0.0}, early=True)
+        step = self.op("HardSigmoid", [z], {"alpha": STEP_ALPHA, "beta": STEP_BETA}, early=True)
         for t in (z, step):
             t.shape, t.dtype = list(y.shape), np.float32
         return step
@@ -261,7 +265,7 @@ class Emitter:
         z = self.op("Conv", [y, self.filled(-scale, [channels, 1, 1, 1]), self.filled(scale * high - 1.0, [channels])],
                     {"group": channels}, early=True)
         v = self.op("Add", [z, positive], early=True)
-        band = self.op("HardSigmoid", [v], {"alpha": STEP_ALPHA, "beta": 0.0}, early=True)
+        band = self.op("HardSigmoid", [v], {"alpha": STEP_ALPHA, "beta": STEP_BETA}, early=True)
         for t in (z, v, band):
             t.shape, t.dtype = list(y.shape), np.float32
         return band

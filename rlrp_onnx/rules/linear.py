@@ -124,6 +124,16 @@ def _gemm_check(ctx, node):
     return None
 
 
+def _times_weight_transposed(emit, rho, weight, trans_weight: int, alpha: float = 1.0):
+    """``alpha·rho·W'ᵀ`` for a 2-D relevance ``rho`` and a weight read as ``W' = W`` (or ``Wᵀ`` with
+    ``trans_weight``), computed as ``(alpha·W'·rhoᵀ)ᵀ``: with the weight as the first Gemm operand. The
+    same FLOPs and a transpose of the result; OpenVINO (2026.4, CPU) computes a product wrongly when a
+    square weight is the second operand of two products that read it with different transposition
+    (the forward layer's and this one)."""
+    product = emit.op("Gemm", [weight, rho], {"alpha": alpha, "transA": trans_weight, "transB": 1})
+    return emit.op("Transpose", [product], {"perm": [1, 0]})
+
+
 @rule("Gemm", check=_gemm_check, kind=LAYER)
 def gemm(ctx, node, rho):
     """y = alpha·A'·B' (+ beta·C): rho_A' = alpha·rho·B'ᵀ, rho_B' = alpha·A'ᵀ·rho, transposed back as needed."""
@@ -136,7 +146,7 @@ def gemm(ctx, node, rho):
         if trans_a:
             result[0] = ctx.emit.op("Gemm", [b, rho[0]], {"alpha": alpha, "transA": trans_b, "transB": 1})
         else:
-            result[0] = ctx.emit.op("Gemm", [rho[0], b], {"alpha": alpha, "transB": 1 - trans_b})
+            result[0] = _times_weight_transposed(ctx.emit, rho[0], b, trans_b, alpha)
     elif ctx.is_data(b):
         # rho_B' = alpha·A'ᵀ·rho; for transB, rho_B = alpha·rhoᵀ·A'
         if trans_b:
@@ -173,8 +183,7 @@ def matmul(ctx, node, rho):
     w_rank = len(ctx.shape(w))
     if x_index == 0 and w_rank == 2:
         flat = emit.op("Reshape", [rho[0], emit.ints([-1, int(ctx.shape(w)[1])])])
-        out = emit.op("Gemm", [flat, w], {"transB": 1})
-        return {0: emit.reshape_like(out, x)}
+        return {0: emit.reshape_like(_times_weight_transposed(emit, flat, w, 0), x)}
     if x_index == 1 and w_rank == 2 and len(ctx.shape(x)) == 2:
         return {1: emit.op("Gemm", [w, rho[0]], {"transA": 1})}
     w_t = _swapped(emit, w, w_rank)

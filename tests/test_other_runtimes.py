@@ -1,11 +1,13 @@
-"""Compiled graphs mean what the ONNX specification says: ONNX's own reference evaluator computes the
-relevance ONNX Runtime computes.
+"""Compiled graphs mean what the ONNX specification says: two other runtimes compute the relevance
+ONNX Runtime computes.
 
-``onnx.reference.ReferenceEvaluator`` runs a model with the ONNX project's numpy implementations of the
-operator specifications: a second runtime that no one on this project wrote and that shares no kernel
-with ONNX Runtime. Where the two agree on a compiled model, its relevance pass relies on the ops'
-specified semantics rather than on ONNX Runtime's behaviour, which is what another runtime that follows
-the specification (TensorRT, OpenVINO, ONNX Runtime Web) needs.
+- ``onnx.reference.ReferenceEvaluator`` runs a model with the ONNX project's NumPy implementations of the
+  operator specifications: no one on this project wrote it and it shares no kernel with ONNX Runtime.
+- OpenVINO (Intel's inference runtime, CPU plugin, in float32: ``INFERENCE_PRECISION_HINT`` f32, since
+  on CPUs with bfloat16 units it otherwise runs models in bfloat16).
+
+Where they agree with ONNX Runtime on a compiled model, its relevance pass relies on the ops' specified
+semantics rather than on one runtime's behaviour, which is what a deployment on another runtime needs.
 
 Models: the four small reference networks with BatchNorm kept, under R-LRP with both mask forms;
 SimpleCNN under every rule and composite; every architecture family under R-LRP; and the CUDA kernel
@@ -13,16 +15,25 @@ check's small Conv/pool/Gemm classifier at opsets 11-23 in float32 and float16 u
 epsilon_gamma_box, which covers each of the opset-dependent forms of max-pool routing.
 
 Tolerances, relative to the largest |relevance|: 1e-5 for R-LRP in float32 (measured up to 1e-6);
-1e-3 for the classical rules, whose stabilized divisions amplify the two runtimes' different
-summation orders (measured up to 6e-5, z^B); 1e-2 in float16, where ONNX Runtime's CPU provider
-computes most float16 ops in float32 and the reference evaluator in float16. A graph that relied on an
-op meaning something else than its specification differs by the order of the relevance itself.
+1e-3 for the classical rules, whose stabilized divisions amplify the runtimes' different summation
+orders (measured up to 6e-5, z^B); 1e-2 in float16, where ONNX Runtime's CPU provider computes most
+float16 ops in float32 and the others in float16. A graph that relied on an op meaning something else
+than its specification differs by the order of the relevance itself.
 
-One reference op is replaced: MaxPool, for its ``Indices`` output. onnx 1.23.2 computes those indices
-wrongly for stride-1 pools (on a 4x4 or 8x8 input, with or without pads, indices that do not point at
-the pooled values, some negative; strided pools are right); here both outputs come from
-``max_pool_with_indices``, a plain implementation of the specification checked below against the
-pooled values and ONNX Runtime.
+What these runtimes showed, and what changed for them:
+
+- The reference evaluator rejected ``OneHot``'s depth as a one-element vector (under NumPy 2); it is a
+  scalar now.
+- OpenVINO 2026.4 reads an explicit HardSigmoid ``beta`` of 0 as the default 0.5, which made every mask
+  step 1/2 at its bound (relevance off by up to 10^11); the steps use a small negative beta instead
+  (``ir.STEP_BETA``). It also computes a product wrongly when a square weight is the second operand of two
+  products with different transposition; the dense adjoints put the weight first
+  (``rules.linear._times_weight_transposed``).
+- The reference evaluator's own MaxPool ``Indices`` are wrong for stride-1 pools (onnx 1.23.2 and
+  1.19.0: on a 4x4 or 8x8 input, with or without pads, indices that do not point at the pooled values,
+  some negative; strided pools are right). Here both outputs of its MaxPool come from
+  ``max_pool_with_indices``, a plain implementation of the specification checked below against the
+  pooled values and ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ from exporting import export_onnx
 from family_models import FAMILIES, family_input, make_family
 from reference_models import SMALL_MODELS, example_input
 from test_cuda_kernels import METHODS, _compile, _method_id, conv_classifier
+
+openvino = pytest.importorskip("openvino")  # a [dev] dependency
 
 # Mask steps are HardSigmoids of slope 2**127: the product overflows to ±inf by design (tests/test_step.py),
 # which numpy reports.
@@ -86,24 +99,41 @@ class MaxPool(OpRun):
         return max_pool_with_indices(x, kernel_shape, strides, pads, dilations, ceil_mode)
 
 
-def relevance_by_both(compiled: onnx.ModelProto, feed: dict) -> tuple[dict, dict]:
-    """The contract outputs by ONNX Runtime (CPU) and by the reference evaluator."""
-    names = [RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT]
+OUTPUTS = [RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT]
+
+
+def by_onnx_runtime(compiled: onnx.ModelProto, feed: dict) -> list:
     session = onnxruntime.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
-    runtime = dict(zip(names, session.run(names, feed)))
-    reference = dict(zip(names, ReferenceEvaluator(compiled, new_ops=[MaxPool]).run(names, feed)))
-    return runtime, reference
+    return session.run(OUTPUTS, feed)
+
+
+def by_reference_evaluator(compiled: onnx.ModelProto, feed: dict) -> list:
+    return ReferenceEvaluator(compiled, new_ops=[MaxPool]).run(OUTPUTS, feed)
+
+
+def by_openvino(compiled: onnx.ModelProto, feed: dict) -> list:
+    core = openvino.Core()
+    model = core.read_model(compiled.SerializeToString(), b"")
+    results = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)
+    by_name = {name: value for port, value in results.items() for name in port.get_names()}
+    return [by_name[name] for name in OUTPUTS]
+
+
+OTHER_RUNTIMES = {"the ONNX reference evaluator": by_reference_evaluator, "OpenVINO": by_openvino}
 
 
 def assert_agree(compiled: onnx.ModelProto, feed: dict, tolerance: float) -> None:
-    runtime, reference = relevance_by_both(compiled, feed)
-    assert np.array_equal(runtime[CLASS_OUTPUT], reference[CLASS_OUTPUT])
-    ours, theirs = runtime[RELEVANCE_OUTPUT], np.asarray(reference[RELEVANCE_OUTPUT])
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype == np.float32
-    assert np.isfinite(ours).all() and np.isfinite(theirs).all()
-    assert np.abs(ours - theirs).max() <= tolerance * np.abs(ours).max()
-    scores = runtime[SCORE_OUTPUT]
-    assert np.allclose(scores, reference[SCORE_OUTPUT], rtol=tolerance, atol=tolerance * np.abs(scores).max())
+    """Each other runtime gives ONNX Runtime's classes, and its relevance and scores within ``tolerance``
+    of the largest |relevance| and |score|."""
+    relevance, classes, scores = by_onnx_runtime(compiled, feed)
+    assert relevance.dtype == np.float32 and np.isfinite(relevance).all()
+    for runtime, run in OTHER_RUNTIMES.items():
+        their_relevance, their_classes, their_scores = map(np.asarray, run(compiled, feed))
+        assert np.array_equal(their_classes, classes), runtime
+        assert their_relevance.shape == relevance.shape and their_relevance.dtype == np.float32, runtime
+        difference = np.abs(their_relevance - relevance).max() / np.abs(relevance).max()
+        assert difference <= tolerance, f"{runtime}: relevance differs by {difference:.1e} of the largest"
+        assert np.abs(their_scores - scores).max() <= tolerance * np.abs(scores).max(), runtime
 
 
 @pytest.mark.parametrize("name", SMALL_MODELS)
