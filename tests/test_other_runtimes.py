@@ -28,7 +28,10 @@ What these runtimes showed, and what changed for them:
   step 1/2 at its bound (relevance off by up to 10^11); the steps use a small negative beta instead
   (``ir.STEP_BETA``). It also computes a product wrongly when a square weight is the second operand of two
   products with different transposition; the dense adjoints put the weight first
-  (``rules.linear._times_weight_transposed``).
+  (``rules.linear._times_weight_transposed``). And it gives a ConvTranspose the wrong weights when a Conv
+  reads a tensor of the same shape and values (a strided Conv with as many outputs as inputs, and its
+  adjoint); such adjoints take doubled weights and halve the result (``rules.linear._transposed``).
+  ``square_weights_classifier`` has all three.
 - The reference evaluator's own MaxPool ``Indices`` are wrong for stride-1 pools (onnx 1.23.2 and
   1.19.0: on a 4x4 or 8x8 input, with or without pads, indices that do not point at the pooled values,
   some negative; strided pools are right). Here both outputs of its MaxPool come from
@@ -51,6 +54,7 @@ from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT
 
 from exporting import export_onnx
 from family_models import FAMILIES, family_input, make_family
+from onnx_builders import make_model
 from reference_models import SMALL_MODELS, example_input
 from test_cuda_kernels import METHODS, _compile, _method_id, conv_classifier
 
@@ -156,6 +160,36 @@ def test_families(tmp_path, name):
     x = family_input(name, 2, seed=7)
     path = export_onnx(make_family(name), x, tmp_path / f"{name}.onnx", "torchscript", fold_batchnorm=False)
     assert_agree(compile_model(path), {"image": x}, 1e-5)
+
+
+def square_weights_classifier() -> onnx.ModelProto:
+    """x [N, 8, 8, 8] → Conv 8→8 3x3 stride 2 → Relu → Conv 8→8 3x3 → Relu → GlobalAveragePool →
+    Flatten → Gemm 8→8 → Relu → Gemm → logits [N, 5]: square weights read by strided and stride-1 Convs
+    and by a Gemm, whose adjoints read them too (the two OpenVINO bugs above)."""
+    rng = np.random.default_rng(0)
+    return make_model(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c2"], ["r2"]),
+         helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("Gemm", ["f", "w3", "b3"], ["h"], transB=1),
+         helper.make_node("Relu", ["h"], ["r3"]),
+         helper.make_node("Gemm", ["r3", "w4", "b4"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        {"w1": rng.normal(size=(8, 8, 3, 3)).astype(np.float32), "b1": rng.normal(size=8).astype(np.float32),
+         "w2": rng.normal(size=(8, 8, 3, 3)).astype(np.float32), "b2": rng.normal(size=8).astype(np.float32),
+         "w3": rng.normal(size=(8, 8)).astype(np.float32), "b3": rng.normal(size=8).astype(np.float32),
+         "w4": rng.normal(size=(5, 8)).astype(np.float32), "b4": rng.normal(size=5).astype(np.float32)})
+
+
+@pytest.mark.parametrize("method", METHODS, ids=_method_id)
+def test_square_weights(method):
+    feed = {"x": np.random.default_rng(1).normal(size=(2, 8, 8, 8)).astype(np.float32)}
+    tolerance = 1e-5 if method == ("rlrp", None) else 1e-3
+    assert_agree(_compile(square_weights_classifier(), method), feed, tolerance)
 
 
 @pytest.mark.parametrize("opset", range(11, 24))

@@ -95,8 +95,16 @@ def _flipped_conv(emit, rho, weights, window: Window, group: int):
 
 
 def _transposed(ctx, rho, weights, window: Window, x, y, group: int):
-    """ConvTranspose with the weights (symmetric pads), then cut or zero-padded onto x's grid."""
+    """ConvTranspose with the weights (symmetric pads), then cut or zero-padded onto x's grid.
+
+    Weights with as many rows as columns (the first two axes) are doubled and the result halved, both
+    exact: OpenVINO (2026.4, CPU) gives a ConvTranspose the wrong weights when a Conv reads a tensor of
+    the same shape and values (the forward layer, or a classical rule's z), and the halving comes free
+    in ``Emitter.blocked``'s Conv."""
     emit = ctx.emit
+    square = weights.shape[0] == weights.shape[1]
+    if square:
+        weights = emit.mul(weights, emit.const(2.0))
     attrs, keep, zeros = window.transpose(ctx.spatial(x), ctx.spatial(y))
     if group != 1:
         attrs["group"] = group
@@ -106,7 +114,7 @@ def _transposed(ctx, rho, weights, window: Window, x, y, group: int):
         out = emit.slice(out, [keep[i][0] for i in axes], [keep[i][1] for i in axes], [2 + i for i in axes])
     if any(zeros):
         out = emit.pad(out, [0] * (2 + len(zeros)) + [0, 0] + list(zeros))
-    return emit.blocked(out, x)
+    return emit.blocked(out, x, 0.5 if square else 1.0)
 
 
 @rule("Conv", check=_constant_weights, kind=LAYER)
