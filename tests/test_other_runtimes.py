@@ -213,13 +213,11 @@ def test_max_pool_with_indices_follows_the_specification(shape, attrs):
     """The replacement MaxPool: every index points at its pooled value in the flattened input, and
     values and indices equal ONNX Runtime's (ties included: the input has repeated values)."""
     x = np.random.default_rng(0).integers(0, 5, size=shape).astype(np.float32)
-    node = helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)
-    model = helper.make_model(
-        helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
-                           helper.make_tensor_value_info("i", TensorProto.INT64, None)]),
-        opset_imports=[helper.make_opsetid("", 18)])
     pooled, indices = max_pool_with_indices(x, **attrs)
+    model = make_model([helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, pooled.shape),
+                        helper.make_tensor_value_info("i", TensorProto.INT64, pooled.shape)], opset=18)
     assert np.array_equal(x.reshape(-1)[indices], pooled)
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected_pooled, expected_indices = session.run(None, {"x": x})
