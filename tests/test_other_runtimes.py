@@ -28,7 +28,7 @@ What these runtimes showed, and what changed for them:
   step 1/2 at its bound (relevance off by up to 10^11); the steps use a small negative beta instead
   (``ir.STEP_BETA``). It also computes a product wrongly when a square weight is the second operand of two
   products with different transposition; the dense adjoints put the weight first
-  (``rules.linear._times_weight_transposed``). And it gives a ConvTranspose the wrong weights when a Conv
+  (``rules.linear._weight_times_rho_transposed``). And it gives a ConvTranspose the wrong weights when a Conv
   reads a tensor of the same shape and values (a strided Conv with as many outputs as inputs, and its
   adjoint); such adjoints take doubled weights and halve the result (``rules.linear._transposed``).
   ``square_weights_classifier`` has all three.
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
@@ -57,6 +56,7 @@ from family_models import FAMILIES, family_input, make_family
 from onnx_builders import make_model
 from reference_models import SMALL_MODELS, example_input
 from test_cuda_kernels import METHODS, _compile, _method_id, conv_classifier
+from test_oracle import run
 
 openvino = pytest.importorskip("openvino")  # a [dev] dependency
 
@@ -106,11 +106,6 @@ class MaxPool(OpRun):
 OUTPUTS = [RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT]
 
 
-def by_onnx_runtime(compiled: onnx.ModelProto, feed: dict) -> list:
-    session = onnxruntime.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(OUTPUTS, feed)
-
-
 def by_reference_evaluator(compiled: onnx.ModelProto, feed: dict) -> list:
     return ReferenceEvaluator(compiled, new_ops=[MaxPool]).run(OUTPUTS, feed)
 
@@ -129,10 +124,11 @@ OTHER_RUNTIMES = {"the ONNX reference evaluator": by_reference_evaluator, "OpenV
 def assert_agree(compiled: onnx.ModelProto, feed: dict, tolerance: float) -> None:
     """Each other runtime gives ONNX Runtime's classes, and its relevance and scores within ``tolerance``
     of the largest |relevance| and |score|."""
-    relevance, classes, scores = by_onnx_runtime(compiled, feed)
+    by_onnx_runtime = run(compiled, feed)
+    relevance, classes, scores = (by_onnx_runtime[name] for name in OUTPUTS)
     assert relevance.dtype == np.float32 and np.isfinite(relevance).all()
-    for runtime, run in OTHER_RUNTIMES.items():
-        their_relevance, their_classes, their_scores = map(np.asarray, run(compiled, feed))
+    for runtime, run_other in OTHER_RUNTIMES.items():
+        their_relevance, their_classes, their_scores = map(np.asarray, run_other(compiled, feed))
         assert np.array_equal(their_classes, classes), runtime
         assert their_relevance.shape == relevance.shape and their_relevance.dtype == np.float32, runtime
         difference = np.abs(their_relevance - relevance).max() / np.abs(relevance).max()
@@ -219,6 +215,5 @@ def test_max_pool_with_indices_follows_the_specification(shape, attrs):
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, pooled.shape),
                         helper.make_tensor_value_info("i", TensorProto.INT64, pooled.shape)], opset=18)
     assert np.array_equal(x.reshape(-1)[indices], pooled)
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    expected_pooled, expected_indices = session.run(None, {"x": x})
-    assert np.array_equal(pooled, expected_pooled) and np.array_equal(indices, expected_indices)
+    expected = run(model, {"x": x})
+    assert np.array_equal(pooled, expected["y"]) and np.array_equal(indices, expected["i"])

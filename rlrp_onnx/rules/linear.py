@@ -132,14 +132,17 @@ def _gemm_check(ctx, node):
     return None
 
 
-def _times_weight_transposed(emit, rho, weight, trans_weight: int, alpha: float = 1.0):
-    """``alpha·rho·W'ᵀ`` for a 2-D relevance ``rho`` and a weight read as ``W' = W`` (or ``Wᵀ`` with
-    ``trans_weight``), computed as ``(alpha·W'·rhoᵀ)ᵀ``: with the weight as the first Gemm operand. The
-    same FLOPs and a transpose of the result; OpenVINO (2026.4, CPU) computes a product wrongly when a
-    square weight is the second operand of two products that read it with different transposition
-    (the forward layer's and this one)."""
-    product = emit.op("Gemm", [weight, rho], {"alpha": alpha, "transA": trans_weight, "transB": 1})
-    return emit.op("Transpose", [product], {"perm": [1, 0]})
+def _weight_times_rho_transposed(emit, weight, rho, trans_weight: int, alpha: float = 1.0):
+    """``alpha·W'·rhoᵀ = (alpha·rho·W'ᵀ)ᵀ`` for a 2-D relevance ``rho`` and a weight read as ``W' = W`` (or
+    ``Wᵀ`` with ``trans_weight``): the adjoint with the weight as the first Gemm operand, which the
+    callers transpose where they need ``rho·W'ᵀ`` itself. OpenVINO (2026.4, CPU) computes a product
+    wrongly when a square weight is the second operand of two products that read it with different
+    transposition (the forward layer's and the adjoint)."""
+    return emit.op("Gemm", [weight, rho], {"alpha": alpha, "transA": trans_weight, "transB": 1})
+
+
+def _transposed_2d(emit, tensor):
+    return emit.op("Transpose", [tensor], {"perm": [1, 0]})
 
 
 @rule("Gemm", check=_gemm_check, kind=LAYER)
@@ -151,10 +154,8 @@ def gemm(ctx, node, rho):
     result = {}
     if ctx.is_data(a):
         # rho_A' = alpha·rho·B'ᵀ; for transA, rho_A = (rho_A')ᵀ = alpha·B'·rhoᵀ
-        if trans_a:
-            result[0] = ctx.emit.op("Gemm", [b, rho[0]], {"alpha": alpha, "transA": trans_b, "transB": 1})
-        else:
-            result[0] = _times_weight_transposed(ctx.emit, rho[0], b, trans_b, alpha)
+        product = _weight_times_rho_transposed(ctx.emit, b, rho[0], trans_b, alpha)
+        result[0] = product if trans_a else _transposed_2d(ctx.emit, product)
     elif ctx.is_data(b):
         # rho_B' = alpha·A'ᵀ·rho; for transB, rho_B = alpha·rhoᵀ·A'
         if trans_b:
@@ -191,7 +192,7 @@ def matmul(ctx, node, rho):
     w_rank = len(ctx.shape(w))
     if x_index == 0 and w_rank == 2:
         flat = emit.op("Reshape", [rho[0], emit.ints([-1, int(ctx.shape(w)[1])])])
-        return {0: emit.reshape_like(_times_weight_transposed(emit, flat, w, 0), x)}
+        return {0: emit.reshape_like(_transposed_2d(emit, _weight_times_rho_transposed(emit, w, flat, 0)), x)}
     if x_index == 1 and w_rank == 2 and len(ctx.shape(x)) == 2:
         return {1: emit.op("Gemm", [w, rho[0]], {"transA": 1})}
     w_t = _swapped(emit, w, w_rank)
