@@ -210,4 +210,6 @@ def test_oracle_on_efficientnet_lite0(reference_model):
     assert cls[1] == 285
     rel1, _, scores1 = input_times_gradient(model, x[1:], [285])
     assert relative_l2_error(rel1, rel[1:])[0] < 1e-4
-    np.testing.assert_allclose(scores1, scores[1:], rtol=1e-5)
+    # torch sums in a batch-size-dependent order; a logit near 0 needs an absolute bound (measured
+    # 1.8e-7 on an AMD EPYC for a logit of 0.015)
+    np.testing.assert_allclose(scores1, scores[1:], rtol=1e-5, atol=1e-6)
