@@ -189,11 +189,15 @@ class Progress:
 
 
 def _run_explain(model, images, out, args, labels_path=None) -> None:
-    from .explain import explain_images
-    from .explainer import Explainer
+    from .explain import check_image_files, explain_images
+    from .explainer import Explainer, check_request
     from .labels import load_labels
     from .runtime import class_count
 
+    # what can be checked without the model, before compiling it: a long run does not stop halfway
+    paths = _image_paths(images)
+    check_image_files(paths)
+    check_request(args.target, args.top_k)
     explainer = Explainer(model, device=args.device, batch_size=args.batch_size,
                           output_name=getattr(args, "output", None),
                           input_shapes=_resolve_shapes(model, getattr(args, "input_shape", None)),
@@ -203,7 +207,6 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     print(f"provider: {explainer.provider}")
     preprocessing = _preprocessing(args, explainer.input_shape)
     labels = load_labels(labels_path, class_count(explainer.runtime)) if labels_path else None
-    paths = _image_paths(images)
     progress = Progress() if len(paths) > explainer.batch_size else None
     for e in explain_images(explainer, paths, preprocessing, out, labels, args.target, args.top_k, progress):
         name = f" ({e.label})" if e.label else ""

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 from .errors import RlrpError
 from .explainer import Explainer
 from .labels import class_name
-from .preprocess import Preprocessing, prepare
+from .preprocess import Preprocessing, check_images, prepare
 from .visualize import heatmap_rgb, overlay_rgb, save_png
 
 
@@ -31,8 +31,9 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
     """Explain each image for ``target`` (default: its top class) or its ``top_k`` best classes, and
     write ``<stem>_heatmap.png`` and ``<stem>_overlay.png`` (``<stem>_top<k>_…`` for top-k) into
     ``out_dir``. ``progress(done, total)`` is called after each batch of images. Two different images
-    with the same stem (``a/cat.png``, ``b/cat.jpg``) would write the same files: RlrpError."""
-    _check_stems(images)
+    with the same stem (``a/cat.png``, ``b/cat.jpg``) would write the same files: RlrpError, as for a
+    file that is not an image; ``check_image_files`` finds both before anything is explained."""
+    check_image_files(images)
     out_dir = Path(out_dir)
     channel_axis = 0 if preprocessing.layout == "NCHW" else -1
     results = []
@@ -51,6 +52,13 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
         if progress is not None:
             progress(min(start + explainer.batch_size, len(images)), len(images))
     return results
+
+
+def check_image_files(images: Sequence[str]) -> None:
+    """RlrpError for what ``explain_images`` refuses before it explains anything: two images that would
+    write the same heatmap files, a file that is not an image (read from its header)."""
+    _check_stems(images)
+    check_images(images)
 
 
 def _check_stems(images: Sequence[str]) -> None:

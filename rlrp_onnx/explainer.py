@@ -49,6 +49,15 @@ def _check_count(value, name: str, unit: str) -> None:
         raise RlrpError(f"{name} must be a whole number of {unit}, at least 1; got {value!r}")
 
 
+def check_request(targets, top_k) -> None:
+    """RlrpError unless the classes asked for are targets, ``top_k`` (a whole number, at least 1) or
+    neither: what ``Explainer.explain`` checks before it runs, for callers that check before loading."""
+    if top_k is not None and targets is not None:
+        raise RlrpError("give either targets or top_k, not both")
+    if top_k is not None:
+        _check_count(top_k, "top_k", "classes")
+
+
 class Explanations(NamedTuple):
     """Relevance shaped like the images (with a K axis after N for ``top_k``), classes and scores."""
 
@@ -90,10 +99,7 @@ class Explainer:
         images = np.asarray(images)
         if images.ndim == 0:
             raise RlrpError(f"images must be an array (N, …) of preprocessed images, got {images!r}")
-        if top_k is not None and targets is not None:
-            raise RlrpError("give either targets or top_k, not both")
-        if top_k is not None:
-            _check_count(top_k, "top_k", "classes")
+        check_request(targets, top_k)
         if targets is not None:
             targets = target_classes(targets, len(images), class_count(self.runtime))
         if len(images) == 0:  # nothing to run: empty results of the shapes a run would give

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -113,6 +114,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     on white. Missing, unreadable, non-image or truncated files, and images above Pillow's
     ``Image.MAX_IMAGE_PIXELS``, raise RlrpError naming the file.
     """
+    with _opened(path) as image:
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def check_images(paths: Sequence[str | os.PathLike]) -> None:
+    """RlrpError for the first file that ``load_image`` would refuse from its header alone (missing,
+    unreadable, not an image, too large), without decoding any pixels: a long run finds these before
+    it starts. A file whose pixels are truncated is still found when it is read."""
+    for path in paths:
+        with _opened(path):
+            pass
+
+
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike):
+    """The image at ``path`` opened by Pillow, with every way of failing turned into RlrpError."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise RlrpError(f"image not found: {path}")
@@ -120,8 +138,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # an error, not 2 raw lines
             with Image.open(path) as image:
-                image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
+                yield image
     except UnidentifiedImageError:
         raise RlrpError(f"not an image, or a format Pillow cannot read: {path}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

@@ -103,6 +103,27 @@ def test_explain_bad_image(tmp_path, capsys):
     assert_one_line_error(code, err, "broken.jpg")
 
 
+@pytest.mark.parametrize("bad, option, error", [
+    ("notes.png", (), "not an image, or a format Pillow cannot read"),
+    ("chelsea.jpg", (), "would write the same heatmap files"),
+    (None, ("--top-k", "0"), "top_k must be a whole number of classes"),
+    (None, ("--top-k", "2", "--target", "3"), "give either targets or top_k, not both"),
+])
+def test_explain_refuses_bad_requests_before_loading_the_model(tmp_path, capsys, bad, option, error):
+    # A bad file sorted last in a folder, or bad options: refused before the model is compiled and
+    # opened (no provider line) and before any image is explained (no heatmap written).
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    for name in ("chelsea.png", "coffee.jpg"):
+        (folder / name).write_bytes((DEMO_IMAGES / name).read_bytes())
+    if bad:
+        (folder / bad).write_text("not a picture")
+    code, stdout, err = run_cli(capsys, "explain", DEMO_MODEL, folder, "--out", out, "--batch-size", "1",
+                                "--preset", "efficientnet-lite0", "--device", "cpu", *option)
+    assert_one_line_error(code, err, error)
+    assert "provider" not in stdout and not out.exists()
+
+
 @pytest.mark.parametrize("option, error", [(("--target", "1000"), "target class 1000 does not exist"),
                                            (("--top-k", "0"), "top_k must be a whole number of classes")])
 def test_explain_class_that_does_not_exist(tmp_path, capsys, option, error):
@@ -124,8 +145,9 @@ def test_cuda_requested_where_it_cannot_load(tmp_path):
 
 
 @pytest.mark.parametrize("argv, debug, quieted", [
-    (["explain", "missing.onnx", "x.png", "--out", "o"], "", True),
-    (["explain", "missing.onnx", "x.png", "--out", "o"], "1", False),  # RLRP_DEBUG keeps ONNX Runtime's log
+    (["explain", "missing.onnx", DEMO_IMAGES / "chelsea.png", "--out", "o"], "", True),
+    # RLRP_DEBUG keeps ONNX Runtime's log
+    (["explain", "missing.onnx", DEMO_IMAGES / "chelsea.png", "--out", "o"], "1", False),
     (["compile", "missing.onnx", "-o", "x.onnx"], "", False),  # no session, ONNX Runtime untouched
 ])
 def test_commands_that_run_onnxruntime_leave_its_log_to_fatal_errors(monkeypatch, capsys, argv, debug, quieted):

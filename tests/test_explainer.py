@@ -82,6 +82,20 @@ def test_api_errors(explainer, photos):
         Explainer(explainer.model, rule="epsilon")
 
 
+def test_explain_images_refuses_a_bad_file_before_writing_anything(explainer, tmp_path):
+    from rlrp_onnx.explain import explain_images
+
+    good = []
+    for i in range(explainer.batch_size):  # a whole batch before the bad file
+        good.append(tmp_path / f"cat{i}.png")
+        good[-1].write_bytes((ROOT / "models" / "images" / "chelsea.png").read_bytes())
+    bad = tmp_path / "zz_notes.jpg"
+    bad.write_text("not a picture")
+    with pytest.raises(RlrpError, match="not an image.*zz_notes.jpg"):
+        explain_images(explainer, [*good, bad], PRESETS["efficientnet-lite0"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_targets_batch_size_and_model():
     """Checked up front with one-line errors (targets were cast: 1.7 ran as class 1)."""
     from onnx_builders import dense_classifier

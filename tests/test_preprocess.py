@@ -12,6 +12,7 @@ from rlrp_onnx.errors import RlrpError
 from rlrp_onnx.preprocess import (
     PRESETS,
     Preprocessing,
+    check_images,
     get_preset,
     infer_preprocessing,
     load_image,
@@ -109,6 +110,21 @@ def test_truncated_jpeg_names_the_file(tmp_path, chelsea):
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(RlrpError, match="cut.jpg"):
         load_image(cut)
+
+
+def test_check_images_reads_headers_only(tmp_path, chelsea):
+    full = save(tmp_path, "full.jpg", Image.fromarray(chelsea))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    check_images([full, cut])  # a truncated file has a whole header: found when it is read
+    with pytest.raises(RlrpError, match="not an image.*notes.png"):
+        check_images([full, text])
+    with pytest.raises(RlrpError, match="image not found.*gone.png"):
+        check_images([full, tmp_path / "gone.png"])
+    with pytest.raises(RlrpError, match=f"cannot read image {tmp_path}"):
+        check_images([tmp_path])
 
 
 def test_efficientnet_preset_maps_pixels_to_minus_one_one():
