@@ -198,6 +198,8 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     paths = _image_paths(images)
     check_image_files(paths)
     check_request(args.target, args.top_k)
+    if labels_path:
+        load_labels(labels_path)  # readable; its length is checked against the model below
     explainer = Explainer(model, device=args.device, batch_size=args.batch_size,
                           output_name=getattr(args, "output", None),
                           input_shapes=_resolve_shapes(model, getattr(args, "input_shape", None)),
