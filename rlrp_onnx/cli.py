@@ -225,9 +225,10 @@ def cmd_conservation(args) -> None:
 
     from .compiler import compile_model
     from .contract import LAYER_OUTPUT_PREFIX, META_RULE, RELEVANCE_OUTPUT
-    from .preprocess import prepare
+    from .preprocess import check_images, prepare
     from .runtime import create_session, image_input, run_explainer
 
+    check_images([args.image])  # before compiling
     method = _method_args(args)
     compiled = compile_model(args.model, output_name=args.output, expose="all",
                              input_shapes=_resolve_shapes(args.model, args.input_shape), **method, **_form_args(args))

@@ -172,6 +172,17 @@ def test_conservation_command(capsys):
     assert float(pool[-1]) == pytest.approx(float(pool[-2]) / 10.6892, rel=1e-3)
 
 
+def test_conservation_refuses_a_bad_image_before_compiling(capsys, tmp_path, monkeypatch):
+    import rlrp_onnx.compiler
+
+    def compile_model(*args, **kwargs):
+        raise AssertionError("compiled before the image was checked")
+
+    monkeypatch.setattr(rlrp_onnx.compiler, "compile_model", compile_model)
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    code, _, err = run_cli(capsys, "conservation", MODEL, text, "--device", "cpu")
+    assert code != 0 and err.strip() == f"rlrp-onnx: error: not an image, or a format Pillow cannot read: {text}"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's
