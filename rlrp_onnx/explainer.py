@@ -13,7 +13,8 @@ from .contract import META_EXPLAINED_OUTPUT, META_MASKS, META_RULE, META_VERSION
 from .errors import RlrpError
 from .loading import load_model
 from .methods import Options
-from .runtime import class_count, create_session, fixed_batch, image_input, run_explainer, target_classes
+from .runtime import (check_image_shape, class_count, create_session, fixed_batch, image_input, run_explainer,
+                      target_classes)
 
 
 def explainer_model(model, output_name: str | None = None, masks: str | None = None,
@@ -58,6 +59,17 @@ def check_request(targets, top_k) -> None:
         _check_count(top_k, "top_k", "classes")
 
 
+def _check_finite(images: np.ndarray) -> None:
+    """RlrpError unless ``images`` are numbers and finite: a NaN or infinite pixel makes the logits, the
+    class chosen and the relevance NaN or arbitrary."""
+    if images.dtype.kind not in "biuf":
+        raise RlrpError(f"images must be an array of numbers, got dtype {images.dtype}")
+    if images.dtype.kind == "f" and images.size:
+        finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+        if not finite.all():
+            raise RlrpError(f"image {int(np.argmin(finite))} holds NaN or infinite values; it cannot be explained")
+
+
 class Explanations(NamedTuple):
     """Relevance shaped like the images (with a K axis after N for ``top_k``), classes and scores."""
 
@@ -100,6 +112,8 @@ class Explainer:
         if images.ndim == 0:
             raise RlrpError(f"images must be an array (N, …) of preprocessed images, got {images!r}")
         check_request(targets, top_k)
+        check_image_shape(image_input(self.runtime), images.shape, what="array of images")
+        _check_finite(images)
         if targets is not None:
             targets = target_classes(targets, len(images), class_count(self.runtime))
         if len(images) == 0:  # nothing to run: empty results of the shapes a run would give

@@ -226,19 +226,25 @@ def _cuda_driver_problem() -> str | None:
     return f"the NVIDIA driver cannot start CUDA (error {status}: {(text.value or b'unknown').decode()})"
 
 
+def check_image_shape(node: Any, shape: Sequence[int], batch_limit: int | None = None,
+                      what: str = "image batch") -> None:
+    """RlrpError unless images of ``shape`` have the rank and fixed sizes (after the batch axis) of the
+    image input ``node``, and at most ``batch_limit`` of them when given."""
+    expected = node.shape
+    fits = len(shape) == len(expected) and (batch_limit is None or shape[0] <= batch_limit) and all(
+        not isinstance(dim, int) or dim == size for dim, size in zip(expected[1:], shape[1:])
+    )
+    if not fits:
+        shown = "[" + ", ".join(str(dim) if isinstance(dim, int) else "?" for dim in expected) + "]"
+        raise RlrpError(f"{what} of shape {list(shape)} does not fit input {node.name!r} of shape {shown}")
+
+
 def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
     """``images`` converted to the input's element type and filled up to a fixed batch size, after
     checking its rank and fixed sizes (at most the fixed batch size of images)."""
     images = np.asarray(images)
-    expected, fixed = node.shape, fixed_batch(node)
-    fits = images.ndim == len(expected) and (fixed is None or len(images) <= fixed) and all(
-        not isinstance(dim, int) or dim == size for dim, size in zip(expected[1:], images.shape[1:])
-    )
-    if not fits:
-        shown = "[" + ", ".join(str(dim) if isinstance(dim, int) else "?" for dim in expected) + "]"
-        raise RlrpError(
-            f"image batch of shape {list(images.shape)} does not fit input {node.name!r} of shape {shown}"
-        )
+    fixed = fixed_batch(node)
+    check_image_shape(node, images.shape, fixed)
     dtype = _NUMPY_TYPES.get(node.type)
     if dtype is None:
         raise RlrpError(f"input {node.name!r} has type {node.type}; expected a float tensor")

@@ -80,6 +80,19 @@ def test_api_errors(explainer, photos):
         explainer.explain(photos, targets=[1, 2, 1000, 3, 4, 5])
     with pytest.raises(RlrpError, match="already compiled with 'rlrp'"):
         Explainer(explainer.model, rule="epsilon")
+    # the whole array's shape is named, not that of the batch it would be cut into
+    with pytest.raises(RlrpError, match=r"array of images of shape \[224, 224, 3\] does not fit input 'image' "
+                                        r"of shape \[\?, 3, 224, 224\]"):
+        explainer.explain(photos[0].transpose(1, 2, 0))
+    broken = photos.copy()
+    broken[4, 1, 100, 7] = np.nan
+    with pytest.raises(RlrpError, match="image 4 holds NaN or infinite values"):
+        explainer.explain(broken)
+    broken[4, 1, 100, 7] = -np.inf
+    with pytest.raises(RlrpError, match="image 4 holds NaN or infinite values"):
+        explainer.explain(broken, top_k=2)
+    with pytest.raises(RlrpError, match="images must be an array of numbers, got dtype <U1"):
+        explainer.explain(np.full((1, 3, 224, 224), "a"))
 
 
 def test_explain_images_refuses_a_bad_file_before_writing_anything(explainer, tmp_path):
