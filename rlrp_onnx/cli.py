@@ -20,8 +20,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def _ints(text: str) -> list[int]:
+    """Integers separated by commas or x (``1,3,224,224``, ``224x224``); an empty field is an error."""
     try:
-        return [int(v) for v in text.replace("x", ",").split(",") if v]
+        return [int(v) for v in text.replace("x", ",").split(",")]  # int("") fails too
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 

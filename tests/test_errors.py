@@ -239,6 +239,21 @@ def test_bad_input_shapes(tmp_path, capsys, shape, fragments):
     assert_one_line_error(code, err, "dyn.onnx", *fragments)
 
 
+@pytest.mark.parametrize("option, value", [("--input-shape", "1,3,x"), ("--input-shape", "1,3,,5,5"),
+                                           ("--input-shape", "1,3,5,5,"), ("--size", "224x")])
+def test_sizes_with_an_empty_field_are_refused(tmp_path, capsys, option, value):
+    # a size list is never read with a field left out ("1,3,x" was [1, 3])
+    path = _dynamic_gap_model(tmp_path)
+    if option == "--input-shape":
+        code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx", option, value)
+        assert_one_line_error(code, err, repr(value))
+    else:  # refused by the argument parser: its usage, then the error
+        with pytest.raises(SystemExit) as exit_:
+            main(["explain", str(path), "a.png", "--out", str(tmp_path), option, value])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith(f"got {value!r}")
+
+
 def test_explain_and_conservation_take_the_input_shape(tmp_path, capsys):
     from PIL import Image
 
