@@ -62,6 +62,10 @@ class Preprocessing:
             raise RlrpError(f"mean and std need one value per channel (3); got {self.mean} and {self.std}")
         if any(value == 0 for value in self.std):
             raise RlrpError(f"std must not contain zero; got {self.std}")
+        if not (np.isfinite(self.scale) and self.scale > 0):  # 0 would feed every photo as the same image
+            raise RlrpError(f"scale must be a positive number; got {self.scale}")
+        if not np.isfinite([*self.mean, *self.std]).all():
+            raise RlrpError(f"mean and std must be finite; got {self.mean} and {self.std}")
 
 
 PRESETS: dict[str, Preprocessing] = {

@@ -185,6 +185,11 @@ def test_prepare_rejects_missing_file(tmp_path):
         ({"crop_ratio": 1.5}, "crop ratio"),
         ({"std": (1.0, 0.0, 1.0)}, "std"),
         ({"size": (0, 224)}, "size"),
+        ({"scale": 0.0}, "scale must be a positive number"),
+        ({"scale": -1 / 255}, "scale must be a positive number"),
+        ({"scale": float("inf")}, "scale must be a positive number"),
+        ({"mean": (0.5, float("nan"), 0.5)}, "mean and std must be finite"),
+        ({"std": (1.0, float("inf"), 1.0)}, "mean and std must be finite"),
     ],
 )
 def test_bad_options_raise(options, word):
