@@ -304,6 +304,8 @@ def target_classes(targets: int | Sequence[int] | np.ndarray, count: int, classe
     except ValueError:  # ragged nesting
         values = np.asarray(targets, dtype=object)
     integers = np.issubdtype(values.dtype, np.integer) or values.shape == (0,)  # [] for no images
+    if any(isinstance(t, (bool, np.bool_)) for t in np.ravel(np.asarray(targets, dtype=object))):
+        integers = False  # [1, True] is an int64 array of [1, 1]
     if values.shape not in ((), (count,)) or not integers:
         raise RlrpError(f"targets must be {count} integer class indices, one per image; got {values.tolist()!r}")
     if values.ndim == 0:

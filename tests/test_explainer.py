@@ -116,7 +116,8 @@ def test_bad_targets_batch_size_and_model():
     model = dense_classifier(classes=4)
     tiny, rows = Explainer(model, device="cpu", batch_size=2), np.ones((3, 6), np.float32)
     assert tiny.explain(rows, 2).classes.tolist() == [2, 2, 2]
-    for targets in ([1.7, 2.9, 0.5], ["1", "2", "3"], [True, False, True], [1, 2], [3], [[1], [2], [3]]):
+    for targets in ([1.7, 2.9, 0.5], ["1", "2", "3"], [True, False, True], [1, True, 2], [1, np.True_, 2],
+                    [1, 2], [3], [[1], [2], [3]]):
         with pytest.raises(RlrpError, match="targets must be 3 integer class indices, one per image"):
             tiny.explain(rows, targets)
     for batch_size in (0, 2.5, "4", True):
