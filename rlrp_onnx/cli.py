@@ -190,14 +190,14 @@ class Progress:
 
 
 def _run_explain(model, images, out, args, labels_path=None) -> None:
-    from .explain import check_image_files, explain_images
+    from .explain import check_files, explain_images
     from .explainer import Explainer, check_request
     from .labels import load_labels
     from .runtime import class_count
 
     # what can be checked without the model, before compiling it: a long run does not stop halfway
     paths = _image_paths(images)
-    check_image_files(paths)
+    check_files(paths, out)
     check_request(args.target, args.top_k)
     if labels_path:
         load_labels(labels_path)  # readable; its length is checked against the model below

@@ -10,7 +10,7 @@ from .errors import RlrpError
 from .explainer import Explainer
 from .labels import class_name
 from .preprocess import Preprocessing, check_images, prepare
-from .visualize import heatmap_rgb, overlay_rgb, save_png
+from .visualize import check_output_folder, heatmap_rgb, overlay_rgb, save_png
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,9 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
     write ``<stem>_heatmap.png`` and ``<stem>_overlay.png`` (``<stem>_top<k>_…`` for top-k) into
     ``out_dir``. ``progress(done, total)`` is called after each batch of images. Two different images
     with the same stem (``a/cat.png``, ``b/cat.jpg``) would write the same files: RlrpError, as for a
-    file that is not an image; ``check_image_files`` finds both before anything is explained."""
-    check_image_files(images)
+    file that is not an image, an output folder that cannot be written; ``check_files`` finds these
+    before anything is explained."""
+    check_files(images, out_dir)
     out_dir = Path(out_dir)
     channel_axis = 0 if preprocessing.layout == "NCHW" else -1
     results = []
@@ -54,11 +55,13 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
     return results
 
 
-def check_image_files(images: Sequence[str]) -> None:
+def check_files(images: Sequence[str], out_dir) -> None:
     """RlrpError for what ``explain_images`` refuses before it explains anything: two images that would
-    write the same heatmap files, a file that is not an image (read from its header)."""
+    write the same heatmap files, a file that is not an image (read from its header), an output folder
+    that cannot be written."""
     _check_stems(images)
     check_images(images)
+    check_output_folder(out_dir)
 
 
 def _check_stems(images: Sequence[str]) -> None:

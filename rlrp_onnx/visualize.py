@@ -74,6 +74,20 @@ def overlay_rgb(
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """RlrpError when ``save_png`` could not write into ``folder``: the folder, or the nearest of its
+    parents that exists, is a file or cannot be written (nothing is created here)."""
+    folder = os.fspath(folder)
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(folder) else f"is inside a file, {existing}"
+        raise RlrpError(f"cannot write heatmaps: the output folder {folder} {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RlrpError(f"cannot write heatmaps into {folder}: {existing} is not writable")
+
+
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 H×W×3 (or H×W) array as a PNG, creating missing folders; RlrpError on failure."""
     path = os.fspath(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -269,12 +270,28 @@ def test_folder_listing_skips_subfolders_named_like_images(tmp_path, capsys):
     assert out.count("->") == 1 and "b.png: class" in out
 
 
-def test_output_folder_that_is_a_file(tmp_path, capsys):
+@pytest.mark.parametrize("inside, what", [((), "is a file"), (("sub", "dir"), "is inside a file, {blocker}")])
+def test_output_folder_that_is_a_file(tmp_path, capsys, inside, what):
+    # refused before the model is compiled and opened (no provider line)
     blocker = tmp_path / "afile"
     blocker.write_text("")
-    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), write_image(tmp_path / "a.png"), "--out", blocker,
-                           "--device", "cpu")
-    assert_one_line_error(code, err, f"the output folder {blocker} is a file")
+    out = blocker.joinpath(*inside)
+    code, stdout, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), write_image(tmp_path / "a.png"),
+                                "--out", out, "--device", "cpu")
+    assert_one_line_error(code, err, f"the output folder {out} {what.format(blocker=blocker)}")
+    assert "provider" not in stdout
+
+
+def test_output_folder_that_cannot_be_written(tmp_path, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    # root may write anywhere: the operating system's answer for this folder is what the check reads
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != str(locked) and access(path, mode))
+    code, stdout, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), write_image(tmp_path / "a.png"),
+                                "--out", locked / "heatmaps", "--device", "cpu")
+    assert_one_line_error(code, err, f"{locked} is not writable")
+    assert "provider" not in stdout
 
 
 def test_conservation_with_a_zero_logit(tmp_path, capsys):
