@@ -144,10 +144,15 @@ def _describe(value) -> str:
     return f"{onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else '?'} {dims}"
 
 
-def _preprocessing(args, input_shape):
+def _preprocessing(args, input_shape=None):
+    """The preprocessing the options ask for: the preset, or what the model's ``input_shape`` implies,
+    changed by the other options; without ``input_shape`` (before the model is read), only checked."""
     from .preprocess import PRESETS, get_preset, infer_preprocessing
 
-    base = get_preset(args.preset) if args.preset else infer_preprocessing(input_shape, PRESETS["unit"])
+    if args.preset:
+        base = get_preset(args.preset)
+    else:
+        base = PRESETS["unit"] if input_shape is None else infer_preprocessing(input_shape, PRESETS["unit"])
     changes = {k: v for k, v in {
         "size": tuple(args.size) if args.size else None, "resize": args.resize, "scale": args.scale,
         "mean": args.mean, "std": args.std, "channel_order": args.channel_order, "layout": args.layout,
@@ -199,6 +204,7 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     paths = _image_paths(images)
     check_files(paths, out)
     check_request(args.target, args.top_k)
+    _preprocessing(args)
     if labels_path:
         load_labels(labels_path)  # readable; its length is checked against the model below
     explainer = Explainer(model, device=args.device, batch_size=args.batch_size,
@@ -230,6 +236,7 @@ def cmd_conservation(args) -> None:
     from .runtime import create_session, image_input, run_explainer
 
     check_images([args.image])  # before compiling
+    _preprocessing(args)
     method = _method_args(args)
     compiled = compile_model(args.model, output_name=args.output, expose="all",
                              input_shapes=_resolve_shapes(args.model, args.input_shape), **method, **_form_args(args))

@@ -110,6 +110,9 @@ def test_explain_bad_image(tmp_path, capsys):
     (None, ("--top-k", "0"), "top_k must be a whole number of classes"),
     (None, ("--top-k", "2", "--target", "3"), "give either targets or top_k, not both"),
     (None, ("--labels", "no-such-labels.txt"), "labels file not found: no-such-labels.txt"),
+    (None, ("--size", "100"), "image size must be two positive numbers"),
+    (None, ("--mean", "0.5,0.5"), "mean and std need one value per channel"),
+    (None, ("--preset", "vgg"), "unknown preprocessing preset 'vgg'"),
 ])
 def test_explain_refuses_bad_requests_before_loading_the_model(tmp_path, capsys, bad, option, error):
     # A bad file sorted last in a folder, or bad options: refused before the model is compiled and

@@ -186,17 +186,22 @@ def test_conservation_command(capsys):
     assert float(pool[-1]) == pytest.approx(float(pool[-2]) / 10.6892, rel=1e-3)
 
 
-def test_conservation_refuses_a_bad_image_before_compiling(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad_image, option, error", [
+    (True, (), "not an image, or a format Pillow cannot read: {text}"),
+    (False, ("--std", "1,1"), "mean and std need one value per channel (3); got (0.0, 0.0, 0.0) and (1.0, 1.0)"),
+])
+def test_conservation_refuses_a_bad_request_before_compiling(capsys, tmp_path, monkeypatch, bad_image, option, error):
     import rlrp_onnx.compiler
 
     def compile_model(*args, **kwargs):
-        raise AssertionError("compiled before the image was checked")
+        raise AssertionError("compiled before the request was checked")
 
     monkeypatch.setattr(rlrp_onnx.compiler, "compile_model", compile_model)
     text = tmp_path / "notes.png"
     text.write_text("not a picture")
-    code, _, err = run_cli(capsys, "conservation", MODEL, text, "--device", "cpu")
-    assert code != 0 and err.strip() == f"rlrp-onnx: error: not an image, or a format Pillow cannot read: {text}"
+    image = text if bad_image else ROOT / "models" / "images" / "chelsea.png"
+    code, _, err = run_cli(capsys, "conservation", MODEL, image, "--device", "cpu", *option)
+    assert code != 0 and err.strip() == "rlrp-onnx: error: " + error.format(text=text)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's
