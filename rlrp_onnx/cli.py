@@ -217,9 +217,11 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     preprocessing = _preprocessing(args, explainer.input_shape)
     labels = load_labels(labels_path, class_count(explainer.runtime)) if labels_path else None
     progress = Progress() if len(paths) > explainer.batch_size else None
-    for e in explain_images(explainer, paths, preprocessing, out, labels, args.target, args.top_k, progress):
+    for e in explain_images(explainer, paths, preprocessing, out, labels, args.target, args.top_k, progress,
+                            save_relevance=getattr(args, "save_relevance", False)):
         name = f" ({e.label})" if e.label else ""
-        print(f"{e.image}: class {e.target}{name}, score {e.score:.4f} -> {e.heatmap}, {e.overlay}")
+        files = ", ".join(str(f) for f in (e.heatmap, e.overlay, e.relevance) if f is not None)
+        print(f"{e.image}: class {e.target}{name}, score {e.score:.4f} -> {files}")
 
 
 def cmd_explain(args) -> None:
@@ -343,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="class names, one per line")
     p.add_argument("--target", type=int, help="class to explain (default: each image's top class)")
     p.add_argument("--top-k", type=int, help="explain each image's K best classes")
+    p.add_argument("--save-relevance", action="store_true",
+                   help="also write each relevance map as <name>_relevance.npy (float32, the input's layout)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="images per run (default 8; a model with a fixed batch size runs that many)")
     p.add_argument("--output", help="the explained output, when several could be class scores")

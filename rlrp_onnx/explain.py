@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from .errors import RlrpError
 from .explainer import Explainer
 from .labels import class_name
 from .preprocess import Preprocessing, check_images, prepare
-from .visualize import check_output_folder, heatmap_rgb, overlay_rgb, save_png
+from .visualize import check_output_folder, heatmap_rgb, overlay_rgb, save_png, write_file
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,17 @@ class Explanation:
     score: float
     heatmap: Path
     overlay: Path
+    relevance: Path | None = None  # the relevance as a float32 .npy, when asked for
 
 
 def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: Preprocessing, out_dir,
                    labels: Sequence[str] | None = None, target: int | None = None, top_k: int | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> list[Explanation]:
+                   progress: Callable[[int, int], None] | None = None,
+                   save_relevance: bool = False) -> list[Explanation]:
     """Explain each image for ``target`` (default: its top class) or its ``top_k`` best classes, and
     write ``<stem>_heatmap.png`` and ``<stem>_overlay.png`` (``<stem>_top<k>_…`` for top-k) into
-    ``out_dir``. ``progress(done, total)`` is called after each batch of images. Two different images
+    ``out_dir``; with ``save_relevance`` also ``<stem>_relevance.npy``, the relevance itself (float32,
+    shaped like one preprocessed image). ``progress(done, total)`` is called after each batch of images. Two different images
     with the same stem (``a/cat.png``, ``b/cat.jpg``) would write the same files: RlrpError, as for a
     file that is not an image, an output folder that cannot be written; ``check_files`` finds these
     before anything is explained."""
@@ -49,7 +54,11 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
                 heatmap, overlay = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_overlay.png"
                 save_png(heatmap_rgb(r, channel_axis), heatmap)
                 save_png(overlay_rgb(photo, r, channel_axis=channel_axis), overlay)
-                results.append(Explanation(str(path), int(c), class_name(labels, int(c)), float(s), heatmap, overlay))
+                saved = out_dir / f"{stem}_relevance.npy" if save_relevance else None
+                if saved is not None:
+                    write_file(saved, lambda name: np.save(name, np.asarray(r, dtype=np.float32)))
+                results.append(Explanation(str(path), int(c), class_name(labels, int(c)), float(s), heatmap, overlay,
+                                           saved))
         if progress is not None:
             progress(min(start + explainer.batch_size, len(images)), len(images))
     return results

@@ -59,6 +59,30 @@ def test_explain_source_and_compiled_models_agree(tmp_path, capsys):
     assert np.array_equal(a, b)
 
 
+def test_explain_top_k_and_save_relevance(tmp_path, capsys):
+    """``--top-k 2 --save-relevance``: two classes per photo, each with its heatmaps and its relevance as
+    written by the Python API on the same preprocessed photos."""
+    from rlrp_onnx import Explainer
+    from rlrp_onnx.preprocess import PRESETS, prepare
+
+    code, out, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES, "--out", tmp_path, "--top-k", "2",
+                             "--save-relevance", "--preset", "efficientnet-lite0", "--device", "cpu")
+    assert code == 0, err
+    photos = sorted(DEMO_IMAGES.iterdir())
+    top = Explainer(DEMO_MODEL, device="cpu").explain(prepare(photos, PRESETS["efficientnet-lite0"])[0], top_k=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{p.stem}_top{k}_{kind}" for p in photos for k in (1, 2)
+        for kind in ("heatmap.png", "overlay.png", "relevance.npy"))
+    for i, photo in enumerate(photos):
+        for k in (1, 2):
+            stem = tmp_path / f"{photo.stem}_top{k}"
+            assert f"{photo}: class {top.classes[i, k - 1]}, score" in out
+            assert f"-> {stem}_heatmap.png, {stem}_overlay.png, {stem}_relevance.npy" in out
+            saved = np.load(f"{stem}_relevance.npy")
+            assert saved.dtype == np.float32
+            np.testing.assert_array_equal(saved, top.relevance[i, k - 1])
+
+
 def test_explain_folder_with_labels(tmp_path, capsys):
     code, out, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES, "--out", tmp_path,
                              "--preset", "efficientnet-lite0", "--labels", DEMO_MODEL.parent / "imagenet_classes.txt")
