@@ -35,10 +35,10 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
     """Explain each image for ``target`` (default: its top class) or its ``top_k`` best classes, and
     write ``<stem>_heatmap.png`` and ``<stem>_overlay.png`` (``<stem>_top<k>_…`` for top-k) into
     ``out_dir``; with ``save_relevance`` also ``<stem>_relevance.npy``, the relevance itself (float32,
-    shaped like one preprocessed image). ``progress(done, total)`` is called after each batch of images. Two different images
-    with the same stem (``a/cat.png``, ``b/cat.jpg``) would write the same files: RlrpError, as for a
-    file that is not an image, an output folder that cannot be written; ``check_files`` finds these
-    before anything is explained."""
+    shaped like one preprocessed image). ``progress(done, total)`` is called after each batch of
+    images. Two different images with the same stem (``a/cat.png``, ``b/cat.jpg``) would write the
+    same files: RlrpError, as for a file that is not an image or an output folder that cannot be
+    written; ``check_files`` finds these before anything is explained."""
     check_files(images, out_dir)
     out_dir = Path(out_dir)
     channel_axis = 0 if preprocessing.layout == "NCHW" else -1
@@ -56,12 +56,16 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
                 save_png(overlay_rgb(photo, r, channel_axis=channel_axis), overlay)
                 saved = out_dir / f"{stem}_relevance.npy" if save_relevance else None
                 if saved is not None:
-                    write_file(saved, lambda name: np.save(name, np.asarray(r, dtype=np.float32)))
+                    _save_npy(np.asarray(r, dtype=np.float32), saved)
                 results.append(Explanation(str(path), int(c), class_name(labels, int(c)), float(s), heatmap, overlay,
                                            saved))
         if progress is not None:
             progress(min(start + explainer.batch_size, len(images)), len(images))
     return results
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    write_file(path, lambda name: np.save(name, array))
 
 
 def check_files(images: Sequence[str], out_dir) -> None:
