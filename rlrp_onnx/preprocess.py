@@ -114,13 +114,14 @@ def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["un
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read a photo (PNG, JPEG, anything Pillow reads) as uint8 RGB, height × width × 3.
 
-    EXIF orientation is applied; grayscale and palette images become RGB; transparent pixels are put
-    on white. Missing, unreadable, non-image or truncated files, and images above Pillow's
-    ``Image.MAX_IMAGE_PIXELS``, raise RlrpError naming the file.
+    EXIF orientation is applied; grayscale and palette images become RGB (16-bit ones scaled to 8
+    bits); transparent pixels are put on white. Missing, unreadable, non-image or truncated files,
+    floating-point images and images above Pillow's ``Image.MAX_IMAGE_PIXELS`` raise RlrpError naming
+    the file.
     """
     with _opened(path) as image:
         image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))
+        return _to_rgb(ImageOps.exif_transpose(image), os.fspath(path))
 
 
 def check_images(paths: Sequence[str | os.PathLike]) -> None:
@@ -142,6 +143,9 @@ def _opened(path: str | os.PathLike):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # an error, not 2 raw lines
             with Image.open(path) as image:
+                if image.mode == "F":  # convert("RGB") would truncate each value to an integer, silently
+                    raise RlrpError(f"image {path} has floating-point pixels, whose range is unknown; "
+                                    "save it with 8 or 16 bits per channel")
                 yield image
     except UnidentifiedImageError:
         raise RlrpError(f"not an image, or a format Pillow cannot read: {path}") from None
@@ -179,9 +183,12 @@ def _is_fixed(dim) -> bool:
     return isinstance(dim, (int, np.integer)) and dim > 0
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
+def _to_rgb(image: Image.Image, path: str) -> np.ndarray:
     if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale ("I" in older Pillow)
         values = np.asarray(image, dtype=np.float64)
+        if values.size and (values.min() < 0 or values.max() > 65535):  # a 32-bit image: range unknown
+            raise RlrpError(f"image {path} has pixel values outside 0..65535, whose range is unknown; "
+                            "save it with 8 or 16 bits per channel")
         gray = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:

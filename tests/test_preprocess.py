@@ -60,6 +60,20 @@ def test_16_bit_brightness_follows_the_mode_not_the_content(tmp_path):
     assert (load_image(save(tmp_path, "white.png", Image.fromarray(np.full((4, 4), 65535, np.uint16)))) == 255).all()
 
 
+def test_floating_point_and_32_bit_images_are_refused(tmp_path):
+    """A float TIFF of values in [0, 1] was read as a black photo (each value truncated to 0 or 1), a
+    32-bit one past 65535 as a white one."""
+    path = save(tmp_path, "scan.tiff", Image.fromarray(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)))
+    assert Image.open(path).mode == "F"
+    for read in (load_image, lambda p: check_images([p])):
+        with pytest.raises(RlrpError, match="image .*scan.tiff has floating-point pixels"):
+            read(path)
+    wide = save(tmp_path, "wide.tiff", Image.fromarray(np.arange(16, dtype=np.int32).reshape(4, 4) * 10**6))
+    assert Image.open(wide).mode == "I"
+    with pytest.raises(RlrpError, match="image .*wide.tiff has pixel values outside 0..65535"):
+        load_image(wide)
+
+
 def test_image_above_pillows_warning_size_is_one_clear_error(tmp_path, monkeypatch):
     """Pillow warns (two raw lines on stderr) above MAX_IMAGE_PIXELS, refuses above twice that: both refused."""
     path = save(tmp_path, "big.png", Image.new("RGB", (12, 12)))
