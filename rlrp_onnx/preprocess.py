@@ -203,7 +203,7 @@ def _as_rgb_array(image: ImageSource) -> np.ndarray:
         return load_image(image)
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"expected a uint8 RGB image of shape (H, W, 3); got {array.dtype} {array.shape}")
+        raise RlrpError(f"expected a uint8 RGB image of shape (H, W, 3); got {array.dtype} {array.shape}")
     return array
 
 

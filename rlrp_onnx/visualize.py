@@ -21,7 +21,7 @@ def relevance_map(relevance: np.ndarray, channel_axis: int = 0) -> np.ndarray:
         return relevance.sum(axis=channel_axis)
     if relevance.ndim == 2:
         return relevance
-    raise ValueError(f"expected relevance of shape (C, H, W) or (H, W); got {relevance.shape}")
+    raise RlrpError(f"expected relevance of shape (C, H, W) or (H, W); got {relevance.shape}")
 
 
 def normalize(relevance: np.ndarray, channel_axis: int = 0, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
@@ -68,7 +68,7 @@ def overlay_rgb(
     photo = np.asarray(photo)
     scaled = normalize(relevance, channel_axis, percentile)
     if photo.ndim != 3 or photo.shape[:2] != scaled.shape:
-        raise ValueError(f"photo of shape {photo.shape} does not match relevance of size {scaled.shape}")
+        raise RlrpError(f"photo of shape {photo.shape} does not match relevance of size {scaled.shape}")
     gray = photo[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     weight = alpha * np.nan_to_num(np.abs(scaled), nan=1.0)[..., None]
     blended = (1 - weight) * gray[..., None] + weight * _colors(scaled)

@@ -190,6 +190,12 @@ def test_prepare_rejects_missing_file(tmp_path):
         prepare([tmp_path / "gone.png"], PRESETS["unit"])
 
 
+@pytest.mark.parametrize("photo", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8)])
+def test_prepare_rejects_arrays_that_are_not_uint8_rgb(photo):
+    with pytest.raises(RlrpError, match="expected a uint8 RGB image of shape"):
+        prepare([photo], PRESETS["unit"])
+
+
 @pytest.mark.parametrize(
     "options, word",
     [

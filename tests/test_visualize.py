@@ -89,8 +89,13 @@ def test_overlay_is_gray_photo_where_relevance_is_small_and_colour_where_large()
     assert half.tolist() == [186, 59, 59]  # halfway between gray 117 and red
 
 
+def test_relevance_map_checks_the_shape():
+    with pytest.raises(RlrpError, match=r"expected relevance of shape \(C, H, W\) or \(H, W\); got \(1, 3, 2, 2\)"):
+        relevance_map(np.zeros((1, 3, 2, 2)))
+
+
 def test_overlay_checks_its_arguments():
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(RlrpError, match="does not match"):
         overlay_rgb(np.zeros((3, 3, 3), np.uint8), np.zeros((2, 2)))
     with pytest.raises(RlrpError, match="alpha"):
         overlay_rgb(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2)), alpha=2.0)
