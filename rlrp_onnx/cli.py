@@ -133,7 +133,26 @@ def cmd_inspect(args) -> None:
         print(f"rules per layer ({method.name}):")
         for node in plan.nodes:
             if node.name in method.layer_rules:
-                print(f"  {node.name} ({node.op}): {method.layer_rules[node.name].describe()}")
+                rule = method.layer_rules[node.name]
+                print(f"  {node.name} ({node.op}): {rule.describe()}")
+                note = _bounds_note(plan.context, node) if "low" in rule.params else None
+                if note:
+                    print(note)
+
+
+def _bounds_note(ctx, node) -> str | None:
+    """For a zbox layer with no layer upstream: which values its bounds bound (its data input, and the
+    ops computing that from the model's input, such as a normalization inside the model)."""
+    (x,) = [t for t in node.inputs[:2] if ctx.is_data(t)]
+    ops, producer = [], ctx.producer(x)
+    while producer is not None:
+        if ctx.is_layer(producer):
+            return None
+        ops.append(f"{producer.name} ({producer.op})")
+        data = [t for t in producer.inputs if ctx.is_data(t)]
+        producer = ctx.producer(data[0]) if data else None
+    source = "the model's input" if not ops else "computed from the model's input by " + ", ".join(reversed(ops))
+    return f"    --low/--high bound its input '{x.name}', {source}"
 
 
 def _describe(value) -> str:
@@ -282,8 +301,9 @@ def _add_method(p) -> None:
     g.add_argument("--gamma", type=float)
     g.add_argument("--alpha", type=float)
     g.add_argument("--beta", type=float)
-    g.add_argument("--low", type=_floats, help="z^B lower input bound: one value or one per channel")
-    g.add_argument("--high", type=_floats, help="z^B upper input bound: one value or one per channel")
+    g.add_argument("--low", type=_floats, help="z^B lower bound of the layer's input values (after any "
+                   "normalization inside the model; inspect names that tensor): one value or one per channel")
+    g.add_argument("--high", type=_floats, help="z^B upper bound, likewise")
 
 
 def _add_form(p, compiled_too: bool = False) -> None:

@@ -27,7 +27,7 @@ class Options:
     gamma: float = 0.25
     alpha: float = 2.0
     beta: float = 1.0
-    low: object = None   # z^B input bounds: scalars or one value per channel
+    low: object = None   # z^B bounds of the values entering the layer: scalars or one value per channel
     high: object = None
 
     def __post_init__(self):

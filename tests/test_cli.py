@@ -226,13 +226,19 @@ def test_cli_usage_error_exits_non_zero():
     assert result.returncode != 0 and "usage:" in result.stderr and "Traceback" not in result.stderr
 
 
-def tiny_cnn(tmp_path, bias=True, softmax=False):
-    """x [N, 3, 16, 16] → Conv → Relu → GlobalAveragePool → Gemm → logits [N, 5] (and their Softmax)."""
+def tiny_cnn(tmp_path, bias=True, softmax=False, normalized=False):
+    """x [N, 3, 16, 16] → Conv → Relu → GlobalAveragePool → Gemm → logits [N, 5] (and their Softmax);
+    ``normalized``: (x − mean) / std per channel before the Conv, inside the model."""
     rng = np.random.default_rng(0)
     weights = {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "g": rng.normal(size=(5, 4)).astype(np.float32)}
     if bias:
         weights.update(b=rng.normal(size=4).astype(np.float32), gb=rng.normal(size=5).astype(np.float32))
-    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias else []), ["c"], pads=[1, 1, 1, 1]),
+    nodes, image = [], "x"
+    if normalized:
+        weights.update(mean=np.full((1, 3, 1, 1), 0.5, np.float32), std=np.full((1, 3, 1, 1), 0.25, np.float32))
+        nodes, image = [helper.make_node("Sub", ["x", "mean"], ["centred"], name="centre"),
+                        helper.make_node("Div", ["centred", "std"], ["scaled"], name="scale")], "scaled"
+    nodes += [helper.make_node("Conv", [image, "w"] + (["b"] if bias else []), ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
              helper.make_node("Flatten", ["p"], ["f"]),
              helper.make_node("Gemm", ["f", "g"] + (["gb"] if bias else []), ["logits"], transB=1)]
@@ -364,3 +370,16 @@ def test_method_options_that_are_used_are_taken(tmp_path, capsys, options, rule)
     code, out, err = run_cli(capsys, "inspect", tiny_cnn(tmp_path), *options)
     assert code == 0, err
     assert rule in out
+
+
+@pytest.mark.parametrize("normalized, bounded", [
+    (False, "'x', the model's input"),
+    (True, "'scaled', computed from the model's input by centre (Sub), scale (Div)"),
+])
+def test_inspect_names_the_values_zbox_bounds_bound(tmp_path, capsys, normalized, bounded):
+    """A model that normalizes its input itself: the bounds are in normalized units, and inspect says so."""
+    code, out, err = run_cli(capsys, "inspect", tiny_cnn(tmp_path, normalized=normalized),
+                             "--rule", "zbox", "--low", "0", "--high", "1")
+    assert code == 0, err
+    notes = [line.strip() for line in out.splitlines() if "--low/--high" in line]
+    assert notes == [f"--low/--high bound its input {bounded}"]  # the first layer only, not the Gemm
