@@ -15,7 +15,10 @@ from .rules.elementwise import held_gate
 TRAILING = {"Softmax", "LogSoftmax", "Sigmoid"}  # at the output: the explained logit is their input
 NORMALIZATION_HINT = ("; part of a normalization written out? LayerNorm and RMSNorm are recognised as torch "
                       "and tf2onnx write them (passes/layer_norm.py)")
-HINTS = {"Sqrt": NORMALIZATION_HINT, "Reciprocal": NORMALIZATION_HINT}
+QUANTIZED_HINT = "; quantized models are not supported: explain the float model they were quantized from"
+QUANTIZING = ("QuantizeLinear", "DynamicQuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
+              "ConvInteger", "MatMulInteger")
+HINTS = {"Sqrt": NORMALIZATION_HINT, "Reciprocal": NORMALIZATION_HINT, **dict.fromkeys(QUANTIZING, QUANTIZED_HINT)}
 
 
 @dataclass
@@ -146,9 +149,17 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
     data = data_tensors(graph, inputs)
     if logits.name not in data:
         wider = _wider_float_between(graph, inputs, logits)
-        raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input" + (
-            "" if wider is None else f" except through '{wider.name}', a {_element_type(wider).name} tensor; only "
-            "float32 and float16 are supported: convert the model to float32"))
+        through_any = data_tensors(graph, inputs, carries=lambda t: True)
+        quantizer = next((n for n in graph.nodes if n.op in QUANTIZING and any(t.name in data for t in n.inputs)
+                          and logits.name in through_any), None)
+        if wider is not None:
+            reason = (f" except through '{wider.name}', a {_element_type(wider).name} tensor; only float32 and "
+                      "float16 are supported: convert the model to float32")
+        elif quantizer is not None:
+            reason = f" except through the integers of {quantizer.op} '{quantizer.name}'{QUANTIZED_HINT}"
+        else:
+            reason = ""
+        raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input{reason}")
     context = Context(graph, data, method.rules, method.layer_rules, method.relative)
     return Plan(inputs, output, logits, _relevance_path(context, logits), context)
 

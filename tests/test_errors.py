@@ -148,6 +148,33 @@ def test_a_double_section_is_named(tmp_path, capsys):
                           "convert the model to float32")
 
 
+@pytest.mark.parametrize("static", [True, False])
+def test_a_quantized_model_is_named_as_such(tmp_path, capsys, static):
+    """QDQ (static) quantization turns the input into int8 before the first layer, dynamic quantization
+    computes with integers: both refused as quantized models (the first was reported as an output that
+    does not depend on any float input, nothing more)."""
+    if static:
+        nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], name="quantize_x"),
+                 helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"]),
+                 helper.make_node("MatMul", ["dq", "w"], ["logits"])]
+        weights = {"w": np.ones((3, 2), np.float32), "scale": np.float32(0.1), "zero": np.int8(0)}
+        expected = ("except through the integers of QuantizeLinear 'quantize_x'",)
+    else:
+        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qscale", "qzero"], name="quantize_x"),
+                 helper.make_node("MatMulInteger", ["q", "wq", "qzero"], ["acc"]),
+                 helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+                 helper.make_node("Mul", ["accf", "qscale"], ["logits"])]
+        weights = {"wq": np.ones((3, 2), np.uint8)}
+        expected = ("quantize_x (DynamicQuantizeLinear: no relevance rule",)
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], weights)
+    path = tmp_path / "quantized.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "quantized.onnx", *expected,
+                          "quantized models are not supported: explain the float model they were quantized from")
+
+
 def test_output_not_class_scores(tmp_path, capsys):
     model = make_model(
         [helper.make_node("Conv", ["image", "w"], ["map"], pads=[1, 1, 1, 1])],
