@@ -16,7 +16,7 @@ from .errors import RlrpError
 
 RESIZES = ("stretch", "shorter_side_then_center_crop")
 RESAMPLES = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
-CHANNEL_ORDERS = ("RGB", "BGR")
+CHANNEL_ORDERS = ("RGB", "BGR", "gray")  # gray: one channel, the photo's luminance
 LAYOUTS = ("NCHW", "NHWC")
 
 ImageSource = Union[np.ndarray, str, os.PathLike]
@@ -35,16 +35,17 @@ class Preprocessing:
     ignoring the aspect ratio) or "shorter_side_then_center_crop" (scale the photo, keeping its aspect
     ratio, so that ``size`` covers ``crop_ratio`` of each side, then cut ``size`` from the centre:
     224 with ratio 0.875 is torchvision's Resize(256) + CenterCrop(224)). Pixel values go
-    ``(raw * scale - mean) / std`` with raw in [0, 255]; ``mean`` and ``std`` are per channel, in the
-    model's ``channel_order``.
+    ``(raw * scale - mean) / std`` with raw in [0, 255]; ``mean`` and ``std`` hold one value for all
+    channels or one per channel, in the model's ``channel_order`` ("gray": one channel, the photo's
+    luminance as Pillow computes it).
     """
 
     size: tuple[int, int] = (224, 224)
     resize: str = "stretch"
     crop_ratio: float = 0.875
     scale: float = 1 / 255
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
     channel_order: str = "RGB"
     layout: str = "NCHW"
     resample: str = "bilinear"
@@ -58,14 +59,20 @@ class Preprocessing:
         _check_choice("resample", self.resample, tuple(RESAMPLES))
         if not 0 < self.crop_ratio <= 1:
             raise RlrpError(f"crop ratio must be in (0, 1]; got {self.crop_ratio}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise RlrpError(f"mean and std need one value per channel (3); got {self.mean} and {self.std}")
+        if not {len(self.mean), len(self.std)} <= {1, self.channels}:
+            raise RlrpError(f"mean and std need one value, or one per channel ({self.channels}); "
+                            f"got {self.mean} and {self.std}")
         if any(value == 0 for value in self.std):
             raise RlrpError(f"std must not contain zero; got {self.std}")
         if not (np.isfinite(self.scale) and self.scale > 0):  # 0 would feed every photo as the same image
             raise RlrpError(f"scale must be a positive number; got {self.scale}")
         if not np.isfinite([*self.mean, *self.std]).all():
             raise RlrpError(f"mean and std must be finite; got {self.mean} and {self.std}")
+
+    @property
+    def channels(self) -> int:
+        """The model's colour channels: 1 for "gray", else 3."""
+        return 1 if self.channel_order == "gray" else 3
 
 
 PRESETS: dict[str, Preprocessing] = {
@@ -94,21 +101,24 @@ def get_preset(name: str) -> Preprocessing:
 def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["unit"]) -> Preprocessing:
     """``base`` adapted to a model image input of shape ``input_shape``.
 
-    The layout is NCHW when dimension 1 is 3 and NHWC when dimension 3 is 3. Fixed (integer) height
-    and width replace ``base.size``; symbolic ones (strings or None, as ONNX Runtime reports them)
-    keep it. With no preset, ``base`` is the "unit" preset ([0, 1] pixels).
+    The layout is NCHW when dimension 1 holds the channels (3, or 1 for a grayscale model) and NHWC
+    when dimension 3 does; a grayscale model reads the photos' luminance ("gray"). Fixed (integer)
+    height and width replace ``base.size``; symbolic ones (strings or None, as ONNX Runtime reports
+    them) keep it. With no preset, ``base`` is the "unit" preset ([0, 1] pixels).
     """
     shape = list(input_shape)
     if len(shape) != 4:
         raise RlrpError(f"the image input has shape {shape}; expected 4 dimensions (NCHW or NHWC)")
-    if shape[1] == 3:
-        layout, height, width = "NCHW", shape[2], shape[3]
-    elif shape[3] == 3:
-        layout, height, width = "NHWC", shape[1], shape[2]
+    if shape[1] in (1, 3):
+        layout, channels, height, width = "NCHW", shape[1], shape[2], shape[3]
+    elif shape[3] in (1, 3):
+        layout, channels, height, width = "NHWC", shape[3], shape[1], shape[2]
     else:
-        raise RlrpError(f"the image input has shape {shape}; expected 3 colour channels (NCHW or NHWC)")
+        raise RlrpError(f"the image input has shape {shape}; expected 3 colour channels or 1 gray one "
+                        "(NCHW or NHWC)")
+    order = "gray" if channels == 1 else ("RGB" if base.channel_order == "gray" else base.channel_order)
     size = tuple(fixed if _is_fixed(fixed) else default for fixed, default in zip((height, width), base.size))
-    return dataclasses.replace(base, layout=layout, size=size)
+    return dataclasses.replace(base, layout=layout, size=size, channel_order=order)
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -170,7 +180,10 @@ def prepare(
     photos = [_resize(_as_rgb_array(image), preprocessing) for image in images]
     if not photos:
         raise RlrpError("no images to prepare")
-    batch = np.stack(photos).astype(np.float32) * np.float32(preprocessing.scale)
+    pixels = np.stack(photos)
+    if preprocessing.channel_order == "gray":
+        pixels = np.stack([np.asarray(Image.fromarray(photo).convert("L")) for photo in photos])[..., None]
+    batch = pixels.astype(np.float32) * np.float32(preprocessing.scale)
     if preprocessing.channel_order == "BGR":
         batch = batch[..., ::-1]
     batch = (batch - np.float32(preprocessing.mean)) / np.float32(preprocessing.std)

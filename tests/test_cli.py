@@ -83,6 +83,23 @@ def test_explain_top_k_and_save_relevance(tmp_path, capsys):
             np.testing.assert_array_equal(saved, top.relevance[i, k - 1])
 
 
+def test_explain_with_a_grayscale_model(tmp_path, capsys):
+    """A model with one input channel reads the photos' luminance, found from its input shape."""
+    from rlrp_onnx import Explainer
+    from rlrp_onnx.preprocess import PRESETS, infer_preprocessing, prepare
+
+    model, photo = tiny_cnn(tmp_path, channels=1), write_image(tmp_path / "a.png")
+    code, out, err = run_cli(capsys, "explain", model, photo, "--out", tmp_path / "o", "--save-relevance",
+                             "--device", "cpu")
+    assert code == 0, err
+    batch = prepare([photo], infer_preprocessing(["N", 1, 16, 16], PRESETS["unit"]))[0]
+    assert batch.shape == (1, 1, 16, 16)
+    expected = Explainer(model, device="cpu").explain(batch)
+    assert f"a.png: class {expected.classes[0]}, score" in out
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "a_relevance.npy"), expected.relevance[0])
+    assert np.asarray(Image.open(tmp_path / "o" / "a_overlay.png")).shape == (16, 16, 3)
+
+
 def test_explain_folder_with_labels(tmp_path, capsys):
     code, out, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES, "--out", tmp_path,
                              "--preset", "efficientnet-lite0", "--labels", DEMO_MODEL.parent / "imagenet_classes.txt")
@@ -135,7 +152,7 @@ def test_explain_bad_image(tmp_path, capsys):
     (None, ("--top-k", "2", "--target", "3"), "give either targets or top_k, not both"),
     (None, ("--labels", "no-such-labels.txt"), "labels file not found: no-such-labels.txt"),
     (None, ("--size", "100"), "image size must be two positive numbers"),
-    (None, ("--mean", "0.5,0.5"), "mean and std need one value per channel"),
+    (None, ("--mean", "0.5,0.5"), "mean and std need one value, or one per channel (3)"),
     (None, ("--preset", "vgg"), "unknown preprocessing preset 'vgg'"),
 ])
 def test_explain_refuses_bad_requests_before_loading_the_model(tmp_path, capsys, bad, option, error):
@@ -226,11 +243,12 @@ def test_cli_usage_error_exits_non_zero():
     assert result.returncode != 0 and "usage:" in result.stderr and "Traceback" not in result.stderr
 
 
-def tiny_cnn(tmp_path, bias=True, softmax=False, normalized=False):
-    """x [N, 3, 16, 16] → Conv → Relu → GlobalAveragePool → Gemm → logits [N, 5] (and their Softmax);
-    ``normalized``: (x − mean) / std per channel before the Conv, inside the model."""
+def tiny_cnn(tmp_path, bias=True, softmax=False, normalized=False, channels=3):
+    """x [N, channels, 16, 16] → Conv → Relu → GlobalAveragePool → Gemm → logits [N, 5] (and their
+    Softmax); ``normalized``: (x − mean) / std per channel before the Conv, inside the model."""
     rng = np.random.default_rng(0)
-    weights = {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "g": rng.normal(size=(5, 4)).astype(np.float32)}
+    weights = {"w": rng.normal(size=(4, channels, 3, 3)).astype(np.float32),
+               "g": rng.normal(size=(5, 4)).astype(np.float32)}
     if bias:
         weights.update(b=rng.normal(size=4).astype(np.float32), gb=rng.normal(size=5).astype(np.float32))
     nodes, image = [], "x"
@@ -247,7 +265,7 @@ def tiny_cnn(tmp_path, bias=True, softmax=False, normalized=False):
         nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
         outputs.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 5]))
     path = tmp_path / "tiny.onnx"
-    onnx.save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+    onnx.save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 16, 16])],
                          outputs, weights), path)
     return path
 

@@ -188,7 +188,7 @@ def test_conservation_command(capsys):
 
 @pytest.mark.parametrize("bad_image, option, error", [
     (True, (), "not an image, or a format Pillow cannot read: {text}"),
-    (False, ("--std", "1,1"), "mean and std need one value per channel (3); got (0.0, 0.0, 0.0) and (1.0, 1.0)"),
+    (False, ("--std", "1,1"), "mean and std need one value, or one per channel (3); got (0.0,) and (1.0, 1.0)"),
 ])
 def test_conservation_refuses_a_bad_request_before_compiling(capsys, tmp_path, monkeypatch, bad_image, option, error):
     import rlrp_onnx.compiler

@@ -226,14 +226,31 @@ def test_unknown_preset_lists_the_known_ones():
 def test_infer_preprocessing_from_input_shapes():
     nchw = infer_preprocessing([1, 3, 160, 128])
     assert (nchw.layout, nchw.size) == ("NCHW", (160, 128))
-    assert nchw.scale == pytest.approx(1 / 255) and nchw.mean == (0, 0, 0)
+    assert nchw.scale == pytest.approx(1 / 255) and nchw.mean == (0,) and nchw.channel_order == "RGB"
     nhwc = infer_preprocessing(["batch", 96, 96, 3], PRESETS["efficientnet-lite0"])
     assert (nhwc.layout, nhwc.size, nhwc.scale) == ("NHWC", (96, 96), 1 / 127.5)
     dynamic = infer_preprocessing(["N", 3, "H", None])
     assert dynamic.size == (224, 224)
+    gray = infer_preprocessing(["N", 1, 28, 28])
+    assert (gray.layout, gray.size, gray.channel_order, gray.channels) == ("NCHW", (28, 28), "gray", 1)
+    gray_nhwc = infer_preprocessing(["N", 32, 48, 1])
+    assert (gray_nhwc.layout, gray_nhwc.size, gray_nhwc.channel_order) == ("NHWC", (32, 48), "gray")
 
 
-@pytest.mark.parametrize("shape", [[1, 1, 28, 28], [1, 3, 224], [1, 4, 224, 224]])
+def test_gray_models_read_the_luminance(chelsea):
+    """One channel: Pillow's luminance of the photo as the model sees it (resized), scaled and normalized."""
+    gray = Preprocessing(size=(40, 30), resize="stretch", channel_order="gray", mean=(0.5,), std=(0.25,))
+    batch, photos = prepare([chelsea], gray)
+    assert batch.shape == (1, 1, 40, 30) and photos[0].shape == (40, 30, 3)  # photos stay RGB, for overlays
+    luminance = np.asarray(Image.fromarray(photos[0]).convert("L"), np.float32)
+    np.testing.assert_allclose(batch[0, 0], (luminance / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-6)
+    nhwc = prepare([chelsea], dataclasses.replace(gray, layout="NHWC"))[0]
+    assert nhwc.shape == (1, 40, 30, 1) and np.array_equal(nhwc[..., 0], batch[:, 0])
+    with pytest.raises(RlrpError, match=r"one value, or one per channel \(1\)"):
+        dataclasses.replace(gray, mean=(0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("shape", [[1, 2, 28, 28], [1, 3, 224], [1, 4, 224, 224]])
 def test_infer_preprocessing_rejects_non_rgb_inputs(shape):
     with pytest.raises(RlrpError, match="shape"):
         infer_preprocessing(shape)
