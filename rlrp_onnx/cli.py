@@ -318,18 +318,18 @@ def _add_form(p, compiled_too: bool = False) -> None:
 
 
 def _add_preprocessing(p) -> None:
-    from .preprocess import CHANNEL_ORDERS
+    from .preprocess import CHANNEL_ORDERS, LAYOUTS, RESIZES
 
     g = p.add_argument_group("preprocessing (default: size and layout read from the model, pixels in [0, 1])")
     g.add_argument("--preset", help="efficientnet-lite0, imagenet or unit")
     g.add_argument("--size", type=_ints, help="H,W fed to the model")
-    g.add_argument("--resize", choices=["stretch", "shorter_side_then_center_crop"])
+    g.add_argument("--resize", choices=RESIZES)
     g.add_argument("--scale", type=float, help="multiply raw 0..255 pixels by this")
     g.add_argument("--mean", type=_floats, help="mean after scaling: one value, or one per channel")
     g.add_argument("--std", type=_floats, help="std after scaling: one value, or one per channel")
     g.add_argument("--channel-order", choices=CHANNEL_ORDERS,
                    help="the model's channels (default: gray for a model with one channel, else RGB)")
-    g.add_argument("--layout", choices=["NCHW", "NHWC"])
+    g.add_argument("--layout", choices=LAYOUTS)
 
 
 def _add_input_shape(p) -> None:

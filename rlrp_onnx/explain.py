@@ -54,8 +54,9 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
                 heatmap, overlay = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_overlay.png"
                 save_png(heatmap_rgb(r, channel_axis), heatmap)
                 save_png(overlay_rgb(photo, r, channel_axis=channel_axis), overlay)
-                saved = out_dir / f"{stem}_relevance.npy" if save_relevance else None
-                if saved is not None:
+                saved = None
+                if save_relevance:
+                    saved = out_dir / f"{stem}_relevance.npy"
                     _save_npy(np.asarray(r, dtype=np.float32), saved)
                 results.append(Explanation(str(path), int(c), class_name(labels, int(c)), float(s), heatmap, overlay,
                                            saved))

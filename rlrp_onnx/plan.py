@@ -149,9 +149,10 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
     data = data_tensors(graph, inputs)
     if logits.name not in data:
         wider = _wider_float_between(graph, inputs, logits)
-        through_any = data_tensors(graph, inputs, carries=lambda t: True)
-        quantizer = next((n for n in graph.nodes if n.op in QUANTIZING and any(t.name in data for t in n.inputs)
-                          and logits.name in through_any), None)
+        quantizer = None
+        if wider is None and logits.name in data_tensors(graph, inputs, carries=lambda t: True):
+            quantizer = next((n for n in graph.nodes if n.op in QUANTIZING and any(t.name in data for t in n.inputs)),
+                             None)
         if wider is not None:
             reason = (f" except through '{wider.name}', a {_element_type(wider).name} tensor; only float32 and "
                       "float16 are supported: convert the model to float32")

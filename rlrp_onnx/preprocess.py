@@ -180,9 +180,10 @@ def prepare(
     photos = [_resize(_as_rgb_array(image), preprocessing) for image in images]
     if not photos:
         raise RlrpError("no images to prepare")
-    pixels = np.stack(photos)
     if preprocessing.channel_order == "gray":
         pixels = np.stack([np.asarray(Image.fromarray(photo).convert("L")) for photo in photos])[..., None]
+    else:
+        pixels = np.stack(photos)
     batch = pixels.astype(np.float32) * np.float32(preprocessing.scale)
     if preprocessing.channel_order == "BGR":
         batch = batch[..., ::-1]
