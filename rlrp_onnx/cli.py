@@ -1,4 +1,4 @@
-"""The command line: compile, inspect, explain, demo."""
+"""The command line: compile, inspect, explain, conservation, demo."""
 
 from __future__ import annotations
 

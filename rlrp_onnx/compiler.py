@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import onnx
-import onnx_graphsurgeon as gs
 
 from . import contract
 from .attach import attach
@@ -17,7 +16,7 @@ from .passes.float16 import float32_twin, uses_float16
 from .passes.layer_bias import fold_layer_constants
 from .passes.static_shapes import runtime_inputs
 from .plan import analyse, make_plan
-from .weightless import weightless
+from .weightless import export_weightless, weightless
 
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
                   output_name: str | None = None, input_shapes: dict[str, list[int]] | None = None,
@@ -54,7 +53,8 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     new_outputs = attach(plan, method.relative, _exposed(plan, expose, label))
     new_nodes = {node.name for node in graph.nodes if id(node) not in forward}
     graph.outputs.extend(new_outputs)
-    built = gs.export_onnx(graph, do_type_check=False)
+    weights = {t.name for t in source.graph.initializer}  # graft takes these from the source
+    built, _ = export_weightless(graph, lambda name: name in weights)
     compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label)
     if target_input == "optional":
         _set_target_default(compiled)

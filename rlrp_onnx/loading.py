@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -9,8 +10,13 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import RlrpError, first_line
+from .weightless import weightless
 
 TWO_GB = 2**31
+TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+T = onnx.TensorProto
+ITEMSIZES = {T.FLOAT: 4, T.DOUBLE: 8, T.FLOAT16: 2, T.BFLOAT16: 2, T.BOOL: 1, T.INT8: 1, T.UINT8: 1, T.INT16: 2,
+             T.UINT16: 2, T.INT32: 4, T.UINT32: 4, T.INT64: 8, T.UINT64: 8, T.COMPLEX64: 8, T.COMPLEX128: 16}
 
 
 def load_model(source) -> tuple[onnx.ModelProto, str]:
@@ -33,10 +39,10 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
         raise RlrpError(f"{path}: not an ONNX model (no graph or no opset)")
     _declare_output_shapes(model)
     try:
-        onnx.checker.check_model(model)  # with the weights: their data must fit their shapes
+        onnx.checker.check_model(weightless(model))  # the large weights are checked below, without copies
     except onnx.checker.ValidationError as error:
         raise RlrpError(f"{path}: corrupt ONNX model ({first_line(error)})") from None
-    _check_weight_sizes(model, path)
+    _check_weights(model, path)
     return model, str(path)
 
 
@@ -48,7 +54,7 @@ def _declare_output_shapes(model: onnx.ModelProto) -> None:
     if not outputs:
         return
     try:
-        inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+        inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(weightless(model)).graph.output}
     except (onnx.shape_inference.InferenceError, ValueError, RuntimeError):
         return
     for output in outputs:
@@ -57,16 +63,34 @@ def _declare_output_shapes(model: onnx.ModelProto) -> None:
             output.type.tensor_type.shape.CopyFrom(found.type.tensor_type.shape)
 
 
-def _check_weight_sizes(model: onnx.ModelProto, path: Path) -> None:
-    """Every weight's data fits its shape: onnx's checker tests this only from onnx 1.23 on."""
+def _check_weights(model: onnx.ModelProto, path: Path) -> None:
+    """Every weight stores its data in one field, and that data fits its shape (onnx's checker tests the
+    fit only from onnx 1.23 on, and runs on a weightless copy here)."""
     for weight in model.graph.initializer:
+        raw = len(weight.raw_data) if weight.HasField("raw_data") else 0  # reading it copies it: once
+        stored = ["raw_data"] * bool(raw) + [field for field in TYPED_FIELDS if len(getattr(weight, field))]
+        if len(stored) > 1:
+            raise RlrpError(f"{path}: corrupt ONNX model (weight {weight.name!r} stores its data twice, in "
+                            f"{' and '.join(stored)})")
         if weight.data_type == onnx.TensorProto.STRING:
             continue
-        try:
-            onnx.numpy_helper.to_array(weight)  # reshapes the data to the declared shape
-        except ValueError as error:
+        itemsize = ITEMSIZES.get(weight.data_type)
+        if stored == ["raw_data"] and itemsize:  # the common case, without converting the data
+            expected = math.prod(weight.dims) * itemsize
+            problem = None if raw == expected else f"{raw} bytes of data, {expected} expected"
+        else:
+            problem = _conversion_problem(weight)
+        if problem:
             raise RlrpError(f"{path}: corrupt ONNX model (weight {weight.name!r} does not fit its declared "
-                            f"shape {list(weight.dims)}: {first_line(error)})") from None
+                            f"shape {list(weight.dims)}: {problem})")
+
+
+def _conversion_problem(weight: onnx.TensorProto) -> str | None:
+    try:
+        onnx.numpy_helper.to_array(weight)  # reshapes the data to the declared shape
+    except ValueError as error:
+        return first_line(error)
+    return None
 
 
 def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:

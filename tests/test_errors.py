@@ -98,6 +98,31 @@ def test_invalid_graph_is_reported_as_corrupt(tmp_path, capsys):
     assert_one_line_error(code, err, "broken.onnx", "corrupt ONNX model", "weight 'w'", "[2048, 4]")
 
 
+@pytest.mark.parametrize("stored, fragments", [
+    ("twice", ["stores its data twice, in raw_data and float_data"]),
+    ("float_data cut", ["does not fit its declared shape [2048, 4]"]),
+    ("raw_data cut", ["does not fit its declared shape [2048, 4]", "100 bytes of data, 32768 expected"]),
+])
+def test_large_weight_stored_wrongly_is_reported_as_corrupt(tmp_path, capsys, stored, fragments):
+    """onnx's checker sees a copy without the large weights: the loader checks how they store their data."""
+    values = np.ones((2048, 4), np.float32)
+    weights = onnx.numpy_helper.from_array(values, "w")
+    if stored == "twice":
+        weights.float_data.extend(values.ravel().tolist())
+    elif stored == "float_data cut":
+        weights = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2048, 4], float_data=[1.0] * 100)
+    else:
+        weights.raw_data = weights.raw_data[:100]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2048])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], initializer=[weights])
+    path = tmp_path / "stored.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "stored.onnx", "corrupt ONNX model", "weight 'w'", *fragments)
+
+
 def test_outputs_declared_without_a_shape(tmp_path, capsys):
     """ONNX Runtime runs a model whose outputs declare no shape, onnx's checker refuses it: the loader
     declares the inferred shape, and the model compiles and explains as with the shape written."""

@@ -1,13 +1,18 @@
-"""weightless(): shape inference and the checker see the same graph without the weights."""
+"""weightless() and export_weightless(): shape inference, the checker and the compiler see the same graph
+without the weights."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 
-from rlrp_onnx.weightless import LARGE, weightless
+import rlrp_onnx.weightless as weightless_module
+from rlrp_onnx import compile_model
+from rlrp_onnx.weightless import LARGE, export_weightless, reattach, weightless
 
 
 @pytest.mark.parametrize("name, exporter", [("resnet18_like", "torchscript"), ("efficientnet_lite0", "dynamo")])
@@ -35,3 +40,39 @@ def test_same_inferred_shapes_without_the_weights(exported_model, name, exporter
         sorted(v.SerializeToString() for v in full.graph.value_info)
     assert list(inferred.graph.output) == list(full.graph.output)
     onnx.checker.check_model(light, full_check=True)
+
+
+def test_export_without_the_weights_and_reattach(exported_model):
+    """The exported model declares the large constants without data; the graph keeps its values, and a
+    graph imported from the export gets them back."""
+    graph = gs.import_onnx(onnx.load(exported_model("resnet18_like", "torchscript").path))
+    constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    values = {name: np.array(t.values) for name, t in constants.items()}
+    large = {name for name, v in values.items() if v.size > LARGE}
+    assert large, "the test model has no weights to leave out"
+
+    kept = sorted(large)[0]
+    model, held = export_weightless(graph, lambda name: name != kept)
+    assert set(held) == large - {kept}
+    exported = {t.name: t for t in model.graph.initializer}
+    for name in large - {kept}:
+        assert not exported[name].raw_data and list(exported[name].dims) == list(values[name].shape)
+        assert exported[name].data_type == onnx.helper.np_dtype_to_tensor_dtype(values[name].dtype)
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(exported[kept]), values[kept])
+    for name, constant in constants.items():
+        np.testing.assert_array_equal(constant.values, values[name])
+
+    imported = reattach(gs.import_onnx(model), held)
+    for name, tensor in imported.tensors().items():
+        if name in values:
+            np.testing.assert_array_equal(tensor.values, values[name])
+
+
+@pytest.mark.parametrize("rule", ["rlrp", "epsilon"])
+def test_compiled_model_does_not_depend_on_leaving_the_weights_out(exported_model, monkeypatch, rule):
+    """Compiling with every weight exported (no constant is "large") writes the same bytes; with the
+    BatchNorms kept, the epsilon rule folds them into new weights, which the compiled model must hold."""
+    path = exported_model("resnet18_like", "torchscript", fold_batchnorm=False).path
+    light = compile_model(path, rule=rule).SerializeToString()
+    monkeypatch.setattr(weightless_module, "LARGE", 2**62)
+    assert compile_model(path, rule=rule).SerializeToString() == light

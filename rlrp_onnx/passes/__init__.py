@@ -8,6 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import RlrpError
+from ..weightless import export_weightless, reattach
 from .castlike import castlike_to_cast
 from .fold import fold_constants, infer_shapes
 from .gelu import recognise_gelu
@@ -38,7 +39,8 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     graph = gs.import_onnx(infer_shapes(model, label))
     graph = split_to_sequence(fold_constants(castlike_to_cast(graph)))
     while True:
-        graph = gs.import_onnx(infer_shapes(gs.export_onnx(graph, do_type_check=False), label))
+        model, held = export_weightless(graph)
+        graph = reattach(gs.import_onnx(infer_shapes(model, label)), held)
         if not pin_reshape_targets(graph):
             break
     for simplify in (recognise_gelu, recognise_hard_sigmoid, drop_identity_reshapes, recognise_layer_norm,
