@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
+from onnx.external_data_helper import load_external_data_for_model
 
 from .errors import RlrpError, first_line
 from .weightless import weightless
 
-TWO_GB = 2**31
 TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 T = onnx.TensorProto
 ITEMSIZES = {T.FLOAT: 4, T.DOUBLE: 8, T.FLOAT16: 2, T.BFLOAT16: 2, T.BOOL: 1, T.INT8: 1, T.UINT8: 1, T.INT16: 2,
@@ -102,10 +102,21 @@ def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:
         raise RlrpError(f"{path}: cannot write the model: it is a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if model.ByteSize() >= TWO_GB:
-            onnx.save_model(model, str(path), save_as_external_data=True,
-                            location=path.name + ".data")
+        data = _serialized(model)
+        if data is None:
+            (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # onnx would append to it
+            onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+            load_external_data_for_model(model, str(path.parent))  # saving moved the weights out of it
         else:
-            path.write_bytes(model.SerializeToString())
+            path.write_bytes(data)
     except (OSError, ValueError) as error:
         raise RlrpError(f"{path}: cannot write the model ({first_line(error)})") from None
+
+
+def _serialized(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None when protobuf cannot hold it in one message (2 GB), which it tells only
+    by failing; asking the size first costs as long as serialising."""
+    try:
+        return model.SerializeToString()
+    except (EncodeError, ValueError):
+        return None

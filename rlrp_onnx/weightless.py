@@ -1,4 +1,5 @@
-"""Weightless copies of a model: shape inference, the ONNX checker and ``graft`` read the graph, not the weights."""
+"""Weightless copies of a model: shape inference, the ONNX checker, canonicalization and ``graft`` read the
+graph, not the weights."""
 
 from __future__ import annotations
 
@@ -17,6 +18,32 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose initializers of more than ``LARGE`` elements are declared as graph inputs
     of the same type and shape instead of stored: the inferred shapes are the same, and serialising the
     weights, which shape inference and the checker each do once per call, is gone (VGG16: 2-3 s a call)."""
+    light, graph = _without_initializers(model)
+    declared = {i.name for i in model.graph.input}
+    for tensor in model.graph.initializer:
+        if math.prod(tensor.dims) <= LARGE:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return light
+
+
+def declared_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, LazyValues]]:
+    """A copy of ``model`` whose initializers of more than ``LARGE`` elements are stored without data, and
+    graphsurgeon values reading ``model``'s own by name, for ``reattach`` to a graph imported from the
+    copy: a deep copy with the weights took 0.3 s for VGG16."""
+    light, graph = _without_initializers(model)
+    held = {}
+    for tensor in model.graph.initializer:
+        if math.prod(tensor.dims) <= LARGE:
+            graph.initializer.append(tensor)
+        else:
+            graph.initializer.append(_declaration(tensor.name, tensor.dims, tensor.data_type))
+            held[tensor.name] = LazyValues(tensor)
+    return light, held
+
+
+def _without_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.GraphProto]:
     light = onnx.ModelProto(ir_version=model.ir_version)
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
@@ -24,13 +51,12 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.name = source.name
     for field in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(graph, field).extend(getattr(source, field))
-    declared = {i.name for i in source.input}
-    for tensor in source.initializer:
-        if math.prod(tensor.dims) <= LARGE:
-            graph.initializer.append(tensor)
-        elif tensor.name not in declared:
-            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-    return light
+    return light, graph
+
+
+def _declaration(name: str, dims, data_type: int) -> onnx.TensorProto:
+    """A tensor of that name, shape and type, without data."""
+    return onnx.TensorProto(name=name, dims=dims, data_type=data_type)
 
 
 def export_weightless(graph: gs.Graph, detach: Callable[[str], bool] = lambda name: True
@@ -45,8 +71,7 @@ def export_weightless(graph: gs.Graph, detach: Callable[[str], bool] = lambda na
     held = {name: constant._values for name, constant in detached.items()}  # `values` would load them
     try:
         for name, constant in detached.items():
-            constant.values = LazyValues(onnx.TensorProto(name=name, dims=constant.shape,
-                                                          data_type=_element_type(held[name])))
+            constant.values = LazyValues(_declaration(name, constant.shape, _element_type(held[name])))
         return gs.export_onnx(graph, do_type_check=False), held
     finally:
         for name, constant in detached.items():
@@ -54,7 +79,8 @@ def export_weightless(graph: gs.Graph, detach: Callable[[str], bool] = lambda na
 
 
 def reattach(graph: gs.Graph, held: dict[str, object]) -> gs.Graph:
-    """Give the constants of ``graph`` (imported from ``export_weightless``'s model) their values back."""
+    """Give the constants of ``graph`` (imported from ``export_weightless``'s or ``declared_weights``'s
+    model) their values."""
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and tensor.name in held:
             tensor.values = held[tensor.name]

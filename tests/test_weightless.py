@@ -12,7 +12,7 @@ import pytest
 
 import rlrp_onnx.weightless as weightless_module
 from rlrp_onnx import compile_model
-from rlrp_onnx.weightless import LARGE, export_weightless, reattach, weightless
+from rlrp_onnx.weightless import LARGE, declared_weights, export_weightless, reattach, weightless
 
 
 @pytest.mark.parametrize("name, exporter", [("resnet18_like", "torchscript"), ("efficientnet_lite0", "dynamo")])
@@ -68,11 +68,31 @@ def test_export_without_the_weights_and_reattach(exported_model):
             np.testing.assert_array_equal(tensor.values, values[name])
 
 
+def test_declared_weights_read_the_model_own(exported_model):
+    model = onnx.load(exported_model("resnet18_like", "torchscript").path)
+    before = model.SerializeToString()
+    light, held = declared_weights(model)
+    large = {t.name: t for t in model.graph.initializer if math.prod(t.dims) > LARGE}
+    assert large and set(held) == set(large)
+    stored = {t.name: t for t in light.graph.initializer}
+    assert set(stored) == {t.name for t in model.graph.initializer}
+    for name, tensor in large.items():
+        assert not stored[name].raw_data and list(stored[name].dims) == list(tensor.dims)
+        assert stored[name].data_type == tensor.data_type
+    graph = reattach(gs.import_onnx(light), held)
+    for name, tensor in large.items():
+        np.testing.assert_array_equal(graph.tensors()[name].values, onnx.numpy_helper.to_array(tensor))
+    assert model.SerializeToString() == before
+
+
 @pytest.mark.parametrize("rule", ["rlrp", "epsilon"])
 def test_compiled_model_does_not_depend_on_leaving_the_weights_out(exported_model, monkeypatch, rule):
-    """Compiling with every weight exported (no constant is "large") writes the same bytes; with the
-    BatchNorms kept, the epsilon rule folds them into new weights, which the compiled model must hold."""
-    path = exported_model("resnet18_like", "torchscript", fold_batchnorm=False).path
-    light = compile_model(path, rule=rule).SerializeToString()
+    """Compiling with every weight copied (no constant is "large") writes the same bytes, and leaves the
+    source untouched; with the BatchNorms kept, the epsilon rule folds them into new weights, which the
+    compiled model must hold."""
+    source = onnx.load(exported_model("resnet18_like", "torchscript", fold_batchnorm=False).path)
+    before = source.SerializeToString()
+    light = compile_model(source, rule=rule).SerializeToString()
+    assert source.SerializeToString() == before
     monkeypatch.setattr(weightless_module, "LARGE", 2**62)
-    assert compile_model(path, rule=rule).SerializeToString() == light
+    assert compile_model(source, rule=rule).SerializeToString() == light

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import RlrpError
-from ..weightless import export_weightless, reattach
+from ..weightless import declared_weights, export_weightless, reattach
 from .castlike import castlike_to_cast
 from .fold import fold_constants, infer_shapes
 from .gelu import recognise_gelu
@@ -34,9 +32,9 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}, or "
                         f"convert the file with onnx.version_converter.convert_version(model, {UPGRADE_OPSET})")
-    model = copy.deepcopy(model)
+    model, weights = declared_weights(model)
     pin_input_shapes(model, label, input_shapes)
-    graph = gs.import_onnx(infer_shapes(model, label))
+    graph = reattach(gs.import_onnx(infer_shapes(model, label)), weights)
     graph = split_to_sequence(fold_constants(castlike_to_cast(graph)))
     while True:
         model, held = export_weightless(graph)
