@@ -102,7 +102,7 @@ def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:
         raise RlrpError(f"{path}: cannot write the model: it is a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _serialized(model)
+        data = serialized(model)
         if data is None:
             (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # onnx would append to it
             onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
@@ -113,7 +113,7 @@ def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:
         raise RlrpError(f"{path}: cannot write the model ({first_line(error)})") from None
 
 
-def _serialized(model: onnx.ModelProto) -> bytes | None:
+def serialized(model: onnx.ModelProto) -> bytes | None:
     """The model's bytes, or None when protobuf cannot hold it in one message (2 GB), which it tells only
     by failing; asking the size first costs as long as serialising."""
     try:

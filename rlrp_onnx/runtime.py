@@ -8,12 +8,14 @@ import io
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 import onnx
 
+from . import loading
 from .contract import CLASS_OUTPUT, META_EXPLAINED_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 from .errors import RlrpError, first_line
 
@@ -68,19 +70,18 @@ def create_session(model: onnx.ModelProto | str | os.PathLike, device: str = "au
     if device not in DEVICES:
         raise RlrpError(f"unknown device {device!r} (option device): choose one of {', '.join(DEVICES)}")
     ort = _onnxruntime()
-    source = _model_source(model)
+    with _model_source(model) as source:
+        cuda_installed = CUDA in ort.get_available_providers()
+        if device == "cuda" and not cuda_installed:
+            raise RlrpError(
+                "CUDA is not available: onnxruntime-gpu is not installed (install rlrp-onnx[gpu] "
+                "in an environment without the CPU-only onnxruntime package)"
+            )
+        wants_cuda = device == "cuda" or (device == "auto" and cuda_installed)
+        load_failure = _preload_cuda_libraries() if wants_cuda else None
+        providers = [(CUDA, CUDA_OPTIONS), CPU] if wants_cuda else [CPU]
+        session = _open_session(ort, source, providers)
 
-    cuda_installed = CUDA in ort.get_available_providers()
-    if device == "cuda" and not cuda_installed:
-        raise RlrpError(
-            "CUDA is not available: onnxruntime-gpu is not installed (install rlrp-onnx[gpu] "
-            "in an environment without the CPU-only onnxruntime package)"
-        )
-    wants_cuda = device == "cuda" or (device == "auto" and cuda_installed)
-    load_failure = _preload_cuda_libraries() if wants_cuda else None
-    providers = [(CUDA, CUDA_OPTIONS), CPU] if wants_cuda else [CPU]
-
-    session = _open_session(ort, source, providers)
     provider = session.get_providers()[0]
     if not wants_cuda or provider == CUDA:
         return RuntimeSession(session, provider)
@@ -158,20 +159,25 @@ def _onnxruntime():
     return onnxruntime
 
 
-def _model_source(model: onnx.ModelProto | str | os.PathLike) -> bytes | str:
-    """What InferenceSession accepts: the bytes of a proto, or the path of a model file."""
-    if isinstance(model, onnx.ModelProto):
-        try:
-            return model.SerializeToString()
-        except ValueError as error:  # protobuf refuses messages over 2 GB
-            raise RlrpError(
-                f"the model is too large to pass in memory ({error}); save it with external data "
-                "and pass its path instead"
-            ) from None
-    path = os.fspath(model)
-    if not os.path.isfile(path):
-        raise RlrpError(f"model file not found: {path}")
-    return path
+@contextlib.contextmanager
+def _model_source(model: onnx.ModelProto | str | os.PathLike):
+    """What InferenceSession accepts: the bytes of a proto, or the path of a model file; for a proto
+    protobuf cannot serialise (2 GB), the path of a copy with external data, removed once the session
+    is open (ONNX Runtime has read or mapped it by then)."""
+    if not isinstance(model, onnx.ModelProto):
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise RlrpError(f"model file not found: {path}")
+        yield path
+        return
+    data = loading.serialized(model)
+    if data is not None:
+        yield data
+        return
+    with tempfile.TemporaryDirectory(prefix="rlrp-onnx-", ignore_cleanup_errors=True) as folder:
+        path = os.path.join(folder, "model.onnx")
+        loading.save_model(model, path)
+        yield path
 
 
 def _open_session(ort, source: bytes | str, providers: list) -> onnxruntime.InferenceSession:

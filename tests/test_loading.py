@@ -39,7 +39,7 @@ def _saved_with_external_data(model: onnx.ModelProto, path) -> None:
 
 def test_model_protobuf_cannot_hold_is_saved_with_external_data(tmp_path, monkeypatch):
     """Stands in for a model past 2 GB: protobuf refuses to serialise it."""
-    monkeypatch.setattr(loading, "_serialized", lambda model: None)
+    monkeypatch.setattr(loading, "serialized", lambda model: None)
     _saved_with_external_data(_model_with_weights(4096), tmp_path / "big.onnx")
 
 

@@ -2,6 +2,7 @@
 
 import re
 import sys
+import tempfile
 
 import numpy as np
 import onnx
@@ -9,7 +10,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rlrp_onnx import runtime
+from rlrp_onnx import Explainer, loading, runtime
 from rlrp_onnx.contract import CLASS_OUTPUT, META_EXPLAINED_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 from rlrp_onnx.errors import RlrpError
 from rlrp_onnx.runtime import CPU, CUDA, CUDA_OPTIONS, RuntimeSession, create_session, run_explainer
@@ -176,6 +177,43 @@ def test_missing_or_broken_model_file(tmp_path):
     broken.write_bytes(b"not a model")
     with pytest.raises(RlrpError, match="broken.onnx"):
         create_session(broken, device="cpu")
+
+
+def test_model_protobuf_cannot_hold_runs_from_a_temporary_copy(weights, images, tmp_path, monkeypatch):
+    """Stands in for a model past 2 GB in memory: it is opened from a copy with external data, which is
+    removed once the session is open; the results are those of the model passed as bytes."""
+    model = contract_model(weights)
+    expected = run_explainer(create_session(model, device="cpu"), images)
+    monkeypatch.setattr(loading, "serialized", lambda model: None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = run_explainer(create_session(model, device="cpu"), images)
+    assert list(tmp_path.iterdir()) == []
+    for name, value in expected.outputs.items():
+        np.testing.assert_array_equal(result.outputs[name], value)
+
+
+@pytest.mark.slow
+def test_explainer_of_a_model_past_two_gigabytes(tmp_path):
+    """A linear classifier whose weights take 2.2 GB, compiled and run in memory: relevance is
+    image ⊙ W[:, class] (input × gradient of a linear map)."""
+    shape, classes = (3, 224, 224), 3700
+    rng = np.random.default_rng(0)
+    features = int(np.prod(shape))
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "W"], ["logits"])],
+        "wide", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, *shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    weights = model.graph.initializer.add(name="W", data_type=TensorProto.FLOAT, dims=[features, classes])
+    w = rng.standard_normal((features, classes), np.float32)
+    weights.raw_data = w.tobytes()
+    image = rng.uniform(0, 1, (1, *shape)).astype(np.float32)
+
+    explanation = Explainer(model, device="cpu").explain(image)
+    best = int((image.reshape(1, -1) @ w).argmax())
+    assert explanation.classes.tolist() == [best]
+    np.testing.assert_allclose(explanation.relevance[0], image[0] * w[:, best].reshape(shape), rtol=1e-5, atol=1e-7)
 
 
 def test_unknown_device():
