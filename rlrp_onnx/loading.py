@@ -33,7 +33,7 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
         raise RlrpError(f"{path}: not a file")
     try:
         model = onnx.load(str(path))
-    except (DecodeError, RuntimeError, ValueError, OSError) as error:
+    except (DecodeError, RuntimeError, ValueError, OSError, onnx.checker.ValidationError) as error:
         raise RlrpError(f"{path}: not a readable ONNX model ({first_line(error)})") from None
     if not model.graph.node or not model.opset_import:
         raise RlrpError(f"{path}: not an ONNX model (no graph or no opset)")

@@ -73,6 +73,22 @@ def test_truncated_file(tmp_path, capsys, dense_path):
         assert_one_line_error(code, err, path.name)
 
 
+@pytest.mark.parametrize("damage", ["missing", "cut"])
+def test_external_data_missing_or_cut(tmp_path, capsys, damage):
+    """A model whose weights live in a .data file beside it: that file gone or too short."""
+    path = tmp_path / "outside.onnx"
+    onnx.save_model(dense_classifier(), str(path), save_as_external_data=True, location="outside.onnx.data",
+                    size_threshold=0)
+    data = tmp_path / "outside.onnx.data"
+    if damage == "missing":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[:10])
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "outside.onnx: not a readable ONNX model", "outside.onnx.data"
+                          if damage == "missing" else "exceeds available data")
+
+
 def test_invalid_graph_is_reported_as_corrupt(tmp_path, capsys):
     """The ONNX checker rejects a node reading a tensor nothing defines; a weight whose data is shorter
     than its shape is rejected with every onnx version (its checker tests that from 1.23 on)."""
