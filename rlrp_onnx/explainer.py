@@ -18,10 +18,11 @@ from .runtime import (check_image_shape, class_count, create_session, fixed_batc
 
 
 def explainer_model(model, output_name: str | None = None, masks: str | None = None,
-                    input_shapes: dict[str, list[int]] | None = None, **method) -> onnx.ModelProto:
-    """The model itself when it is already compiled, else its compiled form (in memory); ``method``
-    holds ``compile_model``'s rule keywords, ``masks`` its mask form (None: "steps" for a source model,
-    whichever a compiled one has), ``input_shapes`` its sizes for inputs with dynamic ones."""
+                    input_shapes: dict[str, list[int]] | None = None, **method) -> tuple[onnx.ModelProto, bool]:
+    """``(the model itself, False)`` when it is already compiled, else ``(its compiled form in memory,
+    True)``; ``method`` holds ``compile_model``'s rule keywords, ``masks`` its mask form (None: "steps"
+    for a source model, whichever a compiled one has), ``input_shapes`` its sizes for inputs with
+    dynamic ones."""
     proto, label = load_model(model)
     meta = {p.key: p.value for p in proto.metadata_props}
     if META_VERSION in meta:
@@ -39,9 +40,9 @@ def explainer_model(model, output_name: str | None = None, masks: str | None = N
         if masks is not None and masks != recorded:
             raise RlrpError(f"{label} is already compiled with masks '{recorded}'; compile the source model "
                             f"for masks '{masks}'")
-        return proto
+        return proto, False
     return compile_model(proto, output_name=output_name, label=label, masks=masks or "steps",
-                         input_shapes=input_shapes, **method)
+                         input_shapes=input_shapes, **method), True
 
 
 def _check_count(value, name: str, unit: str) -> None:
@@ -94,9 +95,10 @@ class Explainer:
                  device: str = "auto", batch_size: int = 8, output_name: str | None = None,
                  masks: str | None = None, input_shapes: dict[str, list[int]] | None = None):
         _check_count(batch_size, "batch_size", "images")
-        self.model = explainer_model(model, output_name, masks, input_shapes, rule=rule, composite=composite,
-                                     options=options)
-        self.runtime = create_session(self.model, device)
+        self.model, compiled_now = explainer_model(model, output_name, masks, input_shapes, rule=rule,
+                                                   composite=composite, options=options)
+        from_file = not compiled_now and not isinstance(model, onnx.ModelProto)  # no copy of its weights
+        self.runtime = create_session(model if from_file else self.model, device)
         self.provider, self.notice = self.runtime.provider, self.runtime.notice
         meta = {p.key: p.value for p in self.model.metadata_props}
         self.explained_output = meta[META_EXPLAINED_OUTPUT]

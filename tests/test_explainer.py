@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlrp_onnx import Explainer, RlrpError, compile_model
+import rlrp_onnx.explainer as explainer_module
+from rlrp_onnx import Explainer, RlrpError, compile_model, save_model
 from rlrp_onnx.contract import LAYER_OUTPUT_PREFIX, SCORE_OUTPUT
 from rlrp_onnx.preprocess import PRESETS, prepare
-from rlrp_onnx.runtime import run_bound
+from rlrp_onnx.runtime import create_session, run_bound
 
 from test_errors import run_cli
 from test_oracle import run
@@ -57,6 +58,22 @@ def test_explicit_targets(explainer, photos):
     chosen = explainer.explain(photos, targets=[1, 2, 3, -1, 5, 6])
     assert list(chosen.classes[[0, 1, 2, 4, 5]]) == [1, 2, 3, 5, 6]
     assert chosen.classes[3] == explainer.explain(photos).classes[3]
+
+
+def test_a_compiled_file_is_opened_from_its_path(explainer, photos, tmp_path, monkeypatch):
+    """ONNX Runtime reads a compiled file itself (no serialised copy of its weights); a source file and
+    a ModelProto reach it compiled, in memory. The explanations are the same."""
+    path = tmp_path / "compiled.onnx"
+    save_model(explainer.model, path)
+    opened = []
+    monkeypatch.setattr(explainer_module, "create_session",
+                        lambda model, device: opened.append(model) or create_session(model, device))
+    from_file = Explainer(path, device="cpu").explain(photos)
+    Explainer(explainer.model, device="cpu")
+    Explainer(MODEL, device="cpu")
+    assert opened[0] == path
+    assert [type(model).__name__ for model in opened[1:]] == ["ModelProto", "ModelProto"]
+    np.testing.assert_array_equal(from_file.relevance, explainer.explain(photos).relevance)
 
 
 def test_no_images_give_empty_results(explainer, photos):
