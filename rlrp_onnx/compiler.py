@@ -55,7 +55,8 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     graph.outputs.extend(new_outputs)
     weights = {t.name for t in source.graph.initializer}  # graft takes these from the source
     built, _ = export_weightless(graph, lambda name: name in weights)
-    compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label)
+    compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label,
+                     in_place=not isinstance(model, onnx.ModelProto))  # a file read here is ours to extend
     if target_input == "optional":
         _set_target_default(compiled)
     _declare_planned_sizes(compiled, plan.inputs)

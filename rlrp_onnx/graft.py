@@ -13,12 +13,13 @@ from .weightless import weightless
 
 
 def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
-          new_inputs: list[str], new_outputs: list[str], label: str) -> onnx.ModelProto:
+          new_inputs: list[str], new_outputs: list[str], label: str, in_place: bool = False) -> onnx.ModelProto:
     """The source model plus the nodes named ``new_nodes`` of ``built`` (its canonical form with the
     relevance pass), the initializers they need that the source lacks, the shapes of their tensors
     that ``built`` knows, and the new inputs/outputs. ``built`` is float32; the float16 tensors of the
-    source that the relevance pass reads reach it through Casts."""
-    model = copy.deepcopy(source)
+    source that the relevance pass reads reach it through Casts. ``in_place``: added to ``source``
+    itself, when nobody else holds it (no copy of the weights)."""
+    model = source if in_place else copy.deepcopy(source)
     graph = model.graph
     available = {t.name for t in graph.input} | {t.name for t in graph.initializer}
     available |= {o for n in graph.node for o in n.output}

@@ -13,6 +13,7 @@ from onnx.external_data_helper import load_external_data_for_model
 from .errors import RlrpError, first_line
 from .weightless import weightless
 
+PROTOBUF_LIMIT = 2**31
 TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 T = onnx.TensorProto
 ITEMSIZES = {T.FLOAT: 4, T.DOUBLE: 8, T.FLOAT16: 2, T.BFLOAT16: 2, T.BOOL: 1, T.INT8: 1, T.UINT8: 1, T.INT16: 2,
@@ -114,8 +115,11 @@ def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:
 
 
 def serialized(model: onnx.ModelProto) -> bytes | None:
-    """The model's bytes, or None when protobuf cannot hold it in one message (2 GB), which it tells only
-    by failing; asking the size first costs as long as serialising."""
+    """The model's bytes, or None when protobuf cannot hold it in one message (2 GB): sure when its
+    weights alone reach that, else told only by failing (asking the size costs as long as serialising)."""
+    weights = sum(math.prod(t.dims) * ITEMSIZES.get(t.data_type, 0) for t in model.graph.initializer)
+    if weights >= PROTOBUF_LIMIT:
+        return None
     try:
         return model.SerializeToString()
     except (EncodeError, ValueError):

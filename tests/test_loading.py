@@ -37,9 +37,14 @@ def _saved_with_external_data(model: onnx.ModelProto, path) -> None:
         assert [t.raw_data for t in kept.graph.initializer] == weights
 
 
-def test_model_protobuf_cannot_hold_is_saved_with_external_data(tmp_path, monkeypatch):
-    """Stands in for a model past 2 GB: protobuf refuses to serialise it."""
-    monkeypatch.setattr(loading, "serialized", lambda model: None)
+@pytest.mark.parametrize("why", ["weights past the limit", "serialisation refused"])
+def test_model_protobuf_cannot_hold_is_saved_with_external_data(tmp_path, monkeypatch, why):
+    """Stands in for a model past 2 GB: its weights alone reach protobuf's limit (here lowered), or
+    protobuf refuses to serialise it."""
+    if why == "serialisation refused":
+        monkeypatch.setattr(loading, "serialized", lambda model: None)
+    else:
+        monkeypatch.setattr(loading, "PROTOBUF_LIMIT", 4 * 4096)
     _saved_with_external_data(_model_with_weights(4096), tmp_path / "big.onnx")
 
 

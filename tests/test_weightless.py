@@ -1,5 +1,5 @@
-"""weightless() and export_weightless(): shape inference, the checker and the compiler see the same graph
-without the weights."""
+"""weightless(), declared_weights() and export_weightless(): shape inference, the checker and the
+compiler see the same graph without the weights."""
 
 from __future__ import annotations
 
@@ -96,3 +96,11 @@ def test_compiled_model_does_not_depend_on_leaving_the_weights_out(exported_mode
     assert source.SerializeToString() == before
     monkeypatch.setattr(weightless_module, "LARGE", 2**62)
     assert compile_model(source, rule=rule).SerializeToString() == light
+
+
+def test_compiling_a_file_in_place_writes_what_compiling_its_proto_writes(exported_model):
+    """A model read from a file is extended in place, a ModelProto passed in is copied first."""
+    path = exported_model("resnet18_like", "torchscript", fold_batchnorm=False).path
+    for rule in ("rlrp", "epsilon"):
+        assert compile_model(path, rule=rule).SerializeToString() == \
+            compile_model(onnx.load(path), rule=rule).SerializeToString()
