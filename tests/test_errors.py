@@ -85,8 +85,11 @@ def test_external_data_missing_or_cut(tmp_path, capsys, damage):
     else:
         data.write_bytes(data.read_bytes()[:10])
     code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
-    assert_one_line_error(code, err, "outside.onnx: not a readable ONNX model", "outside.onnx.data"
-                          if damage == "missing" else "exceeds available data")
+    if damage == "missing":
+        assert_one_line_error(code, err, "outside.onnx: not a readable ONNX model", "outside.onnx.data")
+    else:  # onnx 1.23 refuses to read it; 1.19 reads too little, which the checks after loading find
+        assert_one_line_error(code, err, "outside.onnx: ")
+        assert "exceeds available data" in err or "corrupt ONNX model" in err, err
 
 
 def test_invalid_graph_is_reported_as_corrupt(tmp_path, capsys):
