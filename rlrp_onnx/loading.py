@@ -15,9 +15,10 @@ from .weightless import weightless
 
 PROTOBUF_LIMIT = 2**31
 TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
-T = onnx.TensorProto
-ITEMSIZES = {T.FLOAT: 4, T.DOUBLE: 8, T.FLOAT16: 2, T.BFLOAT16: 2, T.BOOL: 1, T.INT8: 1, T.UINT8: 1, T.INT16: 2,
-             T.UINT16: 2, T.INT32: 4, T.UINT32: 4, T.INT64: 8, T.UINT64: 8, T.COMPLEX64: 8, T.COMPLEX128: 16}
+ITEMSIZES = {getattr(onnx.TensorProto, name): size for name, size in [  # bytes per element of raw data
+    ("FLOAT", 4), ("DOUBLE", 8), ("FLOAT16", 2), ("BFLOAT16", 2), ("BOOL", 1), ("INT8", 1), ("UINT8", 1),
+    ("INT16", 2), ("UINT16", 2), ("INT32", 4), ("UINT32", 4), ("INT64", 8), ("UINT64", 8), ("COMPLEX64", 8),
+    ("COMPLEX128", 16)]}
 
 
 def load_model(source) -> tuple[onnx.ModelProto, str]:
