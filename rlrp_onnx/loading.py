@@ -106,13 +106,19 @@ def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = serialized(model)
         if data is None:
-            (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # onnx would append to it
-            onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
-            load_external_data_for_model(model, str(path.parent))  # saving moved the weights out of it
+            save_with_external_data(model, path)
         else:
             path.write_bytes(data)
     except (OSError, ValueError) as error:
         raise RlrpError(f"{path}: cannot write the model ({first_line(error)})") from None
+
+
+def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` to ``path`` with its weights in ``<path>.data`` (replaced if there); ``model`` keeps
+    its weights."""
+    (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # onnx would append to it
+    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    load_external_data_for_model(model, str(path.parent))  # saving moved the weights out of it
 
 
 def serialized(model: onnx.ModelProto) -> bytes | None:

@@ -10,6 +10,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
@@ -174,10 +175,18 @@ def _model_source(model: onnx.ModelProto | str | os.PathLike):
     if data is not None:
         yield data
         return
-    with tempfile.TemporaryDirectory(prefix="rlrp-onnx-", ignore_cleanup_errors=True) as folder:
-        path = os.path.join(folder, "model.onnx")
-        loading.save_model(model, path)
-        yield path
+    folder = None
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="rlrp-onnx-", ignore_cleanup_errors=True)
+        path = Path(folder.name) / "model.onnx"
+        loading.save_with_external_data(model, path)  # not save_model: it would try serialising again
+    except (OSError, ValueError) as error:
+        if folder is not None:
+            folder.cleanup()
+        raise RlrpError("cannot write a temporary copy of the model, which is too large (2 GB) to pass in "
+                        f"memory ({first_line(error)}); save it with external data and pass its path") from None
+    with folder:
+        yield str(path)
 
 
 def _open_session(ort, source: bytes | str, providers: list) -> onnxruntime.InferenceSession:

@@ -191,6 +191,12 @@ def test_model_protobuf_cannot_hold_runs_from_a_temporary_copy(weights, images, 
     for name, value in expected.outputs.items():
         np.testing.assert_array_equal(result.outputs[name], value)
 
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker))  # no folder can be made there
+    with pytest.raises(RlrpError, match="cannot write a temporary copy of the model.*external data"):
+        create_session(model, device="cpu")
+
 
 @pytest.mark.slow
 def test_explainer_of_a_model_past_two_gigabytes(tmp_path):
