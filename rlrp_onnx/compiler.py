@@ -21,7 +21,7 @@ from .weightless import export_weightless, weightless
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
                   output_name: str | None = None, input_shapes: dict[str, list[int]] | None = None,
                   expose: str | list[str] = (), label: str | None = None,
-                  masks: str = "steps", target_input: str = "optional") -> onnx.ModelProto:
+                  masks: str = "steps", target_input: str = "optional", in_place: bool = False) -> onnx.ModelProto:
     """Compile an ONNX classifier (path or ModelProto) into an explainer model (contract version 1).
 
     ``rule`` is "rlrp" (default) or a classical LRP rule (``rlrp_onnx.methods.RULE_NAMES``), and
@@ -36,7 +36,9 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     pass, kept as booleans: less working memory). ``target_input`` "optional" (default, the contract's
     form) gives ``rlrp_target`` the default -1 (arg-max); "required" declares it without one, for runtimes
     that do not let a caller feed an input that has a default (onnxruntime-node ignores such a feed):
-    the caller then always feeds it, -1 for arg-max.
+    the caller then always feeds it, -1 for arg-max. ``in_place`` builds the explainer in the ModelProto
+    given instead of a copy, sparing a copy of its weights: that model becomes the explainer (and is left
+    half-changed if compiling fails). A model read from a path is always extended in place.
     """
     source, loaded = load_model(model)
     label = label or loaded
@@ -56,7 +58,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     weights = {t.name for t in source.graph.initializer}  # graft takes these from the source
     built, _ = export_weightless(graph, lambda name: name in weights)
     compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label,
-                     in_place=not isinstance(model, onnx.ModelProto))  # a file read here is ours to extend
+                     in_place=in_place or not isinstance(model, onnx.ModelProto))
     if target_input == "optional":
         _set_target_default(compiled)
     _declare_planned_sizes(compiled, plan.inputs)

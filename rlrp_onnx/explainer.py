@@ -42,7 +42,7 @@ def explainer_model(model, output_name: str | None = None, masks: str | None = N
                             f"for masks '{masks}'")
         return proto, False
     return compile_model(proto, output_name=output_name, label=label, masks=masks or "steps",
-                         input_shapes=input_shapes, **method), True
+                         input_shapes=input_shapes, in_place=proto is not model, **method), True
 
 
 def _check_count(value, name: str, unit: str) -> None:

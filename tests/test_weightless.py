@@ -104,3 +104,29 @@ def test_compiling_a_file_in_place_writes_what_compiling_its_proto_writes(export
     for rule in ("rlrp", "epsilon"):
         assert compile_model(path, rule=rule).SerializeToString() == \
             compile_model(onnx.load(path), rule=rule).SerializeToString()
+
+
+def test_in_place_builds_the_explainer_in_the_proto_given(exported_model):
+    path = exported_model("resnet18_like", "torchscript").path
+    copied = compile_model(onnx.load(path)).SerializeToString()
+    proto = onnx.load(path)
+    assert compile_model(proto, in_place=True) is proto
+    assert proto.SerializeToString() == copied
+
+
+def test_explainer_compiles_a_source_file_it_read_in_place(exported_model, monkeypatch):
+    """Explainer reads a source file itself, so it owns that ModelProto: no copy of its weights."""
+    import rlrp_onnx.compiler as compiler
+    from rlrp_onnx import Explainer
+    seen = []
+
+    def spy(*args, in_place=False, **kwargs):
+        seen.append(in_place)
+        return graft(*args, in_place=in_place, **kwargs)
+
+    graft = compiler.graft
+    monkeypatch.setattr(compiler, "graft", spy)
+    path = exported_model("resnet18_like", "torchscript").path
+    Explainer(path, device="cpu")
+    Explainer(onnx.load(path), device="cpu")
+    assert seen == [True, False]
