@@ -12,7 +12,8 @@ from .errors import RlrpError
 from .explainer import Explainer
 from .labels import class_name
 from .preprocess import Preprocessing, check_images, prepare
-from .visualize import check_output_folder, heatmap_rgb, overlay_rgb, save_png, write_file
+from .files import write_file
+from .visualize import check_output_folder, heatmap_rgb, overlay_rgb, save_png
 
 
 @dataclass(frozen=True)

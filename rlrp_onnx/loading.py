@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import load_external_data_for_model
 
 from .errors import RlrpError, first_line
+from .files import write_file
 from .weightless import weightless
 
 PROTOBUF_LIMIT = 2**31
@@ -100,17 +101,16 @@ def save_model(model: onnx.ModelProto, path, source: str | None = None) -> None:
     path = Path(path)
     if source and os.path.exists(source) and path.exists() and path.resolve() == Path(source).resolve():
         raise RlrpError(f"{path}: refusing to overwrite the source model; choose another output path")
-    if path.is_dir():
-        raise RlrpError(f"{path}: cannot write the model: it is a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = serialized(model)
-        if data is None:
-            save_with_external_data(model, path)
-        else:
-            path.write_bytes(data)
-    except (OSError, ValueError) as error:
-        raise RlrpError(f"{path}: cannot write the model ({first_line(error)})") from None
+    write_file(path, lambda name: _write(model, Path(name)))
+
+
+def _write(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model``'s bytes to ``path``, or ``path`` plus ``<path>.data`` past protobuf's 2 GB."""
+    data = serialized(model)
+    if data is None:
+        save_with_external_data(model, path)
+    else:
+        path.write_bytes(data)
 
 
 def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:

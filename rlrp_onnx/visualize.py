@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from .errors import RlrpError
+from .files import write_file
 
 DEFAULT_PERCENTILE = 99.5
 NAN_COLOR = (0, 0, 0)
@@ -93,19 +93,6 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 H×W×3 (or H×W) array as a PNG, creating missing folders; RlrpError on failure."""
     image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     write_file(path, lambda name: image.save(name, format="PNG"))
-
-
-def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """``write(path)`` after creating missing folders; RlrpError naming the file on failure."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-        write(path)
-    except FileExistsError:  # makedirs: the folder's path is taken by a file
-        raise RlrpError(f"cannot write {path}: the output folder {folder} is a file") from None
-    except OSError as error:
-        raise RlrpError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _colors(scaled: np.ndarray) -> np.ndarray:

@@ -254,7 +254,9 @@ def test_unwritable_output_and_source_untouched(tmp_path, capsys, dense_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = run_cli(capsys, "compile", dense_path, "-o", blocker / "sub" / "o.onnx")
-    assert_one_line_error(code, err, "cannot write")
+    assert_one_line_error(code, err, "cannot write", "o.onnx")
+    code, _, err = run_cli(capsys, "compile", dense_path, "-o", tmp_path)
+    assert_one_line_error(code, err, f"cannot write {tmp_path}", "directory")
     code, _, err = run_cli(capsys, "compile", dense_path, "-o", dense_path)
     assert_one_line_error(code, err, "refusing to overwrite the source")
     assert hashlib.sha256(dense_path.read_bytes()).hexdigest() == before
