@@ -16,7 +16,9 @@ from .weightless import weightless
 
 PROTOBUF_LIMIT = 2**31
 TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
-ITEMSIZES = {getattr(onnx.TensorProto, name): size for name, size in [  # bytes per element of raw data
+# Bytes per element of raw data. Not onnx's tensor_dtype_to_np_dtype: it says 1 for the 4-bit types, which
+# raw data packs two to a byte; those (and the float8 types) are checked by converting them.
+ITEMSIZES = {getattr(onnx.TensorProto, name): size for name, size in [
     ("FLOAT", 4), ("DOUBLE", 8), ("FLOAT16", 2), ("BFLOAT16", 2), ("BOOL", 1), ("INT8", 1), ("UINT8", 1),
     ("INT16", 2), ("UINT16", 2), ("INT32", 4), ("UINT32", 4), ("INT64", 8), ("UINT64", 8), ("COMPLEX64", 8),
     ("COMPLEX128", 16)]}
