@@ -8,11 +8,11 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
-from onnx.external_data_helper import load_external_data_for_model
+from onnx import numpy_helper
 
 from .errors import RlrpError, first_line
 from .files import write_file
-from .weightless import weightless
+from .weightless import LARGE, weightless, without_initializers
 
 PROTOBUF_LIMIT = 2**31
 TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
@@ -92,7 +92,7 @@ def _check_weights(model: onnx.ModelProto, path: Path) -> None:
 
 def _conversion_problem(weight: onnx.TensorProto) -> str | None:
     try:
-        onnx.numpy_helper.to_array(weight)  # reshapes the data to the declared shape
+        numpy_helper.to_array(weight)  # reshapes the data to the declared shape
     except ValueError as error:
         return first_line(error)
     return None
@@ -116,11 +116,22 @@ def _write(model: onnx.ModelProto, path: Path) -> None:
 
 
 def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Write ``model`` to ``path`` with its weights in ``<path>.data`` (replaced if there); ``model`` keeps
-    its weights."""
-    (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # onnx would append to it
-    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
-    load_external_data_for_model(model, str(path.parent))  # saving moved the weights out of it
+    """Write ``model`` to ``path`` with its initializers of more than ``LARGE`` elements in
+    ``<path>.data`` (replaced if there), read one at a time: ``model`` is not changed or copied."""
+    data_path = path.parent / (path.name + ".data")
+    light, graph = without_initializers(model)
+    with open(data_path, "wb") as data:
+        for tensor in model.graph.initializer:
+            if math.prod(tensor.dims) <= LARGE or tensor.data_type == onnx.TensorProto.STRING:
+                graph.initializer.append(tensor)
+                continue
+            offset = data.tell()
+            data.write(tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes())
+            stored = graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,
+                                           data_location=onnx.TensorProto.EXTERNAL)
+            for key, value in (("location", data_path.name), ("offset", offset), ("length", data.tell() - offset)):
+                stored.external_data.add(key=key, value=str(value))
+    path.write_bytes(light.SerializeToString())
 
 
 def serialized(model: onnx.ModelProto) -> bytes | None:

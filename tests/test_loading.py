@@ -58,3 +58,29 @@ def test_small_model_is_one_file(tmp_path):
 @pytest.mark.slow
 def test_model_past_two_gigabytes_is_saved_with_external_data(tmp_path):
     _saved_with_external_data(_model_with_weights(2**28 + 2**20, count=2), tmp_path / "huge.onnx")
+
+
+def test_external_data_keeps_every_field_and_reads_typed_weights(tmp_path, monkeypatch):
+    """Weights stored in typed fields (float16 in int32_data, float_data) go to the .data file as raw
+    bytes; small ones stay inline; the model's other fields are all written."""
+    monkeypatch.setattr(loading, "PROTOBUF_LIMIT", 4 * 4096)
+    model = _model_with_weights(4096)
+    model.producer_name, model.doc_string, model.graph.doc_string = "test", "a model", "a graph"
+    helper.set_model_props(model, {"rlrp.rule": "rlrp", "other": "kept"})
+    values = np.linspace(-3, 3, 2048)
+    model.graph.initializer.extend([
+        helper.make_tensor("half", TensorProto.FLOAT16, [2048], values.astype(np.float16)),
+        helper.make_tensor("single", TensorProto.FLOAT, [2048], values.astype(np.float32)),
+        helper.make_tensor("small", TensorProto.FLOAT, [4], [1, 2, 3, 4])])
+    before = model.SerializeToString()
+    save_model(model, tmp_path / "m.onnx")
+    assert model.SerializeToString() == before
+    light = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    assert [t.name for t in light.graph.initializer if t.external_data] == ["w0", "half", "single"]
+    loaded = onnx.load(str(tmp_path / "m.onnx"))
+    for field in ("producer_name", "doc_string", "metadata_props", "opset_import", "ir_version"):
+        assert getattr(loaded, field) == getattr(model, field)
+    assert loaded.graph.doc_string == "a graph" and loaded.graph.node == model.graph.node
+    for saved, original in zip(loaded.graph.initializer, model.graph.initializer, strict=True):
+        assert saved.name == original.name and saved.data_type == original.data_type
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(saved), onnx.numpy_helper.to_array(original))
