@@ -27,6 +27,11 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _square_or_pair(size: list[int] | None) -> tuple[int, ...] | None:
+    """``--size``: one number is a square, two are H,W (more are refused when preprocessing is set up)."""
+    return None if size is None else tuple(size * 2 if len(size) == 1 else size)
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
@@ -173,7 +178,7 @@ def _preprocessing(args, input_shape=None):
     else:
         base = PRESETS["unit"] if input_shape is None else infer_preprocessing(input_shape, PRESETS["unit"])
     changes = {k: v for k, v in {
-        "size": tuple(args.size) if args.size else None, "resize": args.resize, "scale": args.scale,
+        "size": _square_or_pair(args.size), "resize": args.resize, "scale": args.scale,
         "mean": args.mean, "std": args.std, "channel_order": args.channel_order, "layout": args.layout,
     }.items() if v is not None}
     return dataclasses.replace(base, **changes) if changes else base
@@ -322,7 +327,7 @@ def _add_preprocessing(p) -> None:
 
     g = p.add_argument_group("preprocessing (default: size and layout read from the model, pixels in [0, 1])")
     g.add_argument("--preset", help="efficientnet-lite0, imagenet or unit")
-    g.add_argument("--size", type=_ints, help="H,W fed to the model")
+    g.add_argument("--size", type=_ints, help="H,W fed to the model (one number: a square)")
     g.add_argument("--resize", choices=RESIZES)
     g.add_argument("--scale", type=float, help="multiply raw 0..255 pixels by this")
     g.add_argument("--mean", type=_floats, help="mean after scaling: one value, or one per channel")

@@ -151,7 +151,7 @@ def test_explain_bad_image(tmp_path, capsys):
     (None, ("--top-k", "0"), "top_k must be a whole number of classes"),
     (None, ("--top-k", "2", "--target", "3"), "give either targets or top_k, not both"),
     (None, ("--labels", "no-such-labels.txt"), "labels file not found: no-such-labels.txt"),
-    (None, ("--size", "100"), "image size must be two positive numbers"),
+    (None, ("--size", "100,100,3"), "image size must be two positive numbers"),
     (None, ("--mean", "0.5,0.5"), "mean and std need one value, or one per channel (3)"),
     (None, ("--preset", "vgg"), "unknown preprocessing preset 'vgg'"),
 ])
@@ -168,6 +168,14 @@ def test_explain_refuses_bad_requests_before_loading_the_model(tmp_path, capsys,
                                 "--preset", "efficientnet-lite0", "--device", "cpu", *option)
     assert_one_line_error(code, err, error)
     assert "provider" not in stdout and not out.exists()
+
+
+@pytest.mark.parametrize("size, expected", [("200", (200, 200)), ("200,150", (200, 150)), ("200x150", (200, 150))])
+def test_size_option_one_number_is_a_square(size, expected):
+    from rlrp_onnx.cli import _preprocessing, build_parser
+
+    args = build_parser().parse_args(["explain", "m.onnx", "photo.png", "--out", "o", "--size", size])
+    assert _preprocessing(args).size == expected
 
 
 @pytest.mark.parametrize("option, error", [(("--target", "1000"), "target class 1000 does not exist"),
