@@ -8,7 +8,6 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
-from onnx import numpy_helper
 
 from .errors import RlrpError, first_line
 from .files import write_file
@@ -92,7 +91,7 @@ def _check_weights(model: onnx.ModelProto, path: Path) -> None:
 
 def _conversion_problem(weight: onnx.TensorProto) -> str | None:
     try:
-        numpy_helper.to_array(weight)  # reshapes the data to the declared shape
+        onnx.numpy_helper.to_array(weight)  # reshapes the data to the declared shape
     except ValueError as error:
         return first_line(error)
     return None
@@ -116,17 +115,18 @@ def _write(model: onnx.ModelProto, path: Path) -> None:
 
 
 def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Write ``model`` to ``path`` with its initializers of more than ``LARGE`` elements in
-    ``<path>.data`` (replaced if there), read one at a time: ``model`` is not changed or copied."""
+    """Write ``model`` to ``path`` with the raw data of its initializers of more than ``LARGE`` elements in
+    ``<path>.data`` (replaced if there), read one at a time: ``model`` is not changed or copied. Weights
+    stored in typed fields stay in the model, as onnx's own external-data writer leaves them."""
     data_path = path.parent / (path.name + ".data")
     light, graph = without_initializers(model)
     with open(data_path, "wb") as data:
         for tensor in model.graph.initializer:
-            if math.prod(tensor.dims) <= LARGE or tensor.data_type == onnx.TensorProto.STRING:
+            if math.prod(tensor.dims) <= LARGE or not tensor.HasField("raw_data"):
                 graph.initializer.append(tensor)
                 continue
             offset = data.tell()
-            data.write(tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes())
+            data.write(tensor.raw_data)
             stored = graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,
                                            data_location=onnx.TensorProto.EXTERNAL)
             for key, value in (("location", data_path.name), ("offset", offset), ("length", data.tell() - offset)):

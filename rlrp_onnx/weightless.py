@@ -45,24 +45,23 @@ def declared_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
 
 def without_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.GraphProto]:
     """A copy of ``model`` with every field but the graph's initializers, and the copy's graph."""
-    light = _copy_except(model, "graph")
-    light.graph.CopyFrom(_copy_except(model.graph, "initializer"))
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skipped="graph")
+    _copy_fields(model.graph, light.graph, skipped="initializer")
     return light, light.graph
 
 
-def _copy_except(message, skipped: str):
-    """A copy of the protobuf ``message`` without its field ``skipped`` (which is never copied)."""
-    copy = type(message)()
-    for field, value in message.ListFields():
+def _copy_fields(source, target, skipped: str) -> None:
+    """Copy the fields of the protobuf message ``source`` into ``target``, all but ``skipped``."""
+    for field, value in source.ListFields():
         if field.name == skipped:
             continue
         if isinstance(value, (bool, int, float, str, bytes)):
-            setattr(copy, field.name, value)
+            setattr(target, field.name, value)
         elif hasattr(value, "extend"):  # a repeated field
-            getattr(copy, field.name).extend(value)
+            getattr(target, field.name).extend(value)
         else:
-            getattr(copy, field.name).CopyFrom(value)
-    return copy
+            getattr(target, field.name).CopyFrom(value)
 
 
 def _declaration(name: str, dims, data_type: int) -> onnx.TensorProto:
