@@ -11,7 +11,7 @@ import onnx
 from .compiler import compile_model
 from .contract import META_EXPLAINED_OUTPUT, META_MASKS, META_RULE, META_VERSION
 from .errors import RlrpError
-from .loading import load_model
+from .loading import load_model, serialized
 from .methods import Options
 from .runtime import (check_image_shape, class_count, create_session, fixed_batch, image_input, run_explainer,
                       target_classes)
@@ -95,16 +95,30 @@ class Explainer:
                  device: str = "auto", batch_size: int = 8, output_name: str | None = None,
                  masks: str | None = None, input_shapes: dict[str, list[int]] | None = None):
         _check_count(batch_size, "batch_size", "images")
-        self.model, compiled_now = explainer_model(model, output_name, masks, input_shapes, rule=rule,
-                                                   composite=composite, options=options)
-        from_file = not compiled_now and not isinstance(model, onnx.ModelProto)  # no copy of its weights
-        self.runtime = create_session(model if from_file else self.model, device)
+        compiled, compiled_now = explainer_model(model, output_name, masks, input_shapes, rule=rule,
+                                                 composite=composite, options=options)
+        self.explained_output = {p.key: p.value for p in compiled.metadata_props}[META_EXPLAINED_OUTPUT]
+        if compiled_now:  # its bytes, which ONNX Runtime's Python session holds too (or, past 2 GB, itself)
+            self._held = serialized(compiled) or compiled
+        else:  # the caller's ModelProto, or the path of the compiled file, which ONNX Runtime reads itself
+            self._held = model
+        del compiled
+        self.runtime = create_session(self._held, device)
         self.provider, self.notice = self.runtime.provider, self.runtime.notice
-        meta = {p.key: p.value for p in self.model.metadata_props}
-        self.explained_output = meta[META_EXPLAINED_OUTPUT]
         image = image_input(self.runtime)
         self.input_shape = list(image.shape)
         self.batch_size = fixed_batch(image) or batch_size
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The explainer model: the ModelProto given, or one read again on each access from the compiled
+        file or from the bytes of the model compiled in memory (no second copy held beside ONNX
+        Runtime's)."""
+        if isinstance(self._held, onnx.ModelProto):
+            return self._held
+        if isinstance(self._held, bytes):
+            return onnx.load_from_string(self._held)
+        return load_model(self._held)[0]
 
     def explain(self, images: np.ndarray, targets: int | Sequence[int] | np.ndarray | None = None,
                 top_k: int | None = None) -> Explanations:

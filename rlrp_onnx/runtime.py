@@ -60,8 +60,9 @@ class ExplainerResult(NamedTuple):
     outputs: dict[str, np.ndarray]
 
 
-def create_session(model: onnx.ModelProto | str | os.PathLike, device: str = "auto") -> RuntimeSession:
-    """Open ``model`` (a ModelProto or a path) in ONNX Runtime on ``device``: "auto", "cpu" or "cuda".
+def create_session(model: onnx.ModelProto | bytes | str | os.PathLike, device: str = "auto") -> RuntimeSession:
+    """Open ``model`` (a ModelProto, its bytes or a path) in ONNX Runtime on ``device``: "auto", "cpu" or
+    "cuda".
 
     "cpu" uses only the CPU provider. "cuda" requires CUDA and raises RlrpError when it is missing or
     its libraries fail to load. "auto" uses CUDA when it loads and otherwise CPU, saying so in
@@ -161,10 +162,13 @@ def _onnxruntime():
 
 
 @contextlib.contextmanager
-def _model_source(model: onnx.ModelProto | str | os.PathLike):
+def _model_source(model: onnx.ModelProto | bytes | str | os.PathLike):
     """What InferenceSession accepts: the bytes of a proto, or the path of a model file; for a proto
     protobuf cannot serialise (2 GB), the path of a copy with external data, removed once the session
     is open (ONNX Runtime has read or mapped it by then)."""
+    if isinstance(model, bytes):
+        yield model
+        return
     if not isinstance(model, onnx.ModelProto):
         path = os.fspath(model)
         if not os.path.isfile(path):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import rlrp_onnx.explainer as explainer_module
@@ -61,8 +62,9 @@ def test_explicit_targets(explainer, photos):
 
 
 def test_a_compiled_file_is_opened_from_its_path(explainer, photos, tmp_path, monkeypatch):
-    """ONNX Runtime reads a compiled file itself (no serialised copy of its weights); a source file and
-    a ModelProto reach it compiled, in memory. The explanations are the same."""
+    """ONNX Runtime reads a compiled file itself (no serialised copy of its weights); a compiled
+    ModelProto reaches it as such, a source file as the bytes of its compiled form. The explanations
+    are the same."""
     path = tmp_path / "compiled.onnx"
     save_model(explainer.model, path)
     opened = []
@@ -72,8 +74,20 @@ def test_a_compiled_file_is_opened_from_its_path(explainer, photos, tmp_path, mo
     Explainer(explainer.model, device="cpu")
     Explainer(MODEL, device="cpu")
     assert opened[0] == path
-    assert [type(model).__name__ for model in opened[1:]] == ["ModelProto", "ModelProto"]
+    assert [type(model).__name__ for model in opened[1:]] == ["ModelProto", "bytes"]
     np.testing.assert_array_equal(from_file.relevance, explainer.explain(photos).relevance)
+
+
+def test_the_explainer_model_is_read_again_not_held(explainer, tmp_path):
+    """``Explainer.model`` is read from the compiled file, or from the bytes ONNX Runtime was given, when
+    asked: no ModelProto with the weights stays in memory beside ONNX Runtime's copy."""
+    path = tmp_path / "compiled.onnx"
+    save_model(explainer.model, path)
+    from_file = Explainer(path, device="cpu")
+    assert from_file.model == onnx.load(path)
+    assert explainer.model == compile_model(MODEL)
+    for held in (from_file, explainer):
+        assert not [name for name, value in vars(held).items() if isinstance(value, onnx.ModelProto)]
 
 
 def test_no_images_give_empty_results(explainer, photos):
@@ -158,7 +172,8 @@ def test_masks_form_of_source_and_compiled_models(explainer, photos):
     a, b = explainer.explain(photos[:2]), comparisons.explain(photos[:2])
     np.testing.assert_array_equal(a.classes, b.classes)
     np.testing.assert_allclose(b.relevance, a.relevance, rtol=1e-4, atol=1e-5 * np.abs(a.relevance).max())
-    assert Explainer(comparisons.model, device="cpu").model is comparisons.model
+    given = comparisons.model
+    assert Explainer(given, device="cpu").model is given
     with pytest.raises(RlrpError, match="already compiled with masks 'comparisons'"):
         Explainer(comparisons.model, masks="steps")
     with pytest.raises(RlrpError, match="masks must be one of steps, comparisons"):
