@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -103,6 +104,8 @@ class Explainer:
         else:  # the caller's ModelProto, or the path of the compiled file, which ONNX Runtime reads itself
             self._held = model
         del compiled
+        if compiled_now:
+            gc.collect()  # the compiler's graph, freed only by the cycle collector, still reaches the weights
         self.runtime = create_session(self._held, device)
         self.provider, self.notice = self.runtime.provider, self.runtime.notice
         image = image_input(self.runtime)
