@@ -99,10 +99,9 @@ class Explainer:
         compiled, compiled_now = explainer_model(model, output_name, masks, input_shapes, rule=rule,
                                                  composite=composite, options=options)
         self.explained_output = {p.key: p.value for p in compiled.metadata_props}[META_EXPLAINED_OUTPUT]
-        if compiled_now:  # its bytes, which ONNX Runtime's Python session holds too (or, past 2 GB, itself)
-            self._held = serialized(compiled) or compiled
-        else:  # the caller's ModelProto, or the path of the compiled file, which ONNX Runtime reads itself
-            self._held = model
+        # Held: the bytes of a model compiled here, which ONNX Runtime's Python session keeps too (past
+        # 2 GB, the model itself); else the caller's ModelProto, or the compiled file's path.
+        self._held = (serialized(compiled) or compiled) if compiled_now else model
         del compiled
         if compiled_now:
             gc.collect()  # the compiler's graph, freed only by the cycle collector, still reaches the weights
