@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -12,38 +13,47 @@ import onnx
 from .compiler import compile_model
 from .contract import META_EXPLAINED_OUTPUT, META_MASKS, META_RULE, META_VERSION
 from .errors import RlrpError
-from .loading import load_model, serialized
+from .loading import load_model, read_metadata, serialized
 from .methods import Options
 from .runtime import (check_image_shape, class_count, create_session, fixed_batch, image_input, run_explainer,
                       target_classes)
 
 
 def explainer_model(model, output_name: str | None = None, masks: str | None = None,
-                    input_shapes: dict[str, list[int]] | None = None, **method) -> tuple[onnx.ModelProto, bool]:
-    """``(the model itself, False)`` when it is already compiled, else ``(its compiled form in memory,
-    True)``; ``method`` holds ``compile_model``'s rule keywords, ``masks`` its mask form (None: "steps"
-    for a source model, whichever a compiled one has), ``input_shapes`` its sizes for inputs with
-    dynamic ones."""
-    proto, label = load_model(model)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if META_VERSION in meta:
-        chosen = method.get("composite") or method.get("rule")
-        if chosen and chosen != meta[META_RULE]:
-            raise RlrpError(f"{label} is already compiled with '{meta[META_RULE]}'; compile the source model "
-                            f"to explain with '{chosen}'")
-        if method.get("options") not in (None, Options()):
-            raise RlrpError(f"{label} is already compiled with its rule's parameters; rule parameters apply "
-                            "to a source model")
-        if input_shapes:
-            raise RlrpError(f"{label} is already compiled for its declared input sizes; input shapes apply "
-                            "to a source model")
-        recorded = meta.get(META_MASKS, "steps")
-        if masks is not None and masks != recorded:
-            raise RlrpError(f"{label} is already compiled with masks '{recorded}'; compile the source model "
-                            f"for masks '{masks}'")
-        return proto, False
-    return compile_model(proto, output_name=output_name, label=label, masks=masks or "steps",
-                         input_shapes=input_shapes, in_place=proto is not model, **method), True
+                    input_shapes: dict[str, list[int]] | None = None, **method):
+    """``(model, its metadata, compiled now)``: an already compiled model as given (a compiled file by
+    its path, of which only the metadata is read), else its compiled form in memory; ``method`` holds
+    ``compile_model``'s rule keywords, ``masks`` its mask form (None: "steps" for a source model,
+    whichever a compiled one has), ``input_shapes`` its sizes for inputs with dynamic ones."""
+    meta = read_metadata(model) if isinstance(model, (str, os.PathLike)) else None
+    if meta and META_VERSION in meta:
+        proto, label = model, str(model)
+    else:
+        proto, label = load_model(model)
+        meta = {p.key: p.value for p in proto.metadata_props}
+    if META_VERSION not in meta:
+        compiled = compile_model(proto, output_name=output_name, label=label, masks=masks or "steps",
+                                 input_shapes=input_shapes, in_place=proto is not model, **method)
+        return compiled, {p.key: p.value for p in compiled.metadata_props}, True
+    missing = [key for key in (META_RULE, META_EXPLAINED_OUTPUT) if key not in meta]
+    if missing:
+        raise RlrpError(f"{label}: a compiled model without its {missing[0]!r} metadata, which the compiler "
+                        "writes; compile the source model again")
+    chosen = method.get("composite") or method.get("rule")
+    if chosen and chosen != meta[META_RULE]:
+        raise RlrpError(f"{label} is already compiled with '{meta[META_RULE]}'; compile the source model "
+                        f"to explain with '{chosen}'")
+    if method.get("options") not in (None, Options()):
+        raise RlrpError(f"{label} is already compiled with its rule's parameters; rule parameters apply "
+                        "to a source model")
+    if input_shapes:
+        raise RlrpError(f"{label} is already compiled for its declared input sizes; input shapes apply "
+                        "to a source model")
+    recorded = meta.get(META_MASKS, "steps")
+    if masks is not None and masks != recorded:
+        raise RlrpError(f"{label} is already compiled with masks '{recorded}'; compile the source model "
+                        f"for masks '{masks}'")
+    return proto, meta, False
 
 
 def _check_count(value, name: str, unit: str) -> None:
@@ -96,9 +106,9 @@ class Explainer:
                  device: str = "auto", batch_size: int = 8, output_name: str | None = None,
                  masks: str | None = None, input_shapes: dict[str, list[int]] | None = None):
         _check_count(batch_size, "batch_size", "images")
-        compiled, compiled_now = explainer_model(model, output_name, masks, input_shapes, rule=rule,
-                                                 composite=composite, options=options)
-        self.explained_output = {p.key: p.value for p in compiled.metadata_props}[META_EXPLAINED_OUTPUT]
+        compiled, meta, compiled_now = explainer_model(model, output_name, masks, input_shapes, rule=rule,
+                                                       composite=composite, options=options)
+        self.explained_output = meta[META_EXPLAINED_OUTPUT]
         # Held: the bytes of a model compiled here, which ONNX Runtime's Python session keeps too (past
         # 2 GB, the model itself); else the caller's ModelProto, or the compiled file's path.
         self._held = (serialized(compiled) or compiled) if compiled_now else model

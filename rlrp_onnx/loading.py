@@ -21,6 +21,9 @@ ITEMSIZES = {getattr(onnx.TensorProto, name): size for name, size in [
     ("FLOAT", 4), ("DOUBLE", 8), ("FLOAT16", 2), ("BFLOAT16", 2), ("BOOL", 1), ("INT8", 1), ("UINT8", 1),
     ("INT16", 2), ("UINT16", 2), ("INT32", 4), ("UINT32", 4), ("INT64", 8), ("UINT64", 8), ("COMPLEX64", 8),
     ("COMPLEX128", 16)]}
+# The protobuf wire format's field types, for read_metadata
+VARINT, LENGTH_DELIMITED, FIXED_SIZES = 0, 2, {1: 8, 5: 4}
+METADATA_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["metadata_props"].number
 
 
 def load_model(source) -> tuple[onnx.ModelProto, str]:
@@ -48,6 +51,48 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
         raise RlrpError(f"{path}: corrupt ONNX model ({first_line(error)})") from None
     _check_weights(model, path)
     return model, str(path)
+
+
+def read_metadata(path) -> dict[str, str] | None:
+    """The ``metadata_props`` of the ONNX file at ``path``, read without parsing its graph (which holds
+    the weights, most of the file): the other top-level fields are skipped. None when the file cannot
+    be read or is not laid out as a serialised ModelProto; ``load_model`` then says why."""
+    entries = {}
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            while file.tell() < size:
+                key = _varint(file)
+                field, wire = key >> 3, key & 7
+                if wire == VARINT:
+                    _varint(file)
+                elif wire in FIXED_SIZES:
+                    file.seek(FIXED_SIZES[wire], os.SEEK_CUR)
+                elif wire != LENGTH_DELIMITED:  # the deprecated groups, not used by ONNX
+                    return None
+                elif field == METADATA_FIELD:
+                    entry = onnx.StringStringEntryProto.FromString(file.read(_varint(file)))
+                    entries[entry.key] = entry.value
+                else:
+                    file.seek(_varint(file), os.SEEK_CUR)
+            if file.tell() != size:  # a length ran past the end
+                return None
+    except (OSError, ValueError, DecodeError):
+        return None
+    return entries
+
+
+def _varint(file) -> int:
+    """One base-128 varint of the protobuf wire format, read from ``file``."""
+    value = 0
+    for shift in range(0, 70, 7):
+        byte = file.read(1)
+        if not byte:
+            raise ValueError("the file ends inside a varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    raise ValueError("a varint longer than 10 bytes")
 
 
 def _declare_output_shapes(model: onnx.ModelProto) -> None:

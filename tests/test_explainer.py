@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import rlrp_onnx.explainer as explainer_module
-from rlrp_onnx import Explainer, RlrpError, compile_model, save_model
+from rlrp_onnx import Explainer, RlrpError, compile_model, load_model, save_model
 from rlrp_onnx.contract import LAYER_OUTPUT_PREFIX, SCORE_OUTPUT
 from rlrp_onnx.preprocess import PRESETS, prepare
 from rlrp_onnx.runtime import create_session, run_bound
@@ -76,6 +76,27 @@ def test_a_compiled_file_is_opened_from_its_path(explainer, photos, tmp_path, mo
     assert opened[0] == path
     assert [type(model).__name__ for model in opened[1:]] == ["ModelProto", "bytes"]
     np.testing.assert_array_equal(from_file.relevance, explainer.explain(photos).relevance)
+
+
+def test_a_compiled_file_is_not_parsed_before_onnx_runtime_reads_it(explainer, tmp_path, monkeypatch):
+    """Only the metadata of a compiled file is read (its rule, mask form and explained output); a
+    compiled model whose metadata lacks what the compiler writes is refused with a clear error."""
+    path = tmp_path / "compiled.onnx"
+    save_model(explainer.model, path)
+    loaded = []
+    monkeypatch.setattr(explainer_module, "load_model", lambda model: loaded.append(model) or load_model(model))
+    assert Explainer(path, device="cpu").explained_output == explainer.explained_output
+    with pytest.raises(RlrpError, match="already compiled with masks 'steps'"):
+        Explainer(path, masks="comparisons", device="cpu")
+    assert loaded == []
+    stripped = explainer.model
+    kept = [p for p in stripped.metadata_props if p.key != "rlrp.explained_output"]
+    del stripped.metadata_props[:]
+    stripped.metadata_props.extend(kept)
+    save_model(stripped, path)
+    for model in (path, stripped):
+        with pytest.raises(RlrpError, match="without its 'rlrp.explained_output' metadata"):
+            Explainer(model, device="cpu")
 
 
 def test_the_explainer_model_is_read_again_not_held(explainer, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
 import rlrp_onnx.loading as loading
@@ -84,3 +85,54 @@ def test_external_data_keeps_every_field_and_reads_typed_weights(tmp_path, monke
     for saved, original in zip(loaded.graph.initializer, model.graph.initializer, strict=True):
         assert saved.name == original.name and saved.data_type == original.data_type
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(saved), onnx.numpy_helper.to_array(original))
+
+
+def _field_key(field: int, wire_type: int) -> bytes:
+    """A field's key in the protobuf wire format, as a two-byte varint (fields 16 to 2047)."""
+    key = field << 3 | wire_type
+    return bytes([key & 0x7F | 0x80, key >> 7])
+
+
+def _with_metadata(path) -> dict[str, str]:
+    """A small model saved to ``path`` with metadata before and after its graph and unknown top-level
+    fields of the fixed-size wire types (8 and 4 bytes) at the end, which onnx.load keeps as unknown
+    fields; returns the metadata onnx.load reads."""
+    model = _model_with_weights(4)
+    model.metadata_props.add(key="first", value="1")
+    data = model.SerializeToString()
+    after = onnx.ModelProto(metadata_props=[onnx.StringStringEntryProto(key="second", value="zwei")])
+    unknown = _field_key(1000, 1) + b"\x01" * 8 + _field_key(1001, 5) + b"\x02" * 4
+    path.write_bytes(data + after.SerializeToString() + unknown)
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_metadata_is_read_as_onnx_reads_it(tmp_path):
+    path = tmp_path / "m.onnx"
+    expected = _with_metadata(path)
+    assert expected == {"first": "1", "second": "zwei"}
+    assert loading.read_metadata(path) == expected
+
+
+def test_metadata_is_read_without_parsing_the_graph(tmp_path):
+    """The graph's bytes are skipped: a graph protobuf cannot parse does not stop the reader."""
+    path = tmp_path / "m.onnx"
+    expected = _with_metadata(path)
+    data = path.read_bytes()
+    graph = onnx.load(str(path)).graph.SerializeToString()
+    start = data.index(graph)
+    path.write_bytes(data[:start] + b"\xff" * len(graph) + data[start + len(graph):])
+    with pytest.raises(DecodeError):
+        onnx.load(str(path))
+    assert loading.read_metadata(path) == expected
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff" * 20, b"\x3a\x10short", b"not an onnx file\n"])
+def test_metadata_of_what_is_not_a_model_is_none_or_empty(tmp_path, content):
+    """Unreadable bytes give None (a varint past 10 bytes; a length past the end; text whose bytes do
+    not parse as fields); an empty file is a model with no fields. Either way the caller falls back
+    to load_model, which says what is wrong."""
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    assert loading.read_metadata(path) == ({} if not content else None)
+    assert loading.read_metadata(tmp_path / "missing.onnx") is None
+    assert loading.read_metadata(tmp_path) is None
