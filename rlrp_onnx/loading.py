@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError, EncodeError
 
 from .errors import RlrpError, first_line
 from .files import write_file
-from .weightless import LARGE, weightless, without_initializers
+from .weightless import GRAPH_TOO_LARGE, LARGE, weightless, without_initializers
 
 PROTOBUF_LIMIT = 2**31
 TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
@@ -162,21 +162,27 @@ def _write(model: onnx.ModelProto, path: Path) -> None:
 def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Write ``model`` to ``path`` with the raw data of its initializers of more than ``LARGE`` elements in
     ``<path>.data`` (replaced if there), read one at a time: ``model`` is not changed or copied. Weights
-    stored in typed fields stay in the model, as onnx's own external-data writer leaves them."""
+    stored in typed fields stay in the model, as onnx's own external-data writer leaves them; RlrpError
+    when the rest still passes 2 GB."""
     data_path = path.parent / (path.name + ".data")
     light, graph = without_initializers(model)
-    with open(data_path, "wb") as data:
-        for tensor in model.graph.initializer:
-            if math.prod(tensor.dims) <= LARGE or not tensor.HasField("raw_data"):
-                graph.initializer.append(tensor)
-                continue
-            offset = data.tell()
-            data.write(tensor.raw_data)
-            stored = graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,
-                                           data_location=onnx.TensorProto.EXTERNAL)
-            for key, value in (("location", data_path.name), ("offset", offset), ("length", data.tell() - offset)):
-                stored.external_data.add(key=key, value=str(value))
-    path.write_bytes(light.SerializeToString())
+    try:
+        with open(data_path, "wb") as data:
+            for tensor in model.graph.initializer:
+                if math.prod(tensor.dims) <= LARGE or not tensor.HasField("raw_data"):
+                    graph.initializer.append(tensor)  # copied by serialising it
+                    continue
+                offset = data.tell()
+                data.write(tensor.raw_data)
+                stored = graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,
+                                               data_location=onnx.TensorProto.EXTERNAL)
+                for key, value in (("location", data_path.name), ("offset", offset), ("length", data.tell() - offset)):
+                    stored.external_data.add(key=key, value=str(value))
+        graph_bytes = light.SerializeToString()
+    except (EncodeError, ValueError):  # weights in typed fields past 2 GB: newer protobuf, older
+        data_path.unlink()
+        raise RlrpError(GRAPH_TOO_LARGE) from None
+    path.write_bytes(graph_bytes)
 
 
 def serialized(model: onnx.ModelProto) -> bytes | None:

@@ -184,9 +184,11 @@ def _model_source(model: onnx.ModelProto | bytes | str | os.PathLike):
         folder = tempfile.TemporaryDirectory(prefix="rlrp-onnx-", ignore_cleanup_errors=True)
         path = Path(folder.name) / "model.onnx"
         loading.save_with_external_data(model, path)  # not save_model: it would try serialising again
-    except (OSError, ValueError) as error:
+    except (OSError, RlrpError) as error:
         if folder is not None:
             folder.cleanup()
+        if isinstance(error, RlrpError):  # the model is too large even so
+            raise
         raise RlrpError("cannot write a temporary copy of the model, which is too large (2 GB) to pass in "
                         f"memory ({first_line(error)}); save it with external data and pass its path") from None
     with folder:

@@ -9,9 +9,14 @@ from typing import Callable
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from google.protobuf.message import EncodeError
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from .errors import RlrpError
+
 LARGE = 1024  # elements; smaller initializers (shape vectors, scales, scalars) stay for data propagation
+GRAPH_TOO_LARGE = ("the model passes protobuf's 2 GB limit even without its initializers' raw data (large "
+                   "weights in typed fields or in Constant nodes); store those weights as initializers with raw data")
 
 
 def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -44,10 +49,14 @@ def declared_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
 
 
 def without_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.GraphProto]:
-    """A copy of ``model`` with every field but the graph's initializers, and the copy's graph."""
+    """A copy of ``model`` with every field but the graph's initializers, and the copy's graph; RlrpError
+    when that copy would pass protobuf's 2 GB."""
     light = onnx.ModelProto()
-    _copy_fields(model, light, skipped="graph")
-    _copy_fields(model.graph, light.graph, skipped="initializer")
+    try:
+        _copy_fields(model, light, skipped="graph")
+        _copy_fields(model.graph, light.graph, skipped="initializer")
+    except (EncodeError, ValueError):  # copying a repeated field serialises it: newer protobuf, older
+        raise RlrpError(GRAPH_TOO_LARGE) from None
     return light, light.graph
 
 

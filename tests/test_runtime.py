@@ -8,11 +8,12 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from rlrp_onnx import Explainer, loading, runtime
+from rlrp_onnx import Explainer, compile_model, loading, runtime, save_model
 from rlrp_onnx.contract import CLASS_OUTPUT, META_EXPLAINED_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 from rlrp_onnx.errors import RlrpError
+from rlrp_onnx.loading import PROTOBUF_LIMIT
 from rlrp_onnx.runtime import CPU, CUDA, CUDA_OPTIONS, RuntimeSession, create_session, run_explainer
 
 N_CLASSES, SHAPE = 5, (3, 4, 4)
@@ -220,6 +221,28 @@ def test_explainer_of_a_model_past_two_gigabytes(tmp_path):
     best = int((image.reshape(1, -1) @ w).argmax())
     assert explanation.classes.tolist() == [best]
     np.testing.assert_allclose(explanation.relevance[0], image[0] * w[:, best].reshape(shape), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_a_graph_past_two_gigabytes_without_its_initializers_is_refused_clearly(tmp_path, monkeypatch):
+    """A 2.1 GB weight in a Constant node (not an initializer, so no external data can take it): every
+    entry point says the model is too large, in one message, and leaves no file behind."""
+    elements = PROTOBUF_LIMIT // 4 + 1000
+    model = helper.make_model(helper.make_graph(
+        [], "constant", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [elements])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [elements])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    constant = model.graph.node.add(op_type="Constant", output=["c"])
+    value = constant.attribute.add(name="value", type=AttributeProto.TENSOR)
+    value.t.data_type, value.t.raw_data = TensorProto.FLOAT, np.zeros(elements, np.float32).tobytes()
+    value.t.dims.append(elements)
+    model.graph.node.add(op_type="Add", input=["x", "c"], output=["y"])  # set in place: copying serialises
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for attempt in (lambda: create_session(model, device="cpu"), lambda: compile_model(model),
+                    lambda: Explainer(model, device="cpu"), lambda: save_model(model, tmp_path / "out.onnx")):
+        with pytest.raises(RlrpError, match="passes protobuf's 2 GB limit even without its initializers' raw data"):
+            attempt()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_device():
