@@ -123,3 +123,38 @@ def test_reshape_by_the_batch_size(spelling):
     weights = onnx.numpy_helper.to_array(next(t for t in source.graph.initializer if t.name == "w"))
     expected = x * weights[out[CLASS_OUTPUT]].reshape(x.shape)
     np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shape_ranges_are_folded_as_the_sizes_they_keep():
+    """Shape with ``start``/``end`` (opset 15) on a fully static input: x[:, :, :, :W // 2] with W read
+    from Shape(x, start=3). graphsurgeon's shape folding ignores the range (it folded W to the batch
+    size, and the compiled model failed in ONNX Runtime); relevance equals torch input × gradient."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    conv, dense = rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
+    source = make_model(
+        [helper.make_node("Shape", ["x"], ["widths"], start=3),
+         helper.make_node("Gather", ["widths", "zero"], ["width"], axis=0),
+         helper.make_node("Div", ["width", "two"], ["half"]),
+         helper.make_node("Unsqueeze", ["half", "axes0"], ["end"]),
+         helper.make_node("Slice", ["x", "zero1", "end", "axes3"], ["left"]),
+         helper.make_node("Conv", ["left", "conv"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("ReduceMean", ["r"], ["pooled"], axes=[2, 3], keepdims=0),
+         helper.make_node("Gemm", ["pooled", "dense"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 5])],
+        {"zero": np.array(0), "two": np.array(2), "axes0": np.array([0]), "zero1": np.array([0]),
+         "axes3": np.array([3]), "conv": conv, "dense": dense}, opset=17)
+    planned = {n.outputs[0].name: n for n in canonicalize(source, "m").nodes}
+    assert list(planned["left"].inputs[2].values) == [3]
+    x = rng.normal(size=(2, 3, 8, 6)).astype(np.float32)
+    out = run(compile_model(source), {"x": x})
+
+    image = torch.from_numpy(x).requires_grad_(True)
+    logits = torch.nn.functional.conv2d(image[..., :3], torch.from_numpy(conv), padding=1).relu().mean((2, 3))
+    logits = logits @ torch.from_numpy(dense).T
+    logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    np.testing.assert_array_equal(out[CLASS_OUTPUT], logits.argmax(1).numpy())
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], (image.grad * image).detach().numpy(), rtol=1e-5, atol=1e-6)

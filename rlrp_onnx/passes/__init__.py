@@ -25,9 +25,9 @@ UPGRADE_OPSET = 13  # the opset the refusal of older files suggests converting t
 
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
     """Pin input shapes, infer shapes, simplify and fold constants, infer again (and again after making
-    Reshape targets computed from the batch size constants), recognise decomposed activations (GELU,
-    hard sigmoid) and LayerNorms (past shape-keeping Reshapes, dropped), and fold zero Pads into the Convs
-    they feed; the source is not modified."""
+    Reshape targets computed from the batch size constants, or after folding sizes the last inference
+    found), recognise decomposed activations (GELU, hard sigmoid) and LayerNorms (past shape-keeping
+    Reshapes, dropped), and fold zero Pads into the Convs they feed; the source is not modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}, or "
@@ -39,7 +39,8 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     while True:
         model, held = export_weightless(graph)
         graph = reattach(gs.import_onnx(infer_shapes(model, label)), held)
-        if not pin_reshape_targets(graph):
+        nodes = len(graph.nodes)
+        if not pin_reshape_targets(graph) and len(fold_constants(graph).nodes) == nodes:
             break
     for simplify in (recognise_gelu, recognise_hard_sigmoid, drop_identity_reshapes, recognise_layer_norm,
                      pad_into_conv):  # planned only, never run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -24,6 +25,7 @@ def infer_shapes(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
 
 def fold_constants(graph: gs.Graph) -> gs.Graph:
     """Fold every subgraph that depends on constants and static shapes only."""
+    _shape_ranges_as_slices(graph)
     try:
         import onnxruntime  # noqa: F401  (graphsurgeon evaluates folded subgraphs with it)
     except ImportError:
@@ -35,3 +37,17 @@ def fold_constants(graph: gs.Graph) -> gs.Graph:
     finally:
         gs.logger.G_LOGGER.severity = level
     return graph
+
+
+def _shape_ranges_as_slices(graph: gs.Graph) -> None:
+    """Rewrite each Shape that keeps a range of the sizes (``start``/``end``, opset 15) as the whole Shape
+    and a Slice of it, which graphsurgeon folds correctly: its shape folding (0.5.2 and 0.6.1) ignores the two
+    attributes, and folded Shape(x, start=3) → Gather(0) to x's first size, not its fourth."""
+    for node in [n for n in graph.nodes if n.op == "Shape" and {"start", "end"} & n.attrs.keys()]:
+        start, end = node.attrs.pop("start", 0), node.attrs.pop("end", np.iinfo(np.int64).max)
+        sizes, whole = node.outputs[0], gs.Variable(f"{node.outputs[0].name}_whole", np.int64)
+        node.outputs = [whole]
+        bounds = [gs.Constant(f"{sizes.name}_{name}", np.array([value], np.int64))
+                  for name, value in (("start", start), ("end", end), ("axis", 0))]
+        graph.nodes.append(gs.Node("Slice", inputs=[whole, *bounds], outputs=[sizes]))
+    graph.toposort()
