@@ -22,7 +22,15 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
   GELU(tanh)-Dropout-Linear: both GELU decompositions;
 * ``senet_like``, ``attention_like``  Sigmoid/Hardsigmoid and Softmax gates, reshaped on the way;
 * ``vit_like``           a vision transformer: multi-head self-attention (MatMuls of two data tensors,
-  Softmax weights), LayerNorm, GELU MLPs, class token and position embedding.
+  Softmax weights), LayerNorm, GELU MLPs, class token and position embedding;
+* ``resnext_like``       bottleneck blocks with grouped 3x3 convolutions (8 groups);
+* ``shufflenet_like``    ShuffleNetV2 units: channel split (Split/Slice), Concat, channel shuffle
+  (Reshape-Transpose-Reshape), strided depthwise convolutions, a max pool;
+* ``convnext_like``      ConvNeXt: patchify Conv, LayerNorm over channels between two Transposes,
+  depthwise 7x7, GELU MLP on channels-last tensors, layer scale, skip;
+* ``swin_like``          Swin: attention within windows (6-D Reshape-Transpose partitions), the second
+  block's windows shifted by ``torch.roll`` (Slice + Concat; the dynamo exporter computes the slice
+  bounds from ``Shape`` with ``start``/``end``).
 """
 
 from __future__ import annotations
@@ -43,6 +51,15 @@ def conv_bn(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
 class GlobalPool(nn.Module):
     def forward(self, x):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def randomize_layer_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """Give every LayerNorm of ``model`` weights in [0.5, 1.5] and small biases (not the identity)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5, generator=generator)
+                m.bias.normal_(0, 0.1, generator=generator)
 
 
 # ---- DenseNet --------------------------------------------------------------------------------------
@@ -438,10 +455,7 @@ class ViTLike(nn.Module):
             generator = torch.Generator().manual_seed(seed)
             self.cls.normal_(0, 0.5, generator=generator)
             self.position.normal_(0, 0.5, generator=generator)
-            for m in self.modules():
-                if isinstance(m, nn.LayerNorm):
-                    m.weight.uniform_(0.5, 1.5, generator=generator)
-                    m.bias.normal_(0, 0.1, generator=generator)
+            randomize_layer_norms(self, generator)
 
     def forward(self, x):
         x = self.embed(x).flatten(2).transpose(1, 2)
@@ -459,6 +473,165 @@ class EinsumViTLike(ViTLike):
         super().__init__(seed, num_classes, einsum=True)
 
 
+# ---- ResNeXt: grouped 3x3 convolutions in bottleneck blocks ----------------------------------------
+
+class ResNeXtBlock(nn.Module):
+    """1x1 - grouped 3x3 (``groups`` groups) - 1x1, BatchNorms, skip, ReLU after the sum."""
+
+    def __init__(self, channels, width, groups):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(channels, width, 1), conv_bn(width, width, 3, groups=groups),
+                                  conv_bn(width, channels, 1, act=None))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(x + self.body(x))
+
+
+class ResNeXtLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.stem = conv_bn(3, 32)
+        self.blocks = nn.Sequential(ResNeXtBlock(32, 64, groups=8), ResNeXtBlock(32, 64, groups=8))
+        self.pool, self.fc = GlobalPool(), nn.Linear(32, num_classes)
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.blocks(self.stem(x))))
+
+
+# ---- ShuffleNetV2: channel split, concatenation and channel shuffle (Reshape-Transpose-Reshape) -----
+
+def channel_shuffle(x, groups):
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's InvertedResidual of ShuffleNetV2: stride 1 splits the channels in two and transforms
+    one half; stride 2 transforms the input in two branches; both concatenate and shuffle."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride, half = stride, cout // 2
+        if stride > 1:
+            self.left = nn.Sequential(conv_bn(cin, cin, 3, stride, groups=cin, act=None), conv_bn(cin, half, 1))
+        self.right = nn.Sequential(conv_bn(cin if stride > 1 else half, half, 1),
+                                   conv_bn(half, half, 3, stride, groups=half, act=None), conv_bn(half, half, 1))
+
+    def forward(self, x):
+        if self.stride == 1:
+            kept, changed = x.chunk(2, dim=1)
+            out = torch.cat((kept, self.right(changed)), 1)
+        else:
+            out = torch.cat((self.left(x), self.right(x)), 1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 16, 3, 2), nn.MaxPool2d(3, 2, 1))
+        self.stages = nn.Sequential(ShuffleUnit(16, 32, 2), ShuffleUnit(32, 32, 1), ShuffleUnit(32, 64, 2),
+                                    ShuffleUnit(64, 64, 1))
+        self.head = nn.Sequential(conv_bn(64, 128, 1), GlobalPool(), nn.Linear(128, num_classes))
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)))
+
+
+# ---- ConvNeXt: depthwise 7x7, LayerNorm over channels (channels last), GELU MLP, layer scale ------
+
+class Permute(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+def channel_norm(channels):
+    """ConvNeXt's LayerNorm of NCHW tensors: to channels last, LayerNorm, back."""
+    return nn.Sequential(Permute(0, 2, 3, 1), nn.LayerNorm(channels, eps=1e-6), Permute(0, 3, 1, 2))
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7 → (channels last) LayerNorm → Linear 4x → GELU → Linear → layer scale → skip."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.depthwise = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.mlp = nn.Sequential(Permute(0, 2, 3, 1), nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim),
+                                 nn.GELU(), nn.Linear(4 * dim, dim))
+        self.scale = nn.Parameter(torch.linspace(0.2, 0.8, dim))
+
+    def forward(self, x):
+        return x + (self.scale * self.mlp(self.depthwise(x))).permute(0, 3, 1, 2)
+
+
+class ConvNeXtLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), channel_norm(16), ConvNeXtBlock(16),
+                                      ConvNeXtBlock(16), channel_norm(16), nn.Conv2d(16, 32, 2, stride=2),
+                                      ConvNeXtBlock(32))
+        self.norm, self.head = nn.LayerNorm(32, eps=1e-6), nn.Linear(32, num_classes)
+        init_deterministic(self, seed)
+        randomize_layer_norms(self, torch.Generator().manual_seed(seed))
+
+    def forward(self, x):
+        return self.head(self.norm(self.features(x).mean((-2, -1))))
+
+
+# ---- Swin: attention within windows, shifted by torch.roll ---------------------------------------
+
+class WindowBlock(nn.Module):
+    """A Swin block on channels-last tokens: LayerNorm, (cyclic shift by ``shift``), attention within
+    ``window``² windows, (shift back), skip; LayerNorm → Linear-GELU-Linear → skip."""
+
+    def __init__(self, dim, heads, window, shift):
+        super().__init__()
+        self.window, self.shift = window, shift
+        self.norm1, self.attention, self.norm2 = nn.LayerNorm(dim), Attention(dim, heads), nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        n, h, w, c = x.shape
+        size, y = self.window, self.norm1(x)
+        if self.shift:
+            y = torch.roll(y, (-self.shift, -self.shift), (1, 2))
+        y = y.view(n, h // size, size, w // size, size, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, size * size, c)
+        y = self.attention(y).view(n, h // size, w // size, size, size, c).permute(0, 1, 3, 2, 4, 5)
+        y = y.reshape(n, h, w, c)
+        if self.shift:
+            y = torch.roll(y, (self.shift, self.shift), (1, 2))
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class SwinLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10, dim=16):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Conv2d(3, dim, 4, stride=4), Permute(0, 2, 3, 1))
+        self.blocks = nn.Sequential(WindowBlock(dim, 2, 4, shift=0), WindowBlock(dim, 2, 4, shift=2))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+        init_deterministic(self, seed)
+        randomize_layer_norms(self, torch.Generator().manual_seed(seed))
+
+    def forward(self, x):
+        return self.head(self.norm(self.blocks(self.embed(x)).mean((1, 2))))
+
+
 FAMILIES: dict[str, ModelSpec] = {
     "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
     "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
@@ -472,6 +645,10 @@ FAMILIES: dict[str, ModelSpec] = {
     "groupnorm_like": ModelSpec(GroupNormLike, GroupNormLike.input_shape),
     "rmsnorm_like": ModelSpec(RMSNormLike, RMSNormLike.input_shape),
     "vit_einsum_like": ModelSpec(EinsumViTLike, EinsumViTLike.input_shape),
+    "resnext_like": ModelSpec(ResNeXtLike, ResNeXtLike.input_shape),
+    "shufflenet_like": ModelSpec(ShuffleNetLike, ShuffleNetLike.input_shape),
+    "convnext_like": ModelSpec(ConvNeXtLike, ConvNeXtLike.input_shape),
+    "swin_like": ModelSpec(SwinLike, SwinLike.input_shape),
 }
 
 
