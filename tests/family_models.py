@@ -30,7 +30,9 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
   depthwise 7x7, GELU MLP on channels-last tensors, layer scale, skip;
 * ``swin_like``          Swin: attention within windows (6-D Reshape-Transpose partitions), the second
   block's windows shifted by ``torch.roll`` (Slice + Concat; the dynamo exporter computes the slice
-  bounds from ``Shape`` with ``start``/``end``).
+  bounds from ``Shape`` with ``start``/``end``);
+* ``fastai_like``        fastai's classifier head: global max and average pooling concatenated
+  (ReduceMax from the dynamo exporter), BatchNorm1d, Linear-ReLU-BatchNorm1d-Linear.
 """
 
 from __future__ import annotations
@@ -632,6 +634,41 @@ class SwinLike(nn.Module):
         return self.head(self.norm(self.blocks(self.embed(x)).mean((1, 2))))
 
 
+# ---- fastai's head: concatenated max and average pooling, BatchNorm1d, Linear-ReLU-Linear ----------
+
+class ConcatPool(nn.Module):
+    """fastai's AdaptiveConcatPool2d: global max and global average, side by side."""
+
+    def forward(self, x):
+        return torch.cat([nn.functional.adaptive_max_pool2d(x, 1), nn.functional.adaptive_avg_pool2d(x, 1)], 1)
+
+
+class FastaiLike(nn.Module):
+    """A ResNet-style body with fastai's ``create_head``: ConcatPool → Flatten → BatchNorm1d → Dropout →
+    Linear → ReLU → BatchNorm1d → Dropout → Linear (the max pool: ReduceMax from the dynamo exporter)."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(3, 16, 3, 2), ResNeXtBlock(16, 16, groups=1), conv_bn(16, 32, 3, 2))
+        self.head = nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(64), nn.Dropout(0.25),
+                                  nn.Linear(64, 32), nn.ReLU(), nn.BatchNorm1d(32), nn.Dropout(0.5),
+                                  nn.Linear(32, num_classes))
+        init_deterministic(self, seed)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in self.head.modules():
+                if isinstance(m, nn.BatchNorm1d):
+                    m.weight.uniform_(0.5, 1.5, generator=generator)
+                    m.bias.normal_(0.0, 0.1, generator=generator)
+                    m.running_mean.normal_(0.0, 0.1, generator=generator)
+                    m.running_var.uniform_(0.5, 2.0, generator=generator)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 FAMILIES: dict[str, ModelSpec] = {
     "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
     "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
@@ -649,6 +686,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "shufflenet_like": ModelSpec(ShuffleNetLike, ShuffleNetLike.input_shape),
     "convnext_like": ModelSpec(ConvNeXtLike, ConvNeXtLike.input_shape),
     "swin_like": ModelSpec(SwinLike, SwinLike.input_shape),
+    "fastai_like": ModelSpec(FastaiLike, FastaiLike.input_shape),
 }
 
 

@@ -41,8 +41,9 @@ all 14 methods give on all four small reference networks and EfficientNet-Lite0 
 with BatchNorm folded and kept (70 combinations; compared once, 2026-11-26); the family's ViT
 (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17 and 13 and from
 dynamo, the same ViT with Einsum attention and the family's GroupNorm, RMSNorm, ResNeXt, ShuffleNet,
-ConvNeXt and Swin networks from both exporters, and test_float16's network in float16 (both exporters, and behind float32 Casts; the Casts
-that widen what the relevance pass reads), under every method. A small hand-built
+ConvNeXt, Swin and fastai-head (ReduceMax) networks from both exporters, and test_float16's network in
+float16 (both exporters, and behind float32 Casts; the Casts that widen what the relevance pass reads),
+under every method. A small hand-built
 Conv/pool/Gemm classifier is also compiled at opsets 11-23, since the compiler emits at the source
 model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from opset 19 on the compiler
 avoids ops whose newest schema has no CUDA kernel: Pad, Identity, ConvTranspose, MaxPool).
@@ -281,7 +282,8 @@ def _report(signatures: dict, problem) -> list[str]:
 def _family_exports(folder):
     """The family's ViT (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17
     and 13 (LayerNorm in arithmetic) and from dynamo, the same with Einsum attention, and its GroupNorm,
-    RMSNorm, ResNeXt, ShuffleNet, ConvNeXt and Swin networks from both exporters: (label, path)."""
+    RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin and fastai-head networks from both exporters: (label,
+    path)."""
     from exporting import export_onnx
     from family_models import family_input, make_family
     from test_rule_configs import export
@@ -289,7 +291,7 @@ def _family_exports(folder):
     model, x = make_family("vit_like"), family_input("vit_like", 2)
     yield "vit_like-torchscript-opset13", export(model, x, folder / "vit13.onnx", opset=13)
     for name in ("vit_like", "vit_einsum_like", "groupnorm_like", "rmsnorm_like", "resnext_like", "shufflenet_like",
-                 "convnext_like", "swin_like"):
+                 "convnext_like", "swin_like", "fastai_like"):
         model, x = make_family(name), family_input(name, 2)
         for exporter in ("torchscript", "dynamo"):
             yield f"{name}-{exporter}-fold", export_onnx(model, x, folder / f"{name}-{exporter}.onnx", exporter, True)

@@ -1,6 +1,7 @@
 """MaxPool relevance where windows tie: each window's relevance goes to its first winner, as in torch's
 (and ONNX Runtime's) max-pool gradient, whether windows overlap or not, at opsets 11, 17 and 22; a Relu
-read only by MaxPools has its mask applied at the pooled resolution.
+read only by MaxPools has its mask applied at the pooled resolution. ReduceMax over any axes and
+GlobalMaxPool route to the first maximum too.
 
 Ties are made on purpose: the images are piecewise constant, so a convolution gives equal outputs all
 over a flat patch, positive (bias > 0) or zero (cut by the Relu).
@@ -16,8 +17,11 @@ import pytest
 import torch
 from torch import nn
 
+from onnx import TensorProto, helper
+
 from rlrp_onnx import compile_model
 
+from onnx_builders import make_model
 from oracle import input_times_gradient
 from test_rule_configs import compare, export
 
@@ -125,3 +129,71 @@ def test_relu_mask_moves_to_the_pooled_output(tmp_path):
     steps = {n.input[0] for n in nodes if n.op_type == "HardSigmoid"}  # Emitter.step: Conv, HardSigmoid
     masked = {n.input[0] for n in nodes if n.op_type == "Greater" or (n.op_type == "Conv" and n.output[0] in steps)}
     assert not masked & relu_outputs and pool_outputs <= masked
+
+
+# ReduceMax over these axes (keepdims), or the GlobalMaxPool op, after Conv → Relu; then Flatten → Gemm
+MAXIMA = {
+    "global_reduce_max": ("ReduceMax", [2, 3], 1),  # the dynamo exporter's AdaptiveMaxPool2d(1)
+    "global_max_pool_op": ("GlobalMaxPool", [2, 3], 1),
+    "channels_dropped": ("ReduceMax", [1], 0),
+    "channels_and_columns": ("ReduceMax", [1, 3], 1),
+}
+
+
+class Function(nn.Module):
+    """A function as a module, for ``input_times_gradient``."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, image):
+        return self.function(image)
+
+
+def first_maximum(y: torch.Tensor, axes: list[int], keepdims: int) -> torch.Tensor:
+    """The maximum over ``axes`` as torch.max takes it along one axis: its gradient goes to the first
+    maximum (row-major over ``axes``)."""
+    kept = [a for a in range(y.dim()) if a not in axes]
+    moved = y.permute(*kept, *axes)
+    values = moved.reshape(*moved.shape[:len(kept)], -1).max(dim=-1).values
+    return values.reshape([1 if a in axes else y.shape[a] for a in range(y.dim())]) if keepdims else values
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("case", list(MAXIMA))
+def test_reduce_max_routes_to_the_first_maximum(case, opset):
+    """Against torch input × gradient through torch.max on blocky images (ties: an even split among them,
+    as torch.amax's gradient gives, fails all but the channel case); the global case also against
+    torch's own adaptive max pool. From opset 18 ReduceMax reads its axes as an input."""
+    op, axes, keepdims = MAXIMA[case]
+    rng = np.random.default_rng(4)
+    conv_w, conv_b = rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.uniform(-0.2, 0.5, 4).astype(np.float32)
+    x = blocky_images()
+    pooled_size = int(np.prod([1 if a in axes else n for a, n in enumerate((1, 4, 16, 16))]))
+    dense = rng.normal(size=(5, pooled_size)).astype(np.float32)
+    if op == "GlobalMaxPool":
+        pool, extra = helper.make_node(op, ["r"], ["m"]), {}
+    elif opset >= 18:
+        pool, extra = helper.make_node(op, ["r", "axes"], ["m"], keepdims=keepdims), {"axes": np.array(axes)}
+    else:
+        pool, extra = helper.make_node(op, ["r"], ["m"], axes=axes, keepdims=keepdims), {}
+    source = make_model(
+        [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]), pool, helper.make_node("Flatten", ["m"], ["f"]),
+         helper.make_node("Gemm", ["f", "dense"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        {"cw": conv_w, "cb": conv_b, "dense": dense, **extra}, opset=opset)
+
+    def network(image, maximum=lambda y: first_maximum(y, axes, keepdims)):
+        y = torch.relu(nn.functional.conv2d(image, torch.from_numpy(conv_w), torch.from_numpy(conv_b), padding=1))
+        return maximum(y).flatten(1) @ torch.from_numpy(dense).T
+
+    targets = [0, -1, 3]
+    references = [network]
+    if axes == [2, 3]:
+        references.append(lambda image: network(image, lambda y: nn.functional.adaptive_max_pool2d(y, 1)))
+    for reference in references:
+        compare(compile_model(source), source, input_times_gradient(Function(reference), x, targets), x, targets,
+                TOLERANCE)

@@ -1,4 +1,5 @@
-"""Pooling: average pools are linear maps (adjoint), max pools route relevance to the window's winner."""
+"""Pooling: average pools are linear maps (adjoint), max pools (and ReduceMax) route relevance to the
+window's winner."""
 
 from __future__ import annotations
 
@@ -41,8 +42,11 @@ def global_average_pool(ctx, node, rho):
 
 
 def _reduce_axes(ctx, node):
-    """The reduced axes (non-negative) of a ReduceMean/ReduceSum node, or None if not constant."""
+    """The reduced axes (non-negative) of a Reduce* node (a global pool: the spatial axes), or None if not
+    constant."""
     rank = len(ctx.shape(node.inputs[0]))
+    if node.op == "GlobalMaxPool":
+        return list(range(2, rank))
     if len(node.inputs) > 1 and node.inputs[1].name:
         axes = ctx.constant(node.inputs[1])
         if axes is None:
@@ -73,6 +77,30 @@ def reduce(ctx, node, rho):
         r = emit.unsqueeze(r, axes)
     scale = 1.0 / float(np.prod([ctx.shape(x)[a] for a in axes])) if node.op == "ReduceMean" else 1.0
     return {0: emit.spread(r, x, scale)}
+
+
+@rule("ReduceMax", "GlobalMaxPool", check=_reduce_check)
+def reduce_max(ctx, node, rho):
+    """rho_y goes to the first maximum over the reduced axes (row-major among them, as a MaxPool routes to
+    its window's first maximum): ArgMax over those axes moved last and flattened, taken as a one-hot mask
+    in x's layout, times rho_y broadcast back over them."""
+    emit, x = ctx.emit, node.inputs[0]
+    shape, axes = ctx.shape(x), _reduce_axes(ctx, node)
+    kept = [a for a in range(len(shape)) if a not in axes]
+    order, sizes = kept + axes, [int(shape[a]) for a in axes]
+    moved = emit.op("Transpose", [x], {"perm": order}) if order != sorted(order) else x
+    count, copied = int(np.prod(sizes)), [0] * len(kept)  # Reshape's 0: that size of its input
+    first = emit.op("ArgMax", [emit.op("Reshape", [moved, emit.ints([*copied, count])])],
+                    {"axis": len(kept), "keepdims": 1})
+    won = emit.op("Cast", [emit.op("Equal", [first, emit.const(np.arange(count), np.int64)])],
+                  {"to": onnx.TensorProto.FLOAT})
+    won = emit.op("Reshape", [won, emit.ints([*copied, *sizes])])
+    if order != sorted(order):
+        won = emit.op("Transpose", [won], {"perm": np.argsort(order).tolist()})
+    r = rho[0]
+    if node.op == "ReduceMax" and not node.attrs.get("keepdims", 1):
+        r = emit.unsqueeze(r, axes)
+    return {0: emit.mul(won, r)}
 
 
 def _maxpool_check(ctx, node):
