@@ -27,6 +27,11 @@ STEP_BOUND_LIMIT = 2.0**100  # keeps STEP_SCALE·bound far from float32's overfl
 NO_CUDA_CONV_TRANSPOSE = NO_CUDA_MAX_POOL = 22
 
 
+def text(value) -> str:
+    """A string attribute's value as str (graphsurgeon gives str or bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Emitter:
     """Appends new nodes to a graph under short unique names (``rlrp<n>``: the names are stored in the
     compiled file once per node and tensor, so they are kept small)."""

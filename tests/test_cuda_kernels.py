@@ -44,8 +44,8 @@ dynamo, the same ViT with Einsum attention and the family's GroupNorm, RMSNorm, 
 ConvNeXt, Swin and fastai-head (ReduceMax) networks from both exporters, and test_float16's network in
 float16 (both exporters, and behind float32 Casts; the Casts that widen what the relevance pass reads),
 under every method. A small hand-built
-Conv/pool/Gemm classifier is also compiled at opsets 11-23, since the compiler emits at the source
-model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from opset 19 on the compiler
+Conv/pool/Gemm classifier (with DepthToSpace, SpaceToDepth and ReduceMax) is also compiled at opsets
+11-23, since the compiler emits at the source model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from opset 19 on the compiler
 avoids ops whose newest schema has no CUDA kernel: Pad, Identity, ConvTranspose, MaxPool).
 Exports come from the session-scoped ``exported_model`` fixture, shared with test_oracle.
 """
@@ -353,25 +353,36 @@ def test_no_attribute_fallbacks_to_cpu(emitted):
 # ---- other opsets --------------------------------------------------------------------------------
 
 def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
-    """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → Slice of 3 of 4 channels → MaxPool 3x3/1 pad 1
-    (overlapping windows: routed differently below opset 16, from 16 and from 22) → MaxPool 2x2/2 →
-    AveragePool 2x2/2 → Flatten → Gemm (the Slice's adjoint pads with zeros); in ``dtype``."""
+    """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → DepthToSpace (CRD) → SpaceToDepth → DepthToSpace (DCR)
+    → SpaceToDepth → Slice of 3 of 4 channels → MaxPool 3x3/1 pad 1 (overlapping windows: routed
+    differently below opset 16, from 16 and from 22) → MaxPool 2x2/2 → AveragePool 2x2/2 plus (broadcast)
+    ReduceMax over H, W (its axes an input from opset 18) → Flatten → Gemm (the Slice's adjoint pads with
+    zeros); in ``dtype``."""
     rng = np.random.default_rng(0)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    if opset >= 18:
+        maximum, axes = helper.make_node("ReduceMax", ["p", "hw"], ["m"]), {"hw": np.array([2, 3])}
+    else:
+        maximum, axes = helper.make_node("ReduceMax", ["p"], ["m"], axes=[2, 3]), {}
     return make_model(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
          helper.make_node("Relu", ["c"], ["all"]),
-         helper.make_node("Slice", ["all", "starts", "ends", "axes"], ["r"]),
+         helper.make_node("DepthToSpace", ["all"], ["spread"], blocksize=2, mode="CRD"),
+         helper.make_node("SpaceToDepth", ["spread"], ["stacked"], blocksize=2),
+         helper.make_node("DepthToSpace", ["stacked"], ["spread2"], blocksize=2, mode="DCR"),
+         helper.make_node("SpaceToDepth", ["spread2"], ["stacked2"], blocksize=2),
+         helper.make_node("Slice", ["stacked2", "starts", "ends", "axes"], ["r"]),
          helper.make_node("MaxPool", ["r"], ["o"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
          helper.make_node("MaxPool", ["o"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-         helper.make_node("AveragePool", ["p"], ["q"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("AveragePool", ["p"], ["a"], kernel_shape=[2, 2], strides=[2, 2]), maximum,
+         helper.make_node("Add", ["a", "m"], ["q"]),
          helper.make_node("Flatten", ["q"], ["f"]),
          helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1)],
         [helper.make_tensor_value_info("x", elem, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("logits", elem, ["N", 5])],
         {"w": rng.normal(size=(4, 3, 3, 3)).astype(dtype), "b": rng.normal(size=4).astype(dtype),
          "w2": rng.normal(size=(5, 12)).astype(dtype), "b2": rng.normal(size=5).astype(dtype),
-         "starts": np.array([0]), "ends": np.array([3]), "axes": np.array([1])},
+         "starts": np.array([0]), "ends": np.array([3]), "axes": np.array([1]), **axes},
         opset=opset)
 
 

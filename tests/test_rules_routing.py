@@ -1,5 +1,6 @@
-"""Routing rules (Transpose, Split, Slice, Gather, GatherND, Where) and the linear maps Resize,
-ConvTranspose and Einsum, in configurations written by hand and as the torch exporters write them.
+"""Routing rules (Transpose, Split, Slice, Gather, GatherND, Where, DepthToSpace, SpaceToDepth) and the
+linear maps Resize, ConvTranspose and Einsum, in configurations written by hand and as the torch exporters
+write them.
 
 All these ops are linear, so the reference is exact: the gradient of the (bias-free) hand-built model read
 off ONNX Runtime runs of the source model on basis vectors (``rule_harness.linear_reference``), or torch
@@ -74,6 +75,14 @@ ROUTING = {
     "slice_batch_to_tf2onnx_end": (  # tf2onnx writes "to the end" as 10**9, also on the dynamic batch axis
         [node("Slice", ["x", "s", "e", "a", "st"], ["h"])], {"s": ints(0, 1), "e": ints(10**9, 10**9),
                                                             "a": ints(0, 2), "st": ints(1, 2)}, 13),
+    "depth_to_space_dcr": (  # [N, 4, 5, 3] → [N, 1, 10, 6]
+        [node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), node("DepthToSpace", ["t"], ["h"], blocksize=2)], {}, 13),
+    "depth_to_space_crd": (  # torch's PixelShuffle
+        [node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+         node("DepthToSpace", ["t"], ["h"], blocksize=2, mode="CRD")], {}, 13),
+    "space_to_depth": (  # [N, 3, 4, 4] → [N, 12, 2, 2]
+        [node("Slice", ["x", "s", "e", "a"], ["t"]), node("SpaceToDepth", ["t"], ["h"], blocksize=2)],
+        {"s": ints(0), "e": ints(4), "a": ints(3)}, 13),
     "where_broadcast_condition": (
         [node("Mul", ["x", "m2"], ["x2"]), node("Where", ["c", "x", "x2"], ["h"])],
         {"c": np.array([True, False, True, True]).reshape(1, 4, 1), "m2": np.float32(-2.0)}, 13),
@@ -364,6 +373,8 @@ class Ops(nn.Module):
             x = F.interpolate(x, size=(11, 13), mode="bilinear", align_corners=False)
         elif k == "convtranspose":
             x = self.up(x)
+        elif k == "pixel_shuffle":  # DepthToSpace (CRD), then PixelUnshuffle: [N, 4, 8, 8] → [N, 1, 16, 16] → back
+            x = F.pixel_unshuffle(F.pixel_shuffle(x, 2), 2)
         elif k == "einsum_prelu_consts":
             x = F.prelu(torch.einsum("nchw,dc->ndhw", x, self.mix), torch.full((4,), 0.2))
             x = (x - 0.3) * 2 / 3
@@ -371,7 +382,7 @@ class Ops(nn.Module):
 
 
 EXPORTED = ["split_cat", "chunk_flip_transpose", "strided_slices", "index_gather", "up_nearest",
-            "up_bilinear", "convtranspose", "einsum_prelu_consts"]
+            "up_bilinear", "convtranspose", "einsum_prelu_consts", "pixel_shuffle"]
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..ir import text
+
 
 def _spatial_pads(pad: gs.Node, rank: int) -> list[int] | None:
     """The Pad's (begins, ends) over the spatial axes, or None if it is not a plain zero padding of them."""
-    mode = pad.attrs.get("mode", "constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+    if text(pad.attrs.get("mode", "constant")) != "constant":
         return None
     inputs = pad.inputs
     if len(inputs) < 2 or not isinstance(inputs[1], gs.Constant):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from ..ir import text
 from .elementwise import product
 from .registry import LAYER, rule
 
@@ -13,9 +14,7 @@ from .registry import LAYER, rule
 def _conv_transpose_check(ctx, node):
     if ctx.constant(node.inputs[1]) is None:
         return "ConvTranspose with weights computed at run time is not supported"
-    auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad not in ("NOTSET", "VALID") or "output_shape" in node.attrs:
+    if text(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID") or "output_shape" in node.attrs:
         return "ConvTranspose with auto_pad SAME or output_shape is not supported (export with explicit pads)"
     return None
 
@@ -34,8 +33,7 @@ def conv_transpose(ctx, node, rho):
 
 def _terms(ctx, node):
     """(input terms, output term) of the Einsum equation, the implicit output made explicit."""
-    equation = node.attrs["equation"]
-    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    equation = text(node.attrs["equation"]).replace(" ", "")
     inputs, arrow, output = equation.partition("->")
     terms = inputs.split(",")
     if not arrow:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 
+from ..ir import text
 from .registry import ACTIVATION, rule
 
 
 def _gelu_gate(emit, node, x):
     """Φ(x) = (1 + erf(x/√2))/2, or with approximate="tanh" (1 + tanh(√(2/π)·(x + 0.044715·x³)))/2."""
-    approximate = node.attrs.get("approximate", "none")
-    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
-    if approximate == "tanh":
+    if text(node.attrs.get("approximate", "none")) == "tanh":
         cube = emit.mul(emit.mul(x, x), x)
         inner = emit.op("Add", [x, emit.mul(cube, emit.const(0.044715))])
         core = emit.op("Tanh", [emit.mul(inner, emit.const(math.sqrt(2.0 / math.pi)))])

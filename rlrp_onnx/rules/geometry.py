@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir import text
 
 DEFAULTS = {"strides": 1, "dilations": 1, "pads": 0, "output_padding": 0}  # omitted when all default
 
@@ -26,9 +27,7 @@ class Window:
         rank = len(kernel)
         strides = tuple(node.attrs.get("strides", [1] * rank))
         dilations = tuple(node.attrs.get("dilations", [1] * rank))
-        auto_pad = node.attrs.get("auto_pad", "NOTSET")
-        if isinstance(auto_pad, bytes):
-            auto_pad = auto_pad.decode()
+        auto_pad = text(node.attrs.get("auto_pad", "NOTSET"))
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             begin, end = [], []
             for size, k, s, d in zip(in_spatial, kernel, strides, dilations):

@@ -92,8 +92,8 @@ def reduce_max(ctx, node, rho):
     count, copied = int(np.prod(sizes)), [0] * len(kept)  # Reshape's 0: that size of its input
     first = emit.op("ArgMax", [emit.op("Reshape", [moved, emit.ints([*copied, count])])],
                     {"axis": len(kept), "keepdims": 1})
-    won = emit.op("Cast", [emit.op("Equal", [first, emit.const(np.arange(count), np.int64)])],
-                  {"to": onnx.TensorProto.FLOAT})
+    # OneHot, not Equal + Cast: ONNX Runtime's CUDA provider has no kernel for Equal-19
+    won = emit.op("OneHot", [first, emit.scalar_int(count), emit.const([0.0, 1.0])], {"axis": -1})
     won = emit.op("Reshape", [won, emit.ints([*copied, *sizes])])
     if order != sorted(order):
         won = emit.op("Transpose", [won], {"perm": np.argsort(order).tolist()})

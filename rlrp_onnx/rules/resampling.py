@@ -15,12 +15,9 @@ from functools import lru_cache
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from ..ir import text
 from .registry import LINEAR, rule
 from .routing import scatter_axis
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _axis_params(ctx, node):
@@ -55,7 +52,7 @@ def _axis_params(ctx, node):
 
 
 def _resize_check(ctx, node):
-    attrs = {k: _text(v) for k, v in node.attrs.items() if isinstance(v, (str, bytes))}
+    attrs = {k: text(v) for k, v in node.attrs.items() if isinstance(v, (str, bytes))}
     if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
         return "Resize with tf_crop_and_resize is not supported"
     if attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
@@ -117,7 +114,7 @@ def resize(ctx, node, rho):
     """rho_x = (A_1 ⊗ … ⊗ A_k)ᵀ rho_y, one axis at a time (module docstring)."""
     x = node.inputs[0]
     shape, rank = ctx.shape(x), len(ctx.shape(x))
-    attrs = tuple(sorted((k, _text(v) if isinstance(v, (str, bytes)) else v)
+    attrs = tuple(sorted((k, text(v) if isinstance(v, (str, bytes)) else v)
                          for k, v in node.attrs.items() if k != "axes"))
     r = rho[0]
     for axis, (kind, value) in _axis_params(ctx, node).items():

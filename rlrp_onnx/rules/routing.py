@@ -1,10 +1,12 @@
-"""Ops that pick or reorder elements by constant indices: each output element's rho goes back to the
-input element it was taken from, summed where one element was taken several times, zero where none was."""
+"""Ops that pick or reorder elements by constant indices (or move them in blocks): each output element's
+rho goes back to the input element it was taken from, summed where one element was taken several times,
+zero where none was."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..ir import text
 from .registry import rule
 
 
@@ -68,6 +70,30 @@ def _perm(ctx, node):
 def transpose(ctx, node, rho):
     """rho_x = Transpose(rho_y) with the inverse permutation."""
     return {0: ctx.emit.op("Transpose", [rho[0]], {"perm": np.argsort(_perm(ctx, node)).tolist()})}
+
+
+# ---- DepthToSpace / SpaceToDepth ---------------------------------------------------------------------
+
+def _depth_space_check(ctx, node):
+    if not _static(ctx, node.inputs[0], [1, 2, 3]):
+        return f"{node.op} of dynamic channel or spatial sizes is not supported"
+    return None
+
+
+@rule("DepthToSpace", "SpaceToDepth", check=_depth_space_check)
+def depth_space(ctx, node, rho):
+    """Each element moves once, so rho goes back by the inverse move: SpaceToDepth and DepthToSpace in
+    DCR mode undo each other; DepthToSpace in CRD mode, y[n, c, h·b + i, w·b + j] = x[n, c·b² + i·b + j,
+    h, w], is undone by a Reshape to (n, c, h, i, w, j), a Transpose to (n, c, i, j, h, w) and a Reshape."""
+    emit, block = ctx.emit, int(node.attrs["blocksize"])
+    if node.op == "SpaceToDepth":
+        return {0: emit.op("DepthToSpace", [rho[0]], {"blocksize": block, "mode": "DCR"})}
+    if text(node.attrs.get("mode", "DCR")) == "DCR":
+        return {0: emit.op("SpaceToDepth", [rho[0]], {"blocksize": block})}
+    _, channels, height, width = ctx.shape(node.inputs[0])
+    moved = emit.op("Reshape", [rho[0], emit.ints([0, channels // block**2, height, block, width, block])])
+    moved = emit.op("Transpose", [moved], {"perm": [0, 1, 3, 5, 2, 4]})
+    return {0: emit.op("Reshape", [moved, emit.ints([0, channels, height, width])])}
 
 
 # ---- Split ---------------------------------------------------------------------------------------

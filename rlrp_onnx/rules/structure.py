@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..ir import text
 from .registry import rule
 
 
@@ -65,8 +66,7 @@ def _pads(ctx, node):
 
 
 def _pad_check(ctx, node):
-    mode = node.attrs.get("mode", "constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = text(node.attrs.get("mode", "constant"))
     if mode != "constant":
         return f"Pad mode '{mode}' is not supported (only constant padding)"
     pads = _pads(ctx, node)
