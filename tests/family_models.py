@@ -32,7 +32,9 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
   block's windows shifted by ``torch.roll`` (Slice + Concat; the dynamo exporter computes the slice
   bounds from ``Shape`` with ``start``/``end``);
 * ``fastai_like``        fastai's classifier head: global max and average pooling concatenated
-  (ReduceMax from the dynamo exporter), BatchNorm1d, Linear-ReLU-BatchNorm1d-Linear.
+  (ReduceMax from the dynamo exporter), BatchNorm1d, Linear-ReLU-BatchNorm1d-Linear;
+* ``cosine_like``        a cosine (CLIP-style zero-shot) head: ``F.normalize`` features against normalized
+  class embeddings, and ``F.normalize`` over the channels of a feature map.
 """
 
 from __future__ import annotations
@@ -669,6 +671,41 @@ class FastaiLike(nn.Module):
         return self.head(self.body(x))
 
 
+# ---- a cosine classifier: L2-normalized features against L2-normalized class embeddings (CLIP) ---------
+
+class L2Normalize(nn.Module):
+    """``F.normalize(x, dim)``; with ``hold_statistics`` (set by ``gates.detached_gates``) the norm is
+    computed detached, as the LpNormalization rule holds it."""
+
+    def __init__(self, dim=-1, eps=1e-12):
+        super().__init__()
+        self.dim, self.eps, self.hold_statistics = dim, eps, False
+
+    def forward(self, x):
+        if not self.hold_statistics:
+            return nn.functional.normalize(x, dim=self.dim, eps=self.eps)
+        return x / x.detach().norm(2, self.dim, keepdim=True).clamp_min(self.eps)
+
+
+class CosineLike(nn.Module):
+    """CNN features projected and L2-normalized, scored as 100 × cosine against fixed class embeddings
+    (a CLIP-style zero-shot head; the class embeddings are normalized too, a constant the exporters fold);
+    a second L2 normalization over the channels of the feature map (dim 1) inside the body."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10, dim=16):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(3, 16, 3, 2), L2Normalize(dim=1), conv_bn(16, 32, 3, 2), GlobalPool(),
+                                  nn.Linear(32, dim), L2Normalize())
+        self.classes = nn.Parameter(torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(seed)))
+        self.normalize = L2Normalize()
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return 100.0 * self.body(x) @ self.normalize(self.classes).T
+
+
 FAMILIES: dict[str, ModelSpec] = {
     "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
     "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
@@ -687,6 +724,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "convnext_like": ModelSpec(ConvNeXtLike, ConvNeXtLike.input_shape),
     "swin_like": ModelSpec(SwinLike, SwinLike.input_shape),
     "fastai_like": ModelSpec(FastaiLike, FastaiLike.input_shape),
+    "cosine_like": ModelSpec(CosineLike, CosineLike.input_shape),
 }
 
 

@@ -9,7 +9,9 @@ R-LRP equals input × gradient with the gates held constant.
   ``nn.GELU`` (g = Φ, exact or tanh form), ``nn.Mish`` (g = tanh∘softplus) — return the same value with
   gradient ``g(x)``: ``y.detach() + (x − x.detach())·g(x).detach()``;
 * every ``nn.LayerNorm``, ``nn.GroupNorm`` and ``nn.RMSNorm`` hold its statistics (mean and standard
-  deviation, per sample, and per group; the root mean square) constant: gradient ``weight / σ``.
+  deviation, per sample, and per group; the root mean square) constant: gradient ``weight / σ``;
+* every module with a ``hold_statistics`` attribute (a normalization written by a test, such as
+  ``family_models.L2Normalize``) has it set to True, and computes its statistics detached.
 
 Independent of ``rlrp_onnx``; use with ``oracle.input_times_gradient``.
 """
@@ -71,8 +73,13 @@ def detached_gates(model: nn.Module):
     """Hold every gate of ``model`` constant in autograd while the context is active."""
     handles = [m.register_forward_hook(_hook) for m in model.modules()
                if isinstance(m, (*GATES, *NORMS)) or type(m) in GATED]
+    holding = [m for m in model.modules() if hasattr(m, "hold_statistics")]
+    for module in holding:
+        module.hold_statistics = True
     try:
         yield model
     finally:
         for handle in handles:
             handle.remove()
+        for module in holding:
+            module.hold_statistics = False

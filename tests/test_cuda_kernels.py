@@ -38,15 +38,16 @@ Add, Pad, depthwise Conv, global pooling) from both exporters (TorchScript folde
 BatchNorm and Pad kept, opset 18) under R-LRP and the composites epsilon_gamma_box and
 epsilon_alpha2_beta1_flat (ε, γ, z^B, α2β1, flat). Together they give every (op, opset, types) that
 all 14 methods give on all four small reference networks and EfficientNet-Lite0 from both exporters
-with BatchNorm folded and kept (70 combinations; compared once, 2026-11-26); the family's ViT
-(attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17 and 13 and from
-dynamo, the same ViT with Einsum attention and the family's GroupNorm, RMSNorm, ResNeXt, ShuffleNet,
-ConvNeXt, Swin and fastai-head (ReduceMax) networks from both exporters, and test_float16's network in
-float16 (both exporters, and behind float32 Casts; the Casts that widen what the relevance pass reads),
-under every method. A small hand-built
-Conv/pool/Gemm classifier (with DepthToSpace, SpaceToDepth and ReduceMax) is also compiled at opsets
-11-23, since the compiler emits at the source model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from opset 19 on the compiler
-avoids ops whose newest schema has no CUDA kernel: Pad, Identity, ConvTranspose, MaxPool).
+with BatchNorm folded and kept (70 combinations; compared once, 2026-11-26); the family's ViT (attention
+MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17 and 13 and from dynamo, the same
+ViT with Einsum attention and the family's GroupNorm, RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin,
+fastai-head (ReduceMax) and cosine-head (L2 normalization) networks from both exporters, and
+test_float16's network in float16 (both exporters, and behind float32 Casts; the Casts that widen what
+the relevance pass reads), under every method. A small hand-built Conv/pool/Gemm classifier (with
+DepthToSpace, SpaceToDepth, ReduceMax, LpNormalization) is also compiled at opsets 11-23, since the
+compiler emits at the source model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from
+opset 19 on the compiler avoids ops whose newest schema has no CUDA kernel: Pad, Identity, ConvTranspose,
+MaxPool).
 Exports come from the session-scoped ``exported_model`` fixture, shared with test_oracle.
 """
 
@@ -282,8 +283,8 @@ def _report(signatures: dict, problem) -> list[str]:
 def _family_exports(folder):
     """The family's ViT (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17
     and 13 (LayerNorm in arithmetic) and from dynamo, the same with Einsum attention, and its GroupNorm,
-    RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin and fastai-head networks from both exporters: (label,
-    path)."""
+    RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin, fastai-head and cosine-head networks from both exporters:
+    (label, path)."""
     from exporting import export_onnx
     from family_models import family_input, make_family
     from test_rule_configs import export
@@ -291,7 +292,7 @@ def _family_exports(folder):
     model, x = make_family("vit_like"), family_input("vit_like", 2)
     yield "vit_like-torchscript-opset13", export(model, x, folder / "vit13.onnx", opset=13)
     for name in ("vit_like", "vit_einsum_like", "groupnorm_like", "rmsnorm_like", "resnext_like", "shufflenet_like",
-                 "convnext_like", "swin_like", "fastai_like"):
+                 "convnext_like", "swin_like", "fastai_like", "cosine_like"):
         model, x = make_family(name), family_input(name, 2)
         for exporter in ("torchscript", "dynamo"):
             yield f"{name}-{exporter}-fold", export_onnx(model, x, folder / f"{name}-{exporter}.onnx", exporter, True)
@@ -356,8 +357,8 @@ def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
     """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → DepthToSpace (CRD) → SpaceToDepth → DepthToSpace (DCR)
     → SpaceToDepth → Slice of 3 of 4 channels → MaxPool 3x3/1 pad 1 (overlapping windows: routed
     differently below opset 16, from 16 and from 22) → MaxPool 2x2/2 → AveragePool 2x2/2 plus (broadcast)
-    ReduceMax over H, W (its axes an input from opset 18) → Flatten → Gemm (the Slice's adjoint pads with
-    zeros); in ``dtype``."""
+    ReduceMax over H, W (its axes an input from opset 18) → LpNormalization (p = 1) → Flatten → Gemm (the
+    Slice's adjoint pads with zeros); in ``dtype``."""
     rng = np.random.default_rng(0)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     if opset >= 18:
@@ -375,7 +376,8 @@ def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
          helper.make_node("MaxPool", ["r"], ["o"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
          helper.make_node("MaxPool", ["o"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("AveragePool", ["p"], ["a"], kernel_shape=[2, 2], strides=[2, 2]), maximum,
-         helper.make_node("Add", ["a", "m"], ["q"]),
+         helper.make_node("Add", ["a", "m"], ["s"]),
+         helper.make_node("LpNormalization", ["s"], ["q"], axis=1, p=1),
          helper.make_node("Flatten", ["q"], ["f"]),
          helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1)],
         [helper.make_tensor_value_info("x", elem, ["N", 3, 8, 8])],

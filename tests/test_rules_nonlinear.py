@@ -5,7 +5,9 @@
 * gated activations y = x·g(x) as ops (HardSwish, Gelu, Mish, Swish) and as arithmetic (x·Sigmoid(x),
   x·HardSigmoid(x), GELU in its Erf and Tanh forms, recognised by passes/gelu.py): R_x = x·g(x)·rho_y;
 * InstanceNormalization / LayerNormalization with the statistics held constant: R_x = x·scale/σ·rho_y;
-* LRN with the denominator held constant: R_x = x·(bias + α/size·Σ_window x²)^(−β)·rho_y.
+* LRN with the denominator held constant: R_x = x·(bias + α/size·Σ_window x²)^(−β)·rho_y;
+* LpNormalization, and L2 normalization written out as torch exports ``F.normalize`` (recognised by
+  passes/l2_norm.py), with the norm held constant: R_x = x·rho_y / max(‖x‖_p, ε).
 
 rho_y is what the dense head hands the op (``rule_harness.head_rho``).
 """
@@ -232,7 +234,44 @@ NORMALIZATION = {
                         lambda x: SCALE_W * inverse_std(x, (3,), 1e-5)),
     "layer_axis1_no_bias": ([node("LayerNormalization", ["x", "s"], ["h"], axis=1, epsilon=1e-4)],
                             {"s": SCALE_CHW}, 17, lambda x: SCALE_CHW * inverse_std(x, (1, 2, 3), 1e-4)),
+    "lp2_axis1": ([node("LpNormalization", ["x"], ["h"], axis=1, p=2)], {}, 13, lambda x: 1 / lp_norm(x, (1,), 2)),
+    "lp1_last_axis": ([node("LpNormalization", ["x"], ["h"], p=1)], {}, 13, lambda x: 1 / lp_norm(x, (3,), 1)),
 }
+
+
+def lp_norm(x, axes, p, epsilon=0.0):
+    """max(‖x‖_p over ``axes``, ε), keepdims, in float64."""
+    x = np.abs(x.astype(np.float64))
+    return np.maximum(np.sum(x**p, axis=axes, keepdims=True) ** (1 / p), epsilon)
+
+
+def l2_normalization(form: str, axes=(1,), epsilon=1e-12):
+    """x / max(‖x‖₂, ε) over ``axes``: "torch" as TorchScript writes F.normalize at opset 13 (ReduceL2,
+    Clip(min=ε), Expand to Shape(x), Div), "torch18" with the axes an input (opset 18), "max" with
+    Max(·, ε) and no Expand, "plain" without ε."""
+    opset = 18 if form == "torch18" else 13
+    reduce = node("ReduceL2", ["x", "axes"], ["n"]) if opset >= 18 else node("ReduceL2", ["x"], ["n"], axes=list(axes))
+    nodes, inits = [reduce], {"axes": np.array(axes, np.int64)} if opset >= 18 else {}
+    if form in ("torch", "torch18"):
+        nodes += [const("eps", epsilon), node("Clip", ["n", "eps"], ["c"]), node("Shape", ["x"], ["shape"]),
+                  node("Expand", ["c", "shape"], ["e"]), node("Div", ["x", "e"], ["h"])]
+    elif form == "max":
+        nodes += [const("eps", epsilon), node("Max", ["n", "eps"], ["c"]), node("Div", ["x", "c"], ["h"])]
+    else:
+        nodes.append(node("Div", ["x", "n"], ["h"]))
+    return nodes, inits, opset
+
+
+@pytest.mark.parametrize("form,axes", [("torch", (1,)), ("torch18", (1,)), ("max", (2, 3)), ("plain", (3,))])
+def test_l2_normalization_in_arithmetic_is_recognised(form, axes):
+    """passes/l2_norm.py: one LpNormalization node in the canonical graph, the norm held constant."""
+    epsilon = 0.0 if form == "plain" else 1e-12
+    nodes, inits, opset = l2_normalization(form, axes, epsilon)
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=opset)
+    assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == ["LpNormalization"]
+    x = sample() * 3 + 1
+    _, compiled_model = check(model, x, lambda rho: x / lp_norm(x, axes, 2, epsilon) * rho)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
 
 
 def layer_norm_in_arithmetic(opset: int, affine: bool = True, axes=(-1,)):

@@ -12,6 +12,7 @@ from .fold import fold_constants, infer_shapes
 from .gelu import recognise_gelu
 from .hard_sigmoid import recognise_hard_sigmoid
 from .identity_reshapes import drop_identity_reshapes
+from .l2_norm import recognise_l2_norm
 from .layer_norm import recognise_layer_norm
 from .names import unique_node_names
 from .pad_into_conv import pad_into_conv
@@ -26,8 +27,9 @@ UPGRADE_OPSET = 13  # the opset the refusal of older files suggests converting t
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
     """Pin input shapes, infer shapes, simplify and fold constants, infer again (and again after making
     Reshape targets computed from the batch size constants, or after folding sizes the last inference
-    found), recognise decomposed activations (GELU, hard sigmoid) and LayerNorms (past shape-keeping
-    Reshapes, dropped), and fold zero Pads into the Convs they feed; the source is not modified."""
+    found), recognise decomposed activations (GELU, hard sigmoid), LayerNorms (past shape-keeping
+    Reshapes, dropped) and L2 normalizations, and fold zero Pads into the Convs they feed; the source is
+    not modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}, or "
@@ -43,7 +45,7 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
         if not pin_reshape_targets(graph) and len(fold_constants(graph).nodes) == nodes:
             break
     for simplify in (recognise_gelu, recognise_hard_sigmoid, drop_identity_reshapes, recognise_layer_norm,
-                     pad_into_conv):  # planned only, never run
+                     recognise_l2_norm, pad_into_conv):  # planned only, never run
         graph = simplify(graph)
     return unique_node_names(graph)
 

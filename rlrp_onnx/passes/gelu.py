@@ -36,6 +36,14 @@ def producer(tensor):
     return tensor.inputs[0] if isinstance(tensor, gs.Variable) and tensor.inputs else None
 
 
+def clip_bounds(node) -> list:
+    """[min, max] of a Clip node (attributes below opset 11, inputs from it): numbers, None where absent
+    or computed at run time."""
+    if len(node.inputs) > 1:
+        return [scalar(t) if t.name else None for t in node.inputs[1:3]] + [None] * (3 - len(node.inputs))
+    return [node.attrs.get("min"), node.attrs.get("max")]
+
+
 def factors(tensor, stop) -> tuple[Counter, float]:
     """``tensor`` as a product c·Π leaf^k through Mul, Div by a constant and Pow by a constant integer,
     not looking inside the tensors of ``stop``: returns ({leaf name: k}, c)."""

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .gelu import close, producer, scalar
-
-
-def _clip_bounds(node):
-    if len(node.inputs) > 1:
-        return [scalar(t) if t.name else None for t in node.inputs[1:3]] + [None] * (3 - len(node.inputs))
-    return [node.attrs.get("min"), node.attrs.get("max")]
+from .gelu import clip_bounds, close, producer, scalar
 
 
 def _x_plus_three(tensor):
@@ -41,7 +35,7 @@ def recognise_hard_sigmoid(graph: gs.Graph) -> gs.Graph:
     for clip in list(graph.nodes):
         if clip.op != "Clip" or not clip.outputs or len(clip.outputs[0].outputs) != 1:
             continue
-        low, high = _clip_bounds(clip)
+        low, high = clip_bounds(clip)
         x = _x_plus_three(clip.inputs[0])
         top = clip.outputs[0].outputs[0]
         if x is None or low != 0.0 or not close(high, 6.0) or not _scaled_by_sixth(top):

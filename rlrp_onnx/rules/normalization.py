@@ -10,8 +10,9 @@ from .registry import NORMALIZATION, rule
 
 # The normalized axes of a LayerNormalization planned by passes/layer_norm.py over axes other than the last
 # ones (ConvNeXt's channels_first LayerNorm: axis 1 of N, C, H, W; a group norm's axes but the groups');
-# the planned node is never run.
+# the planned node is never run. Likewise the ε of an L2 normalization planned by passes/l2_norm.py.
 PLANNED_AXES = "rlrp_axes"
+PLANNED_EPSILON = "rlrp_epsilon"
 
 
 def _mean(ctx, tensor, axes, shape):
@@ -35,6 +36,8 @@ def _norm_axes(ctx, node):
         return list(range(2, rank))
     if PLANNED_AXES in node.attrs:
         return list(node.attrs[PLANNED_AXES])
+    if node.op == "LpNormalization":
+        return [node.attrs.get("axis", -1) % rank]
     return list(range(node.attrs.get("axis", -1) % rank, rank))
 
 
@@ -58,6 +61,25 @@ def normalization(ctx, node, rho):
     inverse = inverse_std(ctx, x, _norm_axes(ctx, node), epsilon, centred=node.op != "RMSNormalization")
     factor = emit.mul(scale, inverse)
     return {0: emit.mul(rho[0], factor)}
+
+
+def _lp_check(ctx, node):
+    if int(node.attrs.get("p", 2)) not in (1, 2):
+        return "LpNormalization with p other than 1 or 2 is not supported"
+    return _norm_check(ctx, node)
+
+
+@rule("LpNormalization", check=_lp_check, kind=NORMALIZATION)
+def lp_normalization(ctx, node, rho):
+    """y = x / max(‖x‖_p, ε) over the axes (ε: 0 for the op, F.normalize's clamp where planned), the norm
+    held constant: rho_x = rho_y · max(‖x‖_p, ε)^−1, as (max(Σ x², ε²))^(−1/2) for p = 2."""
+    emit, x = ctx.emit, node.inputs[0]
+    p, epsilon = int(node.attrs.get("p", 2)), float(node.attrs.get(PLANNED_EPSILON, 0.0))
+    powers = emit.mul(x, x) if p == 2 else emit.op("Abs", [x])
+    total = emit.reduce_sum(powers, _norm_axes(ctx, node), keepdims=True)
+    if epsilon:
+        total = emit.op("Max", [total, emit.const(epsilon**p)])
+    return {0: emit.mul(rho[0], emit.op("Pow", [total, emit.const(-1.0 / p)]))}
 
 
 def _lrn_check(ctx, node):
