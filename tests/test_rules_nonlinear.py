@@ -6,6 +6,7 @@
   x·HardSigmoid(x), GELU in its Erf and Tanh forms, recognised by passes/gelu.py): R_x = x·g(x)·rho_y;
 * InstanceNormalization / LayerNormalization with the statistics held constant: R_x = x·scale/σ·rho_y;
 * LRN with the denominator held constant: R_x = x·(bias + α/size·Σ_window x²)^(−β)·rho_y;
+* Max and Min of x and constants, a Clip with one bound: R_x = x·[y > max c]·rho_y, or [y < min c];
 * LpNormalization, and L2 normalization written out as torch exports ``F.normalize`` (recognised by
   passes/l2_norm.py), with the norm held constant: R_x = x·rho_y / max(‖x‖_p, ε).
 
@@ -473,3 +474,26 @@ def test_a_trailing_activation_is_skipped(trailing):
     out, _ = compiled(activated, x)
     np.testing.assert_allclose(out["rlrp_score"], expected["logits"].max(axis=1), rtol=1e-6)
     np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
+
+
+EXTREMA = {
+    "max_relu": ([node("Max", ["x", "zero"], ["h"])], {"zero": np.float32(0.0)}, lambda x: x > 0),
+    "min_first_constant": ([node("Min", ["half", "x"], ["h"])], {"half": np.float32(0.5)}, lambda x: x < 0.5),
+    "max_of_three": ([node("Max", ["x", "a", "b"], ["h"])], {"a": np.float32(-0.3), "b": np.array([0.2], np.float32)},
+                     lambda x: x > 0.2),
+}
+
+
+@pytest.mark.parametrize("case", list(EXTREMA))
+def test_max_and_min_with_constants_are_clips(case):
+    nodes, inits, passes = EXTREMA[case]
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13)
+    x = sample()
+    _, compiled_model = check(model, x, lambda rho: x * passes(x) * rho)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+def test_max_of_two_data_tensors_is_refused():
+    model = head_model([node("Relu", ["x"], ["r"]), node("Max", ["x", "r"], ["h"])], X_SHAPE, X_SHAPE, opset=13)
+    with pytest.raises(RlrpError, match="Max of several tensors computed from the input is not supported"):
+        compile_model(model)

@@ -1,4 +1,4 @@
-"""Routing rules (Transpose, Split, Slice, Gather, GatherND, Where, DepthToSpace, SpaceToDepth) and the
+"""Routing rules (Transpose, Split, Slice, Gather, GatherND, Where, DepthToSpace, SpaceToDepth, Tile) and the
 linear maps Resize, ConvTranspose and Einsum, in configurations written by hand and as the torch exporters
 write them.
 
@@ -83,6 +83,7 @@ ROUTING = {
     "space_to_depth": (  # [N, 3, 4, 4] → [N, 12, 2, 2]
         [node("Slice", ["x", "s", "e", "a"], ["t"]), node("SpaceToDepth", ["t"], ["h"], blocksize=2)],
         {"s": ints(0), "e": ints(4), "a": ints(3)}, 13),
+    "tile": ([node("Tile", ["x", "r"], ["h"])], {"r": ints(1, 2, 1, 3)}, 13),
     "where_broadcast_condition": (
         [node("Mul", ["x", "m2"], ["x2"]), node("Where", ["c", "x", "x2"], ["h"])],
         {"c": np.array([True, False, True, True]).reshape(1, 4, 1), "m2": np.float32(-2.0)}, 13),
@@ -373,6 +374,8 @@ class Ops(nn.Module):
             x = F.interpolate(x, size=(11, 13), mode="bilinear", align_corners=False)
         elif k == "convtranspose":
             x = self.up(x)
+        elif k == "repeat":  # Tile: [N, 4, 8, 8] → [N, 4, 16, 8], back to 8 rows by a strided slice
+            x = x.repeat(1, 1, 2, 1)[:, :, 1::2]
         elif k == "pixel_shuffle":  # DepthToSpace (CRD), then PixelUnshuffle: [N, 4, 8, 8] → [N, 1, 16, 16] → back
             x = F.pixel_unshuffle(F.pixel_shuffle(x, 2), 2)
         elif k == "einsum_prelu_consts":
@@ -382,7 +385,7 @@ class Ops(nn.Module):
 
 
 EXPORTED = ["split_cat", "chunk_flip_transpose", "strided_slices", "index_gather", "up_nearest",
-            "up_bilinear", "convtranspose", "einsum_prelu_consts", "pixel_shuffle"]
+            "up_bilinear", "convtranspose", "einsum_prelu_consts", "pixel_shuffle", "repeat"]
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

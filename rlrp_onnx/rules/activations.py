@@ -1,4 +1,5 @@
-"""Piecewise-linear activations: rho_x = s(x)·rho_y, a mask or slope read off the output."""
+"""Piecewise-linear activations (also Max/Min with constants): rho_x = s(x)·rho_y, a mask or slope read
+off the output."""
 
 from __future__ import annotations
 
@@ -65,3 +66,22 @@ def clip(ctx, node, rho):
     """rho_x = [min < x < max]·rho_y: where Clip saturates, the output is constant, like a bias."""
     low, high = _clip_bounds(ctx, node)
     return {0: ctx.emit.gate(rho[0], node.outputs[0], low, high)}
+
+
+def _extremum_check(ctx, node):
+    if sum(ctx.is_data(t) for t in node.inputs) != 1:
+        return f"{node.op} of several tensors computed from the input is not supported"
+    bounds = [ctx.constant(t) for t in node.inputs if not ctx.is_data(t)]
+    if any(b is None or b.size != 1 for b in bounds):
+        return f"{node.op} with a bound other than one constant value is not supported"
+    return None
+
+
+@rule("Max", "Min", check=_extremum_check, kind=ACTIVATION)
+def extremum(ctx, node, rho):
+    """Max or Min of x and constants c: a Clip with one bound (``torch.maximum(x, 0)`` is a ReLU):
+    rho_x = [y > max c]·rho_y, or [y < min c]·rho_y."""
+    bounds = [float(ctx.constant(t).reshape(())) for t in node.inputs if not ctx.is_data(t)]
+    low, high = (max(bounds), None) if node.op == "Max" else (None, min(bounds))
+    index = next(i for i, t in enumerate(node.inputs) if ctx.is_data(t))
+    return {index: ctx.emit.gate(rho[0], node.outputs[0], low, high)}

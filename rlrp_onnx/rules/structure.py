@@ -32,6 +32,31 @@ def expand(ctx, node, rho):
     return {0: ctx.unbroadcast(rho[0], node.inputs[0], ctx.shape(node.outputs[0]))}
 
 
+def _tile_check(ctx, node):
+    repeats = ctx.constant(node.inputs[1])
+    if repeats is None:
+        return "Tile with repeats computed at run time is not supported"
+    dynamic = [a for a, size in enumerate(ctx.shape(node.inputs[0])) if not isinstance(size, int)]
+    if len(dynamic) > 1 or any(int(repeats[a]) != 1 for a in dynamic):
+        return "Tile of a dynamic axis, or of several, is not supported"
+    return None
+
+
+@rule("Tile", check=_tile_check)
+def tile(ctx, node, rho):
+    """rho_x = rho_y summed over the copies: each tiled axis of y split into (copies, size), the copies
+    summed (a dynamic axis, never tiled, is Reshape's -1)."""
+    split, copies = [], []
+    for size, repeat in zip(ctx.shape(node.inputs[0]), ctx.constant(node.inputs[1]).tolist()):
+        if repeat != 1:
+            copies.append(len(split))
+            split.append(int(repeat))
+        split.append(size if isinstance(size, int) else -1)
+    if not copies:
+        return {0: rho[0]}
+    return {0: ctx.emit.reduce_sum(ctx.emit.op("Reshape", [rho[0], ctx.emit.ints(split)]), copies, keepdims=False)}
+
+
 @rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def reshape(ctx, node, rho):
     """rho_x = rho_y reshaped to x's shape (taken into the blocked layout where an image-like x comes out
