@@ -22,9 +22,10 @@ STEP_SCALE, STEP_ALPHA = 2.0**22, 2.0**127
 STEP_BETA = -(2.0**-30)
 STEP_BOUND_LIMIT = 2.0**100  # keeps STEP_SCALE·bound far from float32's overflow
 
-# ONNX Runtime's CUDA provider has no kernel for ConvTranspose-22 and MaxPool-22: from this opset on the
-# compiler emits neither (``Emitter.dilate``, ``rules.linear.window_adjoint``, ``rules.pooling.max_pool``).
-NO_CUDA_CONV_TRANSPOSE = NO_CUDA_MAX_POOL = 22
+# ONNX Runtime's CUDA provider has no kernel for ConvTranspose-22, MaxPool-22 and Softplus-22: from this
+# opset on the compiler emits none of them (``Emitter.dilate``, ``rules.linear.window_adjoint``,
+# ``rules.pooling.max_pool``, ``rules.gated``'s Mish gate).
+NO_CUDA_CONV_TRANSPOSE = NO_CUDA_MAX_POOL = NO_CUDA_SOFTPLUS = 22
 
 
 def text(value) -> str:

@@ -44,10 +44,10 @@ ViT with Einsum attention and the family's GroupNorm, RMSNorm, ResNeXt, ShuffleN
 fastai-head (ReduceMax) and cosine-head (L2 normalization) networks from both exporters, and
 test_float16's network in float16 (both exporters, and behind float32 Casts; the Casts that widen what
 the relevance pass reads), under every method. A small hand-built Conv/pool/Gemm classifier (with
-DepthToSpace, SpaceToDepth, ReduceMax, LpNormalization) is also compiled at opsets 11-23, since the
+DepthToSpace, SpaceToDepth, ReduceMax, LpNormalization, Mish) is also compiled at opsets 11-23, since the
 compiler emits at the source model's opset (``test_emitted_ops_have_cuda_kernels_at_other_opsets``; from
 opset 19 on the compiler avoids ops whose newest schema has no CUDA kernel: Pad, Identity, ConvTranspose,
-MaxPool).
+MaxPool, Softplus).
 Exports come from the session-scoped ``exported_model`` fixture, shared with test_oracle.
 """
 
@@ -357,8 +357,8 @@ def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
     """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → DepthToSpace (CRD) → SpaceToDepth → DepthToSpace (DCR)
     → SpaceToDepth → Slice of 3 of 4 channels → MaxPool 3x3/1 pad 1 (overlapping windows: routed
     differently below opset 16, from 16 and from 22) → MaxPool 2x2/2 → AveragePool 2x2/2 plus (broadcast)
-    ReduceMax over H, W (its axes an input from opset 18) → LpNormalization (p = 1) → Flatten → Gemm (the
-    Slice's adjoint pads with zeros); in ``dtype``."""
+    ReduceMax over H, W (its axes an input from opset 18) → LpNormalization (p = 1) → Mish (from opset 18)
+    → Flatten → Gemm (the Slice's adjoint pads with zeros); in ``dtype``."""
     rng = np.random.default_rng(0)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     if opset >= 18:
@@ -377,7 +377,8 @@ def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
          helper.make_node("MaxPool", ["o"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("AveragePool", ["p"], ["a"], kernel_shape=[2, 2], strides=[2, 2]), maximum,
          helper.make_node("Add", ["a", "m"], ["s"]),
-         helper.make_node("LpNormalization", ["s"], ["q"], axis=1, p=1),
+         helper.make_node("LpNormalization", ["s"], ["l"], axis=1, p=1),
+         helper.make_node("Mish" if opset >= 18 else "Identity", ["l"], ["q"]),
          helper.make_node("Flatten", ["q"], ["f"]),
          helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1)],
         [helper.make_tensor_value_info("x", elem, ["N", 3, 8, 8])],

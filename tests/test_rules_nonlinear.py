@@ -160,6 +160,7 @@ GATED = {
     "Gelu_op": ([node("Gelu", ["x"], ["h"])], 20, phi),
     "Gelu_op_tanh": ([node("Gelu", ["x"], ["h"], approximate="tanh")], 20, phi_tanh),
     "Mish_op": ([node("Mish", ["x"], ["h"])], 18, lambda x: np.tanh(np.logaddexp(0, x))),
+    "Mish_op_opset22": ([node("Mish", ["x"], ["h"])], 22, lambda x: np.tanh(np.logaddexp(0, x))),  # no Softplus
     "Swish_op": ([node("Swish", ["x"], ["h"], alpha=1.5)], 24, lambda x: sigmoid(1.5 * x)),
     "silu_x_times_sigmoid": ([node("Sigmoid", ["x"], ["s"]), node("Mul", ["x", "s"], ["h"])], 13, sigmoid),
     "silu_sigmoid_times_x": ([node("Sigmoid", ["x"], ["s"]), node("Mul", ["s", "x"], ["h"])], 13, sigmoid),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ..ir import text
+from ..ir import NO_CUDA_SOFTPLUS, text
 from .registry import ACTIVATION, rule
 
 
@@ -24,11 +24,21 @@ def _gelu_gate(emit, node, x):
     return emit.mul(emit.op("Add", [core, emit.const(1.0)]), emit.const(0.5))
 
 
+def _mish_gate(emit, node, x):
+    """tanh(softplus(x)); from opset NO_CUDA_SOFTPLUS on, softplus(x) as relu(x) + log(1 + exp(−|x|))."""
+    if emit.opset < NO_CUDA_SOFTPLUS:
+        softplus = emit.op("Softplus", [x])
+    else:
+        tail = emit.op("Exp", [emit.op("Neg", [emit.op("Abs", [x])])])
+        softplus = emit.op("Add", [emit.op("Relu", [x]), emit.op("Log", [emit.op("Add", [tail, emit.const(1.0)])])])
+    return emit.op("Tanh", [softplus])
+
+
 GATES = {
     "HardSwish": lambda emit, node, x: emit.op("HardSigmoid", [x], {"alpha": 1.0 / 6.0, "beta": 0.5}),
     "Swish": lambda emit, node, x: emit.op(
         "Sigmoid", [emit.mul(x, emit.const(float(node.attrs.get("alpha", 1.0))))]),
-    "Mish": lambda emit, node, x: emit.op("Tanh", [emit.op("Softplus", [x])]),
+    "Mish": _mish_gate,
     "Gelu": _gelu_gate,
 }
 
