@@ -57,6 +57,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     graph.outputs.extend(new_outputs)
     weights = {t.name for t in source.graph.initializer}  # graft takes these from the source
     built, _ = export_weightless(graph, lambda name: name in weights)
+    light_source = weightless(source)  # before graft, which may extend the source itself
     compiled = graft(source, built, new_nodes, [contract.TARGET_INPUT], [t.name for t in new_outputs], label,
                      in_place=in_place or not isinstance(model, onnx.ModelProto))
     if target_input == "optional":
@@ -69,7 +70,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
         contract.META_IMAGE_INPUTS: ",".join(t.name for t in plan.inputs),
         contract.META_MASKS: masks,
     })
-    return _validated(compiled, label)
+    return _validated(compiled, label, light_source)
 
 
 def _check_not_compiled(source: onnx.ModelProto, label: str) -> None:
@@ -158,12 +159,24 @@ def _set_metadata(compiled: onnx.ModelProto, values: dict[str, str]) -> None:
             compiled.metadata_props.add(key=key, value=value)
 
 
-def _validated(compiled: onnx.ModelProto, label: str) -> onnx.ModelProto:
+def _validated(compiled: onnx.ModelProto, label: str, light_source: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference and the full ONNX checker (of the graph: the weights come from the checked source or
-    from numpy); a failure here is a compiler bug, reported as such."""
+    from numpy). A failure here is a compiler bug, reported as such, unless the source (``light_source``,
+    its weightless copy) fails them too: ONNX Runtime refuses such a model as well."""
+    problem = _check_problem(weightless(compiled))
+    if problem is None:
+        return compiled
+    source_problem = _check_problem(light_source)
+    if source_problem is not None:
+        raise RlrpError(f"{label}: the model fails ONNX's strict shape inference or checker ({source_problem}), "
+                        "as ONNX Runtime's loader would; check how it was exported")
+    raise RlrpError(f"{label}: internal error, the compiled model is invalid ({problem})")
+
+
+def _check_problem(model: onnx.ModelProto) -> str | None:
+    """What strict shape inference or the full ONNX checker finds wrong with ``model``, or None."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(weightless(compiled), strict_mode=True)
-        onnx.checker.check_model(inferred, full_check=True)
+        onnx.checker.check_model(onnx.shape_inference.infer_shapes(model, strict_mode=True), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        raise RlrpError(f"{label}: internal error, the compiled model is invalid ({first_line(error)})") from None
-    return compiled
+        return first_line(error)
+    return None

@@ -458,3 +458,35 @@ def test_internal_errors_are_one_line(monkeypatch, capsys, dense_path, tmp_path)
     code, _, err = run_cli(capsys, "compile", dense_path, "-o", tmp_path / "o.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("rlrp-onnx: internal error: KeyError") and "RLRP_DEBUG" in err
+
+
+def test_a_model_onnx_shape_inference_refuses_is_blamed_not_the_compiler(tmp_path, capsys):
+    """A Gemm whose weight does not fit its input (the onnx checker without shape inference passes it;
+    ONNX Runtime refuses to load it): the error says the model fails ONNX's strict shape inference, not
+    that the compiler made an invalid model."""
+    model = dense_classifier()
+    weights = next(t for t in model.graph.initializer if t.name == "w2")
+    weights.CopyFrom(onnx.numpy_helper.from_array(np.ones((4, 5), np.float32), "w2"))  # 5 inputs, 8 given
+    path = tmp_path / "mismatch.onnx"
+    onnx.save(model, path)
+    code, out, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "mismatch.onnx", "fails ONNX's strict shape inference", "Gemm")
+    assert "internal error" not in err and not (tmp_path / "o.onnx").exists()
+
+
+def test_an_invalid_compiled_model_is_reported_as_a_compiler_bug(monkeypatch, dense_path):
+    """The compiler's own mistake (stood in for by a relevance node with mismatched shapes) is an internal
+    error; the source passes the same checks."""
+    import rlrp_onnx.compiler as compiler
+
+    def broken_graft(*args, **kwargs):
+        compiled = graft(*args, **kwargs)
+        compiled.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(7, np.float32), "seven"))
+        compiled.graph.node.append(helper.make_node("Add", ["rlrp_relevance", "seven"], ["broken"]))
+        compiled.graph.output.append(helper.make_tensor_value_info("broken", TensorProto.FLOAT, None))
+        return compiled
+
+    graft = compiler.graft
+    monkeypatch.setattr(compiler, "graft", broken_graft)
+    with pytest.raises(RlrpError, match="internal error, the compiled model is invalid"):
+        compile_model(dense_path)
