@@ -84,6 +84,13 @@ ROUTING = {
         [node("Slice", ["x", "s", "e", "a"], ["t"]), node("SpaceToDepth", ["t"], ["h"], blocksize=2)],
         {"s": ints(0), "e": ints(4), "a": ints(3)}, 13),
     "tile": ([node("Tile", ["x", "r"], ["h"])], {"r": ints(1, 2, 1, 3)}, 13),
+    "slice_to_an_end_read_off_size": (  # onnxscript 0.6's torch.roll: the end is Size(x), at least 60·N
+        [node("Size", ["x"], ["s"]), node("Reshape", ["s", "m1"], ["e"]), node("Slice", ["x", "b", "e", "a"], ["h"])],
+        {"m1": ints(-1), "b": ints(1), "a": ints(2)}, 13),
+    "mean_of_three": (  # x, x reversed along its last axis and −x, averaged by the Mean op
+        [node("Neg", ["x"], ["n"]), node("Slice", ["x", "s", "e", "a", "t"], ["r"]),
+         node("Mean", ["x", "r", "n"], ["h"])],
+        {"s": ints(-1), "e": ints(-INT64_MAX), "a": ints(3), "t": ints(-1)}, 13),
     "where_broadcast_condition": (
         [node("Mul", ["x", "m2"], ["x2"]), node("Where", ["c", "x", "x2"], ["h"])],
         {"c": np.array([True, False, True, True]).reshape(1, 4, 1), "m2": np.float32(-2.0)}, 13),
@@ -94,6 +101,16 @@ ROUTING = {
 def test_routing(case):
     nodes, inits, opset = ROUTING[case]
     check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+def test_a_slice_end_that_may_fall_short_of_its_axis_is_refused():
+    """An end read off the size of an [N] tensor is N, which may be shorter than the axis (4): not pinned."""
+    nodes = [node("ReduceMean", ["x"], ["t"], axes=[1, 2, 3], keepdims=0), node("Size", ["t"], ["s"]),
+             node("Reshape", ["s", "m1"], ["e"]), node("Slice", ["x", "b", "e", "a"], ["h"])]
+    model = head_model(nodes, X_SHAPE, h_shape=(3, 3, 5), initializers={"m1": ints(-1), "b": ints(1), "a": ints(2)},
+                       opset=13)
+    with pytest.raises(RlrpError, match="Slice with starts/ends/axes/steps computed at run time"):
+        compile_model(model)
 
 
 def resize(mode, ctm, scales=None, sizes=None, opset=13, **attrs):

@@ -16,7 +16,7 @@ from .l2_norm import recognise_l2_norm
 from .layer_norm import recognise_layer_norm
 from .names import unique_node_names
 from .pad_into_conv import pad_into_conv
-from .reshape_targets import pin_reshape_targets
+from .reshape_targets import pin_reshape_targets, pin_slice_ends
 from .sequence import split_to_sequence
 from .static_shapes import float_inputs, pin_input_shapes
 
@@ -42,7 +42,7 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
         model, held = export_weightless(graph)
         graph = reattach(gs.import_onnx(infer_shapes(model, label)), held)
         nodes = len(graph.nodes)
-        if not pin_reshape_targets(graph) and len(fold_constants(graph).nodes) == nodes:
+        if not pin_reshape_targets(graph) + pin_slice_ends(graph) and len(fold_constants(graph).nodes) == nodes:
             break
     for simplify in (recognise_gelu, recognise_hard_sigmoid, drop_identity_reshapes, recognise_layer_norm,
                      recognise_l2_norm, pad_into_conv):  # planned only, never run

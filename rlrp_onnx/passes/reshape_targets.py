@@ -5,7 +5,8 @@ and later; below that the reshaped tensor has no shape and the relevance path ca
 planning graph only (the compiled model keeps the source's Reshape), a target whose value is known up
 to one symbolic size, or a whole multiple of one (``N·heads``, as Keras' attention and dense layers on
 N-D inputs compute it with ReduceProd), is rewritten as a constant with 0 (copy) or -1 in that size's
-place: for any input the source Reshape accepts, both give the same shape.
+place: for any input the source Reshape accepts, both give the same shape. Slice ends computed from
+sizes are pinned alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 
+FULL = np.iinfo(np.int64).max  # a Slice end meaning "to the end"
 ARITHMETIC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
               "Div": lambda a, b: np.trunc(a / b).astype(np.int64)}  # on integers, as ONNX's Div
 
@@ -68,6 +70,29 @@ def pin_reshape_targets(graph: gs.Graph) -> int:
     return pinned
 
 
+def pin_slice_ends(graph: gs.Graph) -> int:
+    """Replace each Slice's ends computed at run time by constants where they are known, an end that is
+    a symbolic size at least as long as its axis for every batch becoming "to the end" (onnxscript 0.6
+    writes torch.roll's ends as Size(x), which grows with the batch); the number pinned."""
+    pinned = 0
+    for node in graph.nodes:
+        if node.op != "Slice" or len(node.inputs) < 3 or isinstance(node.inputs[2], gs.Constant):
+            continue
+        rest = [t for t in node.inputs[3:5] if t.name]
+        ends, shape = _value(node.inputs[2]), node.inputs[0].shape
+        if ends is None or ends.ndim != 1 or not _known(shape) or not all(isinstance(t, gs.Constant) for t in rest):
+            continue
+        axes = rest[0].values.tolist() if rest else list(range(len(ends)))
+        if len(rest) > 1 and np.any(rest[1].values <= 0):
+            continue
+        constant = [int(end) if not _symbolic(end) else FULL if isinstance(shape[axis], int) and
+                    _least(end) >= shape[axis] else None for end, axis in zip(ends, axes)]
+        if None not in constant:
+            node.inputs[2] = gs.Constant(f"{node.outputs[0].name}_ends", np.array(constant, np.int64))
+            pinned += 1
+    return pinned
+
+
 def _follows(shape, data_shape) -> bool:
     """Whether shape inference knew ``shape``: every size a number or a name the data's shape has."""
     return _known(shape) and all(isinstance(d, int) or d in (data_shape or []) for d in shape)
@@ -97,6 +122,10 @@ def _value(tensor) -> np.ndarray | None:
         if not _known(shape):
             return None
         return np.array(list(shape), dtype=object)[node.attrs.get("start", 0):node.attrs.get("end", None)]
+    if node.op == "Size":
+        shape = node.inputs[0].shape
+        product = _product(shape) if _known(shape) else None
+        return None if product is None else np.array(product, dtype=object)
     values = [_value(t) for t in node.inputs]
     if any(v is None for v in values):
         return None
@@ -114,13 +143,11 @@ def _value(tensor) -> np.ndarray | None:
         return np.array([_extreme(node.op, a, b, f"{node.name}/{i}") for i, (a, b) in enumerate(zip(*values))],
                         dtype=object)
     if node.op == "ReduceProd" and values[0].ndim == 1 and _reduces_all(node, values):
-        product = 1
-        for size in values[0]:
-            product = None if product is None else _times(product, size)
+        product = _product(values[0])
         keep = node.attrs.get("keepdims", 1)
         return None if product is None else np.array([product] if keep else product, dtype=object)
-    if node.op == "Reshape" and values[0].ndim == 1 and list(values[1]) == [-1]:
-        return values[0]
+    if node.op == "Reshape" and values[0].ndim <= 1 and list(values[1]) == [-1]:
+        return values[0].reshape(-1)
     if node.op == "Equal" and values[0].shape == values[1].shape and values[0].ndim == 1:
         equal = [_equal(a, b) for a, b in zip(values[0], values[1])]
         return None if None in equal else np.array(equal, dtype=object)
@@ -139,6 +166,21 @@ def _value(tensor) -> np.ndarray | None:
             return None
         return values[0][slice(start, end, rest[1] if len(rest) > 1 else 1)]
     return None
+
+
+def _product(sizes):
+    """The product of sizes (numbers, names, Multiples), or None where symbolic sizes multiply."""
+    product = 1
+    for size in sizes:
+        product = None if product is None else _times(product, size)
+    return product
+
+
+def _least(size) -> int:
+    """The smallest value a size takes for a batch of at least one sample."""
+    if isinstance(size, Multiple):
+        return size.factor
+    return 1 if _symbolic(size) else int(size)
 
 
 def _extreme(op: str, a, b, fresh: str):

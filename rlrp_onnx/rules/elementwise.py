@@ -12,11 +12,14 @@ RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose"
 PRODUCTS = {"Mul", "MatMul", "Einsum"}  # what a gate may multiply
 
 
-@rule("Add", "Sum", kind=LINEAR)
+@rule("Add", "Sum", "Mean", kind=LINEAR)
 def add(ctx, node, rho):
-    """rho_u = rho_v = rho_y: a constant addend is a bias whose share stays behind; a skip splits R ∝ u, v."""
-    y = node.outputs[0]
-    return {i: ctx.unbroadcast(rho[0], t, ctx.shape(y)) for i, t in enumerate(node.inputs) if ctx.is_data(t)}
+    """rho_u = rho_v = rho_y (Mean of n: rho_y / n): a constant addend is a bias whose share stays behind; a
+    skip splits R ∝ u, v."""
+    y, r = node.outputs[0], rho[0]
+    if node.op == "Mean":
+        r = ctx.emit.mul(r, ctx.emit.const(1.0 / len(node.inputs)))
+    return {i: ctx.unbroadcast(r, t, ctx.shape(y)) for i, t in enumerate(node.inputs) if ctx.is_data(t)}
 
 
 @rule("Sub", kind=LINEAR)
