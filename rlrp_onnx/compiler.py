@@ -162,15 +162,29 @@ def _set_metadata(compiled: onnx.ModelProto, values: dict[str, str]) -> None:
 def _validated(compiled: onnx.ModelProto, label: str, light_source: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference and the full ONNX checker (of the graph: the weights come from the checked source or
     from numpy). A failure here is a compiler bug, reported as such, unless the source (``light_source``,
-    its weightless copy) fails them too: ONNX Runtime refuses such a model as well."""
+    its weightless copy) fails them too, or ONNX Runtime refuses to load it (older onnx versions miss
+    some inconsistencies that its loader finds)."""
     problem = _check_problem(weightless(compiled))
     if problem is None:
         return compiled
-    source_problem = _check_problem(light_source)
+    source_problem = _check_problem(light_source) or _load_problem(light_source)
     if source_problem is not None:
-        raise RlrpError(f"{label}: the model fails ONNX's strict shape inference or checker ({source_problem}), "
-                        "as ONNX Runtime's loader would; check how it was exported")
+        raise RlrpError(f"{label}: the model itself is invalid ({source_problem}): ONNX's strict shape inference "
+                        "or ONNX Runtime's loader refuses it; check how it was exported")
     raise RlrpError(f"{label}: internal error, the compiled model is invalid ({problem})")
+
+
+def _load_problem(model: onnx.ModelProto) -> str | None:
+    """Why ONNX Runtime cannot load ``model`` (weightless: its large weights are inputs), or None."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ONNX Runtime raises its own pybind exception types
+        return first_line(error)
+    return None
 
 
 def _check_problem(model: onnx.ModelProto) -> str | None:
