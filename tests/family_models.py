@@ -658,14 +658,6 @@ class FastaiLike(nn.Module):
                                   nn.Linear(64, 32), nn.ReLU(), nn.BatchNorm1d(32), nn.Dropout(0.5),
                                   nn.Linear(32, num_classes))
         init_deterministic(self, seed)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for m in self.head.modules():
-                if isinstance(m, nn.BatchNorm1d):
-                    m.weight.uniform_(0.5, 1.5, generator=generator)
-                    m.bias.normal_(0.0, 0.1, generator=generator)
-                    m.running_mean.normal_(0.0, 0.1, generator=generator)
-                    m.running_var.uniform_(0.5, 2.0, generator=generator)
 
     def forward(self, x):
         return self.head(self.body(x))

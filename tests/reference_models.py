@@ -91,7 +91,7 @@ def init_deterministic(model: nn.Module, seed: int) -> nn.Module:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=g)
                 if m.bias is not None:
                     m.bias.normal_(0.0, 0.05, generator=g)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.weight.uniform_(0.5, 1.5, generator=g)
                 m.bias.normal_(0.0, 0.1, generator=g)
                 m.running_mean.normal_(0.0, 0.1, generator=g)

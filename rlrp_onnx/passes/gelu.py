@@ -36,6 +36,18 @@ def producer(tensor):
     return tensor.inputs[0] if isinstance(tensor, gs.Variable) and tensor.inputs else None
 
 
+def keepdims_axes(node, rank: int) -> list[int] | None:
+    """The axes a Reduce* node reduces while keeping them (an attribute, or a constant input from opset
+    18), non-negative and sorted; [] when it names none; None when it drops them or its axes are
+    computed at run time."""
+    if not node.attrs.get("keepdims", 1):
+        return None
+    axes = node.attrs.get("axes")
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        axes = node.inputs[1].values.reshape(-1).tolist() if isinstance(node.inputs[1], gs.Constant) else None
+    return None if axes is None else sorted(int(a) % rank for a in axes)
+
+
 def clip_bounds(node) -> list:
     """[min, max] of a Clip node (attributes below opset 11, inputs from it): numbers, None where absent
     or computed at run time."""

@@ -10,22 +10,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ..rules.normalization import PLANNED_AXES, PLANNED_EPSILON
-from .gelu import clip_bounds, producer, scalar
-
-
-def _reduced_axes(reduce: gs.Node, rank: int) -> list[int] | None:
-    """The axes of a ReduceL2 with keepdims (an attribute, or a constant input from opset 18), or None."""
-    if not reduce.attrs.get("keepdims", 1):
-        return None
-    if len(reduce.inputs) > 1 and reduce.inputs[1].name:
-        if not isinstance(reduce.inputs[1], gs.Constant):
-            return None
-        axes = reduce.inputs[1].values.reshape(-1).tolist()
-    else:
-        axes = reduce.attrs.get("axes")
-    if not axes:
-        return None if reduce.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
-    return sorted(int(a) % rank for a in axes)
+from .gelu import clip_bounds, keepdims_axes, producer, scalar
 
 
 def _clamped(node: gs.Node) -> tuple[gs.Variable, float] | None:
@@ -53,7 +38,9 @@ def _norm(divisor, x) -> tuple[list[int], float] | None:
         node, epsilon = producer(clamped[0]), clamped[1]
     if node is None or node.op != "ReduceL2" or node.inputs[0] is not x or x.shape is None:
         return None
-    axes = _reduced_axes(node, len(x.shape))
+    axes = keepdims_axes(node, len(x.shape))
+    if axes == []:  # none named: all of them, unless the node is told to reduce none
+        axes = None if node.attrs.get("noop_with_empty_axes", 0) else list(range(len(x.shape)))
     return None if axes is None else (axes, epsilon)
 
 

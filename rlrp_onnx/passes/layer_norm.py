@@ -27,7 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..rules.normalization import PLANNED_AXES
-from .gelu import producer, scalar
+from .gelu import keepdims_axes, producer, scalar
 
 
 def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
@@ -266,12 +266,9 @@ def _mean_axes(node, rank: int) -> list[int] | None:
     non-negative, or None."""
     if node is not None and node.op == "GlobalAveragePool":
         return list(range(2, rank))
-    if node is None or node.op != "ReduceMean" or not node.attrs.get("keepdims", 1):
+    if node is None or node.op != "ReduceMean":
         return None
-    axes = node.attrs.get("axes")
-    if len(node.inputs) > 1:
-        axes = node.inputs[1].values.tolist() if isinstance(node.inputs[1], gs.Constant) else None
-    return sorted(a % rank for a in axes) if axes else None
+    return keepdims_axes(node, rank) or None
 
 
 def _readers(tensor) -> set[int]:
