@@ -34,7 +34,9 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
 * ``fastai_like``        fastai's classifier head: global max and average pooling concatenated
   (ReduceMax from the dynamo exporter), BatchNorm1d, Linear-ReLU-BatchNorm1d-Linear;
 * ``cosine_like``        a cosine (CLIP-style zero-shot) head: ``F.normalize`` features against normalized
-  class embeddings, and ``F.normalize`` over the channels of a feature map.
+  class embeddings, and ``F.normalize`` over the channels of a feature map;
+* ``maxout_like``        maxout: ``torch.maximum``/``torch.minimum`` of linear pieces (Max/Min of two and
+  three data tensors) and a channel maxout by ``amax`` (ReduceMax).
 """
 
 from __future__ import annotations
@@ -698,6 +700,53 @@ class CosineLike(nn.Module):
         return 100.0 * self.body(x) @ self.normalize(self.classes).T
 
 
+# ---- maxout: elementwise maxima (and a minimum) of linear pieces, a channel maxout by amax ----------------
+
+class Extremum(nn.Module):
+    """The elementwise maximum (``torch.maximum``, ONNX Max) or minimum of linear pieces: Goodfellow's maxout."""
+
+    def __init__(self, *pieces, reduce=torch.maximum):
+        super().__init__()
+        self.pieces, self.reduce = nn.ModuleList(pieces), reduce
+
+    def forward(self, x):
+        out = self.pieces[0](x)
+        for piece in self.pieces[1:]:
+            out = self.reduce(out, piece(x))
+        return out
+
+
+class ChannelMaxout(nn.Module):
+    """A Conv with ``pieces`` times the channels, maxed over each group of ``pieces`` (ReduceMax)."""
+
+    def __init__(self, cin, cout, pieces=2):
+        super().__init__()
+        self.conv, self.pieces = nn.Conv2d(cin, cout * pieces, 3, 1, 1), pieces
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c, h, w = y.shape
+        return y.view(n, c // self.pieces, self.pieces, h, w).amax(2)
+
+
+class MaxoutLike(nn.Module):
+    """A maxout network: a two-piece maxout of Conv-BN pairs, a channel maxout, a two-piece minimum of
+    strided Convs, and a three-piece maxout of Linears before the classifier."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn(3, 16, 3, 2), Extremum(conv_bn(16, 16, act=None), conv_bn(16, 16, act=None)),
+            ChannelMaxout(16, 16), Extremum(nn.Conv2d(16, 24, 3, 2, 1), nn.Conv2d(16, 24, 3, 2, 1), reduce=torch.minimum),
+            GlobalPool(), Extremum(*(nn.Linear(24, 32) for _ in range(3))), nn.Linear(32, num_classes))
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.body(x)
+
+
 FAMILIES: dict[str, ModelSpec] = {
     "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
     "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
@@ -717,6 +766,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "swin_like": ModelSpec(SwinLike, SwinLike.input_shape),
     "fastai_like": ModelSpec(FastaiLike, FastaiLike.input_shape),
     "cosine_like": ModelSpec(CosineLike, CosineLike.input_shape),
+    "maxout_like": ModelSpec(MaxoutLike, MaxoutLike.input_shape),
 }
 
 

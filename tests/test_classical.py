@@ -184,6 +184,31 @@ def test_small_network(case):
     assert_close(out[RELEVANCE_OUTPUT], expected)
 
 
+def test_maxout_and_min_with_a_constant_first():
+    """x → two Gemms → Max (a maxout: R to the winner) → Min(0.5, ·) (one data input, listed second: R
+    unchanged) → Gemm → logits, under the ε-rule."""
+    rng = np.random.default_rng(5)
+    p = {"w1": rng.standard_normal((7, 6)), "w2": rng.standard_normal((7, 6)), "w3": rng.standard_normal((4, 7))}
+    inits = {**{k: v.astype(np.float32) for k, v in p.items()}, "half": np.float32(0.5)}
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w1"], ["d1"], transB=1), helper.make_node("Gemm", ["x", "w2"], ["d2"], transB=1),
+         helper.make_node("Max", ["d1", "d2"], ["m"]), helper.make_node("Min", ["half", "m"], ["c"]),
+         helper.make_node("Gemm", ["c", "w3"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    out, _ = explain(model, x, [1, -1, 2], rule="epsilon", options=Options(epsilon=1e-3))
+    dense, x64 = ref.Dense(), x.astype(np.float64)
+    d1, d2 = dense.forward(x64, p["w1"], None), dense.forward(x64, p["w2"], None)
+    c = np.minimum(np.maximum(d1, d2), 0.5)
+    relevance = ref.lrp(dense, c, p["w3"], None, seeded(dense.forward(c, p["w3"], None), out[CLASS_OUTPUT]),
+                        "epsilon", eps=1e-3)
+    first = d1 >= d2
+    expected = (ref.lrp(dense, x64, p["w1"], None, relevance * first, "epsilon", eps=1e-3)
+                + ref.lrp(dense, x64, p["w2"], None, relevance * ~first, "epsilon", eps=1e-3))
+    assert_close(out[RELEVANCE_OUTPUT], expected)
+
+
 @pytest.mark.parametrize("composite,first,conv,dense", [
     ("epsilon_plus", "zplus", "zplus", "epsilon(epsilon=1e-06)"),
     ("epsilon_plus_flat", "flat", "zplus", "epsilon(epsilon=1e-06)"),

@@ -6,7 +6,8 @@
   x·HardSigmoid(x), GELU in its Erf and Tanh forms, recognised by passes/gelu.py): R_x = x·g(x)·rho_y;
 * InstanceNormalization / LayerNormalization with the statistics held constant: R_x = x·scale/σ·rho_y;
 * LRN with the denominator held constant: R_x = x·(bias + α/size·Σ_window x²)^(−β)·rho_y;
-* Max and Min of x and constants, a Clip with one bound: R_x = x·[y > max c]·rho_y, or [y < min c];
+* Max and Min of x and constants, a Clip with one bound: R_x = x·[y > max c]·rho_y, or [y < min c]; of
+  several tensors, rho_y to the first that attains y (broadcast operands sum it);
 * LpNormalization, and L2 normalization written out as torch exports ``F.normalize`` (recognised by
   passes/l2_norm.py), with the norm held constant: R_x = x·rho_y / max(‖x‖_p, ε).
 
@@ -494,7 +495,65 @@ def test_max_and_min_with_constants_are_clips(case):
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
 
 
-def test_max_of_two_data_tensors_is_refused():
-    model = head_model([node("Relu", ["x"], ["r"]), node("Max", ["x", "r"], ["h"])], X_SHAPE, X_SHAPE, opset=13)
-    with pytest.raises(RlrpError, match="Max of several tensors computed from the input is not supported"):
-        compile_model(model)
+def reversed_last(a):
+    return a[..., ::-1]
+
+
+def first_winner(y, operands):
+    """0/1 weights of each operand: 1 where it is the first in order to attain ``y``."""
+    free, weights = np.ones(y.shape, bool), []
+    for operand in operands:
+        won = free & (np.broadcast_to(operand, y.shape) == y)
+        weights.append(won)
+        free &= ~won
+    return weights
+
+
+REVERSE = node("Slice", ["x", "last", "before_first", "axis3", "minus_one"], ["xr"])
+REVERSE_INITS = {"last": np.array([-1], np.int64), "before_first": np.array([-2**62], np.int64),
+                 "axis3": np.array([3], np.int64), "minus_one": np.array([-1], np.int64)}
+
+
+def tied_sample():
+    """``sample()`` with some values equal to their mirror along the last axis: ties of x and reversed x."""
+    x = sample()
+    x[:, 1, :2, 0] = x[:, 1, :2, -1]
+    x[:, 2, 3, 1] = x[:, 2, 3, -2]
+    return x
+
+
+def maxout_of_mirrors(x, rho):
+    y = np.maximum(x, reversed_last(x))
+    w, w_reversed = first_winner(y, [x, reversed_last(x)])
+    return x * (w * rho + reversed_last(w_reversed * rho))
+
+
+def maxout_broadcast(x, rho):
+    m = x.mean(axis=3, keepdims=True)
+    w, w_mean = first_winner(np.maximum(x, m), [x, m])
+    return x * (w * rho + (w_mean * rho).sum(axis=3, keepdims=True) / x.shape[3])
+
+
+def min_of_mirrors_and_constant(x, rho):
+    y = np.minimum(np.minimum(x, reversed_last(x)), 0.5)
+    passed = rho * (y < 0.5)
+    w, w_reversed = first_winner(y, [x, reversed_last(x)])
+    return x * (w * passed + reversed_last(w_reversed * passed))
+
+
+MAXOUTS = {  # name: (nodes, initializers, numpy reference of x, rho)
+    "max_of_mirrors": ([REVERSE, node("Max", ["x", "xr"], ["h"])], REVERSE_INITS, maxout_of_mirrors),
+    "max_broadcast": ([node("ReduceMean", ["x"], ["m"], axes=[3], keepdims=1), node("Max", ["x", "m"], ["h"])], {},
+                      maxout_broadcast),
+    "min_of_three_with_constant": ([REVERSE, node("Min", ["x", "xr", "half"], ["h"])],
+                                   {**REVERSE_INITS, "half": np.float32(0.5)}, min_of_mirrors_and_constant),
+}
+
+
+@pytest.mark.parametrize("case", list(MAXOUTS))
+def test_max_and_min_of_data_tensors_route_to_the_first_winner(case):
+    """A maxout: rho_y goes to the first operand attaining y (ties planted; a broadcast operand sums it)."""
+    nodes, inits, reference = MAXOUTS[case]
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13)
+    x = tied_sample()
+    check(model, x, lambda rho: reference(x.astype(np.float64), rho))

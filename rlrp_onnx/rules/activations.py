@@ -1,5 +1,5 @@
-"""Piecewise-linear activations (also Max/Min with constants): rho_x = s(x)·rho_y, a mask or slope read
-off the output."""
+"""Piecewise-linear activations (also Max/Min of tensors and constants): rho_x = s(x)·rho_y, a mask or
+slope read off the output."""
 
 from __future__ import annotations
 
@@ -69,8 +69,6 @@ def clip(ctx, node, rho):
 
 
 def _extremum_check(ctx, node):
-    if sum(ctx.is_data(t) for t in node.inputs) != 1:
-        return f"{node.op} of several tensors computed from the input is not supported"
     bounds = [ctx.constant(t) for t in node.inputs if not ctx.is_data(t)]
     if any(b is None or b.size != 1 for b in bounds):
         return f"{node.op} with a bound other than one constant value is not supported"
@@ -79,9 +77,21 @@ def _extremum_check(ctx, node):
 
 @rule("Max", "Min", check=_extremum_check, kind=ACTIVATION)
 def extremum(ctx, node, rho):
-    """Max or Min of x and constants c: a Clip with one bound (``torch.maximum(x, 0)`` is a ReLU):
-    rho_x = [y > max c]·rho_y, or [y < min c]·rho_y."""
+    """Max or Min of tensors x_i and constants c. The constants are a Clip with one bound
+    (``torch.maximum(x, 0)`` is a ReLU): rho_y passes where y > max c (Min: y < min c). There it goes to
+    the first x_i in input order that attains y (a maxout's winner; ties to the first, as a MaxPool's
+    first maximum), summed over the axes along which x_i was broadcast."""
+    emit, y = ctx.emit, node.outputs[0]
     bounds = [float(ctx.constant(t).reshape(())) for t in node.inputs if not ctx.is_data(t)]
-    low, high = (max(bounds), None) if node.op == "Max" else (None, min(bounds))
-    index = next(i for i, t in enumerate(node.inputs) if ctx.is_data(t))
-    return {index: ctx.emit.gate(rho[0], node.outputs[0], low, high)}
+    r = rho[0]
+    if bounds:
+        low, high = (max(bounds), None) if node.op == "Max" else (None, min(bounds))
+        r = emit.gate(r, y, low, high)
+    data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
+    free, shares = 1.0, {}  # free: 1 where no earlier tensor attained y
+    for i in data[:-1]:
+        behind = emit.op("Less" if node.op == "Max" else "Greater", [node.inputs[i], y])
+        shares[i], free = emit.choose(behind, 0.0, free), emit.choose(behind, free)
+    shares[data[-1]] = free
+    return {i: ctx.unbroadcast(r if isinstance(share, float) else emit.mul(r, share), node.inputs[i], ctx.shape(y))
+            for i, share in shares.items()}

@@ -231,7 +231,12 @@ def _fixed(ctx, node, relevance):
 
 
 def _unchanged(ctx, node, relevance):
-    return {0: relevance[0]}
+    """R_x = R_y for the op's one data input (``Min(0.5, x)``: input 1); an op of several (a maxout's
+    Max) routes R as its R-LRP rule routes rho."""
+    data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
+    if len(data) > 1:
+        return RULES[node.op].backward(ctx, node, relevance)
+    return {data[0]: relevance[0]}
 
 
 CLASSICAL_BACKWARD = {LAYER: _layer, LINEAR: _fixed, ACTIVATION: _unchanged, NORMALIZATION: _unchanged}
