@@ -115,6 +115,25 @@ def test_family_matches_oracle(exported_family, family, capsys, name, exporter, 
     assert not added_ops(compiled, path) & {"Div", "Reciprocal"}
 
 
+# Piecewise-linear families (ReLU, max and average pools, maxout, skips, concatenations, shuffles) whose
+# BatchNorms fold into the Convs: there the classical LRP-0 rule equals input × gradient (Ancona et al.,
+# ICLR 2018, for ReLU networks; biases included). Sums and pools take the ε-rule's fixed stabilizer
+# (RLRP.md, "Comparators"), hence a looser tolerance.
+PIECEWISE_LINEAR = ["resnext_like", "shufflenet_like", "squeezenet_like", "inception_like", "maxout_like"]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", PIECEWISE_LINEAR)
+def test_lrp0_equals_input_times_gradient_on_piecewise_linear_families(exported_family, family, name, exporter):
+    compiled = compile_model(exported_family(name, exporter, True), rule="lrp0")
+    x = family_input(name, batch=3, seed=7)
+    out = run(compiled, {"image": x, TARGET_INPUT: np.array([3, -1, 9], np.int64)})
+    relevance, classes, _ = input_times_gradient(family(name), x, [3, -1, 9])
+    np.testing.assert_array_equal(out[CLASS_OUTPUT], classes)
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], relevance)
+    assert np.all(errors < 1e-3), f"relative L2 errors {errors}"
+
+
 class DivRMSNorm(nn.RMSNorm):
     """RMSNorm written as ``x / sqrt(mean(x·x) + ε) · γ``."""
 
