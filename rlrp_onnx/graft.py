@@ -8,7 +8,7 @@ import onnx
 
 from .errors import RlrpError
 from .passes.float16 import HALF, SINGLE, uses_float16
-from .passes.fold import infer_shapes
+from .passes.fold import infer_shapes, untyped_by_onnx
 from .weightless import weightless
 
 
@@ -16,7 +16,8 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
           new_inputs: list[str], new_outputs: list[str], label: str, in_place: bool = False) -> onnx.ModelProto:
     """The source model plus the nodes named ``new_nodes`` of ``built`` (its canonical form with the
     relevance pass), the initializers they need that the source lacks, the shapes of their tensors
-    that ``built`` knows, and the new inputs/outputs. ``built`` is float32; the float16 tensors of the
+    that ``built`` knows, ONNX Runtime's types of the source's tensors ONNX cannot type, and the new
+    inputs/outputs. ``built`` is float32; the float16 tensors of the
     source that the relevance pass reads reach it through Casts. ``in_place``: added to ``source``
     itself, when nobody else holds it (no copy of the weights)."""
     model = source if in_place else copy.deepcopy(source)
@@ -36,6 +37,7 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
     graph.initializer.extend(initializers[name] for name in sorted(needed) if name in initializers)
     graph.node.extend(nodes)
     graph.value_info.extend(v for v in built.graph.value_info if v.name in produced)
+    graph.value_info.extend(untyped_by_onnx(source, label))  # else strict shape inference fails on it
     graph.input.extend(inputs[name] for name in new_inputs)
     outputs = {t.name: t for t in built.graph.output}
     graph.output.extend(outputs[name] for name in new_outputs)

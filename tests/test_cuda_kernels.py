@@ -284,7 +284,7 @@ def _family_exports(folder):
     """The family's ViT (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17
     and 13 (LayerNorm in arithmetic) and from dynamo, the same with Einsum attention, and its GroupNorm,
     RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin, fastai-head, cosine-head and maxout networks from both
-    exporters: (label, path)."""
+    exporters, and the GroupNorm network from dynamo at opset 21 (the GroupNormalization op): (label, path)."""
     from exporting import export_onnx
     from family_models import family_input, make_family
     from test_rule_configs import export
@@ -296,6 +296,8 @@ def _family_exports(folder):
         model, x = make_family(name), family_input(name, 2)
         for exporter in ("torchscript", "dynamo"):
             yield f"{name}-{exporter}-fold", export_onnx(model, x, folder / f"{name}-{exporter}.onnx", exporter, True)
+    model, x = make_family("groupnorm_like"), family_input("groupnorm_like", 2)  # the GroupNormalization op
+    yield "groupnorm_like-dynamo-opset21", export_onnx(model, x, folder / "gn21.onnx", "dynamo", True, opset=21)
 
 
 def _float16_exports(folder):

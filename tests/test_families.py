@@ -134,6 +134,16 @@ def test_lrp0_equals_input_times_gradient_on_piecewise_linear_families(exported_
     assert np.all(errors < 1e-3), f"relative L2 errors {errors}"
 
 
+@pytest.mark.parametrize("opset", [21, 23])
+def test_group_normalization_op(exported_family, family, tmp_path, opset):
+    """From opset 21 the dynamo exporter writes ``nn.GroupNorm`` as the GroupNormalization op (scale per
+    channel), against autograd with the group statistics held."""
+    model, x = family("groupnorm_like"), family_input("groupnorm_like", batch=3, seed=7)
+    path = export_onnx(model, x, tmp_path / "gn.onnx", "dynamo", opset=opset)
+    assert "GroupNormalization" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9])
+
+
 class DivRMSNorm(nn.RMSNorm):
     """RMSNorm written as ``x / sqrt(mean(x·x) + ε) · γ``."""
 

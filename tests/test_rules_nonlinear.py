@@ -4,7 +4,8 @@
   one-sided limit f'(0±) times x·rho_y where f(0) = 0, zero relevance at a pole (rules/smooth.py);
 * gated activations y = x·g(x) as ops (HardSwish, Gelu, Mish, Swish) and as arithmetic (x·Sigmoid(x),
   x·HardSigmoid(x), GELU in its Erf and Tanh forms, recognised by passes/gelu.py): R_x = x·g(x)·rho_y;
-* InstanceNormalization / LayerNormalization with the statistics held constant: R_x = x·scale/σ·rho_y;
+* InstanceNormalization / LayerNormalization / GroupNormalization with the statistics held constant:
+  R_x = x·scale/σ·rho_y;
 * LRN with the denominator held constant: R_x = x·(bias + α/size·Σ_window x²)^(−β)·rho_y;
 * Max and Min of x and constants, a Clip with one bound: R_x = x·[y > max c]·rho_y, or [y < min c]; of
   several tensors, rho_y to the first that attains y (broadcast operands sum it);
@@ -21,7 +22,7 @@ import math
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from rlrp_onnx import RlrpError, compile_model
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, TARGET_INPUT
@@ -240,6 +241,38 @@ NORMALIZATION = {
     "lp2_axis1": ([node("LpNormalization", ["x"], ["h"], axis=1, p=2)], {}, 13, lambda x: 1 / lp_norm(x, (1,), 2)),
     "lp1_last_axis": ([node("LpNormalization", ["x"], ["h"], p=1)], {}, 13, lambda x: 1 / lp_norm(x, (3,), 1)),
 }
+
+
+GROUPED_SHAPE = (6, 4, 5)
+
+
+@pytest.mark.parametrize("opset,groups", [(21, 2), (21, 1), (21, 6), (23, 3)])
+def test_group_normalization_holds_group_statistics(opset, groups):
+    """GroupNormalization: R_x = x·scale_c/σ_g·rho_y, σ_g over each group of channels and the spatial
+    axes. ONNX's shape inference gives its output no type (ONNX Runtime's does)."""
+    scale = RNG.uniform(0.5, 1.5, 6).astype(np.float32)
+    inits = {"s": scale, "b": RNG.normal(0, 0.2, 6).astype(np.float32)}
+    model = head_model([node("GroupNormalization", ["x", "s", "b"], ["h"], num_groups=groups, epsilon=1e-3)],
+                       GROUPED_SHAPE, GROUPED_SHAPE, initializers=inits, opset=opset)
+    x = np.random.default_rng(4).standard_normal((2, *GROUPED_SHAPE)).astype(np.float32)
+    per_group = inverse_std(x.reshape(2, groups, -1), (2,), 1e-3).reshape(2, groups)
+    factor = np.repeat(per_group, 6 // groups, axis=1) * scale
+    check(model, x, lambda rho: x * factor.reshape(2, 6, 1, 1) * rho)
+
+
+def test_group_normalization_with_a_scale_per_group_is_refused():
+    """Opset 18's GroupNormalization (a scale per group; deprecated, ONNX's checker refuses it, ONNX Runtime
+    runs it) is refused by name."""
+    inits = [numpy_helper.from_array(v, k) for k, v in
+             {"s": np.ones(3, np.float32), "b": np.zeros(3, np.float32), "W": np.ones((4, 120), np.float32)}.items()]
+    graph = helper.make_graph(
+        [node("GroupNormalization", ["x", "s", "b"], ["h"], num_groups=3), node("Flatten", ["h"], ["flat"]),
+         node("Gemm", ["flat", "W"], ["logits"], transB=1)], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *GROUPED_SHAPE])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    with pytest.raises(RlrpError, match=r"GroupNormalization with a scale per group \(opset 18"):
+        compile_model(model)
 
 
 def lp_norm(x, axes, p, epsilon=0.0):

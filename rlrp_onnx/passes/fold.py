@@ -11,16 +11,64 @@ from ..weightless import weightless
 
 
 def infer_shapes(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    """ONNX shape inference with data propagation, run on a weightless copy; the inferred value_info and
-    output types are written into ``model``, which is returned."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(weightless(model), strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as error:
-        raise RlrpError(f"{label}: shape inference failed ({first_line(error)})") from None
+    """ONNX shape inference with data propagation, run on a weightless copy, completed by ONNX Runtime's
+    types for tensors it leaves untyped (``runtime_types``); the inferred value_info and output types are
+    written into ``model``, which is returned."""
+    inferred = _onnx_inferred(model, label)
+    outputs = {o.name: o for o in inferred.graph.output}
+    for info in runtime_types(inferred):
+        if info.name in outputs:
+            outputs[info.name].CopyFrom(info)
+        else:
+            inferred.graph.value_info.append(info)
     for field in ("value_info", "output"):
         del getattr(model.graph, field)[:]
         getattr(model.graph, field).extend(getattr(inferred.graph, field))
     return model
+
+
+def untyped_by_onnx(model: onnx.ModelProto, label: str) -> list[onnx.ValueInfoProto]:
+    """ONNX Runtime's types and shapes of the tensors of ``model`` that ONNX's shape inference leaves
+    untyped (``runtime_types``), graph outputs excepted."""
+    inferred = _onnx_inferred(model, label)
+    outputs = {o.name for o in inferred.graph.output}
+    return [info for info in runtime_types(inferred) if info.name not in outputs]
+
+
+def _onnx_inferred(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(weightless(model), strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as error:
+        raise RlrpError(f"{label}: shape inference failed ({first_line(error)})") from None
+
+
+def runtime_types(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Types and shapes, as ONNX Runtime infers them when it loads the (weightless) ``model`` with them as
+    outputs, of the node outputs ``model`` leaves untyped: ONNX's shape inference has none for some ops
+    defined as functions (GroupNormalization), which exporters that write every type hide. Empty when
+    every output is typed, or when ONNX Runtime cannot load the model (its checks report that)."""
+    graph = model.graph
+    typed = {v.name for v in [*graph.value_info, *graph.output, *graph.input] if v.type.tensor_type.elem_type}
+    typed.update(t.name for t in graph.initializer)
+    untyped = [t for n in graph.node for t in n.output if t and t not in typed]
+    if not untyped:
+        return []
+    import onnxruntime
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in untyped)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        found = onnxruntime.InferenceSession(probe.SerializeToString(), options,
+                                             providers=["CPUExecutionProvider"]).get_outputs()
+    except Exception:  # ONNX Runtime raises its own pybind exception types
+        return []
+    return [onnx.helper.make_tensor_value_info(t.name, onnx.TensorProto.DataType.Value(t.type[7:-1].upper()), t.shape)
+            for t in found if t.type.startswith("tensor(")]
 
 
 def fold_constants(graph: gs.Graph) -> gs.Graph:

@@ -63,6 +63,32 @@ def normalization(ctx, node, rho):
     return {0: emit.mul(rho[0], factor)}
 
 
+def _group_norm_check(ctx, node):
+    if any(ctx.constant(t) is None for t in node.inputs[1:3]):
+        return f"{node.op} with scale or bias that are not constants is not supported"
+    if not all(isinstance(d, int) for d in ctx.shape(node.inputs[0])[1:]):
+        return f"{node.op} over dynamic sizes is not supported"
+    if ctx.constant(node.inputs[1]).size != ctx.shape(node.inputs[0])[1]:
+        return f"{node.op} with a scale per group (opset 18, deprecated) is not supported; re-export at opset 21"
+    return None
+
+
+@rule("GroupNormalization", check=_group_norm_check, kind=NORMALIZATION)
+def group_normalization(ctx, node, rho):
+    """y = scale_c·(x − μ_g)/σ_g + B_c over each group g of channels, μ_g and σ_g held constant:
+    rho_x = rho_y·scale_c/σ_g."""
+    emit, x = ctx.emit, node.inputs[0]
+    shape, groups = ctx.shape(x), int(node.attrs["num_groups"])
+    channels, ones = shape[1], [1] * (len(shape) - 2)
+    grouped = emit.op("Reshape", [x, emit.ints([0, groups, -1])])
+    grouped.shape = [shape[0], groups, int(np.prod(shape[1:])) // groups]
+    inverse = inverse_std(ctx, grouped, [2], float(node.attrs.get("epsilon", 1e-5)))  # [N, groups, 1]
+    per_channel = emit.op("Expand", [inverse, emit.ints([1, groups, channels // groups])])
+    per_channel = emit.op("Reshape", [per_channel, emit.ints([0, channels, *ones])])
+    scale = emit.op("Reshape", [node.inputs[1], emit.ints([channels, *ones])])
+    return {0: emit.mul(rho[0], emit.mul(per_channel, scale))}
+
+
 def _lp_check(ctx, node):
     if int(node.attrs.get("p", 2)) not in (1, 2):
         return "LpNormalization with p other than 1 or 2 is not supported"
