@@ -127,8 +127,9 @@ def _relevance_path(context: Context, logits: gs.Variable) -> list[gs.Node]:
     for node in reversed(context.graph.nodes):
         if any(t.name in reached for t in node.outputs):
             path.append(node)
-            held = held_gate(context, node)
-            reached.update(t.name for i, t in enumerate(node.inputs) if context.is_data(t) and i != held)
+            rule = context.rules.get(node.op)
+            held = {held_gate(context, node), *(rule.held if rule else ())}
+            reached.update(t.name for i, t in enumerate(node.inputs) if context.is_data(t) and i not in held)
     path.reverse()
     return path
 

@@ -22,7 +22,8 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
   GELU(tanh)-Dropout-Linear: both GELU decompositions;
 * ``senet_like``, ``attention_like``  Sigmoid/Hardsigmoid and Softmax gates, reshaped on the way;
 * ``vit_like``           a vision transformer: multi-head self-attention (MatMuls of two data tensors,
-  Softmax weights), LayerNorm, GELU MLPs, class token and position embedding;
+  Softmax weights), LayerNorm, GELU MLPs, class token and position embedding; ``vit_einsum_like`` with
+  the products as ``torch.einsum``, ``vit_sdpa_like`` with ``F.scaled_dot_product_attention``;
 * ``resnext_like``       bottleneck blocks with grouped 3x3 convolutions (8 groups);
 * ``shufflenet_like``    ShuffleNetV2 units: channel split (Split/Slice), Concat, channel shuffle
   (Reshape-Transpose-Reshape), strided depthwise convolutions, a max pool;
@@ -421,19 +422,25 @@ class RMSNormLike(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head self-attention as ViT writes it: one qkv Linear, softmax(q·kᵀ·scale)·v, a projection;
-    with ``einsum``, both products written as ``torch.einsum``."""
+    ``form`` "einsum" writes both products as ``torch.einsum``, "sdpa" calls
+    ``F.scaled_dot_product_attention`` (the Attention op from the dynamo exporter at opset 23), except
+    with ``hold_statistics`` (set by ``gates.detached_gates``), where the weights come from the Softmax
+    module, detached."""
 
-    def __init__(self, dim, heads, einsum=False):
+    def __init__(self, dim, heads, form="matmul"):
         super().__init__()
-        self.heads, self.scale, self.einsum = heads, (dim // heads) ** -0.5, einsum
+        self.heads, self.scale, self.form = heads, (dim // heads) ** -0.5, form
         self.qkv, self.proj, self.softmax = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Softmax(dim=-1)
+        self.hold_statistics = False
 
     def forward(self, x):
         b, t, d = x.shape
         q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.einsum:
+        if self.form == "einsum":
             weights = self.softmax(torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale)
             mixed = torch.einsum("bhqk,bhkd->bhqd", weights, v)
+        elif self.form == "sdpa" and not self.hold_statistics:
+            mixed = nn.functional.scaled_dot_product_attention(q, k, v)
         else:
             weights = self.softmax(q @ k.transpose(-2, -1) * self.scale)
             mixed = weights @ v
@@ -447,12 +454,12 @@ class ViTLike(nn.Module):
 
     input_shape = (3, 16, 16)
 
-    def __init__(self, seed=0, num_classes=10, dim=32, heads=4, depth=2, einsum=False):
+    def __init__(self, seed=0, num_classes=10, dim=32, heads=4, depth=2, form="matmul"):
         super().__init__()
         self.embed = nn.Conv2d(3, dim, 4, stride=4)
         self.cls, self.position = nn.Parameter(torch.zeros(1, 1, dim)), nn.Parameter(torch.zeros(1, 17, dim))
         self.blocks = nn.ModuleList(nn.ModuleDict({
-            "norm1": nn.LayerNorm(dim), "attention": Attention(dim, heads, einsum), "norm2": nn.LayerNorm(dim),
+            "norm1": nn.LayerNorm(dim), "attention": Attention(dim, heads, form), "norm2": nn.LayerNorm(dim),
             "mlp": nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))})
             for _ in range(depth))
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
@@ -476,7 +483,14 @@ class EinsumViTLike(ViTLike):
     """``ViTLike`` with its attention products written as ``torch.einsum``."""
 
     def __init__(self, seed=0, num_classes=10):
-        super().__init__(seed, num_classes, einsum=True)
+        super().__init__(seed, num_classes, form="einsum")
+
+
+class SdpaViTLike(ViTLike):
+    """``ViTLike`` calling ``F.scaled_dot_product_attention``, as timm's ViTs do."""
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__(seed, num_classes, form="sdpa")
 
 
 # ---- ResNeXt: grouped 3x3 convolutions in bottleneck blocks ----------------------------------------
@@ -760,6 +774,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "groupnorm_like": ModelSpec(GroupNormLike, GroupNormLike.input_shape),
     "rmsnorm_like": ModelSpec(RMSNormLike, RMSNormLike.input_shape),
     "vit_einsum_like": ModelSpec(EinsumViTLike, EinsumViTLike.input_shape),
+    "vit_sdpa_like": ModelSpec(SdpaViTLike, SdpaViTLike.input_shape),
     "resnext_like": ModelSpec(ResNeXtLike, ResNeXtLike.input_shape),
     "shufflenet_like": ModelSpec(ShuffleNetLike, ShuffleNetLike.input_shape),
     "convnext_like": ModelSpec(ConvNeXtLike, ConvNeXtLike.input_shape),

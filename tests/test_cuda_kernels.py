@@ -284,7 +284,8 @@ def _family_exports(folder):
     """The family's ViT (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17
     and 13 (LayerNorm in arithmetic) and from dynamo, the same with Einsum attention, and its GroupNorm,
     RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin, fastai-head, cosine-head and maxout networks from both
-    exporters, and the GroupNorm network from dynamo at opset 21 (the GroupNormalization op): (label, path)."""
+    exporters, the GroupNorm network from dynamo at opset 21 (the GroupNormalization op) and the ViT with
+    ``F.scaled_dot_product_attention`` at opset 23 (the Attention op): (label, path)."""
     from exporting import export_onnx
     from family_models import family_input, make_family
     from test_rule_configs import export
@@ -298,6 +299,8 @@ def _family_exports(folder):
             yield f"{name}-{exporter}-fold", export_onnx(model, x, folder / f"{name}-{exporter}.onnx", exporter, True)
     model, x = make_family("groupnorm_like"), family_input("groupnorm_like", 2)  # the GroupNormalization op
     yield "groupnorm_like-dynamo-opset21", export_onnx(model, x, folder / "gn21.onnx", "dynamo", True, opset=21)
+    model, x = make_family("vit_sdpa_like"), family_input("vit_sdpa_like", 2)  # the Attention op
+    yield "vit_sdpa_like-dynamo-opset23", export_onnx(model, x, folder / "sdpa23.onnx", "dynamo", True, opset=23)
 
 
 def _float16_exports(folder):
@@ -315,6 +318,9 @@ def _float16_exports(folder):
 def emitted(exported_model, tmp_path_factory) -> dict[tuple, list[str]]:
     """Every signature of the added nodes over the models and methods above → "model/method" list."""
     jobs = [("dense_classifier", dense_classifier(), method) for method in METHODS]
+    from test_attention_op import CASES, attention_model  # every form of the Attention op: masks, soft cap, GQA
+
+    jobs += [(f"attention-{case}", attention_model(case)[0], method) for case in CASES for method in METHODS]
     for name, exporter, fold in SMALL:
         path = exported_model(name, exporter, fold).path
         jobs += [(f"{name}-{exporter}-{'fold' if fold else 'keep'}", path, method) for method in METHODS]

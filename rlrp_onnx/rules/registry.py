@@ -32,12 +32,13 @@ class Rule:
     backward: Backward
     check: Check | None = None
     kind: str = ROUTE
+    held: tuple[int, ...] = ()  # inputs that only compute a gate the rule holds constant: they get no relevance
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(*op_types: str, check: Check | None = None, kind: str = ROUTE):
+def rule(*op_types: str, check: Check | None = None, kind: str = ROUTE, held: tuple[int, ...] = ()):
     """Register the decorated backward function for ``op_types``."""
     if kind not in KINDS:
         raise ValueError(f"unknown rule kind {kind!r}")
@@ -46,7 +47,7 @@ def rule(*op_types: str, check: Check | None = None, kind: str = ROUTE):
         for op_type in op_types:
             if op_type in RULES:
                 raise ValueError(f"rule for {op_type} registered twice")
-            RULES[op_type] = Rule(backward, check, kind)
+            RULES[op_type] = Rule(backward, check, kind, held)
         return backward
 
     return register
