@@ -1,5 +1,7 @@
-"""The Attention op (opset 23) against its definition: the attention weights P are read off ONNX's
-reference evaluator (``qk_matmul_output_mode=3``, P after the softmax), and the relevance must be
+"""The Attention op (opset 23) against its definition: the attention weights P are read off ONNX
+Runtime's own Attention kernel (``qk_matmul_output_mode=3``: P after the softmax; the runtime that runs
+the model's forward pass; ONNX 1.19's reference evaluator repeats key heads for grouped-query attention
+by tiling, against the operator's definition and ONNX Runtime), and the relevance must be
 R_x = x ⊙ (rho_V·W_vᵀ) with rho_V = Pᵀ·rho_Y summed over the query heads sharing a key/value head —
 V takes all, Q and K (which only compute the held weights) none. Q, K and V are x·W_q, x·W_k, x·W_v."""
 
@@ -8,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
 
 from rlrp_onnx import RlrpError, compile_model
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT
 
 from oracle import relative_l2_error
 from rule_harness import compiled, head_model, head_rho, output_shape
+from test_oracle import run
 
 node = helper.make_node
 LENGTH, WIDTH = 5, 8
@@ -55,7 +57,7 @@ def attention_model(case):
 
 
 def expected_relevance(case, inits, x, rho):
-    """x ⊙ (rho_V·W_vᵀ), P from ONNX's reference evaluator."""
+    """x ⊙ (rho_V·W_vᵀ), P from ONNX Runtime's Attention kernel."""
     split, q_heads, kv_heads, size, value_size, attrs, mask = CASES[case]
     q, k, v = (x @ inits[w] for w in ("Wq", "Wk", "Wv"))
     if not split:
@@ -73,7 +75,7 @@ def expected_relevance(case, inits, x, rho):
     feed = {"q": q.astype(np.float32), "k": k.astype(np.float32), "v": v.astype(np.float32)}
     if mask is not None:
         feed["mask"] = mask
-    p = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])).run(None, feed)[0]
+    p = run(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10), feed)["p"]
     rho_y = rho.reshape(len(x), LENGTH, q_heads, value_size).transpose(0, 2, 1, 3) if split else rho
     rho_v = np.einsum("nhqk,nhqd->nhkd", p.astype(np.float64), rho_y)
     rho_v = rho_v.reshape(len(x), kv_heads, q_heads // kv_heads, LENGTH, value_size).sum(axis=2)
