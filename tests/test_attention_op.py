@@ -99,3 +99,12 @@ def test_attention_with_a_key_value_cache_is_refused():
     attention.input[:] = [*attention.input, "", "k4", "v4"]  # the keys and values again as the past ones
     with pytest.raises(RlrpError, match="Attention with a key/value cache"):
         compile_model(model)
+
+
+def test_attention_with_an_attribute_the_rule_does_not_read_is_refused():
+    """A sliding window (``left_window_size``, a later opset's) would change the weights: refused, not ignored."""
+    model, _, _ = attention_model("4d")
+    attention = next(n for n in model.graph.node if n.op_type == "Attention")
+    attention.attribute.append(helper.make_attribute("left_window_size", 2))
+    with pytest.raises(RlrpError, match="Attention with the attribute left_window_size"):
+        compile_model(model)

@@ -42,7 +42,15 @@ def _given(node, index) -> bool:
     return len(node.inputs) > index and bool(node.inputs[index].name)
 
 
+# what the rule reads (qk_matmul_output_mode only shapes an output it refuses to be read)
+KNOWN_ATTRIBUTES = {"is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode", "scale", "softcap",
+                    "softmax_precision"}
+
+
 def _check(ctx, node):
+    unknown = sorted(node.attrs.keys() - KNOWN_ATTRIBUTES)
+    if unknown:
+        return f"Attention with the attribute {unknown[0]} (a later opset's) is not supported"
     if any(_given(node, i) for i in (PAST_KEY, PAST_VALUE, NONPAD)):
         return "Attention with a key/value cache (past_key, past_value, nonpad_kv_seqlen) is not supported"
     if any(ctx.readers(t) for t in node.outputs[1:] if t.name):
