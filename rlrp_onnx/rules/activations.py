@@ -80,7 +80,9 @@ def extremum(ctx, node, rho):
     """Max or Min of tensors x_i and constants c. The constants are a Clip with one bound
     (``torch.maximum(x, 0)`` is a ReLU): rho_y passes where y > max c (Min: y < min c). There it goes to
     the first x_i in input order that attains y (a maxout's winner; ties to the first, as a MaxPool's
-    first maximum), summed over the axes along which x_i was broadcast."""
+    first maximum), summed over the axes along which x_i was broadcast. The winner is found by comparing
+    the x_i with each other, never with y: in a float16 model y is rounded, and the relevance pass may
+    read an x_i before its rounding."""
     emit, y = ctx.emit, node.outputs[0]
     bounds = [float(ctx.constant(t).reshape(())) for t in node.inputs if not ctx.is_data(t)]
     r = rho[0]
@@ -88,10 +90,12 @@ def extremum(ctx, node, rho):
         low, high = (max(bounds), None) if node.op == "Max" else (None, min(bounds))
         r = emit.gate(r, y, low, high)
     data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
-    free, shares = 1.0, {}  # free: 1 where no earlier tensor attained y
-    for i in data[:-1]:
-        behind = emit.op("Less" if node.op == "Max" else "Greater", [node.inputs[i], y])
-        shares[i], free = emit.choose(behind, 0.0, free), emit.choose(behind, free)
-    shares[data[-1]] = free
+    best, shares = node.inputs[data[0]], {data[0]: 1.0}  # the extremum so far, and who holds it
+    for n, i in enumerate(data[1:], start=2):
+        ahead = emit.op("Greater" if node.op == "Max" else "Less", [node.inputs[i], best])  # strictly: ties stay
+        shares = {j: emit.choose(ahead, 0.0, share) for j, share in shares.items()}
+        shares[i] = emit.choose(ahead, 1.0)
+        if n < len(data):
+            best = emit.op(node.op, [best, node.inputs[i]])
     return {i: ctx.unbroadcast(r if isinstance(share, float) else emit.mul(r, share), node.inputs[i], ctx.shape(y))
             for i, share in shares.items()}
