@@ -20,6 +20,7 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
     inputs/outputs. ``built`` is float32; the float16 tensors of the
     source that the relevance pass reads reach it through Casts. ``in_place``: added to ``source``
     itself, when nobody else holds it (no copy of the weights)."""
+    untyped = untyped_by_onnx(source, label)  # else strict shape inference fails on the compiled model
     model = source if in_place else copy.deepcopy(source)
     graph = model.graph
     available = {t.name for t in graph.input} | {t.name for t in graph.initializer}
@@ -37,7 +38,7 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
     graph.initializer.extend(initializers[name] for name in sorted(needed) if name in initializers)
     graph.node.extend(nodes)
     graph.value_info.extend(v for v in built.graph.value_info if v.name in produced)
-    graph.value_info.extend(untyped_by_onnx(source, label))  # else strict shape inference fails on it
+    graph.value_info.extend(untyped)
     graph.input.extend(inputs[name] for name in new_inputs)
     outputs = {t.name: t for t in built.graph.output}
     graph.output.extend(outputs[name] for name in new_outputs)

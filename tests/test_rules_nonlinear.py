@@ -24,7 +24,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx import Explainer, RlrpError, compile_model
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, TARGET_INPUT
 from rlrp_onnx.passes import canonicalize
 
@@ -258,6 +258,18 @@ def test_group_normalization_holds_group_statistics(opset, groups):
     per_group = inverse_std(x.reshape(2, groups, -1), (2,), 1e-3).reshape(2, groups)
     factor = np.repeat(per_group, 6 // groups, axis=1) * scale
     check(model, x, lambda rho: x * factor.reshape(2, 6, 1, 1) * rho)
+
+
+def test_group_normalization_without_types_from_a_file(tmp_path):
+    """The Explainer compiles a source file in place; ONNX Runtime's types still reach the compiled model."""
+    inits = {"s": RNG.uniform(0.5, 1.5, 6).astype(np.float32), "b": np.zeros(6, np.float32)}
+    model = head_model([node("GroupNormalization", ["x", "s", "b"], ["h"], num_groups=3)], GROUPED_SHAPE,
+                       GROUPED_SHAPE, initializers=inits, opset=21)
+    onnx.save(model, tmp_path / "gn.onnx")
+    x = np.random.default_rng(5).standard_normal((2, *GROUPED_SHAPE)).astype(np.float32)
+    explained = Explainer(tmp_path / "gn.onnx", device="cpu").explain(x)
+    out, _ = compiled(model, x, [-1, -1])
+    np.testing.assert_array_equal(explained.relevance, out[RELEVANCE_OUTPUT])
 
 
 def test_group_normalization_with_a_scale_per_group_is_refused():
