@@ -67,8 +67,9 @@ def runtime_types(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
                                              providers=["CPUExecutionProvider"]).get_outputs()
     except Exception:  # ONNX Runtime raises its own pybind exception types
         return []
-    return [onnx.helper.make_tensor_value_info(t.name, onnx.TensorProto.DataType.Value(t.type[7:-1].upper()), t.shape)
-            for t in found if t.type.startswith("tensor(")]
+    elements = dict(onnx.TensorProto.DataType.items())  # "FLOAT": 1, …; ONNX Runtime says "tensor(float)"
+    typed = [(t, elements.get(t.type.removeprefix("tensor(").removesuffix(")").upper())) for t in found]
+    return [onnx.helper.make_tensor_value_info(t.name, element, t.shape) for t, element in typed if element]
 
 
 def fold_constants(graph: gs.Graph) -> gs.Graph:
