@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from rlrp_onnx import RlrpError, compile_model
-from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT
+from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, TARGET_INPUT
+from rlrp_onnx.methods import Options
+
+from lrp_reference import stab
 
 from oracle import relative_l2_error
 from rule_harness import compiled, head_model, head_rho, output_shape
@@ -91,6 +94,31 @@ def test_attention_gives_v_all_of_the_relevance(case):
     rho = head_rho(model, out[CLASS_OUTPUT], h_shape).astype(np.float64)
     errors = relative_l2_error(out[RELEVANCE_OUTPUT], expected_relevance(case, inits, x.astype(np.float64), rho))
     assert np.all(errors < 1e-5), errors
+
+
+def test_attention_under_the_epsilon_rule():
+    """Classical rules: the Attention op is a weightless product with its weights held, so the fixed
+    ε-rule (ε = 1e-6) gives R_V = V ⊙ Pᵀ·(R_Y / stab(Y)); the MatMuls and the head are layers (ε = 1e-3)."""
+    model, inits, _ = attention_model("4d")
+    x = np.random.default_rng(1).standard_normal((2, LENGTH, WIDTH)).astype(np.float32)
+    out = run(compile_model(model, rule="epsilon", options=Options(epsilon=1e-3)),
+              {"x": x, TARGET_INPUT: np.array([-1, 2], np.int64)})
+    weights = {name: numpy_helper.to_array(t).astype(np.float64) for name, t in
+               ((t.name, t) for t in model.graph.initializer) if name in ("W", "Wq", "Wk", "Wv")}
+    x64 = x.astype(np.float64)
+    q, k, v = ((x64 @ weights[w]).reshape(2, LENGTH, 2, -1).transpose(0, 2, 1, 3) for w in ("Wq", "Wk", "Wv"))
+    scores = q @ k.transpose(0, 1, 3, 2) / 2.0  # head size 4
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    y = (p @ v).reshape(2, -1)
+    logits = y @ weights["W"].T
+    chosen = np.zeros_like(logits)
+    chosen[np.arange(2), out[CLASS_OUTPUT]] = logits[np.arange(2), out[CLASS_OUTPUT]]
+    r_y = (y * ((chosen / stab(logits, 1e-3)) @ weights["W"])).reshape(p.shape[:3] + (-1,))
+    r_v = v * (p.transpose(0, 1, 3, 2) @ (r_y / stab(p @ v, 1e-6)))
+    r_v = r_v.transpose(0, 2, 1, 3).reshape(2, LENGTH, -1)
+    expected = x64 * ((r_v / stab(x64 @ weights["Wv"], 1e-3)) @ weights["Wv"].T)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
 def test_attention_with_a_key_value_cache_is_refused():
