@@ -1,9 +1,10 @@
 """The Attention op (opset 23) against its definition: the attention weights P are read off ONNX
-Runtime's own Attention kernel (``qk_matmul_output_mode=3``: P after the softmax; the runtime that runs
-the model's forward pass; ONNX 1.19's reference evaluator repeats key heads for grouped-query attention
-by tiling, against the operator's definition and ONNX Runtime), and the relevance must be
-R_x = x ⊙ (rho_V·W_vᵀ) with rho_V = Pᵀ·rho_Y summed over the query heads sharing a key/value head —
-V takes all, Q and K (which only compute the held weights) none. Q, K and V are x·W_q, x·W_k, x·W_v."""
+Runtime's own Attention kernel (``qk_matmul_output_mode=3``: P after the softmax, 0 in a row the mask
+closes), the runtime that runs the model's forward pass (ONNX 1.19's reference evaluator repeats key
+heads for grouped-query attention by tiling, against the operator's definition and ONNX Runtime). The
+relevance must be R_x = x ⊙ (rho_V·W_vᵀ) with rho_V = Pᵀ·rho_Y summed over the query heads sharing a
+key/value head — V takes all, Q and K (which only compute the held weights) none. Q, K and V are x·W_q,
+x·W_k, x·W_v."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ RNG = np.random.default_rng(23)
 BOOL_MASK = RNG.random((LENGTH, LENGTH)) > 0.3
 BOOL_MASK[:, 0] = True  # no fully masked row
 FLOAT_MASK = RNG.normal(0, 1, (1, LENGTH, LENGTH)).astype(np.float32)
+CLOSED_ROW = BOOL_MASK.copy()
+CLOSED_ROW[2] = False  # query 2 attends to nothing: its weights and output are 0
 
 CASES = {  # name: (split into 3-D, q heads, kv heads, head size, value size, attributes, mask)
     "4d": (False, 2, 2, 4, 4, {}, None),
@@ -34,6 +37,7 @@ CASES = {  # name: (split into 3-D, q heads, kv heads, head size, value size, at
     "3d_gqa_causal": (True, 4, 2, 2, 2, {"is_causal": 1}, None),
     "3d_bool_mask": (True, 2, 2, 4, 3, {}, BOOL_MASK),
     "4d_float_mask_causal": (False, 2, 1, 4, 4, {"is_causal": 1}, FLOAT_MASK),
+    "4d_closed_row": (False, 2, 2, 4, 4, {}, CLOSED_ROW),
 }
 
 

@@ -79,7 +79,8 @@ def _heads(emit, tensor, layout: _Layout, heads: int):
 
 
 def _weights(ctx, node, layout: _Layout):
-    """P = softmax(softcap(√s·Q·(√s·K)ᵀ) + mask + causal bias), [N, q_heads, S_q, S_kv]."""
+    """P = softmax(softcap(√s·Q·(√s·K)ᵀ) + mask + causal bias), [N, q_heads, S_q, S_kv]; 0 in the rows the
+    mask closes entirely, as the operator defines them."""
     emit = ctx.emit
     root = emit.const(math.sqrt(float(node.attrs.get("scale", 1.0 / math.sqrt(layout.head_size)))))
     q = emit.mul(_heads(emit, node.inputs[Q], layout, layout.q_heads), root)
@@ -100,7 +101,10 @@ def _weights(ctx, node, layout: _Layout):
     if node.attrs.get("is_causal", 0):
         above = np.triu(np.ones(layout.lengths, bool), k=1)
         scores = emit.op("Add", [scores, emit.const(np.where(above, -np.inf, 0.0))])
-    return emit.op("Softmax", [scores], {"axis": -1})
+    weights = emit.op("Softmax", [scores], {"axis": -1})
+    if _given(node, MASK):  # a row the mask closes entirely is all −inf, whose softmax is NaN: P is 0 there
+        weights = emit.op("Where", [emit.op("IsNaN", [weights]), emit.const(0.0), weights])
+    return weights
 
 
 @rule("Attention", check=_check, kind=LINEAR, held=(Q, K, MASK))
