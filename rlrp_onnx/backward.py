@@ -11,6 +11,8 @@ import onnx_graphsurgeon as gs
 from .ir import Emitter, Tensor
 from .rules.registry import LAYER
 
+ONNX_DOMAINS = {"", "ai.onnx", None}
+
 
 class Context:
     """What a rule may ask about the forward graph, and the emitter it writes with."""
@@ -29,10 +31,15 @@ class Context:
         """Whether relevance flows into ``tensor`` (it depends on an explained input)."""
         return tensor.name in self.data
 
+    def rule(self, node: gs.Node):
+        """The rule for ``node``'s op, or None; ops of other domains than ONNX's own (ONNX Runtime's
+        ``com.microsoft`` contrib ops, custom ops) have none, even where they share an ONNX op's name."""
+        return self.rules.get(node.op) if node.domain in ONNX_DOMAINS else None
+
     def is_layer(self, node: gs.Node) -> bool:
         """Whether ``node`` is a layer with weights (its rule of kind LAYER, one data operand): a MatMul of
         two data tensors (attention) is a product instead."""
-        rule = self.rules.get(node.op)
+        rule = self.rule(node)
         return rule is not None and rule.kind == LAYER and sum(self.is_data(t) for t in node.inputs[:2]) == 1
 
     @staticmethod
@@ -89,7 +96,7 @@ def relevance_pass(ctx: Context, nodes: Sequence[gs.Node], seeds: dict[str, Tens
         rho_out = [total(t) for t in node.outputs]
         if all(r is None for r in rho_out):
             continue
-        for index, rho in ctx.rules[node.op].backward(ctx, node, rho_out).items():
+        for index, rho in ctx.rule(node).backward(ctx, node, rho_out).items():
             parts[node.inputs[index].name].append(_shaped_like(rho, node.inputs[index]))
     return {tensor.name: total(tensor) for tensor in wanted}
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .backward import Context
+from .backward import ONNX_DOMAINS, Context
 from .errors import RlrpError
 from .methods import Method
 from .rules.elementwise import held_gate
@@ -19,6 +19,7 @@ QUANTIZED_HINT = "; quantized models are not supported: explain the float model 
 QUANTIZING = ("QuantizeLinear", "DynamicQuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
               "ConvInteger", "MatMulInteger")
 HINTS = {"Sqrt": NORMALIZATION_HINT, "Reciprocal": NORMALIZATION_HINT, **dict.fromkeys(QUANTIZING, QUANTIZED_HINT)}
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own ops, which its graph optimizations write
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _relevance_path(context: Context, logits: gs.Variable) -> list[gs.Node]:
     for node in reversed(context.graph.nodes):
         if any(t.name in reached for t in node.outputs):
             path.append(node)
-            rule = context.rules.get(node.op)
+            rule = context.rule(node)
             held = {held_gate(context, node), *(rule.held if rule else ())}
             reached.update(t.name for i, t in enumerate(node.inputs) if context.is_data(t) and i not in held)
     path.reverse()
@@ -136,7 +137,11 @@ def _relevance_path(context: Context, logits: gs.Variable) -> list[gs.Node]:
 
 def gap(context: Context, node: gs.Node) -> str | None:
     """Why no rule covers ``node`` (None when one does)."""
-    rule = context.rules.get(node.op)
+    rule = context.rule(node)
+    if rule is None and node.domain == CONTRIB_DOMAIN:
+        return "an ONNX Runtime op (com.microsoft) from a model it optimized: compile the model as exported"
+    if rule is None and node.domain not in ONNX_DOMAINS:
+        return f"an op of the custom domain '{node.domain}'"
     if rule is None:
         return "no relevance rule" + HINTS.get(node.op, "")
     return rule.check(context, node) if rule.check else None
@@ -154,11 +159,17 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
         if wider is None and logits.name in data_tensors(graph, inputs, carries=lambda t: True):
             quantizer = next((n for n in graph.nodes if n.op in QUANTIZING and any(t.name in data for t in n.inputs)),
                              None)
+        untyped = next((n for n in graph.nodes if any(t.name in data for t in n.inputs)
+                        and any(t.dtype is None for t in n.outputs)), None)
         if wider is not None:
             reason = (f" except through '{wider.name}', a {_element_type(wider).name} tensor; only float32 and "
                       "float16 are supported: convert the model to float32")
         elif quantizer is not None:
             reason = f" except through the integers of {quantizer.op} '{quantizer.name}'{QUANTIZED_HINT}"
+        elif untyped is not None:
+            domain = f", domain '{untyped.domain}'" if untyped.domain not in ONNX_DOMAINS else ""
+            reason = (f" as far as types tell: neither ONNX nor ONNX Runtime can infer the type of the output of "
+                      f"{untyped.op} '{untyped.name}'{domain}")
         else:
             reason = ""
         raise RlrpError(f"{label}: output '{output.name}' does not depend on any float input{reason}")

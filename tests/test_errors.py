@@ -219,6 +219,41 @@ def test_a_quantized_model_is_named_as_such(tmp_path, capsys, static):
                           "quantized models are not supported: explain the float model they were quantized from")
 
 
+def test_ops_of_other_domains_are_not_taken_for_onnx_ops(tmp_path, capsys):
+    """A custom-domain op is never read as the ONNX op of the same name (a custom "Relu" whose output type
+    is declared was explained as a ReLU; one without was "an output that does not depend on any float
+    input", nothing more); ONNX Runtime's own ops, which a saved optimized model holds, are named with the
+    remedy."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+         helper.make_node("Relu", ["h"], ["a"], domain="my.ops", name="custom_relu"),
+         helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=list(dense_classifier().graph.initializer))
+    custom = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.ops", 1)])
+    custom.ir_version = 8
+    onnx.save(custom, tmp_path / "custom.onnx")
+    code, _, err = run_cli(capsys, "compile", tmp_path / "custom.onnx", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "custom.onnx", "output 'logits' does not depend on any float input as far as "
+                          "types tell", "the output of Relu 'custom_relu', domain 'my.ops'")
+    custom.graph.value_info.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 8]))  # typed
+    onnx.save(custom, tmp_path / "custom.onnx")
+    code, _, err = run_cli(capsys, "compile", tmp_path / "custom.onnx", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "custom.onnx", "custom_relu (Relu: an op of the custom domain 'my.ops')")
+
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()  # ONNX Runtime fuses Gemm and Relu into its FusedGemm
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(dense_classifier().SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert any(n.domain == "com.microsoft" for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    code, _, err = run_cli(capsys, "compile", tmp_path / "optimized.onnx", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "optimized.onnx", "an ONNX Runtime op (com.microsoft) from a model it optimized: "
+                          "compile the model as exported")
+
+
 def test_output_not_class_scores(tmp_path, capsys):
     model = make_model(
         [helper.make_node("Conv", ["image", "w"], ["map"], pads=[1, 1, 1, 1])],
