@@ -141,7 +141,7 @@ def gap(context: Context, node: gs.Node) -> str | None:
     if rule is None and node.domain == CONTRIB_DOMAIN:
         return "an ONNX Runtime op (com.microsoft) from a model it optimized: compile the model as exported"
     if rule is None and node.domain not in ONNX_DOMAINS:
-        return f"an op of the custom domain '{node.domain}'"
+        return f"an op of the domain '{node.domain}', not of ONNX's own"
     if rule is None:
         return "no relevance rule" + HINTS.get(node.op, "")
     return rule.check(context, node) if rule.check else None

@@ -240,7 +240,7 @@ def test_ops_of_other_domains_are_not_taken_for_onnx_ops(tmp_path, capsys):
     custom.graph.value_info.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 8]))  # typed
     onnx.save(custom, tmp_path / "custom.onnx")
     code, _, err = run_cli(capsys, "compile", tmp_path / "custom.onnx", "-o", tmp_path / "o.onnx")
-    assert_one_line_error(code, err, "custom.onnx", "custom_relu (Relu: an op of the custom domain 'my.ops')")
+    assert_one_line_error(code, err, "custom.onnx", "custom_relu (Relu: an op of the domain 'my.ops', not of ONNX's own)")
 
     import onnxruntime
 
