@@ -37,7 +37,9 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
 * ``cosine_like``        a cosine (CLIP-style zero-shot) head: ``F.normalize`` features against normalized
   class embeddings, and ``F.normalize`` over the channels of a feature map;
 * ``maxout_like``        maxout: ``torch.maximum``/``torch.minimum`` of linear pieces (Max/Min of two and
-  three data tensors) and a channel maxout by ``amax`` (ReduceMax).
+  three data tensors) and a channel maxout by ``amax`` (ReduceMax);
+* ``padding_modes_like`` convolutions padded by reflection, replication and wrapping (Pad reflect, edge,
+  wrap).
 """
 
 from __future__ import annotations
@@ -761,6 +763,29 @@ class MaxoutLike(nn.Module):
         return self.body(x)
 
 
+# ---- padding modes: convolutions padded by reflection, replication and wrapping -------------------------
+
+class PaddingModesLike(nn.Module):
+    """Conv2d with ``padding_mode`` "reflect", "replicate" and "circular" (Pad reflect/edge; circular as
+    Slices and Concat from TorchScript, Pad wrap from dynamo), an asymmetric ``ReflectionPad2d`` before a
+    strided Conv, a ``ReplicationPad2d`` before the pooling."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, padding_mode="replicate"), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=2, dilation=2, padding_mode="circular"), nn.ReLU(),
+            nn.ReflectionPad2d((1, 2, 0, 3)), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.ReplicationPad2d(2),
+            GlobalPool(), nn.Linear(8, num_classes))
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.body(x)
+
+
 FAMILIES: dict[str, ModelSpec] = {
     "densenet_like": ModelSpec(DenseNetLike, DenseNetLike.input_shape),
     "mobilenet_like": ModelSpec(MobileNetLike, MobileNetLike.input_shape),
@@ -782,6 +807,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "fastai_like": ModelSpec(FastaiLike, FastaiLike.input_shape),
     "cosine_like": ModelSpec(CosineLike, CosineLike.input_shape),
     "maxout_like": ModelSpec(MaxoutLike, MaxoutLike.input_shape),
+    "padding_modes_like": ModelSpec(PaddingModesLike, PaddingModesLike.input_shape),
 }
 
 

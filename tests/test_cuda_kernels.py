@@ -283,9 +283,9 @@ def _report(signatures: dict, problem) -> list[str]:
 def _family_exports(folder):
     """The family's ViT (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17
     and 13 (LayerNorm in arithmetic) and from dynamo, the same with Einsum attention, and its GroupNorm,
-    RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin, fastai-head, cosine-head and maxout networks from both
-    exporters, the GroupNorm network from dynamo at opset 21 (the GroupNormalization op) and the ViT with
-    ``F.scaled_dot_product_attention`` at opset 23 (the Attention op): (label, path)."""
+    RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin, fastai-head, cosine-head, maxout and padding-mode
+    networks from both exporters, the GroupNorm network from dynamo at opset 21 (the GroupNormalization
+    op) and the ViT with ``F.scaled_dot_product_attention`` at opset 23 (the Attention op): (label, path)."""
     from exporting import export_onnx
     from family_models import family_input, make_family
     from test_rule_configs import export
@@ -293,7 +293,8 @@ def _family_exports(folder):
     model, x = make_family("vit_like"), family_input("vit_like", 2)
     yield "vit_like-torchscript-opset13", export(model, x, folder / "vit13.onnx", opset=13)
     for name in ("vit_like", "vit_einsum_like", "groupnorm_like", "rmsnorm_like", "resnext_like", "shufflenet_like",
-                 "convnext_like", "swin_like", "fastai_like", "cosine_like", "maxout_like"):
+                 "convnext_like", "swin_like", "fastai_like", "cosine_like", "maxout_like",
+                 "padding_modes_like"):
         model, x = make_family(name), family_input(name, 2)
         for exporter in ("torchscript", "dynamo"):
             yield f"{name}-{exporter}-fold", export_onnx(model, x, folder / f"{name}-{exporter}.onnx", exporter, True)

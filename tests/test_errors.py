@@ -274,13 +274,13 @@ def test_uncovered_ops_all_listed_before_building(tmp_path, capsys):
          helper.make_node("Cos", ["r"], ["c"], name="odd_cos"),
          helper.make_node("Pad", ["c", "pads"], ["logits"], mode="reflect", name="reflect_pad")],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])],
-        {"w": np.ones((3, 4), np.float32), "pads": np.array([0, 2, 0, 2], np.int64)})
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1])],
+        {"w": np.ones((3, 4), np.float32), "pads": np.array([0, -1, 0, -1], np.int64)})
     path = tmp_path / "odd.onnx"
     onnx.save(model, path)
     code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
     assert_one_line_error(code, err, "odd.onnx", "3 node(s) not covered", "odd_sin (Sin", "odd_cos (Cos",
-                          "reflect_pad (Pad: Pad mode 'reflect'")
+                          "reflect_pad (Pad: Pad mode 'reflect' with a negative pad")
     assert not (tmp_path / "o.onnx").exists()
 
 

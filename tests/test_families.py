@@ -119,7 +119,8 @@ def test_family_matches_oracle(exported_family, family, capsys, name, exporter, 
 # BatchNorms fold into the Convs: there the classical LRP-0 rule equals input × gradient (Ancona et al.,
 # ICLR 2018, for ReLU networks; biases included). Sums and pools take the ε-rule's fixed stabilizer
 # (RLRP.md, "Comparators"), hence a looser tolerance.
-PIECEWISE_LINEAR = ["resnext_like", "shufflenet_like", "squeezenet_like", "inception_like", "maxout_like"]
+PIECEWISE_LINEAR = ["resnext_like", "shufflenet_like", "squeezenet_like", "inception_like", "maxout_like",
+                    "padding_modes_like"]
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

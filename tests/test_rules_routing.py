@@ -1,6 +1,6 @@
-"""Routing rules (Transpose, Split, Slice, Gather, GatherND, Where, DepthToSpace, SpaceToDepth, Tile) and the
-linear maps Resize, ConvTranspose and Einsum, in configurations written by hand and as the torch exporters
-write them.
+"""Routing rules (Transpose, Split, Slice, Gather, GatherND, Where, DepthToSpace, SpaceToDepth, Tile, Pad in
+its reflect, edge and wrap modes) and the linear maps Resize, ConvTranspose and Einsum, in configurations
+written by hand and as the torch exporters write them.
 
 All these ops are linear, so the reference is exact: the gradient of the (bias-free) hand-built model read
 off ONNX Runtime runs of the source model on basis vectors (``rule_harness.linear_reference``), or torch
@@ -91,6 +91,11 @@ ROUTING = {
         [node("Neg", ["x"], ["n"]), node("Slice", ["x", "s", "e", "a", "t"], ["r"]),
          node("Mean", ["x", "r", "n"], ["h"])],
         {"s": ints(-1), "e": ints(-INT64_MAX), "a": ints(3), "t": ints(-1)}, 13),
+    "pad_reflect_wide": (  # pads up to the axis length less one, asymmetric, on three axes
+        [node("Pad", ["x", "p"], ["h"], mode="reflect")], {"p": ints(0, 1, 3, 2, 0, 2, 0, 4)}, 13),
+    "pad_edge": ([node("Pad", ["x", "p"], ["h"], mode="edge")], {"p": ints(0, 0, 2, 5, 0, 1, 3, 0)}, 13),
+    "pad_wrap_axes_input": (  # opset 19's wrap, opset 18's axes input
+        [node("Pad", ["x", "p", "", "a"], ["h"], mode="wrap")], {"p": ints(3, 1, 6, 2), "a": ints(2, 3)}, 19),
     "where_broadcast_condition": (
         [node("Mul", ["x", "m2"], ["x2"]), node("Where", ["c", "x", "x2"], ["h"])],
         {"c": np.array([True, False, True, True]).reshape(1, 4, 1), "m2": np.float32(-2.0)}, 13),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..ir import text
 from .registry import rule
+from .routing import scatter_axis
 
 
 @rule("Identity", "Dropout")
@@ -90,27 +92,40 @@ def _pads(ctx, node):
     return begin, end
 
 
+COPYING_PADS = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}  # ONNX mode: NumPy's np.pad mode
+
+
 def _pad_check(ctx, node):
     mode = text(node.attrs.get("mode", "constant"))
-    if mode != "constant":
-        return f"Pad mode '{mode}' is not supported (only constant padding)"
+    if mode != "constant" and mode not in COPYING_PADS:
+        return f"Pad mode '{mode}' is not supported"
     pads = _pads(ctx, node)
     if pads is None:
         return "Pad with pads computed at run time is not supported"
     shape = ctx.shape(node.inputs[0])
     if any((b or e) and not isinstance(shape[a], int) for a, (b, e) in enumerate(zip(*pads))):
         return "Pad along a dynamic axis is not supported"
+    if mode != "constant" and min(*pads[0], *pads[1]) < 0:
+        return f"Pad mode '{mode}' with a negative pad is not supported"
     return None
 
 
 @rule("Pad", check=_pad_check)
 def pad(ctx, node, rho):
-    """rho_x = rho_y cropped back to x (a negative pad crops, so the adjoint pads with zeros)."""
+    """Constant padding: rho_x = rho_y cropped back to x (a negative pad crops, so the adjoint pads with
+    zeros). Reflect, edge and wrap padding copy elements of x: each padded axis is a constant index map,
+    whose adjoint sums rho_y back onto the elements copied (``scatter_axis``)."""
     emit, x = ctx.emit, node.inputs[0]
     begin, end = _pads(ctx, node)
     shape = ctx.shape(x)
     axes = [a for a, (b, e) in enumerate(zip(begin, end)) if b or e]
     r = rho[0]
+    mode = text(node.attrs.get("mode", "constant"))
+    if mode != "constant":
+        for axis in axes:
+            taken = np.pad(np.arange(shape[axis]), (begin[axis], end[axis]), mode=COPYING_PADS[mode])
+            r = scatter_axis(ctx, r, len(shape), axis, taken, shape[axis])
+        return {0: r}
     starts = [max(begin[a], 0) for a in axes]
     ends = [s + shape[a] - max(-begin[a], 0) - max(-end[a], 0) for s, a in zip(starts, axes)]
     if axes:
