@@ -107,6 +107,9 @@ def _pad_check(ctx, node):
         return "Pad along a dynamic axis is not supported"
     if mode != "constant" and min(*pads[0], *pads[1]) < 0:
         return f"Pad mode '{mode}' with a negative pad is not supported"
+    reach = {"reflect": 1, "wrap": 0}.get(mode)  # a longer pad copies copies, where runtimes differ
+    if reach is not None and any(max(b, e) > shape[a] - reach for a, (b, e) in enumerate(zip(*pads)) if b or e):
+        return f"Pad mode '{mode}' with a pad longer than the axis{' less one' if reach else ''} is not supported"
     return None
 
 
