@@ -160,7 +160,7 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
             quantizer = next((n for n in graph.nodes if n.op in QUANTIZING and any(t.name in data for t in n.inputs)),
                              None)
         untyped = next((n for n in graph.nodes if any(t.name in data for t in n.inputs)
-                        and any(t.dtype is None for t in n.outputs)), None)
+                        and any(t.dtype is None and (t.outputs or t in graph.outputs) for t in n.outputs)), None)
         if wider is not None:
             reason = (f" except through '{wider.name}', a {_element_type(wider).name} tensor; only float32 and "
                       "float16 are supported: convert the model to float32")
