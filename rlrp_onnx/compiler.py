@@ -16,6 +16,7 @@ from .passes.float16 import float32_twin, uses_float16
 from .passes.layer_bias import fold_layer_constants
 from .passes.static_shapes import runtime_inputs
 from .plan import analyse, make_plan
+from .runtime import cpu_session
 from .weightless import export_weightless, weightless
 
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
@@ -176,12 +177,8 @@ def _validated(compiled: onnx.ModelProto, label: str, light_source: onnx.ModelPr
 
 def _load_problem(model: onnx.ModelProto) -> str | None:
     """Why ONNX Runtime cannot load ``model`` (weightless: its large weights are inputs), or None."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 4
     try:
-        onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        cpu_session(model)
     except Exception as error:  # ONNX Runtime raises its own pybind exception types
         return first_line(error)
     return None

@@ -151,6 +151,18 @@ def quiet_onnxruntime() -> None:
         pass
 
 
+def cpu_session(model: onnx.ModelProto, optimize: bool = True) -> onnxruntime.InferenceSession:
+    """A CPU session of ``model`` that logs nothing, for the compiler's own uses of ONNX Runtime (loading
+    a model as a check, reading its types, evaluating an op); ``optimize=False``: no graph optimization.
+    ONNX Runtime's errors propagate."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=[CPU])
+
+
 def _onnxruntime():
     try:
         import onnxruntime

@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import RlrpError, first_line
+from ..runtime import cpu_session
 from ..weightless import weightless
 
 
@@ -53,18 +54,12 @@ def runtime_types(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     untyped = [t for n in graph.node for t in n.output if t and t not in typed]
     if not untyped:
         return []
-    import onnxruntime
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in untyped)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        found = onnxruntime.InferenceSession(probe.SerializeToString(), options,
-                                             providers=["CPUExecutionProvider"]).get_outputs()
+        found = cpu_session(probe, optimize=False).get_outputs()
     except Exception:  # ONNX Runtime raises its own pybind exception types
         return []
     elements = dict(onnx.TensorProto.DataType.items())  # "FLOAT": 1, …; ONNX Runtime says "tensor(float)"

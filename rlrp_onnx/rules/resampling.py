@@ -16,6 +16,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from ..ir import text
+from ..runtime import cpu_session
 from .registry import LINEAR, rule
 from .routing import scatter_axis
 
@@ -68,8 +69,6 @@ def _resize_check(ctx, node):
 @lru_cache(maxsize=64)
 def _matrix(attrs: tuple, opset: int, rank: int, axis: int, size_in: int, kind: str, value) -> np.ndarray:
     """The [size_out, size_in] matrix of one resized axis, from ONNX Runtime on basis vectors."""
-    import onnxruntime as ort
-
     shape = [1] * rank
     shape[0] = shape[axis] = size_in
     basis = np.eye(size_in, dtype=np.float32).reshape(shape)
@@ -89,10 +88,7 @@ def _matrix(attrs: tuple, opset: int, rank: int, axis: int, size_in: int, kind: 
         initializer=[numpy_helper.from_array(control, "control"), numpy_helper.from_array(roi, "roi")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 8)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    out = session.run(None, {"x": basis})[0]
+    out = cpu_session(model).run(None, {"x": basis})[0]
     return np.moveaxis(out.reshape(size_in, -1), 0, 1)  # [out, in]: column l = image of basis vector l
 
 
