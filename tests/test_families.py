@@ -135,23 +135,19 @@ def test_lrp0_equals_input_times_gradient_on_piecewise_linear_families(exported_
     assert np.all(errors < 1e-3), f"relative L2 errors {errors}"
 
 
-@pytest.mark.parametrize("opset", [21, 23])
-def test_group_normalization_op(exported_family, family, tmp_path, opset):
-    """From opset 21 the dynamo exporter writes ``nn.GroupNorm`` as the GroupNormalization op (scale per
-    channel), against autograd with the group statistics held."""
-    model, x = family("groupnorm_like"), family_input("groupnorm_like", batch=3, seed=7)
-    path = export_onnx(model, x, tmp_path / "gn.onnx", "dynamo", opset=opset)
-    assert "GroupNormalization" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9])
+# ops the dynamo exporter writes only from a later opset than its default: family, opset, op
+LATER_OPSET_OPS = [("groupnorm_like", 21, "GroupNormalization"),  # nn.GroupNorm, scale per channel
+                   ("groupnorm_like", 23, "GroupNormalization"),
+                   ("vit_sdpa_like", 23, "Attention")]  # F.scaled_dot_product_attention
 
 
-def test_attention_op(exported_family, family, tmp_path):
-    """At opset 23 the dynamo exporter writes ``F.scaled_dot_product_attention`` as the Attention op;
-    against autograd with the attention weights held."""
-    model, x = family("vit_sdpa_like"), family_input("vit_sdpa_like", batch=3, seed=7)
-    path = export_onnx(model, x, tmp_path / "sdpa.onnx", "dynamo", opset=23)
-    assert "Attention" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9], name="vit_sdpa_like")
+@pytest.mark.parametrize("name,opset,op", LATER_OPSET_OPS, ids=[f"{op}-opset{o}" for _, o, op in LATER_OPSET_OPS])
+def test_ops_of_later_opsets(family, tmp_path, name, opset, op):
+    """Against autograd with the statistics and attention weights held."""
+    model, x = family(name), family_input(name, batch=3, seed=7)
+    path = export_onnx(model, x, tmp_path / f"{name}.onnx", "dynamo", opset=opset)
+    assert op in {n.op_type for n in onnx.load(str(path)).graph.node}
+    check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9], name=name)
 
 
 class DivRMSNorm(nn.RMSNorm):
