@@ -150,6 +150,30 @@ def test_ops_of_later_opsets(family, tmp_path, name, opset, op):
     check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9], name=name)
 
 
+GROUP_NORM_RULES = ["rlrp", "epsilon", "zplus", "alphabeta", "gamma", "flat", "wsquare"]
+
+
+def test_group_norm_written_out_is_the_op_under_every_rule(exported_family, tmp_path):
+    """torch's GroupNorm below opset 21 (InstanceNormalization between Reshapes, then · γ + β) becomes the
+    GroupNormalization op in the canonical graph, so both exports get the same relevance under every
+    rule: the classical rules had absorbed relevance in the written-out β (ε-rule: 0.82 of the largest
+    value apart), and pass it through the op's whole affine norm."""
+    from rlrp_onnx.passes import canonicalize
+
+    model, x = make_family("groupnorm_like"), family_input("groupnorm_like", batch=3, seed=7)
+    written = {exporter: exported_family("groupnorm_like", exporter, True) for exporter in EXPORTERS}
+    op = export_onnx(model, x, tmp_path / "gn21.onnx", "dynamo", opset=21)
+    for exporter, path in written.items():
+        ops = [n.op for n in canonicalize(onnx.load(str(path)), exporter).nodes]
+        assert ops.count("GroupNormalization") == 4 and "InstanceNormalization" not in ops, exporter
+    for rule in GROUP_NORM_RULES:
+        expected = run(compile_model(op, rule=rule), {"image": x})[RELEVANCE_OUTPUT]
+        for exporter, path in written.items():
+            relevance = run(compile_model(path, rule=rule), {"image": x})[RELEVANCE_OUTPUT]
+            error = np.abs(relevance - expected).max() / np.abs(expected).max()
+            assert error < 1e-2, (rule, exporter, error)  # ε: 1e-3 (the op's σ rounds apart), others 1e-6
+
+
 class DivRMSNorm(nn.RMSNorm):
     """RMSNorm written as ``x / sqrt(mean(x·x) + ε) · γ``."""
 

@@ -1,5 +1,6 @@
-"""Recognise LayerNorm and RMSNorm written out in arithmetic and replace each, in the canonical graph only,
-by one ``LayerNormalization`` or ``RMSNormalization`` node, whose rule holds the statistics constant.
+"""Recognise LayerNorm and RMSNorm written out in arithmetic, and torch's GroupNorm written around an
+InstanceNormalization, and replace each, in the canonical graph only, by one ``LayerNormalization``,
+``RMSNormalization`` or ``GroupNormalization`` node, whose rule holds the statistics constant.
 
 LayerNorm's statistics are ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(mean(d²) + ε)`` (means over the
 same axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as Pow 2 or d·d),
@@ -14,6 +15,9 @@ then:
 RMSNorm's (torch's ``nn.RMSNorm``, which only the dynamo exporter exports, and the form LLaMA-style code
 writes out) is ``σ = Sqrt(mean(x²) + ε)``, then ``x · inv`` with ``inv = Reciprocal(σ)`` or ``1 / σ``
 (``torch.rsqrt``), or ``x / σ``, optionally ``· γ``.
+
+torch's GroupNorm below opset 21 is a Reshape to [N, groups, −1], an InstanceNormalization with scale 1
+and bias 0, a Reshape back, then optionally ``· γ`` and ``+ β`` per channel.
 
 Like ``gelu.py``, the node is only planned, never run, so it is valid at any opset; axes other than the
 last ones (ConvNeXt's channels_first LayerNorm over axis 1; Keras' GroupNormalization, over every axis
@@ -62,6 +66,61 @@ def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
         graph.nodes.append(gs.Node(op, f"{sqrt.name}/layer_norm", attrs,
                                    [x, scale] + ([bias] if bias is not None else []), [out]))
     return graph.cleanup().toposort()
+
+
+def recognise_group_norm(graph: gs.Graph) -> gs.Graph:
+    """Replace torch's GroupNorm as exported below opset 21 (Reshape to [N, groups, −1], an
+    InstanceNormalization with scale 1 and bias 0, a Reshape back, then optionally ``· γ`` and ``+ β`` per
+    channel) by one GroupNormalization node writing its last tensor, the op the dynamo exporter writes from
+    opset 21: both exports then get the same relevance under every rule (the classical rules pass it
+    through the whole affine norm, as through LayerNorm)."""
+    for norm in [n for n in graph.nodes if n.op == "InstanceNormalization"]:
+        found = _group_norm(norm)
+        if found is None:
+            continue
+        x, groups, scale, bias, last = found
+        out = last.outputs[0]
+        last.outputs.clear()
+        attrs = {"num_groups": groups, "epsilon": float(norm.attrs.get("epsilon", 1e-5))}
+        graph.nodes.append(gs.Node("GroupNormalization", f"{norm.name}/group_norm", attrs, [x, scale, bias], [out]))
+    return graph.cleanup().toposort()
+
+
+def _group_norm(norm):
+    """(x, groups, γ, β, last node) for Reshape(x) → ``norm`` → Reshape back [· γ] [+ β], γ and β as
+    constants per channel (ones and zeros where absent)."""
+    grouping = producer(norm.inputs[0])
+    if grouping is None or grouping.op != "Reshape" or not _only_read_by(norm.inputs[0], norm) \
+            or not all(_all_equal(t, value) for t, value in zip(norm.inputs[1:], (1.0, 0.0))):
+        return None
+    x, grouped, readers = grouping.inputs[0], norm.inputs[0].shape, norm.outputs[0].outputs
+    if x.shape is None or grouped is None or len(x.shape) < 3 or len(grouped) != 3 or len(readers) != 1 \
+            or readers[0].op != "Reshape" or list(readers[0].outputs[0].shape or []) != list(x.shape) \
+            or not all(isinstance(d, int) for d in [*x.shape[1:], *grouped[1:]]):
+        return None
+    groups = grouped[1]
+    if grouped[0] != x.shape[0] or x.shape[1] % groups or groups * grouped[2] != np.prod(x.shape[1:]):
+        return None
+    scale, last = _per_channel(readers[0], "Mul", x, 1.0)
+    bias, last = _per_channel(last, "Add", x, 0.0)
+    return x, groups, scale, bias, last
+
+
+def _all_equal(tensor, value: float) -> bool:
+    return isinstance(tensor, gs.Constant) and bool(np.all(np.asarray(tensor.values) == value))
+
+
+def _per_channel(node, op: str, x, neutral: float):
+    """(a [C] constant, its node) when ``node``'s output is read only by ``op`` with a constant that varies
+    along x's channel axis only, else (``neutral`` per channel, ``node``)."""
+    constant, reader = _by_constant(node, op, x)
+    channels = x.shape[1]
+    if constant is not None:
+        values = constant.values.reshape((1,) * (len(x.shape) - constant.values.ndim) + constant.values.shape)
+        if all(d == 1 for axis, d in enumerate(values.shape) if axis != 1):
+            per_channel = np.broadcast_to(values.reshape(-1), (channels,))
+            return gs.Constant(f"{reader.name}/per_channel", np.ascontiguousarray(per_channel)), reader
+    return gs.Constant(f"{node.name}/{op}_neutral", np.full(channels, neutral, x.dtype or np.float32)), node
 
 
 def _statistics(sqrt):
