@@ -88,17 +88,17 @@ def cmd_compile(args) -> None:
 
 
 def _resolve_shapes(model, values: list[str] | None) -> dict | None:
-    """``--input-shape`` values as ``input_shapes``, an unnamed one attached to the model's single float
-    input."""
+    """``--input-shape`` values as ``input_shapes``, an unnamed one attached to the model's single input
+    to explain."""
     shapes = _input_shapes(values)
     if shapes and "" in shapes:
         from .loading import load_model
-        from .passes import float_inputs
+        from .passes import explained_inputs
 
         proto, label = load_model(model)
-        names = [i.name for i in float_inputs(proto)]
+        names = [i.name for i in explained_inputs(proto)]
         if len(names) != 1:
-            raise RlrpError(f"{label}: several float inputs ({', '.join(names)}); use --input-shape NAME=dims")
+            raise RlrpError(f"{label}: several inputs to explain ({', '.join(names)}); use --input-shape NAME=dims")
         shapes[names[0]] = shapes.pop("")
     return shapes
 
@@ -168,15 +168,18 @@ def _describe(value) -> str:
     return f"{onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else '?'} {dims}"
 
 
-def _preprocessing(args, input_shape=None):
-    """The preprocessing the options ask for: the preset, or what the model's ``input_shape`` implies,
-    changed by the other options; without ``input_shape`` (before the model is read), only checked."""
+def _preprocessing(args, image=None):
+    """The preprocessing the options ask for: the preset, or what the model's image input ``image`` (as
+    ONNX Runtime describes it) implies — [0, 1] pixels, or unscaled ones for an integer input — changed
+    by the other options; without ``image`` (before the model is read), only checked."""
     from .preprocess import PRESETS, get_preset, infer_preprocessing
 
     if args.preset:
         base = get_preset(args.preset)
+    elif image is None:
+        base = PRESETS["unit"]
     else:
-        base = PRESETS["unit"] if input_shape is None else infer_preprocessing(input_shape, PRESETS["unit"])
+        base = infer_preprocessing(list(image.shape), PRESETS["pixels" if "int" in image.type else "unit"])
     changes = {k: v for k, v in {
         "size": _square_or_pair(args.size), "resize": args.resize, "scale": args.scale,
         "mean": args.mean, "std": args.std, "channel_order": args.channel_order, "layout": args.layout,
@@ -222,7 +225,7 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     from .explain import check_files, explain_images
     from .explainer import Explainer, check_request
     from .labels import load_labels
-    from .runtime import class_count
+    from .runtime import class_count, image_input
 
     # what can be checked without the model, before compiling it: a long run does not stop halfway
     paths = _image_paths(images)
@@ -238,7 +241,7 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     if explainer.notice:
         print(explainer.notice, file=sys.stderr)
     print(f"provider: {explainer.provider}")
-    preprocessing = _preprocessing(args, explainer.input_shape)
+    preprocessing = _preprocessing(args, image_input(explainer.runtime))
     labels = load_labels(labels_path, class_count(explainer.runtime)) if labels_path else None
     progress = Progress() if len(paths) > explainer.batch_size else None
     for e in explain_images(explainer, paths, preprocessing, out, labels, args.target, args.top_k, progress,
@@ -269,7 +272,7 @@ def cmd_conservation(args) -> None:
     producers = {o: n.op_type for n in compiled.graph.node for o in n.output}
     meta = {p.key: p.value for p in compiled.metadata_props}
     session = create_session(compiled, args.device)
-    batch, _ = prepare([args.image], _preprocessing(args, list(image_input(session).shape)))
+    batch, _ = prepare([args.image], _preprocessing(args, image_input(session)))
     relevance, classes, scores, outputs = run_explainer(session, batch, args.target)
     score = float(scores[0])
     print(f"{args.image}: class {int(classes[0])}, logit {score:.6g}, rule {meta[META_RULE]}")
@@ -326,7 +329,7 @@ def _add_preprocessing(p) -> None:
     from .preprocess import CHANNEL_ORDERS, LAYOUTS, RESIZES
 
     g = p.add_argument_group("preprocessing (default: size and layout read from the model, pixels in [0, 1])")
-    g.add_argument("--preset", help="efficientnet-lite0, imagenet or unit")
+    g.add_argument("--preset", help="efficientnet-lite0, imagenet, unit or pixels")
     g.add_argument("--size", type=_ints, help="H,W fed to the model (one number: a square)")
     g.add_argument("--resize", choices=RESIZES)
     g.add_argument("--scale", type=float, help="multiply raw 0..255 pixels by this")

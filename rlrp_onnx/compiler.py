@@ -10,7 +10,7 @@ from .errors import RlrpError, first_line
 from .graft import graft
 from .loading import load_model
 from .methods import RLRP, Method, Options, choose
-from .passes import canonicalize, float_inputs
+from .passes import canonicalize, explained_inputs, explained_tensors
 from .passes.batchnorm import fold_batchnorm
 from .passes.float16 import float32_twin, uses_float16
 from .passes.layer_bias import fold_layer_constants
@@ -132,12 +132,14 @@ def plan_model(source: onnx.ModelProto, label: str, method: Method, output_name:
     float16 model is planned as its float32 twin: the relevance pass is float32 whatever the source.
 
     With ``check=False`` uncovered nodes are left for the caller to report (``inspect``)."""
-    if not float_inputs(source):
-        raise RlrpError(f"{label}: the model has no float32 or float16 input to explain{_input_types(source)}")
+    explained = explained_inputs(source)
+    if not explained:
+        raise RlrpError(f"{label}: the model has no float32, float16 or integer input to explain"
+                        f"{_input_types(source)}")
     graph = canonicalize(float32_twin(source) if uses_float16(source) else source, label, input_shapes)
     if not method.relative:
         fold_batchnorm(fold_layer_constants(graph))
-    inputs = [t for t in graph.inputs if t.name in {i.name for i in float_inputs(source)}]
+    inputs = explained_tensors(graph, explained, label)
     planner = make_plan if check else analyse
     return planner(graph, label, inputs, method, output_name), method
 

@@ -9,6 +9,7 @@ import onnx
 from .errors import RlrpError
 from .passes.float16 import HALF, SINGLE, uses_float16
 from .passes.fold import infer_shapes, untyped_by_onnx
+from .passes.static_shapes import INTEGER_TYPES, explained_inputs
 from .weightless import weightless
 
 
@@ -17,17 +18,17 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
     """The source model plus the nodes named ``new_nodes`` of ``built`` (its canonical form with the
     relevance pass), the initializers they need that the source lacks, the shapes of their tensors
     that ``built`` knows, ONNX Runtime's types of the source's tensors ONNX cannot type, and the new
-    inputs/outputs. ``built`` is float32; the float16 tensors of the
-    source that the relevance pass reads reach it through Casts. ``in_place``: added to ``source``
-    itself, when nobody else holds it (no copy of the weights)."""
+    inputs/outputs. ``built`` is float32; the float16 tensors of the source that the relevance pass reads,
+    and the integer inputs it explains, reach it through Casts. ``in_place``: added to ``source`` itself,
+    when nobody else holds it (no copy of the weights)."""
     untyped = untyped_by_onnx(source, label)  # else strict shape inference fails on the compiled model
     model = source if in_place else copy.deepcopy(source)
     graph = model.graph
     available = {t.name for t in graph.input} | {t.name for t in graph.initializer}
     available |= {o for n in graph.node for o in n.output}
     nodes = [n for n in built.graph.node if n.name in new_nodes]
-    if uses_float16(source):
-        nodes = _read_as_float32(source, nodes, available, label)
+    if uses_float16(source) or any(i.type.tensor_type.elem_type in INTEGER_TYPES for i in explained_inputs(source)):
+        nodes = _read_as_float32(source, built, nodes, available, label)
     produced = {o for n in nodes for o in n.output}
     needed = {i for n in nodes for i in n.input if i and i not in produced and i not in available}
     initializers = {t.name: t for t in built.graph.initializer}
@@ -45,11 +46,13 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
     return model
 
 
-def _read_as_float32(source: onnx.ModelProto, nodes: list[onnx.NodeProto], available: set[str],
-                     label: str) -> list[onnx.NodeProto]:
-    """``nodes`` preceded by a Cast to float32 of each float16 tensor of the source (``available``) they
-    read, and reading that instead."""
+def _read_as_float32(source: onnx.ModelProto, built: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                     available: set[str], label: str) -> list[onnx.NodeProto]:
+    """``nodes`` preceded by a Cast to float32 of each tensor of the source (``available``) they read that
+    is float16, or integer where ``built`` planned it as float32 (an explained input), and reading that
+    instead."""
     types = _element_types(source, label)
+    planned = {v.name: v.type.tensor_type.elem_type for v in [*built.graph.input, *built.graph.value_info]}
     produced = {o for n in nodes for o in n.output}
     taken = available | produced | {n.name for n in [*source.graph.node, *nodes]}
     read = sorted({i for n in nodes for i in n.input if i and i in available})
@@ -57,7 +60,8 @@ def _read_as_float32(source: onnx.ModelProto, nodes: list[onnx.NodeProto], avail
     if unknown:
         raise RlrpError(f"{label}: cannot tell the element type of {unknown[:5]}, which the relevance pass reads "
                         "(ONNX shape inference gives none)")
-    widened = {name: _fresh(f"rlrp_float32/{name}", taken) for name in read if types[name] == HALF}
+    widened = {name: _fresh(f"rlrp_float32/{name}", taken) for name in read
+               if types[name] == HALF or (types[name] in INTEGER_TYPES and planned.get(name) == SINGLE)}
     casts = [onnx.helper.make_node("Cast", [name], [wide], name=wide, to=SINGLE) for name, wide in widened.items()]
     for node in nodes:
         node.input[:] = [widened.get(name, name) for name in node.input]

@@ -88,6 +88,8 @@ PRESETS: dict[str, Preprocessing] = {
     ),
     # [0, 1]; the whole shorter side is kept, so photos are cropped but never distorted.
     "unit": Preprocessing(size=(224, 224), resize="shorter_side_then_center_crop", crop_ratio=1.0),
+    # 0 to 255, unscaled: for a model that takes integer pixels and scales them itself.
+    "pixels": Preprocessing(size=(224, 224), resize="shorter_side_then_center_crop", crop_ratio=1.0, scale=1.0),
 }
 
 

@@ -35,6 +35,7 @@ _NUMPY_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
+    **{f"tensor({np.dtype(t).name})": t for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)},
 }
 
 
@@ -280,8 +281,20 @@ def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
     check_image_shape(node, images.shape, fixed)
     dtype = _NUMPY_TYPES.get(node.type)
     if dtype is None:
-        raise RlrpError(f"input {node.name!r} has type {node.type}; expected a float tensor")
+        raise RlrpError(f"input {node.name!r} has type {node.type}; expected a float or integer tensor")
+    if np.issubdtype(dtype, np.integer) and images.size:
+        _check_whole(node, images, dtype)
     return np.ascontiguousarray(_filled(images, fixed), dtype=dtype)
+
+
+def _check_whole(node: Any, images: np.ndarray, dtype) -> None:
+    """Images for an integer input must be whole numbers in its type's range: a cast would change others."""
+    limits, low, high = np.iinfo(dtype), images.min(), images.max()
+    whole = images.dtype.kind in "biu" or bool(np.all(np.mod(images, 1) == 0))
+    if not whole or low < limits.min or high > limits.max:
+        raise RlrpError(f"input {node.name!r} takes {np.dtype(dtype).name} values, whole numbers from {limits.min} "
+                        f"to {limits.max}; the images hold {'values' if whole else 'fractions'} from {low:g} to "
+                        f"{high:g} (the model scales its pixels itself: feed them unscaled)")
 
 
 def image_input(session: RuntimeSession | onnxruntime.InferenceSession):

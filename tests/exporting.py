@@ -140,7 +140,7 @@ DYNAMO_OPSET = 18
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence the exporters' warnings, prints and log lines."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export",
                                               "torch.fx.experimental.symbolic_shapes",
@@ -187,7 +187,7 @@ def export_onnx(
         raise ValueError(f"example_input must be NCHW, got shape {tuple(x.shape)}")
 
     if exporter == "torchscript":
-        with _quiet(), torch.no_grad():
+        with quiet(), torch.no_grad():
             torch.onnx.export(
                 model,
                 (x,),
@@ -204,7 +204,7 @@ def export_onnx(
         if x.shape[0] == 1:
             x = x.repeat(2, 1, 1, 1)  # torch.export specialises size-1 dims
         batch = torch.export.Dim("batch", min=1, max=4096)
-        with _quiet():
+        with quiet():
             program = torch.onnx.export(
                 model,
                 (x,),

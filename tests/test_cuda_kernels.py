@@ -332,6 +332,11 @@ def emitted(exported_model, tmp_path_factory) -> dict[tuple, list[str]]:
         jobs += [(label, path, method) for method in METHODS]
     for label, path in _float16_exports(tmp_path_factory.mktemp("float16")):
         jobs += [(label, path, method) for method in METHODS]
+    from test_integer_inputs import cast_model  # integer pixels, which the relevance pass reads through a Cast
+
+    jobs += [(f"pixels-{TensorProto.DataType.Name(p).lower()}-{TensorProto.DataType.Name(b).lower()}",
+              cast_model(p, b), method) for p in (TensorProto.UINT8, TensorProto.INT32)
+             for b in (TensorProto.FLOAT, TensorProto.FLOAT16) for method in METHODS]
     sources: dict[str, onnx.ModelProto] = {}
     signatures: dict[tuple, list[str]] = defaultdict(list)
     for label, model, method in jobs:

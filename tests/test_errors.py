@@ -160,10 +160,10 @@ def test_directory_as_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind,expected", [
-    (TensorProto.INT64, ["no float32 or float16 input", "(inputs: x int64)"]),
-    (TensorProto.DOUBLE, ["no float32 or float16 input", "(inputs: x double)", "convert the model to float32"]),
-    (TensorProto.BFLOAT16, ["no float32 or float16 input", "(inputs: x bfloat16)", "convert the model to float32"])])
-def test_no_float_input(tmp_path, capsys, kind, expected):
+    (TensorProto.DOUBLE, ["no float32, float16 or integer input", "(inputs: x double)", "convert the model to float32"]),
+    (TensorProto.BFLOAT16, ["no float32, float16 or integer input", "(inputs: x bfloat16)",
+                            "convert the model to float32"])])
+def test_no_input_to_explain(tmp_path, capsys, kind, expected):
     model = make_model(
         [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
          helper.make_node("MatMul", ["f", "w"], ["logits"])],
@@ -339,7 +339,7 @@ def test_pinned_sizes_are_declared_by_the_compiled_model(tmp_path):
     ("1,3,0,5", ["whole sizes >= 1"]),
     ("1,3,-5,5", ["whole sizes >= 1"]),
     ("1,1,5,5", ["declared [?, 3, ?, ?]", "differs on axes [1]"]),
-    ("zz=1,3,5,5", ["no float input named 'zz'", "float inputs: image"]),
+    ("zz=1,3,5,5", ["no explained input named 'zz'", "explained inputs: image"]),
 ])
 def test_bad_input_shapes(tmp_path, capsys, shape, fragments):
     path = _dynamic_gap_model(tmp_path)

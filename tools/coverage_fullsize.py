@@ -54,14 +54,11 @@ def coverage(path) -> tuple[int, int]:
     """(nodes on the relevance path, nodes covered), as ``rlrp-onnx inspect`` counts them."""
     import onnx
 
+    from rlrp_onnx.compiler import plan_model
     from rlrp_onnx.methods import choose
-    from rlrp_onnx.passes import canonicalize, float_inputs
-    from rlrp_onnx.plan import analyse, gap
+    from rlrp_onnx.plan import gap
 
-    source = onnx.load(str(path))
-    graph = canonicalize(source, str(path))
-    names = {i.name for i in float_inputs(source)}
-    plan = analyse(graph, str(path), [t for t in graph.inputs if t.name in names], choose())
+    plan, _ = plan_model(onnx.load(str(path)), str(path), choose(), check=False)
     return len(plan.nodes), sum(1 for node in plan.nodes if not gap(plan.context, node))
 
 

@@ -18,7 +18,7 @@ from .names import unique_node_names
 from .pad_into_conv import pad_into_conv
 from .reshape_targets import pin_reshape_targets, pin_slice_ends
 from .sequence import split_to_sequence
-from .static_shapes import float_inputs, pin_input_shapes
+from .static_shapes import explained_inputs, explained_tensors, pin_input_shapes
 
 MIN_OPSET = 11
 UPGRADE_OPSET = 13  # the opset the refusal of older files suggests converting them to
@@ -55,4 +55,4 @@ def opset_version(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-__all__ = ["canonicalize", "float_inputs", "opset_version"]
+__all__ = ["canonicalize", "explained_inputs", "explained_tensors", "opset_version"]

@@ -1,12 +1,19 @@
-"""Pin the spatial sizes of the float inputs so every shape on the relevance path is static."""
+"""The inputs a model is explained at, and their spatial sizes pinned so every shape on the relevance path
+is static."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from ..errors import RlrpError
+from ..rules.elementwise import RESHAPING
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+INTEGER_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16, onnx.TensorProto.INT16,
+                 onnx.TensorProto.INT32, onnx.TensorProto.INT64}
+MOVES = RESHAPING | {"Slice", "Gather"}  # what may move an integer input's values before the model casts them
 
 
 def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -15,19 +22,53 @@ def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def float_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph inputs that can be explained (float32 or float16, not initializers)."""
-    return [i for i in runtime_inputs(model) if i.type.tensor_type.elem_type in FLOAT_TYPES]
+def explained_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs to explain: the float32 and float16 ones; in a model without any, its integer ones
+    (pixels, such as uint8, that the model casts to float itself; ``explained_tensors`` checks that)."""
+    inputs = runtime_inputs(model)
+    floats = [i for i in inputs if i.type.tensor_type.elem_type in FLOAT_TYPES]
+    return floats or [i for i in inputs if i.type.tensor_type.elem_type in INTEGER_TYPES]
+
+
+def explained_tensors(graph: gs.Graph, inputs: list[onnx.ValueInfoProto], label: str) -> list[gs.Variable]:
+    """The graph inputs to explain. An integer input, and the tensors that carry its values to the model's
+    Casts to float by ops that only move or select them (torch casts after a permute), become float32 in
+    ``graph``, which is planned only, never run: the relevance pass runs back to the input itself, and
+    ``graft`` casts it where the pass reads it."""
+    types = {i.name: i.type.tensor_type.elem_type for i in inputs}
+    explained = [t for t in graph.inputs if t.name in types]
+    for tensor in (t for t in explained if types[t.name] not in FLOAT_TYPES):
+        for moved in _carried_to_casts(tensor, types[tensor.name], label):
+            moved.dtype = np.float32
+    return explained
+
+
+def _carried_to_casts(tensor: gs.Variable, element_type: int, label: str) -> list[gs.Variable]:
+    """``tensor`` and the tensors that carry its values to Casts to float through ``MOVES``; RlrpError naming
+    any other node that reads them (Shape aside)."""
+    found, queue = [], [tensor]
+    while queue:
+        found.append(queue.pop())
+        for reader in found[-1].outputs:
+            if reader.op == "Shape" or (reader.op == "Cast" and reader.attrs.get("to") in FLOAT_TYPES):
+                continue
+            if reader.op not in MOVES or reader.inputs[0] is not found[-1]:
+                kind = onnx.TensorProto.DataType.Name(element_type).lower()
+                raise RlrpError(f"{label}: input '{tensor.name}' ({kind}) reaches {reader.name} ({reader.op}) before "
+                                "any Cast to float: an integer input is explained where the model casts it to float, "
+                                "after ops that only move its values")
+            queue.extend(reader.outputs)
+    return found
 
 
 def pin_input_shapes(model: onnx.ModelProto, label: str, overrides: dict[str, list[int]] | None) -> None:
     """Set every explained input's non-batch dims to static values (given, or already in the model)."""
     overrides = dict(overrides or {})
-    inputs = float_inputs(model)
+    inputs = explained_inputs(model)
     unknown = sorted(set(overrides) - {value.name for value in inputs})
     if unknown:
-        raise RlrpError(f"{label}: no float input named {', '.join(map(repr, unknown))} "
-                        f"(float inputs: {', '.join(value.name for value in inputs)})")
+        raise RlrpError(f"{label}: no explained input named {', '.join(map(repr, unknown))} "
+                        f"(explained inputs: {', '.join(value.name for value in inputs)})")
     for value in inputs:
         dims = value.type.tensor_type.shape.dim
         given = overrides.get(value.name)
