@@ -16,15 +16,18 @@ def attach(plan, relative: bool, expose=()) -> list:
     Returns the new graph outputs (relevance per explained input, class, score, exposed tensors).
     """
     graph, emit, logits = plan.context.graph, plan.context.emit, plan.logits
-    batch, classes = logits.shape
+    batch, classes = logits.shape[:2]
     target = gs.Variable(TARGET_INPUT, np.int64, [batch])
     graph.inputs.append(target)
-    argmax = emit.op("ArgMax", [logits], {"axis": 1, "keepdims": 0})
+    scores = logits if len(logits.shape) == 2 else emit.op("Flatten", [logits], {"axis": 1})  # [N, K, 1, …]
+    argmax = emit.op("ArgMax", [scores], {"axis": 1, "keepdims": 0})
     negative = emit.op("Less", [target, emit.const(0, np.int64)])
     chosen = emit.op("Where", [negative, argmax, target])
     one_hot = emit.op("OneHot", [chosen, emit.scalar_int(classes), emit.const([0.0, 1.0])], {"axis": -1})
-    score = emit.squeeze(emit.op("GatherElements", [logits, emit.unsqueeze(chosen, [1])], {"axis": 1}), [1])
-    seed = one_hot if relative else emit.mul(one_hot, logits)
+    score = emit.squeeze(emit.op("GatherElements", [scores, emit.unsqueeze(chosen, [1])], {"axis": 1}), [1])
+    seed = one_hot if relative else emit.mul(one_hot, scores)
+    if scores is not logits:
+        seed = emit.op("Reshape", [seed, emit.ints([0, classes, *logits.shape[2:]])])
     tensors = {t.name: t for n in plan.nodes for t in n.outputs}
     inner = [tensors[name] for name in expose]
     reached = relevance_pass(plan.context, plan.nodes, {logits.name: seed}, plan.inputs + inner)

@@ -150,7 +150,7 @@ class Explainer:
                                 np.zeros((0, *ranks), np.int64), np.zeros((0, *ranks), np.float32))
         if top_k is None:
             return self._batched(images, targets)
-        scores = self._batched(images, None, keep=self.explained_output)
+        scores = self._batched(images, None, keep=self.explained_output).reshape(len(images), -1)  # [N, K, 1, …]
         classes = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         if classes.shape[1] < top_k:
             raise RlrpError(f"top_k={top_k} but the model has only {classes.shape[1]} classes")

@@ -80,12 +80,15 @@ def _is_other_float(tensor) -> bool:
 
 
 def _is_scores(tensor) -> bool:
-    """A float tensor of rank 2: class scores [N, K]."""
-    return _is_float(tensor) and tensor.shape is not None and len(tensor.shape) == 2
+    """A float tensor of class scores: [N, K], or [N, K, 1, …] (a convolution as the classifier, as Caffe's
+    models end)."""
+    shape = tensor.shape
+    return _is_float(tensor) and shape is not None and len(shape) >= 2 and all(d == 1 for d in shape[2:])
 
 
 def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variable:
-    """The graph output holding class scores ``[N, K]``: the one named, or the only float one of rank 2."""
+    """The graph output holding class scores ``[N, K]`` (or ``[N, K, 1, …]``): the one named, or the only
+    such float one."""
     described = ", ".join(f"'{t.name}' {np.dtype(t.dtype).name if t.dtype else '?'} {t.shape}"
                           for t in graph.outputs)
     # a ZipMap (scikit-learn's per-sample {class: probability} maps) stands for the scores it reads
@@ -98,14 +101,14 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
     else:
         chosen = [t for _, t in outputs if _is_scores(t)]
         if not chosen:
-            raise RlrpError(f"{label}: no output holds class scores [N, K] (outputs: {described})")
+            raise RlrpError(f"{label}: no output holds class scores [N, K] or [N, K, 1, …] (outputs: {described})")
         if len(chosen) > 1:
             names = ", ".join(t.name for t in chosen)
             raise RlrpError(f"{label}: several outputs could be class scores ({names}); "
                             "choose one with --output (output_name= in Python)")
     output = chosen[0]
     if not _is_scores(output):
-        raise RlrpError(f"{label}: output '{output.name}' is not class scores [N, K] ({described})")
+        raise RlrpError(f"{label}: output '{output.name}' is not class scores [N, K] or [N, K, 1, …] ({described})")
     return output
 
 

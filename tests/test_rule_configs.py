@@ -176,6 +176,51 @@ def test_structure_ops_and_trailing_softmax(log, tmp_path):
     compare(compiled, path, input_times_gradient(LogitsOf(model), x, [0, -1, 4]), x, [0, -1, 4])
 
 
+class ConvClassifier(nn.Module):
+    """Caffe's SqueezeNet ends so: a 1x1 Conv to the classes, ReLU, global average pool, [softmax]: scores
+    [N, K, 1, 1]."""
+
+    def __init__(self, softmax: bool):
+        super().__init__()
+        self.body, self.classes = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 5, 1)
+        self.softmax = softmax
+
+    def logits(self, x):
+        return F.adaptive_avg_pool2d(torch.relu(self.classes(torch.relu(self.body(x)))), 1)
+
+    def forward(self, x):
+        return F.softmax(self.logits(x), 1) if self.softmax else self.logits(x)
+
+
+class Flattened(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.logits(x).flatten(1)
+
+
+@pytest.mark.parametrize("softmax", [False, True], ids=["scores", "softmax"])
+def test_class_scores_with_trailing_unit_axes(softmax, tmp_path):
+    """Scores [N, K, 1, 1] are explained as [N, K] (before a trailing softmax), by R-LRP and by LRP-0 (equal
+    to input × gradient on ReLU networks); top_k ranks them so."""
+    from rlrp_onnx import Explainer
+
+    model = ConvClassifier(softmax).eval()
+    x = np.random.default_rng(3).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    path = export(model, x, tmp_path / "c.onnx")
+    assert [d.dim_value for d in onnx.load(path).graph.output[0].type.tensor_type.shape.dim][1:] == [5, 1, 1]
+    reference = input_times_gradient(Flattened(model), x, [0, -1, 4])
+    compare(compile_model(path), path, reference, x, [0, -1, 4])
+    lrp0 = run(compile_model(path, rule="lrp0"), {"x": x, TARGET_INPUT: np.array([0, -1, 4])})  # ReLU: the same
+    assert np.all(relative_l2_error(lrp0[RELEVANCE_OUTPUT], reference[0]) < 1e-3)
+    ranked = Explainer(path, device="cpu").explain(x, top_k=2)
+    with torch.no_grad():
+        expected = torch.topk(Flattened(model)(torch.from_numpy(x)), 2).indices.numpy()
+    np.testing.assert_array_equal(ranked.classes, expected)
+
+
 def torch_same_conv(x, w, stride, mode):
     """Conv with ONNX auto_pad semantics, written from the ONNX operator specification."""
     size, k = x.shape[-1], w.shape[-1]
