@@ -134,8 +134,9 @@ class Explainer:
 
     def explain(self, images: np.ndarray, targets: int | Sequence[int] | np.ndarray | None = None,
                 top_k: int | None = None) -> Explanations:
-        """Explain preprocessed ``images`` (N, …) for ``targets`` (one class per image, or one for all;
-        negative = top class), or for each image's ``top_k`` best classes."""
+        """Explain preprocessed ``images`` (N, …; whole numbers in its type's range for a model that takes
+        integer pixels) for ``targets`` (one class per image, or one for all; negative = top class), or
+        for each image's ``top_k`` best classes."""
         images = np.asarray(images)
         if images.ndim == 0:
             raise RlrpError(f"images must be an array (N, …) of preprocessed images, got {images!r}")
