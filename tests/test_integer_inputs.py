@@ -97,6 +97,40 @@ def test_uint8_pixels_against_autograd(pixel_models, exporter):
     assert np.all(errors < 1e-5), errors
 
 
+class MovedPixels(nn.Module):
+    """PixelNet's body after ``move``, a selection or reordering of the uint8 pixels before their cast."""
+
+    def __init__(self, move):
+        super().__init__()
+        self.net, self.move = PixelNet(), move
+
+    def forward(self, pixels):
+        return self.net.body(self.move(pixels).float())
+
+
+PIXEL_MOVES = {  # each on NHWC pixels, giving NHWC ones of PIXELS' size
+    "bgr": lambda x: x[..., [2, 1, 0]],  # TorchScript: Gather; dynamo: Transposes around a GatherND
+    "flip_and_crop": lambda x: x.flip(2)[:, 2:18, 1:17],  # Slices, one with a negative step
+    "gray_to_rgb": lambda x: x.unsqueeze(-1).expand(-1, -1, -1, 3),  # Unsqueeze, Expand
+}
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("move", PIXEL_MOVES)
+def test_pixels_moved_before_their_cast(tmp_path, exporter, move):
+    """Against autograd on the float pixels, with the relevance shaped like the input."""
+    model = MovedPixels(PIXEL_MOVES[move]).eval()
+    shape = {"flip_and_crop": (20, 18, 3), "gray_to_rgb": PIXELS[:2]}.get(move, PIXELS)
+    pixels = np.random.default_rng(8).integers(0, 256, (3, *shape)).astype(np.uint8)
+    path = _export(model, torch.from_numpy(pixels[:2]), tmp_path / "moved.onnx", exporter)
+    out = run(compile_model(path), {"pixels": pixels})
+    x = torch.from_numpy(pixels).float().requires_grad_()
+    logits = model.net.body(model.move(x))
+    logits[torch.arange(3), torch.from_numpy(out[CLASS_OUTPUT])].sum().backward()
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], (x * x.grad).detach().numpy())
+    assert np.all(errors < 1e-5), errors
+
+
 @pytest.mark.parametrize("method", [{"rule": "epsilon"}, {"rule": "zplus"}, {"composite": "epsilon_plus_flat"}],
                          ids=lambda m: next(iter(m.values())))
 def test_classical_rules_on_uint8_pixels_equal_float_pixels(pixel_models, method):
