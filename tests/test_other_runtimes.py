@@ -12,7 +12,8 @@ semantics rather than on one runtime's behaviour, which is what a deployment on 
 Models: the four small reference networks with BatchNorm kept, under R-LRP with both mask forms;
 SimpleCNN under every rule and composite; every architecture family under R-LRP; and the CUDA kernel
 check's small Conv/pool/Gemm classifier at opsets 11-23 in float32 and float16 under R-LRP and
-epsilon_gamma_box, which covers each of the opset-dependent forms of max-pool routing.
+epsilon_gamma_box, which covers each of the opset-dependent forms of max-pool routing; uint8 pixels cast
+inside a float32 and a float16 model; scores [N, K, 1, 1].
 
 Tolerances, relative to the largest |relevance|: 1e-5 for R-LRP in float32 (measured up to 1e-6);
 1e-3 for the classical rules, whose stabilized divisions amplify the runtimes' different summation
@@ -217,3 +218,28 @@ def test_max_pool_with_indices_follows_the_specification(shape, attrs):
     assert np.array_equal(x.reshape(-1)[indices], pooled)
     expected = run(model, {"x": x})
     assert np.array_equal(pooled, expected["y"]) and np.array_equal(indices, expected["i"])
+
+
+@pytest.mark.parametrize("body_type", [TensorProto.FLOAT, TensorProto.FLOAT16], ids=["float32", "float16"])
+def test_integer_pixels(body_type):
+    """uint8 NHWC pixels cast inside the model: the relevance pass reads them through a Cast of its own."""
+    from test_integer_inputs import cast_model
+
+    feed = {"pixels": np.random.default_rng(2).integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)}
+    assert_agree(compile_model(cast_model(TensorProto.UINT8, body_type)), feed,
+                 1e-5 if body_type == TensorProto.FLOAT else 1e-2)
+
+
+def test_scores_with_unit_axes():
+    """Scores [N, K, 1, 1] from a 1x1 Conv: the seed is reshaped to them, the class read from them flattened."""
+    rng = np.random.default_rng(3)
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Conv", ["g", "k", "b"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5, 1, 1])],
+        {"w": rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "k": rng.normal(size=(5, 6, 1, 1)).astype(np.float32),
+         "b": rng.normal(size=5).astype(np.float32)})
+    feed = {"x": rng.normal(size=(2, 3, 8, 8)).astype(np.float32)}
+    assert_agree(compile_model(model), feed, 1e-5)
+    assert_agree(compile_model(model, composite="epsilon_plus"), feed, 1e-3)
