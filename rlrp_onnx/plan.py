@@ -98,8 +98,9 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
         chosen = [scores for t, scores in outputs if t.name == name]
         if not chosen:
             raise RlrpError(f"{label}: no output named '{name}' (outputs: {described})")
-    else:
-        chosen = [t for _, t in outputs if _is_scores(t)]
+    else:  # [N, K] first: beside it, an [N, C, 1, 1] output holds pooled features
+        chosen = [t for _, t in outputs if _is_scores(t) and len(t.shape) == 2] or [
+            t for _, t in outputs if _is_scores(t)]
         if not chosen:
             raise RlrpError(f"{label}: no output holds class scores [N, K] or [N, K, 1, …] (outputs: {described})")
         if len(chosen) > 1:
@@ -114,13 +115,35 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
 
 def logits_of(output: gs.Variable) -> gs.Variable:
     """The pre-activation scores: the input of a trailing Softmax/LogSoftmax/Sigmoid (seen through
-    Identity, as skl2onnx writes it), else the output itself."""
-    producer = output.inputs[0] if output.inputs else None
+    Identity, as skl2onnx writes it, and through the two Transposes that move the classes to the last axis
+    and back, as torch writes a softmax over axis 1 of [N, K, 1, …] below opset 13), else the output."""
+    producer = _producer(output)
+    moved = producer is not None and producer.op == "Transpose" and _moves_classes_last(producer)
+    trailing = _producer(producer.inputs[0]) if moved else producer
+    if trailing is None or trailing.op not in TRAILING:
+        return output
+    if not moved:
+        return trailing.inputs[0]
+    before = _producer(trailing.inputs[0])
+    if before is not None and before.op == "Transpose" and before.attrs["perm"] == producer.attrs["perm"] \
+            and trailing.attrs.get("axis", -1) in (-1, len(output.shape) - 1):
+        return before.inputs[0]
+    return output
+
+
+def _producer(tensor):
+    """The node writing ``tensor``, seen through Identity."""
+    producer = tensor.inputs[0] if tensor.inputs else None
     while producer is not None and producer.op == "Identity" and producer.inputs[0].inputs:
         producer = producer.inputs[0].inputs[0]
-    if producer is not None and producer.op in TRAILING:
-        return producer.inputs[0]
-    return output
+    return producer
+
+
+def _moves_classes_last(transpose) -> bool:
+    """A Transpose that swaps axis 1 and the last one (its own inverse), keeping the batch axis."""
+    perm = list(transpose.attrs.get("perm", []))
+    return len(perm) > 2 and perm[0] == 0 and perm[1] == len(perm) - 1 and perm[-1] == 1 \
+        and perm[2:-1] == list(range(2, len(perm) - 1))
 
 
 def _relevance_path(context: Context, logits: gs.Variable) -> list[gs.Node]:

@@ -47,9 +47,10 @@ def _held_statistics(module: nn.LayerNorm | nn.GroupNorm | nn.RMSNorm, x: torch.
     if isinstance(module, nn.GroupNorm):  # over each group's channels and all positions
         groups = x.detach().reshape(x.shape[0], module.num_groups, -1)
         variance = groups.var(dim=2, unbiased=False, keepdim=True).expand_as(groups).reshape(x.shape)
-        weight = module.weight.detach().reshape(1, -1, *[1] * (x.ndim - 2))
+        weight = 1.0 if module.weight is None else module.weight.detach().reshape(1, -1, *[1] * (x.ndim - 2))
     else:  # over the trailing normalized_shape; RMSNorm: the mean square, ε None meaning float32's ε
-        axes, weight = tuple(range(-len(module.normalized_shape), 0)), module.weight.detach()
+        axes = tuple(range(-len(module.normalized_shape), 0))
+        weight = 1.0 if module.weight is None else module.weight.detach()  # (no affine)
         if isinstance(module, nn.RMSNorm):
             variance = x.detach().pow(2).mean(dim=axes, keepdim=True)
             eps = torch.finfo(x.dtype).eps if eps is None else eps

@@ -266,6 +266,20 @@ def test_output_not_class_scores(tmp_path, capsys):
     assert_one_line_error(code, err, "segmenter.onnx", "class scores", "'map'")
 
 
+def test_several_outputs_could_be_class_scores(tmp_path, capsys):
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w"], ["a"], transB=1), helper.make_node("Gemm", ["x", "w"], ["b"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 2]) for name in ("a", "b")],
+        {"w": np.ones((2, 3), np.float32)})
+    path = tmp_path / "two_heads.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "two_heads.onnx", "several outputs could be class scores (a, b)", "--output")
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx", "--output", "b")
+    assert code == 0, err
+
+
 def test_uncovered_ops_all_listed_before_building(tmp_path, capsys):
     model = make_model(
         [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc1"),

@@ -201,15 +201,18 @@ class Flattened(nn.Module):
         return self.model.logits(x).flatten(1)
 
 
-@pytest.mark.parametrize("softmax", [False, True], ids=["scores", "softmax"])
-def test_class_scores_with_trailing_unit_axes(softmax, tmp_path):
-    """Scores [N, K, 1, 1] are explained as [N, K] (before a trailing softmax), by R-LRP and by LRP-0 (equal
-    to input × gradient on ReLU networks); top_k ranks them so."""
+@pytest.mark.parametrize("softmax,opset", [(False, 17), (True, 17), (True, 11)],
+                         ids=["scores", "softmax", "softmax-opset11"])
+def test_class_scores_with_trailing_unit_axes(softmax, opset, tmp_path):
+    """Scores [N, K, 1, 1] are explained as [N, K] (before a trailing softmax, which torch writes between
+    two Transposes below opset 13), by R-LRP and by LRP-0 (equal to input × gradient on ReLU networks);
+    top_k ranks them so."""
     from rlrp_onnx import Explainer
 
     model = ConvClassifier(softmax).eval()
     x = np.random.default_rng(3).standard_normal((3, 3, 8, 8)).astype(np.float32)
-    path = export(model, x, tmp_path / "c.onnx")
+    path = export(model, x, tmp_path / "c.onnx", opset=opset)
+    assert ("Transpose" in {n.op_type for n in onnx.load(path).graph.node}) == (opset == 11)
     assert [d.dim_value for d in onnx.load(path).graph.output[0].type.tensor_type.shape.dim][1:] == [5, 1, 1]
     reference = input_times_gradient(Flattened(model), x, [0, -1, 4])
     compare(compile_model(path), path, reference, x, [0, -1, 4])
@@ -219,6 +222,21 @@ def test_class_scores_with_trailing_unit_axes(softmax, tmp_path):
     with torch.no_grad():
         expected = torch.topk(Flattened(model)(torch.from_numpy(x)), 2).indices.numpy()
     np.testing.assert_array_equal(ranked.classes, expected)
+
+
+def test_scores_beside_pooled_features():
+    """Beside logits [N, K], an output [N, C, 1, 1] (pooled features) is not taken for class scores."""
+    rng = np.random.default_rng(4)
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["features"]), helper.make_node("Flatten", ["features"], ["f"]),
+         helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 6, 1, 1]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        {"w": rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "fc": rng.normal(size=(4, 6)).astype(np.float32)})
+    plan, _ = plan_model(model, "m", choose())
+    assert plan.explained_output.name == "logits"
 
 
 def torch_same_conv(x, w, stride, mode):

@@ -260,11 +260,13 @@ def test_group_normalization_holds_group_statistics(opset, groups):
     check(model, x, lambda rho: x * factor.reshape(2, 6, 1, 1) * rho)
 
 
-WRITTEN_GROUP_NORMS = {  # torch's form below opset 21, and variations: (IN scale, after it, recognised)
-    "affine": (1.0, {"Mul": np.linspace(0.5, 1.5, 6).reshape(6, 1, 1), "Add": np.full((6, 1, 1), 0.3)}, True),
-    "no_affine": (1.0, {}, True),
-    "scaled_instance_norm": (2.0, {}, False),
-    "scale_over_positions": (1.0, {"Mul": np.linspace(0.5, 1.5, 20).reshape(4, 5)}, True),
+WRITTEN_GROUP_NORMS = {  # torch's form below opset 21, and variations: (x shape, IN scale, after it, recognised)
+    "affine": (GROUPED_SHAPE, 1.0, {"Mul": np.linspace(0.5, 1.5, 6).reshape(6, 1, 1), "Add": np.full((6, 1, 1), 0.3)},
+               True),
+    "no_affine": (GROUPED_SHAPE, 1.0, {}, True),
+    "scaled_instance_norm": (GROUPED_SHAPE, 2.0, {}, False),
+    "scale_over_positions": (GROUPED_SHAPE, 1.0, {"Mul": np.linspace(0.5, 1.5, 20).reshape(4, 5)}, True),
+    "after_a_dense_layer": ((6,), 1.0, {"Mul": np.linspace(0.5, 1.5, 6), "Add": np.full(6, 0.3)}, True),  # [N, C]
 }
 
 
@@ -273,23 +275,23 @@ def test_group_norm_written_out(form):
     """Reshape to [N, 3, −1] → InstanceNormalization (scale 1, bias 0) → Reshape back [· γ] [+ β] is
     planned as one GroupNormalization with γ and β per channel (a scale over positions stays a Mul of
     its own; an instance norm that scales is left as it is); R-LRP holds the group statistics either way."""
-    in_scale, after, recognised = WRITTEN_GROUP_NORMS[form]
+    shape, in_scale, after, recognised = WRITTEN_GROUP_NORMS[form]
     nodes = [node("Reshape", ["x", "grouped_shape"], ["g"]),
              node("InstanceNormalization", ["g", "ones", "zeros"], ["n"], epsilon=1e-3),
              node("Reshape", ["n", "shape"], ["h0"])]
     for i, op in enumerate(after):
         nodes.append(node(op, [f"h{i}", op], [f"h{i + 1}"]))
     nodes[-1].output[0] = "h"
-    inits = {"grouped_shape": np.array([0, 3, -1]), "shape": np.array([0, *GROUPED_SHAPE]),
+    inits = {"grouped_shape": np.array([0, 3, -1]), "shape": np.array([0, *shape]),
              "ones": np.full(3, in_scale, np.float32), "zeros": np.zeros(3, np.float32),
              **{op: v.astype(np.float32) for op, v in after.items()}}
-    model = head_model(nodes, GROUPED_SHAPE, GROUPED_SHAPE, initializers=inits, opset=17)
+    model = head_model(nodes, shape, shape, initializers=inits, opset=17)
     ops = [n.op for n in canonicalize(model, "gn").nodes]
     assert ("GroupNormalization" in ops) == recognised and ("InstanceNormalization" in ops) != recognised
     assert ("Mul" in ops) == (form == "scale_over_positions")
-    x = np.random.default_rng(6).standard_normal((2, *GROUPED_SHAPE)).astype(np.float32)
-    per_group = in_scale * inverse_std(x.reshape(2, 3, -1), (2,), 1e-3).reshape(2, 3, 1, 1, 1)
-    factor = np.broadcast_to(per_group, (2, 3, 2, 4, 5)).reshape(2, *GROUPED_SHAPE) * after.get("Mul", 1.0)
+    x = np.random.default_rng(6).standard_normal((2, *shape)).astype(np.float32)
+    per_group = in_scale * inverse_std(x.reshape(2, 3, -1), (2,), 1e-3).reshape(2, 3, 1, -1)
+    factor = np.broadcast_to(per_group, (2, 3, 2, x[0].size // 6)).reshape(x.shape) * after.get("Mul", 1.0)
     check(model, x, lambda rho: x * factor * rho)
 
 

@@ -94,7 +94,7 @@ def _group_norm(norm):
             or not all(_all_equal(t, value) for t, value in zip(norm.inputs[1:], (1.0, 0.0))):
         return None
     x, grouped, readers = grouping.inputs[0], norm.inputs[0].shape, norm.outputs[0].outputs
-    if x.shape is None or grouped is None or len(x.shape) < 3 or len(grouped) != 3 or len(readers) != 1 \
+    if x.shape is None or grouped is None or len(x.shape) < 2 or len(grouped) != 3 or len(readers) != 1 \
             or readers[0].op != "Reshape" or list(readers[0].outputs[0].shape or []) != list(x.shape) \
             or not all(isinstance(d, int) for d in [*x.shape[1:], *grouped[1:]]):
         return None
