@@ -65,6 +65,10 @@ ROUTING = {
         [node("Slice", ["x", "s", "e"], ["h"])], {"s": ints(0, 1, -3), "e": ints(INT64_MAX, 3, -1)}, 13),
     "gather_duplicates_and_gaps": (
         [node("Gather", ["x", "i"], ["h"], axis=1)], {"i": ints(2, 0, 2, -1)}, 13),
+    "gather_repeat_missing_the_last": (  # a layer of distinct indices that takes all but the last position
+        [node("Gather", ["x", "i"], ["h"], axis=1)], {"i": ints(0, 0, 1)}, 13),
+    "gather_shift_repeating_the_edge": (  # x[..., [0, 0, 1, 2, 3]]: shifted by one, the last column dropped
+        [node("Gather", ["x", "i"], ["h"], axis=3)], {"i": ints(0, 0, 1, 2, 3)}, 13),
     "gather_scalar": ([node("Gather", ["x", "i"], ["h"], axis=3)], {"i": np.asarray(-2, np.int64)}, 13),
     "gather_2d_indices": ([node("Gather", ["x", "i"], ["h"], axis=2)], {"i": ints(0, 3, 3, 1).reshape(2, 2)}, 13),
     "gathernd_after_transpose": (

@@ -40,7 +40,7 @@ def scatter_axis(ctx, rho, rank: int, axis: int, index, size: int):
         part = rho if picked.size == index.size else emit.op("Gather", [rho, emit.ints(picked)], {"axis": axis})
         inverse = np.full(size, picked.size, dtype=np.int64)
         inverse[index[picked]] = np.arange(picked.size)
-        if np.array_equal(inverse, np.arange(size)):
+        if picked.size == size and np.array_equal(inverse, np.arange(size)):  # every position, in order
             parts.append(part)
             continue
         if np.any(inverse == picked.size):
