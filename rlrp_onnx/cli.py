@@ -262,7 +262,7 @@ def cmd_conservation(args) -> None:
     from .compiler import compile_model
     from .contract import LAYER_OUTPUT_PREFIX, META_RULE, RELEVANCE_OUTPUT
     from .preprocess import check_images, prepare
-    from .runtime import create_session, image_input, run_explainer
+    from .runtime import create_session, fixed_batch, image_input, run_explainer
 
     check_images([args.image])  # before compiling
     _preprocessing(args)
@@ -273,16 +273,19 @@ def cmd_conservation(args) -> None:
     meta = {p.key: p.value for p in compiled.metadata_props}
     session = create_session(compiled, args.device)
     batch, _ = prepare([args.image], _preprocessing(args, image_input(session)))
-    relevance, classes, scores, outputs = run_explainer(session, batch, args.target)
+    # a whole batch of copies, each tensor summed over all of them: an inner tensor may hold the batch on
+    # another axis than the first (the dynamo exporter's Transposes around a GatherND)
+    copies = fixed_batch(image_input(session)) or 1
+    relevance, classes, scores, outputs = run_explainer(session, np.repeat(batch, copies, axis=0), args.target)
     score = float(scores[0])
     print(f"{args.image}: class {int(classes[0])}, logit {score:.6g}, rule {meta[META_RULE]}")
     print(f"{'tensor':<50} {'op':<20} {'sum R':>14} {'sum R / logit':>14}")
     names = [o.name for o in compiled.graph.output if o.name.startswith(LAYER_OUTPUT_PREFIX)]
     for name in reversed(names):
         tensor = name[len(LAYER_OUTPUT_PREFIX):]
-        total = float(np.sum(outputs[name][0], dtype=np.float64))
+        total = float(np.sum(outputs[name], dtype=np.float64)) / copies
         print(f"{tensor[-50:]:<50} {producers.get(tensor, '?'):<20} {total:>14.6g} {_ratio(total, score):>14}")
-    total = float(np.sum(relevance[0], dtype=np.float64))
+    total = float(np.sum(relevance, dtype=np.float64)) / copies
     print(f"{'input ' + RELEVANCE_OUTPUT:<50} {'':<20} {total:>14.6g} {_ratio(total, score):>14}")
 
 

@@ -170,6 +170,11 @@ def gap(context: Context, node: gs.Node) -> str | None:
         return f"an op of the domain '{node.domain}', not of ONNX's own"
     if rule is None:
         return "no relevance rule" + HINTS.get(node.op, "")
+    unknown = [t.name for t in (node.inputs[0], node.outputs[0]) if rule.spatial
+               and not all(isinstance(d, int) for d in context.shape(t)[2:])]
+    if unknown:
+        return (f"the spatial size of '{unknown[0]}' is unknown to ONNX shape inference (a reshape to a size "
+                "computed at run time?)")
     return rule.check(context, node) if rule.check else None
 
 

@@ -289,12 +289,14 @@ def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
 
 def _check_whole(node: Any, images: np.ndarray, dtype) -> None:
     """Images for an integer input must be whole numbers in its type's range: a cast would change others."""
-    limits, low, high = np.iinfo(dtype), images.min(), images.max()
+    limits, low, high = np.iinfo(dtype), images.min().item(), images.max().item()  # compared exactly
     whole = images.dtype.kind in "biu" or bool(np.all(np.mod(images, 1) == 0))
     if not whole or low < limits.min or high > limits.max:
+        advice = ("the model scales its pixels itself: feed them unscaled" if not whole else
+                  "shift or scale them into that range (the command line's --mean and --scale act on 0..255 pixels)")
         raise RlrpError(f"input {node.name!r} takes {np.dtype(dtype).name} values, whole numbers from {limits.min} "
                         f"to {limits.max}; the images hold {'values' if whole else 'fractions'} from {low:g} to "
-                        f"{high:g} (the model scales its pixels itself: feed them unscaled)")
+                        f"{high:g} ({advice})")
 
 
 def image_input(session: RuntimeSession | onnxruntime.InferenceSession):

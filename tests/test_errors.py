@@ -280,6 +280,25 @@ def test_several_outputs_could_be_class_scores(tmp_path, capsys):
     assert code == 0, err
 
 
+def test_reshape_to_a_shape_fed_at_run_time(tmp_path, capsys):
+    """A Reshape to a shape the caller feeds leaves the sizes of every tensor after it unknown to shape
+    inference (symbolic, not missing): one line naming the Conv that needs them (was an internal error)."""
+    rng = np.random.default_rng(9)
+    model = make_model(
+        [helper.make_node("Reshape", ["x", "shape"], ["moved"]), helper.make_node("Conv", ["moved", "w"], ["c"]),
+         helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4, 3]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        {"w": rng.normal(size=(2, 3, 3, 3)).astype(np.float32), "fc": rng.normal(size=(2, 8)).astype(np.float32)})
+    path = tmp_path / "fed_shape.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "fed_shape.onnx", "(Conv: the spatial size of 'moved' is unknown to ONNX "
+                          "shape inference (a reshape to a size computed at run time?))")
+
+
 def test_uncovered_ops_all_listed_before_building(tmp_path, capsys):
     model = make_model(
         [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc1"),

@@ -215,3 +215,56 @@ def test_cli_feeds_unscaled_pixels_to_an_integer_input(pixel_models, tmp_path, c
     expected = Explainer(path, device="cpu").explain(batch.astype(np.uint8)).relevance
     for photo, relevance in zip(photos, expected):
         np.testing.assert_array_equal(np.load(tmp_path / f"{photo.stem}_relevance.npy"), relevance)
+
+
+def test_integer_scalars_and_shapes_beside_the_pixels_are_not_explained():
+    """An int64 vector (a shape, passed through to an output) and an integer scalar cast to float are inputs
+    too, but not images: only the pixels are explained (both had become images of their own)."""
+    rng = np.random.default_rng(9)
+    model = make_model(
+        [helper.make_node("Identity", ["shape"], ["shape_out"]), helper.make_node("Cast", ["pixels"], ["f"], to=1),
+         helper.make_node("Transpose", ["f"], ["t"], perm=[0, 3, 1, 2]),
+         helper.make_node("Cast", ["offset"], ["o"], to=1), helper.make_node("Add", ["t", "o"], ["shifted"]),
+         helper.make_node("Conv", ["shifted", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Flatten", ["r"], ["flat"]), helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", 4, 4, 3]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [4]),
+         helper.make_tensor_value_info("offset", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+         helper.make_tensor_value_info("shape_out", TensorProto.INT64, [4])],
+        {"w": rng.normal(size=(2, 3, 3, 3)).astype(np.float32), "fc": rng.normal(size=(2, 8)).astype(np.float32)})
+    compiled = compile_model(model)
+    assert [o.name for o in compiled.graph.output][2:3] == [RELEVANCE_OUTPUT]
+    pixels = np.random.default_rng(10).integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)
+    out = run(compiled, {"pixels": pixels, "shape": np.array([2, 3, 4, 4]), "offset": np.array(-7)})
+    assert out[RELEVANCE_OUTPUT].shape == pixels.shape
+
+
+def test_a_cast_to_another_type_is_named():
+    model = cast_model(TensorProto.UINT8, TensorProto.FLOAT, [helper.make_node("Cast", ["pixels"], ["wide"], to=11,
+                                                                               name="to_double")])
+    with pytest.raises(RlrpError, match=re.escape("reaches to_double (Cast to double) before any Cast to float32")):
+        compile_model(model)
+
+
+def test_explainer_compares_the_range_exactly():
+    """float32 2147483647 is 2³¹, one past int32's largest value: refused, not wrapped."""
+    explainer = Explainer(compile_model(cast_model(TensorProto.INT32, TensorProto.FLOAT)), device="cpu")
+    images = np.zeros((1, 4, 4, 3), np.float32)
+    images[0, 0, 0, 0] = 2147483647
+    with pytest.raises(RlrpError, match="takes int32 values, whole numbers from -2147483648 to 2147483647; the "
+                                        "images hold values from 0 to 2.14748e[+]09 [(]shift or scale"):
+        explainer.explain(images)
+
+
+def test_conservation_sums_each_tensor_whatever_its_batch_axis(tmp_path, capsys):
+    """The dynamo exporter's channel reordering holds the batch on axis 1 between its Transposes: every
+    tensor between the pixels and their cast carries the input's total (was the sum of one channel)."""
+    model = MovedPixels(PIXEL_MOVES["bgr"]).eval()
+    path = _export(model, torch.zeros((2, *PIXELS), dtype=torch.uint8), tmp_path / "bgr.onnx", "dynamo")
+    code, out, err = run_cli(capsys, "conservation", path, MODELS_DIR / "images" / PHOTOS[0], "--device", "cpu")
+    assert code == 0, err
+    rows = {line.split()[1]: float(line.split()[2]) for line in out.splitlines()[2:]}
+    assert {"GatherND", "Transpose", "Cast"} <= set(rows)
+    for op in ("GatherND", "Transpose", "Cast"):
+        assert rows[op] == pytest.approx(rows["rlrp_relevance"], rel=1e-5), (op, rows)

@@ -23,11 +23,14 @@ def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def explained_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph inputs to explain: the float32 and float16 ones; in a model without any, its integer ones
-    (pixels, such as uint8, that the model casts to float itself; ``explained_tensors`` checks that)."""
-    inputs = runtime_inputs(model)
-    floats = [i for i in inputs if i.type.tensor_type.elem_type in FLOAT_TYPES]
-    return floats or [i for i in inputs if i.type.tensor_type.elem_type in INTEGER_TYPES]
+    """The graph inputs to explain: the float32 and float16 ones, and the integer ones shaped like images
+    (rank 3 or more: pixels, such as uint8, that the model casts to float itself; ``explained_tensors``
+    checks that), not integer scalars or shapes."""
+    def explained(value) -> bool:
+        t = value.type.tensor_type
+        return t.elem_type in FLOAT_TYPES or (t.elem_type in INTEGER_TYPES and len(t.shape.dim) >= 3)
+
+    return [i for i in runtime_inputs(model) if explained(i)]
 
 
 def explained_tensors(graph: gs.Graph, inputs: list[onnx.ValueInfoProto], label: str) -> list[gs.Variable]:
@@ -45,18 +48,20 @@ def explained_tensors(graph: gs.Graph, inputs: list[onnx.ValueInfoProto], label:
 
 def _carried_to_casts(tensor: gs.Variable, element_type: int, label: str) -> list[gs.Variable]:
     """``tensor`` and the tensors that carry its values to Casts to float through ``MOVES``; RlrpError naming
-    any other node that reads them (Shape aside)."""
+    any other node that reads them (Shape and Size aside)."""
     found, queue = [], [tensor]
     while queue:
         found.append(queue.pop())
         for reader in found[-1].outputs:
-            if reader.op == "Shape" or (reader.op == "Cast" and reader.attrs.get("to") in FLOAT_TYPES):
+            if reader.op in ("Shape", "Size") or (reader.op == "Cast" and reader.attrs.get("to") in FLOAT_TYPES):
                 continue
             if reader.op not in MOVES or reader.inputs[0] is not found[-1]:
                 kind = onnx.TensorProto.DataType.Name(element_type).lower()
-                raise RlrpError(f"{label}: input '{tensor.name}' ({kind}) reaches {reader.name} ({reader.op}) before "
-                                "any Cast to float: an integer input is explained where the model casts it to float, "
-                                "after ops that only move its values")
+                what = reader.op if reader.op != "Cast" else \
+                    f"Cast to {onnx.TensorProto.DataType.Name(reader.attrs['to']).lower()}"
+                raise RlrpError(f"{label}: input '{tensor.name}' ({kind}) reaches {reader.name} ({what}) before any "
+                                "Cast to float32 or float16: an integer input is explained where the model casts it "
+                                "to float, after ops that only move its values")
             queue.extend(reader.outputs)
     return found
 

@@ -117,7 +117,7 @@ def _transposed(ctx, rho, weights, window: Window, x, y, group: int):
     return emit.blocked(out, x, 0.5 if square else 1.0)
 
 
-@rule("Conv", check=_constant_weights, kind=LAYER)
+@rule("Conv", check=_constant_weights, kind=LAYER, spatial=True)
 def conv(ctx, node, rho):
     """rho_x = ConvTranspose(rho_y, W): the same weights, geometry mapped back onto the input grid."""
     x, w = node.inputs[0], node.inputs[1]

@@ -19,7 +19,7 @@ def _window(ctx, node):
     return Window.from_node(node, ctx.spatial(x), node.attrs["kernel_shape"])
 
 
-@rule("AveragePool", kind=LINEAR)
+@rule("AveragePool", kind=LINEAR, spatial=True)
 def average_pool(ctx, node, rho):
     """rho_x = Aᵀ(rho_y): divide by each window's size, then spread over the window (ConvTranspose of ones)."""
     emit, x = ctx.emit, node.inputs[0]
@@ -34,7 +34,7 @@ def average_pool(ctx, node, rho):
                               node.outputs[0], channels)}
 
 
-@rule("GlobalAveragePool", kind=LINEAR)
+@rule("GlobalAveragePool", kind=LINEAR, spatial=True)
 def global_average_pool(ctx, node, rho):
     """rho_x = rho_y / (number of spatial positions), broadcast over them."""
     x = node.inputs[0]
@@ -117,7 +117,7 @@ def relu_masked_by_pools(ctx, relu) -> bool:
     return ctx.relative and bool(readers) and all(n.op == "MaxPool" for n in readers)
 
 
-@rule("MaxPool", check=_maxpool_check)
+@rule("MaxPool", check=_maxpool_check, spatial=True)
 def max_pool(ctx, node, rho):
     """Each output's rho goes to the input position that won its window: where the windows tile the input,
     by ``_route_by_cells``; where they overlap below opset 16 (ScatterElements cannot add there), by

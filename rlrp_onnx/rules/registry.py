@@ -33,12 +33,14 @@ class Rule:
     check: Check | None = None
     kind: str = ROUTE
     held: tuple[int, ...] = ()  # inputs that only compute a gate the rule holds constant: they get no relevance
+    spatial: bool = False  # reads the static spatial sizes (axes 2..) of its input and output
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(*op_types: str, check: Check | None = None, kind: str = ROUTE, held: tuple[int, ...] = ()):
+def rule(*op_types: str, check: Check | None = None, kind: str = ROUTE, held: tuple[int, ...] = (),
+         spatial: bool = False):
     """Register the decorated backward function for ``op_types``."""
     if kind not in KINDS:
         raise ValueError(f"unknown rule kind {kind!r}")
@@ -47,7 +49,7 @@ def rule(*op_types: str, check: Check | None = None, kind: str = ROUTE, held: tu
         for op_type in op_types:
             if op_type in RULES:
                 raise ValueError(f"rule for {op_type} registered twice")
-            RULES[op_type] = Rule(backward, check, kind, held)
+            RULES[op_type] = Rule(backward, check, kind, held, spatial)
         return backward
 
     return register
