@@ -17,6 +17,8 @@ def attach(plan, relative: bool, expose=()) -> list:
     """
     graph, emit, logits = plan.context.graph, plan.context.emit, plan.logits
     batch, classes = logits.shape[:2]
+    if not isinstance(batch, int):  # the inputs' name for it, where shape inference made up another
+        batch = plan.inputs[0].shape[0]
     target = gs.Variable(TARGET_INPUT, np.int64, [batch])
     graph.inputs.append(target)
     scores = logits if len(logits.shape) == 2 else emit.op("Flatten", [logits], {"axis": 1})  # [N, K, 1, …]

@@ -54,10 +54,15 @@ def _read(node: gs.Node) -> list:
     return tensors
 
 
-def data_tensors(graph: gs.Graph, inputs: list[gs.Variable], carries=_is_float) -> set[str]:
+def _carries_relevance(tensor) -> bool:
+    """A float32 tensor with elements (an empty one, from a slice that takes nothing, carries none)."""
+    return _is_float(tensor) and not (tensor.shape is not None and 0 in tensor.shape)
+
+
+def data_tensors(graph: gs.Graph, inputs: list[gs.Variable], carries=_carries_relevance) -> set[str]:
     """Float tensors that depend on an explained input (integer tensors such as shapes carry no relevance);
     a control-flow node's outputs depend on what its subgraphs read. ``carries``: which tensors pass the
-    dependence on (default float32 ones)."""
+    dependence on (default float32 ones with elements)."""
     data = {t.name for t in inputs}
     for node in graph.nodes:
         if any(t.name in data for t in _read(node)):

@@ -239,6 +239,34 @@ def test_scores_beside_pooled_features():
     assert plan.explained_output.name == "logits"
 
 
+class Unflattened(nn.Module):
+    """A Reshape whose target TorchScript computes from Shape: without dynamic axes for the output, it
+    declares the logits with the example's batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(2).unflatten(2, (8, 8)).flatten(1))
+
+
+def test_outputs_declared_with_the_examples_batch(tmp_path):
+    """The compiled model runs at any batch, as the source does (it took the declared 3 for the batch)."""
+    model, path = Unflattened().eval(), tmp_path / "stale.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(3, 3, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "N"}})
+    assert onnx.load(path).graph.output[0].type.tensor_type.shape.dim[0].dim_value == 3
+    compiled = compile_model(path)
+    assert compiled.graph.input[-1].type.tensor_type.shape.dim[0].dim_param == "N"  # rlrp_target
+    for batch in (1, 4):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+        targets = [-1] * batch
+        compare(compiled, str(path), input_times_gradient(model, x, targets), x, targets)
+
+
 def torch_same_conv(x, w, stride, mode):
     """Conv with ONNX auto_pad semantics, written from the ONNX operator specification."""
     size, k = x.shape[-1], w.shape[-1]

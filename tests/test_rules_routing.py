@@ -70,6 +70,12 @@ ROUTING = {
     "gather_shift_repeating_the_edge": (  # x[..., [0, 0, 1, 2, 3]]: shifted by one, the last column dropped
         [node("Gather", ["x", "i"], ["h"], axis=3)], {"i": ints(0, 0, 1, 2, 3)}, 13),
     "gather_scalar": ([node("Gather", ["x", "i"], ["h"], axis=3)], {"i": np.asarray(-2, np.int64)}, 13),
+    "concat_with_an_empty_slice": (  # torch.roll by the axis length, x[:, 3:]: the empty piece carries nothing
+        [node("Slice", ["x", "s", "e", "a"], ["empty"]), node("Concat", ["empty", "x"], ["h"], axis=1)],
+        {"s": ints(3), "e": ints(3), "a": ints(1)}, 13),
+    "concat_with_a_tile_repeated_zero_times": (
+        [node("Tile", ["x", "r"], ["empty"]), node("Concat", ["x", "empty"], ["h"], axis=1)], {"r": ints(1, 0, 1, 1)},
+        13),
     "gather_2d_indices": ([node("Gather", ["x", "i"], ["h"], axis=2)], {"i": ints(0, 3, 3, 1).reshape(2, 2)}, 13),
     "gathernd_after_transpose": (
         [node("Transpose", ["x"], ["t"], perm=[1, 2, 0, 3]), node("GatherND", ["t", "i"], ["g"]),

@@ -18,7 +18,7 @@ from .names import unique_node_names
 from .pad_into_conv import pad_into_conv
 from .reshape_targets import pin_reshape_targets, pin_slice_ends
 from .sequence import split_to_sequence
-from .static_shapes import explained_inputs, explained_tensors, pin_input_shapes
+from .static_shapes import explained_inputs, explained_tensors, free_output_batches, pin_input_shapes
 
 MIN_OPSET = 11
 UPGRADE_OPSET = 13  # the opset the refusal of older files suggests converting them to
@@ -36,6 +36,7 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
                         f"convert the file with onnx.version_converter.convert_version(model, {UPGRADE_OPSET})")
     model, weights = declared_weights(model)
     pin_input_shapes(model, label, input_shapes)
+    free_output_batches(model)
     graph = reattach(gs.import_onnx(infer_shapes(model, label)), weights)
     graph = split_to_sequence(fold_constants(castlike_to_cast(graph)))
     while True:

@@ -66,6 +66,19 @@ def _carried_to_casts(tensor: gs.Variable, element_type: int, label: str) -> lis
     return found
 
 
+def free_output_batches(model: onnx.ModelProto) -> None:
+    """Clear the batch size of graph outputs declared with a fixed one while the explained inputs' is dynamic
+    (TorchScript writes the example's when the outputs' dynamic axes are not given, and ONNX Runtime runs
+    the model at any batch), so shape inference follows the inputs'."""
+    batches = [i.type.tensor_type.shape.dim[0] for i in explained_inputs(model) if i.type.tensor_type.shape.dim]
+    if not batches or any(d.HasField("dim_value") for d in batches):
+        return
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            dims[0].Clear()
+
+
 def pin_input_shapes(model: onnx.ModelProto, label: str, overrides: dict[str, list[int]] | None) -> None:
     """Set every explained input's non-batch dims to static values (given, or already in the model)."""
     overrides = dict(overrides or {})
