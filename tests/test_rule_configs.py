@@ -267,6 +267,23 @@ def test_outputs_declared_with_the_examples_batch(tmp_path):
         compare(compiled, str(path), input_times_gradient(model, x, targets), x, targets)
 
 
+@pytest.mark.parametrize("pool", [nn.MaxPool2d((1, 2), (1, 3), ceil_mode=True),
+                                  nn.AvgPool2d(2, 2, padding=1, ceil_mode=True)], ids=["max", "average"])
+def test_ceil_mode_pool_whose_last_window_is_dropped_is_refused(pool, tmp_path):
+    """ONNX Runtime drops a ceil-mode window that starts past the input (as torch does), onnx's shape
+    inference keeps it: the relevance pass, built for the inferred size, was wrong without an error (0.33
+    relative L2) or failed at run time. Refused, naming the pool."""
+    from rlrp_onnx import RlrpError
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), pool, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(2, 3))
+    path = export(model, np.random.default_rng(5).standard_normal((2, 3, 5, 6)).astype(np.float32),
+                  tmp_path / "ceil.onnx")
+    op = "MaxPool" if isinstance(pool, nn.MaxPool2d) else "AveragePool"
+    with pytest.raises(RlrpError, match=f"{op} with ceil_mode whose last window starts past the input"):
+        compile_model(path)
+
+
 def torch_same_conv(x, w, stride, mode):
     """Conv with ONNX auto_pad semantics, written from the ONNX operator specification."""
     size, k = x.shape[-1], w.shape[-1]

@@ -19,7 +19,22 @@ def _window(ctx, node):
     return Window.from_node(node, ctx.spatial(x), node.attrs["kernel_shape"])
 
 
-@rule("AveragePool", kind=LINEAR, spatial=True)
+def _ceil_check(ctx, node):
+    """A ceil-mode pool whose planned output has a last window starting past the input: ONNX Runtime (and
+    torch) drop that window, onnx's shape inference (1.23) keeps it, so the relevance pass would be built
+    for an output of another size than the one the model computes."""
+    if not int(node.attrs.get("ceil_mode", 0)):
+        return None
+    x, y = node.inputs[0], node.outputs[0]
+    window = Window.from_node(node, ctx.spatial(x), node.attrs["kernel_shape"])
+    if any((out - 1) * s >= size + begin for out, s, size, begin
+           in zip(ctx.spatial(y), window.strides, ctx.spatial(x), window.pads_begin)):
+        return (f"{node.op} with ceil_mode whose last window starts past the input: ONNX Runtime drops it, "
+                "ONNX's shape inference keeps it; export without ceil_mode, or with pads that make it unneeded")
+    return None
+
+
+@rule("AveragePool", check=_ceil_check, kind=LINEAR, spatial=True)
 def average_pool(ctx, node, rho):
     """rho_x = Aᵀ(rho_y): divide by each window's size, then spread over the window (ConvTranspose of ones)."""
     emit, x = ctx.emit, node.inputs[0]
@@ -106,7 +121,7 @@ def reduce_max(ctx, node, rho):
 def _maxpool_check(ctx, node):
     if int(node.attrs.get("storage_order", 0)) != 0:
         return "MaxPool with storage_order=1 is not supported"
-    return None
+    return _ceil_check(ctx, node)
 
 
 def relu_masked_by_pools(ctx, relu) -> bool:
