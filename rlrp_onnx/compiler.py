@@ -170,10 +170,14 @@ def _validated(compiled: onnx.ModelProto, label: str, light_source: onnx.ModelPr
     problem = _check_problem(weightless(compiled))
     if problem is None:
         return compiled
-    source_problem = _check_problem(light_source) or _load_problem(light_source)
-    if source_problem is not None:
-        raise RlrpError(f"{label}: the model itself is invalid ({source_problem}): ONNX's strict shape inference "
-                        "or ONNX Runtime's loader refuses it; check how it was exported")
+    strict, unloadable = _check_problem(light_source), _load_problem(light_source)
+    if unloadable is not None:
+        raise RlrpError(f"{label}: the model itself is invalid ({unloadable}): ONNX Runtime's loader refuses it; "
+                        "check how it was exported")
+    if strict is not None:
+        raise RlrpError(f"{label}: ONNX's strict shape inference refuses the model itself ({strict}), though ONNX "
+                        "Runtime loads it, so the compiled model cannot pass that check either; re-export the model "
+                        "(another exporter or opset)")
     raise RlrpError(f"{label}: internal error, the compiled model is invalid ({problem})")
 
 
