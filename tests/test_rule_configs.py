@@ -294,6 +294,18 @@ def test_ceil_mode_pool_whose_last_window_is_dropped_is_refused(pool, tmp_path):
         compile_model(declared)
 
 
+class Tiled(nn.Module):
+    def forward(self, x):
+        return torch.tile(x, (1, 1, 1, 2))
+
+
+def test_torch_tile(tmp_path):
+    """TorchScript writes torch.tile behind two Ifs on the input's rank, Size(Shape(x)), which is folded
+    (the Tile's repeats were unknown: refused as a size computed at run time)."""
+    check_module(Head(nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), Tiled()), 2 * 6 * 12), (3, 6, 6),
+                 tmp_path)
+
+
 def torch_same_conv(x, w, stride, mode):
     """Conv with ONNX auto_pad semantics, written from the ONNX operator specification."""
     size, k = x.shape[-1], w.shape[-1]

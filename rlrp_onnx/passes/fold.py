@@ -70,6 +70,7 @@ def runtime_types(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 def fold_constants(graph: gs.Graph) -> gs.Graph:
     """Fold every subgraph that depends on constants and static shapes only."""
     _shape_ranges_as_slices(graph)
+    _ranks_as_constants(graph)
     try:
         import onnxruntime  # noqa: F401  (graphsurgeon evaluates folded subgraphs with it)
     except ImportError:
@@ -81,6 +82,18 @@ def fold_constants(graph: gs.Graph) -> gs.Graph:
     finally:
         gs.logger.G_LOGGER.severity = level
     return graph
+
+
+def _ranks_as_constants(graph: gs.Graph) -> None:
+    """Size(Shape(x)), the rank of a tensor of known rank, as a constant: TorchScript's ``torch.tile``
+    branches on it (an If that graphsurgeon then inlines), and graphsurgeon does not fold it while x's
+    batch size is dynamic."""
+    for node in [n for n in graph.nodes if n.op == "Size"]:
+        shape = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+        if shape is not None and shape.op == "Shape" and not shape.attrs and shape.inputs[0].shape is not None:
+            rank = gs.Constant(f"{node.outputs[0].name}_rank", np.array(len(shape.inputs[0].shape), np.int64))
+            for reader in list(node.outputs[0].outputs):
+                reader.inputs = [rank if t is node.outputs[0] else t for t in reader.inputs]
 
 
 def _shape_ranges_as_slices(graph: gs.Graph) -> None:
