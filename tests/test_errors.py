@@ -160,7 +160,8 @@ def test_directory_as_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind,expected", [
-    (TensorProto.DOUBLE, ["no float32, float16 or integer input", "(inputs: x double)", "convert the model to float32"]),
+    (TensorProto.DOUBLE, ["no float32, float16 or integer input", "(inputs: x double)",
+                          "convert the model to float32"]),
     (TensorProto.BFLOAT16, ["no float32, float16 or integer input", "(inputs: x bfloat16)",
                             "convert the model to float32"])])
 def test_no_input_to_explain(tmp_path, capsys, kind, expected):

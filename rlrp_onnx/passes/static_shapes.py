@@ -1,5 +1,5 @@
-"""The inputs a model is explained at, and their spatial sizes pinned so every shape on the relevance path
-is static."""
+"""The inputs a model is explained at, their spatial sizes pinned so every shape on the relevance path is
+static, and the outputs' batch size freed where it is."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..rules.elementwise import RESHAPING
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 INTEGER_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16, onnx.TensorProto.INT16,
                  onnx.TensorProto.INT32, onnx.TensorProto.INT64}
-MOVES = RESHAPING | {"Slice", "Gather", "GatherND"}  # what may move an integer input's values before the model casts them
+MOVES = RESHAPING | {"Slice", "Gather", "GatherND"}  # what may move integer pixels before the model casts them
 
 
 def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
