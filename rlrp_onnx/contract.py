@@ -20,6 +20,12 @@ NAMES = (TARGET_INPUT, RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT)  # (and REL
 LAYER_OUTPUT_PREFIX = "rlrp_relevance/"  # + tensor name: relevance exposed at an inner tensor
 
 
+def holds_class_scores(shape) -> bool:
+    """Whether a tensor of ``shape`` holds class scores: [N, K], or [N, K, 1, …] (a convolution as the
+    classifier, as Caffe's models end)."""
+    return shape is not None and len(shape) >= 2 and all(d == 1 for d in shape[2:])
+
+
 def relevance_output_name(input_name: str, n_image_inputs: int) -> str:
     """Name of the relevance output for one image input."""
     return RELEVANCE_OUTPUT if n_image_inputs == 1 else f"{RELEVANCE_OUTPUT}_{input_name}"

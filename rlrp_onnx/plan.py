@@ -8,6 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .backward import ONNX_DOMAINS, Context
+from .contract import holds_class_scores
 from .errors import RlrpError
 from .methods import Method
 from .rules.elementwise import held_gate
@@ -85,10 +86,7 @@ def _is_other_float(tensor) -> bool:
 
 
 def _is_scores(tensor) -> bool:
-    """A float tensor of class scores: [N, K], or [N, K, 1, …] (a convolution as the classifier, as Caffe's
-    models end)."""
-    shape = tensor.shape
-    return _is_float(tensor) and shape is not None and len(shape) >= 2 and all(d == 1 for d in shape[2:])
+    return _is_float(tensor) and holds_class_scores(tensor.shape)
 
 
 def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variable:

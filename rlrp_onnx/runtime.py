@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from . import loading
-from .contract import CLASS_OUTPUT, META_EXPLAINED_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
+from .contract import (CLASS_OUTPUT, META_EXPLAINED_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT,
+                       holds_class_scores)
 from .errors import RlrpError, first_line
 
 if TYPE_CHECKING:
@@ -341,8 +342,7 @@ def class_count(session: RuntimeSession | onnxruntime.InferenceSession) -> int |
     inference = session.session if isinstance(session, RuntimeSession) else session
     name = inference.get_modelmeta().custom_metadata_map.get(META_EXPLAINED_OUTPUT)
     shape = next((node.shape for node in inference.get_outputs() if node.name == name), None)
-    scores = shape is not None and len(shape) >= 2 and all(d == 1 for d in shape[2:])  # [N, K] or [N, K, 1, …]
-    return shape[1] if scores and isinstance(shape[1], int) else None
+    return shape[1] if holds_class_scores(shape) and isinstance(shape[1], int) else None
 
 
 def target_classes(targets: int | Sequence[int] | np.ndarray, count: int, classes: int | None) -> np.ndarray:

@@ -25,10 +25,9 @@ def _ceil_check(ctx, node):
     for an output of another size than the one the model computes."""
     if not int(node.attrs.get("ceil_mode", 0)):
         return None
-    x, y = node.inputs[0], node.outputs[0]
-    window = Window.from_node(node, ctx.spatial(x), node.attrs["kernel_shape"])
+    window = _window(ctx, node)
     if any((out - 1) * s >= size + begin for out, s, size, begin
-           in zip(ctx.spatial(y), window.strides, ctx.spatial(x), window.pads_begin)):
+           in zip(ctx.spatial(node.outputs[0]), window.strides, ctx.spatial(node.inputs[0]), window.pads_begin)):
         return (f"{node.op} with ceil_mode whose last window starts past the input: ONNX Runtime drops it, "
                 "ONNX's shape inference keeps it; export without ceil_mode, or with pads that make it unneeded")
     return None
