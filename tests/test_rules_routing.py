@@ -81,6 +81,12 @@ ROUTING = {
         [node("Transpose", ["x"], ["t"], perm=[1, 2, 0, 3]), node("GatherND", ["t", "i"], ["g"]),
          node("Transpose", ["g"], ["h"], perm=[1, 0, 2])],
         {"i": ints(0, 1, 2, 3, 0, 1).reshape(3, 2)}, 13),
+    "gather_elements_shared_over_the_batch": (  # torch.gather(x, 2, index.expand(N, ...)): repeats, gaps,
+        [node("Shape", ["x"], ["s"]), node("Slice", ["s", "zero", "one"], ["n"]),  # a negative index, fewer
+         node("Concat", ["n", "dims"], ["shape"], axis=0), node("Expand", ["i", "shape"], ["e"]),  # channels
+         node("GatherElements", ["x", "e"], ["h"], axis=2)],  # and columns than x has
+        {"zero": ints(0), "one": ints(1), "dims": ints(2, 3, 4),
+         "i": ints(0, 0, 3, -1, 2, 2, 1, 0, 3, 3, 3, 0, 1, 1, 2, 0, 0, 3, -4, 1, 2, 1, 1, 0).reshape(1, 2, 3, 4)}, 13),
     "neg": ([node("Neg", ["x"], ["h"])], {}, 13),
     "slice_batch_to_tf2onnx_end": (  # tf2onnx writes "to the end" as 10**9, also on the dynamic batch axis
         [node("Slice", ["x", "s", "e", "a", "st"], ["h"])], {"s": ints(0, 1), "e": ints(10**9, 10**9),
@@ -125,6 +131,41 @@ def test_a_slice_end_that_may_fall_short_of_its_axis_is_refused():
     model = head_model(nodes, X_SHAPE, h_shape=(3, 3, 5), initializers={"m1": ints(-1), "b": ints(1), "a": ints(2)},
                        opset=13)
     with pytest.raises(RlrpError, match="Slice with starts/ends/axes/steps computed at run time"):
+        compile_model(model)
+
+
+def test_gather_elements_with_indices_of_their_own_per_image():
+    """A model of fixed batch 2 whose GatherElements takes other rows for each image, against the gradient
+    built from the formula: the head's weights added back at the positions each output came from."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, *X_SHAPE)).astype(np.float32)
+    index = rng.integers(-4, 4, (2, 3, 2, 5))  # repeats, gaps and negative indices along axis 2
+    model = head_model([node("GatherElements", ["x", "i"], ["h"], axis=2)], X_SHAPE, h_shape=(3, 2, 5),
+                       initializers={"i": index}, opset=13)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 2
+    targets = [1, 3]
+    out, _ = compiled(model, x, targets)
+    w = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "W"))
+    gradient = np.zeros_like(x)
+    for n, target in enumerate(targets):
+        channel, row, column = np.indices(index.shape[1:])
+        np.add.at(gradient[n], (channel, index[n] % X_SHAPE[1], column), w[target].reshape(3, 2, 5))
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], x * gradient)
+    assert np.all(errors < TOLERANCE), errors
+
+
+@pytest.mark.parametrize("nodes,h_shape,inits,reason", [
+    ([node("ArgMax", ["x"], ["a"], axis=2), node("GatherElements", ["x", "a"], ["h"], axis=2)], (3, 1, 5), {},
+     "GatherElements with indices computed at run time"),
+    ([node("GatherElements", ["x", "i"], ["h"], axis=2)], (3, 2, 5), {"i": np.zeros((1, 3, 2, 5), np.int64)},
+     "taking some images of, a dynamic batch axis"),
+])
+def test_gather_elements_it_cannot_follow_is_refused(nodes, h_shape, inits, reason):
+    """Indices from the data (the row of each column's maximum), and constant indices of batch 1 on a
+    dynamic batch, which take the first image only."""
+    model = head_model(nodes, X_SHAPE, h_shape=h_shape, initializers=inits, opset=13)
+    with pytest.raises(RlrpError, match=reason):
         compile_model(model)
 
 
@@ -396,6 +437,7 @@ class Ops(nn.Module):
         self.up = nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2)
         self.mix = nn.Parameter(torch.randn(4, 4))
         self.register_buffer("order", torch.arange(7, -1, -1))
+        self.register_buffer("rows", torch.randint(0, 8, (1, 4, 8, 8)))  # repeats and gaps along each column
         features = {"convtranspose": 4 * 16 * 16, "up_bilinear": 4 * 11 * 13}.get(kind, 4 * 8 * 8)
         self.fc = nn.Linear(features, 5)
 
@@ -411,6 +453,8 @@ class Ops(nn.Module):
             x = torch.cat([x[:, :, ::2], x[:, :, 1::2]], 2)
         elif k == "index_gather":
             x = x[:, [2, 0, 1, 3]] + x.index_select(3, self.order)
+        elif k == "torch_gather":  # GatherElements, its indices expanded over the batch at run time
+            x = torch.gather(x, 2, self.rows.expand(x.shape[0], -1, -1, -1))
         elif k == "up_nearest":
             x = F.interpolate(x, scale_factor=2, mode="nearest")[:, :, ::2, 1::2]
         elif k == "up_bilinear":
@@ -427,7 +471,7 @@ class Ops(nn.Module):
         return self.fc(x.flatten(1))
 
 
-EXPORTED = ["split_cat", "chunk_flip_transpose", "strided_slices", "index_gather", "up_nearest",
+EXPORTED = ["split_cat", "chunk_flip_transpose", "strided_slices", "index_gather", "torch_gather", "up_nearest",
             "up_bilinear", "convtranspose", "einsum_prelu_consts", "pixel_shuffle", "repeat"]
 
 

@@ -160,7 +160,7 @@ def slice_(ctx, node, rho):
     return {0: r}
 
 
-# ---- Gather / GatherND with constant indices -----------------------------------------------------
+# ---- Gather / GatherND / GatherElements with constant indices ------------------------------------
 
 def _gather_check(ctx, node):
     if ctx.constant(node.inputs[1]) is None:
@@ -209,6 +209,57 @@ def gather_nd(ctx, node, rho):
     rest = [d if isinstance(d, int) else None for d in shape[depth:]]
     r = _reshape_static(ctx, rho[0], [flat.size] + rest)
     r = scatter_axis(ctx, r, 1 + len(rest), 0, flat, int(np.prod(lead)))
+    return {0: ctx.emit.reshape_like(r, x)}
+
+
+def _shared_indices(ctx, tensor):
+    """The value of constant indices, also of constant indices expanded over the batch axis at run time
+    (torch's ``index.expand(x.size(0), ...)``, which the dynamo exporter casts: then of batch size 1,
+    shared by every image), or None."""
+    value, shape, node = ctx.constant(tensor), ctx.shape(tensor), ctx.producer(tensor)
+    if value is not None:
+        return value
+    while node is not None and node.op == "Cast":
+        node = ctx.producer(node.inputs[0])
+    value = ctx.constant(node.inputs[0]) if node is not None and node.op == "Expand" else None
+    if value is None or value.ndim != len(shape) or not shape or not _static(ctx, tensor, range(1, len(shape))):
+        return None
+    batch = shape[0] if isinstance(shape[0], int) else 1
+    try:
+        return np.broadcast_to(value, [batch, *shape[1:]]).astype(np.int64)
+    except ValueError:
+        return None
+
+
+def _gather_elements_check(ctx, node):
+    indices = _shared_indices(ctx, node.inputs[1])
+    if indices is None:
+        return "GatherElements with indices computed at run time is not supported"
+    x, y = node.inputs[0], node.outputs[0]
+    rank = len(ctx.shape(x))
+    if not _static(ctx, x, range(1, rank)):
+        return "GatherElements of dynamic non-batch axes is not supported"
+    if not _static(ctx, x, [0]) and (node.attrs.get("axis", 0) % rank == 0 or indices.shape[0] != 1
+                                     or _static(ctx, y, [0])):
+        return "GatherElements along, or taking some images of, a dynamic batch axis is not supported"
+    return None
+
+
+@rule("GatherElements", check=_gather_elements_check)
+def gather_elements(ctx, node, rho):
+    """x and rho_y flattened past a dynamic batch axis (kept: the indices are the same for every image),
+    then as Gather with the raveled positions the elements were taken from."""
+    x = node.inputs[0]
+    shape = ctx.shape(x)
+    axis = node.attrs.get("axis", 0) % len(shape)
+    kept = 0 if isinstance(shape[0], int) else 1
+    taken = _shared_indices(ctx, node.inputs[1])[0 if kept else ...]
+    dims = [int(d) for d in shape[kept:]]
+    where = np.indices(taken.shape)
+    where[axis - kept] = taken % dims[axis - kept]
+    flat = np.ravel_multi_index(tuple(where), dims).reshape(-1)
+    r = _reshape_static(ctx, rho[0], [None] * kept + [flat.size])
+    r = scatter_axis(ctx, r, kept + 1, kept, flat, int(np.prod(dims)))
     return {0: ctx.emit.reshape_like(r, x)}
 
 
