@@ -4,7 +4,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .backward import relevance_pass
-from .contract import CLASS_OUTPUT, LAYER_OUTPUT_PREFIX, SCORE_OUTPUT, TARGET_INPUT, relevance_output_name
+from .contract import (CLASS_OUTPUT, LAYER_OUTPUT_PREFIX, LOGITS_OUTPUT, SCORE_OUTPUT, TARGET_INPUT,
+                       relevance_output_name)
 
 
 def attach(plan, relative: bool, expose=()) -> list:
@@ -13,7 +14,8 @@ def attach(plan, relative: bool, expose=()) -> list:
     ``relative``: the pass carries relative relevance rho (R-LRP; R_input = x ⊙ rho_x), else absolute
     relevance R (classical rules). Either way the explained logit seeds it: R_logits = f_c·e_c.
     ``expose`` names inner tensors whose relevance becomes an extra output ``rlrp_relevance/<name>``.
-    Returns the new graph outputs (relevance per explained input, class, score, exposed tensors).
+    Returns the new graph outputs (relevance per explained input, class, score, every class's logit as
+    ``rlrp_logits`` [N, K], the ranking the class is chosen from, exposed tensors).
     """
     graph, emit, logits = plan.context.graph, plan.context.emit, plan.logits
     batch, classes = logits.shape[:2]
@@ -35,21 +37,26 @@ def attach(plan, relative: bool, expose=()) -> list:
     reached = relevance_pass(plan.context, plan.nodes, {logits.name: seed}, plan.inputs + inner)
     reached[logits.name] = seed
 
+    def copy(tensor):
+        # A copy under another name; as a product with one because ONNX Runtime's CUDA provider has no
+        # Identity kernel for opsets 21 and later.
+        return emit.mul(tensor, emit.const(1.0))
+
     def absolute(tensor, name):
         arrived = reached[tensor.name]
         if arrived is None:
             relevance = emit.mul(tensor, emit.const(0.0))
         else:
-            # A copy under the output's name; as a product with one because ONNX Runtime's CUDA
-            # provider has no Identity kernel for opsets 21 and later.
-            relevance = emit.mul(tensor if relative else emit.const(1.0), arrived)
+            relevance = emit.mul(tensor, arrived) if relative else copy(arrived)
         _name_output(relevance, name, np.float32, tensor.shape)
         return relevance
 
     outputs = [absolute(t, relevance_output_name(t.name, len(plan.inputs))) for t in plan.inputs]
     _name_output(chosen, CLASS_OUTPUT, np.int64, [batch])
     _name_output(score, SCORE_OUTPUT, np.float32, [batch])
-    return outputs + [chosen, score] + [absolute(t, LAYER_OUTPUT_PREFIX + t.name) for t in inner]
+    ranked = copy(scores)
+    _name_output(ranked, LOGITS_OUTPUT, np.float32, [batch, classes])
+    return outputs + [chosen, score, ranked] + [absolute(t, LAYER_OUTPUT_PREFIX + t.name) for t in inner]
 
 
 def _name_output(tensor, name, dtype, shape) -> None:

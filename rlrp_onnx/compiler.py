@@ -101,8 +101,8 @@ def _declare_planned_sizes(compiled: onnx.ModelProto, inputs) -> None:
 
 
 def _exposed(plan, expose, label: str) -> list[str]:
-    """The inner tensors whose relevance is exposed (one name, a list, or "all"), checked against the
-    relevance path."""
+    """The inner tensors whose relevance is exposed (one name, a list, or "all"), each once, checked
+    against the relevance path."""
     on_path = [t.name for n in plan.nodes for t in n.outputs if t.name in plan.context.data]
     if expose == "all":
         return [name for name in on_path if name != plan.logits.name]
@@ -110,7 +110,7 @@ def _exposed(plan, expose, label: str) -> list[str]:
     unknown = [name for name in expose if name not in on_path]
     if unknown:
         raise RlrpError(f"{label}: cannot expose relevance at {unknown}: not tensors on the relevance path")
-    return list(expose)
+    return list(dict.fromkeys(expose))
 
 
 OTHER_FLOATS = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}

@@ -5,6 +5,7 @@ TARGET_INPUT = "rlrp_target"
 RELEVANCE_OUTPUT = "rlrp_relevance"
 CLASS_OUTPUT = "rlrp_class"
 SCORE_OUTPUT = "rlrp_score"
+LOGITS_OUTPUT = "rlrp_logits"  # beyond RLRP.md's version 1: every class's logit, which the explained one is chosen from
 META_RULE = "rlrp.rule"
 META_VERSION = "rlrp.version"
 META_EXPLAINED_OUTPUT = "rlrp.explained_output"
@@ -14,7 +15,7 @@ MASK_FORMS = ("steps", "comparisons")
 # compile_model's target_input: rlrp_target with the default -1 (the contract's optional input), or
 # without one, for runtimes that do not let a caller feed an input that has a default
 TARGET_FORMS = ("optional", "required")
-NAMES = (TARGET_INPUT, RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT)  # (and RELEVANCE_OUTPUT + anything)
+NAMES = (TARGET_INPUT, RELEVANCE_OUTPUT, CLASS_OUTPUT, SCORE_OUTPUT, LOGITS_OUTPUT)  # (and RELEVANCE_OUTPUT + anything)
 
 
 LAYER_OUTPUT_PREFIX = "rlrp_relevance/"  # + tensor name: relevance exposed at an inner tensor

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .compiler import compile_model
-from .contract import META_EXPLAINED_OUTPUT, META_MASKS, META_RULE, META_VERSION
+from .contract import LOGITS_OUTPUT, META_EXPLAINED_OUTPUT, META_MASKS, META_RULE, META_VERSION
 from .errors import RlrpError
 from .loading import load_model, read_metadata, serialized
 from .methods import Options
@@ -39,6 +39,9 @@ def explainer_model(model, output_name: str | None = None, masks: str | None = N
     if missing:
         raise RlrpError(f"{label}: a compiled model without its {missing[0]!r} metadata, which the compiler "
                         "writes; compile the source model again")
+    if output_name is not None and output_name != meta[META_EXPLAINED_OUTPUT]:
+        raise RlrpError(f"{label} is already compiled to explain output '{meta[META_EXPLAINED_OUTPUT]}'; compile "
+                        f"the source model to explain '{output_name}'")
     chosen = method.get("composite") or method.get("rule")
     if chosen and chosen != meta[META_RULE]:
         raise RlrpError(f"{label} is already compiled with '{meta[META_RULE]}'; compile the source model "
@@ -119,6 +122,10 @@ class Explainer:
         self.provider, self.notice = self.runtime.provider, self.runtime.notice
         image = image_input(self.runtime)
         self.input_shape = list(image.shape)
+        # What top_k ranks: every class's logit, of which rlrp_class is the arg-max and rlrp_score one, or
+        # (a contract model without it) the explained output, whose probabilities may tie where logits do not
+        names = {node.name for node in self.runtime.session.get_outputs()}
+        self._ranked = LOGITS_OUTPUT if LOGITS_OUTPUT in names else self.explained_output
         self.batch_size = fixed_batch(image) or batch_size
 
     @property
@@ -151,7 +158,7 @@ class Explainer:
                                 np.zeros((0, *ranks), np.int64), np.zeros((0, *ranks), np.float32))
         if top_k is None:
             return self._batched(images, targets)
-        scores = self._batched(images, None, keep=self.explained_output).reshape(len(images), -1)  # [N, K, 1, …]
+        scores = self._batched(images, None, keep=self._ranked).reshape(len(images), -1)  # [N, K, 1, …]
         classes = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         if classes.shape[1] < top_k:
             raise RlrpError(f"top_k={top_k} but the model has only {classes.shape[1]} classes")

@@ -135,7 +135,13 @@ def run_explainer(
         feed[TARGET_INPUT] = _filled(target_classes(targets, count, class_count(inference)), fixed)
 
     device = "cuda" if isinstance(session, RuntimeSession) and session.provider == CUDA else None
-    values = run_bound(inference, feed, output_names, device) if device else inference.run(output_names, feed)
+    try:
+        values = run_bound(inference, feed, output_names, device) if device else inference.run(output_names, feed)
+    except Exception as error:  # ONNX Runtime raises its own pybind exception types
+        advice = (f"; the model may run only one image at a time though its batch size is dynamic: try a batch "
+                  f"size of 1" if count > 1 and not fixed else "")
+        raise RlrpError(f"ONNX Runtime failed running the model on {count} image(s): {first_line(error)}{advice}") \
+            from None
     outputs = {name: value[:count] if fixed and value.shape[:1] == (fixed,) else value
                for name, value in zip(output_names, values)}
     return ExplainerResult(outputs[RELEVANCE_OUTPUT], outputs[CLASS_OUTPUT], outputs[SCORE_OUTPUT], outputs)
@@ -212,7 +218,9 @@ def _model_source(model: onnx.ModelProto | bytes | str | os.PathLike):
 def _open_session(ort, source: bytes | str, providers: list) -> onnxruntime.InferenceSession:
     name = "the model" if isinstance(source, bytes) else source
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the defaulted rlrp_target input is intended
+    # Fatal errors only: the defaulted rlrp_target input is intended, and the failures its log would show
+    # (CUDA not loading, a run failing) are reported once, by the callers
+    options.log_severity_level = 4
     try:
         return ort.InferenceSession(source, options, providers=providers)
     except Exception as error:  # ONNX Runtime raises its own pybind exception types
@@ -285,6 +293,8 @@ def _image_feed(node: Any, images: np.ndarray) -> np.ndarray:
         raise RlrpError(f"input {node.name!r} has type {node.type}; expected a float or integer tensor")
     if np.issubdtype(dtype, np.integer) and images.size:
         _check_whole(node, images, dtype)
+    if np.issubdtype(dtype, np.floating) and images.size:
+        _check_within(node, images, dtype)
     return np.ascontiguousarray(_filled(images, fixed), dtype=dtype)
 
 
@@ -298,6 +308,15 @@ def _check_whole(node: Any, images: np.ndarray, dtype) -> None:
         raise RlrpError(f"input {node.name!r} takes {np.dtype(dtype).name} values, whole numbers from {limits.min} "
                         f"to {limits.max}; the images hold {'values' if whole else 'fractions'} from {low:g} to "
                         f"{high:g} ({advice})")
+
+
+def _check_within(node: Any, images: np.ndarray, dtype) -> None:
+    """Images for a float input must be within its type's range: a float16 input turns larger pixels
+    infinite, and the logits, class and relevance into NaN."""
+    largest, limit = float(np.abs(images).max()), float(np.finfo(dtype).max)
+    if largest > limit:
+        raise RlrpError(f"input {node.name!r} takes {np.dtype(dtype).name} values, at most {limit:g} in magnitude; "
+                        f"the images hold values up to {largest:g}")
 
 
 def image_input(session: RuntimeSession | onnxruntime.InferenceSession):

@@ -11,7 +11,9 @@ import pytest
 
 import rlrp_onnx.explainer as explainer_module
 from rlrp_onnx import Explainer, RlrpError, compile_model, load_model, save_model
-from rlrp_onnx.contract import LAYER_OUTPUT_PREFIX, SCORE_OUTPUT
+from onnx import TensorProto, helper
+
+from rlrp_onnx.contract import LAYER_OUTPUT_PREFIX, LOGITS_OUTPUT, SCORE_OUTPUT
 from rlrp_onnx.preprocess import PRESETS, prepare
 from rlrp_onnx.runtime import create_session, run_bound
 
@@ -53,6 +55,34 @@ def test_top_k(explainer, photos):
     np.testing.assert_allclose(top.scores, np.take_along_axis(logits, top.classes, 1), rtol=1e-6)
     np.testing.assert_allclose(top.relevance[:, 0], plain.relevance, rtol=1e-5, atol=1e-8)
     assert not np.allclose(top.relevance[:, 1], top.relevance[:, 0])
+
+
+SATURATING = np.array([20.0, 30.0, -300.0, -200.0, 0.0], np.float32)  # logits of an image of ones
+
+
+def saturating_model(head: str, batch="N") -> onnx.ModelProto:
+    """Images [N, 3, 2, 2] → logits (``SATURATING`` for an image of ones) → ``head``, whose probabilities
+    tie where the logits do not (sigmoid: 1.0 twice; softmax: 0.0 twice)."""
+    from onnx_builders import make_model
+
+    weights = np.tile(SATURATING / 12, (12, 1))
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+             helper.make_node(head, ["logits"], ["probabilities"])]
+    return make_model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 2, 2])],
+                      [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, 5])], {"w": weights})
+
+
+@pytest.mark.parametrize("head", ["Sigmoid", "Softmax"])
+def test_top_k_ranks_by_the_logits_the_class_is_chosen_from(head):
+    """Saturated probabilities tie; the logits, which the class and score come from, do not."""
+    images = np.ones((2, 3, 2, 2), np.float32)
+    explainer = Explainer(saturating_model(head), device="cpu")
+    top, plain = explainer.explain(images, top_k=5), explainer.explain(images)
+    np.testing.assert_array_equal(top.classes, [[1, 0, 4, 3, 2]] * 2)
+    np.testing.assert_allclose(top.scores, np.sort(SATURATING)[::-1][None].repeat(2, 0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(plain.classes, top.classes[:, 0])
+    np.testing.assert_allclose(run(explainer.model, {"image": images})[LOGITS_OUTPUT], SATURATING[None].repeat(2, 0),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_explicit_targets(explainer, photos):
@@ -132,6 +162,9 @@ def test_api_errors(explainer, photos):
         explainer.explain(photos, targets=[1, 2, 1000, 3, 4, 5])
     with pytest.raises(RlrpError, match="already compiled with 'rlrp'"):
         Explainer(explainer.model, rule="epsilon")
+    with pytest.raises(RlrpError, match="already compiled to explain output 'logits'; compile the source model "
+                                        "to explain 'features'"):
+        Explainer(explainer.model, output_name="features")
     # the whole array's shape is named, not that of the batch it would be cut into
     with pytest.raises(RlrpError, match=r"array of images of shape \[224, 224, 3\] does not fit input 'image' "
                                         r"of shape \[\?, 3, 224, 224\]"):
@@ -221,6 +254,40 @@ def test_exposed_layers_conserve_the_logit_in_a_bias_free_network(tmp_path):
     for name in exposed:
         totals = out[name].reshape(len(x), -1).sum(axis=1, dtype=np.float64)
         np.testing.assert_allclose(totals, out[SCORE_OUTPUT], rtol=1e-4, err_msg=name)
+
+
+def test_a_tensor_named_twice_is_exposed_once():
+    compiled = compile_model(MODEL, expose=["/_swish/Clip_output_0"] * 2)
+    exposed = [o.name for o in compiled.graph.output if o.name.startswith(LAYER_OUTPUT_PREFIX)]
+    assert exposed == [LAYER_OUTPUT_PREFIX + "/_swish/Clip_output_0"]
+
+
+def test_a_model_that_fails_at_run_time_is_reported_in_one_line(tmp_path, capfd):
+    """A batch axis declared dynamic in a graph that runs one image only (a Reshape to [1, -1]), as older
+    exports often are: ONNX Runtime's failure as an RlrpError that suggests a batch of one, no log line."""
+    from onnx_builders import make_model
+    from rlrp_onnx.cli import main
+
+    model = make_model([helper.make_node("Reshape", ["image", "one_row"], ["flat"]),
+                        helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+                       [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 2, 2])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+                       {"one_row": np.array([1, -1]), "w": np.ones((12, 5), np.float32)})
+    explainer = Explainer(model, device="cpu")
+    assert explainer.explain(np.ones((1, 3, 2, 2), np.float32)).classes.shape == (1,)
+    with pytest.raises(RlrpError, match=r"ONNX Runtime failed running the model on 2 image\(s\): .*MatMul.*"
+                                        "try a batch size of 1"):
+        explainer.explain(np.ones((2, 3, 2, 2), np.float32))
+    path = tmp_path / "one_row.onnx"
+    onnx.save(model, path)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.png").write_bytes((ROOT / "models" / "images" / "chelsea.png").read_bytes())
+    capfd.readouterr()
+    code = main(["explain", str(path), str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "o"),
+                 "--device", "cpu", "--size", "2"])
+    err = capfd.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("rlrp-onnx: error: ONNX Runtime failed running the model on 2 image(s)"), err
 
 
 def test_expose_unknown_tensor():

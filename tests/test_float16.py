@@ -23,7 +23,7 @@ import onnx
 import pytest
 import torch
 
-from rlrp_onnx import Explainer, compile_model
+from rlrp_onnx import Explainer, RlrpError, compile_model
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, SCORE_OUTPUT, TARGET_INPUT
 
 from exporting import export_onnx
@@ -222,3 +222,13 @@ def test_twin_widens_every_float16_declaration():
                                   np.array([0.1, 3.0], np.float16).astype(np.float32))
     onnx.checker.check_model(twin, full_check=True)
     assert [n.name for n in twin.graph.node] == [n.name for n in model.graph.node]
+
+
+def test_pixels_beyond_the_float16_range_are_refused(tmp_path):
+    """A finite float32 pixel above 65504 would reach the model as infinity: NaN logits, class and relevance."""
+    path = export_half(HalfNet().eval(), example(1, seed=0), tmp_path / "net.onnx", "torchscript")
+    images = example(2, seed=1).astype(np.float32)
+    images[1, 0, 0, 0] = -70000.0
+    with pytest.raises(RlrpError, match="input 'image' takes float16 values, at most 65504 in magnitude; the images "
+                                        "hold values up to 70000"):
+        Explainer(path, device="cpu").explain(images)
