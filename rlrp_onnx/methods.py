@@ -19,9 +19,13 @@ DENSE, CONVOLUTION, FIRST = "dense", "convolution", "first"
 CATEGORY = {"Conv": CONVOLUTION, "ConvTranspose": CONVOLUTION, "Gemm": DENSE, "MatMul": DENSE, "Einsum": DENSE}
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the relevance pass computes in float32
+
+
 @dataclass(frozen=True)
 class Options:
-    """Rule parameters, with the defaults of shared/RLRP.md; all finite, ε > 0, γ, α and β >= 0."""
+    """Rule parameters, with the defaults of shared/RLRP.md; all finite in float32, ε > 0 there too,
+    γ, α and β >= 0; numpy numbers are stored as Python floats, bounds as one float or a list of floats."""
 
     epsilon: float = 1e-6
     gamma: float = 0.25
@@ -32,10 +36,33 @@ class Options:
 
     def __post_init__(self):
         for name in ("epsilon", "gamma", "alpha", "beta"):
-            value, positive = getattr(self, name), name == "epsilon"  # ε = 0 would be the lrp0 rule
-            number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            if not (number and (value > 0 if positive else value >= 0)):
-                raise RlrpError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+            value, positive = _float32_number(getattr(self, name)), name == "epsilon"  # ε = 0 would be lrp0
+            if value is None or not (np.float32(value) > 0 if positive else value >= 0):
+                raise RlrpError(f"{name} must be a number {'> 0' if positive else '>= 0'} that float32 holds "
+                                f"(finite{', not rounding to 0' if positive else ''}), got {getattr(self, name)!r}")
+            object.__setattr__(self, name, value)
+        for name in ("low", "high"):
+            given = getattr(self, name)
+            if given is not None:
+                object.__setattr__(self, name, _bound_values(name, given))
+
+
+def _float32_number(value) -> float | None:
+    """``value`` as a Python float if it is a real number (not a bool) that float32 holds, else None."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and abs(value) <= FLOAT32_MAX else None
+
+
+def _bound_values(name: str, given):
+    """A z^B bound as one float, or a list of floats (one per channel); RlrpError for anything else."""
+    values = np.asarray(given, dtype=object)
+    floats = [_float32_number(v) for v in values.reshape(-1)] if values.ndim <= 1 and values.size else [None]
+    if any(v is None for v in floats):
+        raise RlrpError(f"{name} must be one number or a list of numbers, one per channel, each finite in float32; "
+                        f"got {given!r}")
+    return floats[0] if values.ndim == 0 else floats
 
 
 RULE_NAMES: dict[str, Callable[[Options], LayerRule]] = {

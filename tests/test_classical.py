@@ -251,6 +251,8 @@ def test_classical_rules_keep_the_source_graph(tmp_path):
 
 # ---- one layer, several spellings: the rule sees W and b together (RLRP.md: "Conv, Gemm, MatMul+bias")
 
+BN = ("scale", "shift", "mean", "var")  # a BatchNormalization's parameters, in its input order
+
 LAYER_SPELLINGS = {  # name → (x shape, nodes, initializers), (reference nodes, initializers): same map
     "matmul_add_as_gemm": (
         (2, 6),
@@ -260,11 +262,30 @@ LAYER_SPELLINGS = {  # name → (x shape, nodes, initializers), (reference nodes
         (2, 3, 5, 5),
         [helper.make_node("Conv", ["x", "k"], ["z"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["c", "z"], ["h"])],
         [helper.make_node("Conv", ["x", "k", "b"], ["h"], pads=[1, 1, 1, 1])]),
+    "matmul_batchnorm": (  # torch's Linear(bias=False) and BatchNorm1d, by the TorchScript exporter
+        (2, 6),
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("BatchNormalization", ["z", *BN], ["h"])],
+        [helper.make_node("Gemm", ["x", "wf", "bf"], ["h"])]),
+    "gemm_batchnorm": (  # a Gemm of weights [in, out] (transB=0), as MatMul + Add becomes one
+        (2, 6),
+        [helper.make_node("Gemm", ["x", "w", "b"], ["z"]), helper.make_node("BatchNormalization", ["z", *BN], ["h"])],
+        [helper.make_node("Gemm", ["x", "wf", "bf"], ["h"])]),
     "gemm_alpha_beta_into_constants": (
         (2, 6),
         [helper.make_node("Gemm", ["x", "w", "b"], ["h"], alpha=-1.0, beta=0.5)],
         [helper.make_node("Gemm", ["x", "minus_w", "half_b"], ["h"])]),
 }
+
+
+def _batchnorm_inits(rng, spelling, w, b):
+    """The BN parameters of a ``*_batchnorm`` spelling, and the folded layer ``wf``, ``bf`` it is checked against."""
+    bn = dict(zip(BN, (rng.uniform(0.5, 2.0, 8), rng.normal(size=8), rng.normal(size=8), rng.uniform(0.5, 2.0, 8))))
+    factor = bn["scale"] / np.sqrt(bn["var"] + 1e-5)
+    bias = b if spelling.startswith("gemm") else 0.0
+    layer = {"w": w, "b": b} if spelling.startswith("gemm") else {"w": w}
+    folded = {"wf": w * factor, "bf": (bias - bn["mean"]) * factor + bn["shift"]}
+    as_float32 = lambda d: {k: np.asarray(v, np.float32) for k, v in d.items()}  # noqa: E731
+    return as_float32({**layer, **bn}), as_float32(folded)
 
 
 def _network(x_shape, nodes, inits, width):
@@ -282,15 +303,19 @@ def _network(x_shape, nodes, inits, width):
 @pytest.mark.parametrize("method", [{"rule": r} for r in RULES] + [{"composite": "epsilon_gamma_box"}],
                          ids=lambda m: next(iter(m.values())))
 def test_a_layer_is_one_layer_however_it_is_spelled(spelling, method):
-    """A dense layer written MatMul + Add (skl2onnx, tf2onnx), a bias-free Conv + a per-channel Add, and a
-    Gemm with alpha/beta give the relevance of the plain layer with its bias: the rule modifies W and b
-    together (they went through the rule apart, the Add as an ε-step: zplus was off by 100%)."""
+    """A dense layer written MatMul + Add (skl2onnx, tf2onnx), a bias-free Conv + a per-channel Add, a
+    Gemm with alpha/beta, and a MatMul or Gemm [in, out] followed by a BatchNormalization give the
+    relevance of the plain layer with its bias: the rule modifies W and b together (they went through the
+    rule apart, the Add as an ε-step: zplus was off by 100%; the BatchNormalization passed relevance
+    unchanged, the layer's rule on the unnormalized values: up to 500× off)."""
     x_shape, nodes, reference = LAYER_SPELLINGS[spelling]
     rng = np.random.default_rng(13)
     if len(x_shape) == 2:
         w, b = rng.normal(size=(6, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)
         inits = {"w": w, "b": b}
         ref_inits = {"w": w, "b": b} if spelling.startswith("matmul") else {"minus_w": -w, "half_b": 0.5 * b}
+        if spelling.endswith("batchnorm"):
+            inits, ref_inits = _batchnorm_inits(rng, spelling, w, b)
         width = 8
     else:
         k, b = rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32)

@@ -2,20 +2,40 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from rlrp_onnx import RlrpError
+from onnx_builders import dense_classifier
+from rlrp_onnx import RlrpError, compile_model
 from rlrp_onnx.methods import Options, choose
 
 
 @pytest.mark.parametrize("name, value, bound", [
     ("epsilon", -1, "> 0"), ("epsilon", 0, "> 0"), ("epsilon", math.nan, "> 0"), ("epsilon", "1e-3", "> 0"),
-    ("gamma", -0.25, ">= 0"), ("gamma", math.inf, ">= 0"), ("gamma", True, ">= 0"),
+    ("epsilon", 1e-46, "> 0"), ("epsilon", 1e39, "> 0"),  # 0 and infinite in float32, the relevance pass's type
+    ("gamma", -0.25, ">= 0"), ("gamma", math.inf, ">= 0"), ("gamma", True, ">= 0"), ("gamma", 1e39, ">= 0"),
     ("alpha", math.nan, ">= 0"), ("beta", -1.0, ">= 0"),
 ])
 def test_bad_rule_parameters(name, value, bound):
-    with pytest.raises(RlrpError, match=f"^{name} must be a finite number {bound}, got {value!r}$"):
+    with pytest.raises(RlrpError, match=rf"^{name} must be a number {bound} that float32 holds \(finite"):
         Options(**{name: value})
+
+
+@pytest.mark.parametrize("low", [[[-2.0, -1.8]], [], math.nan, [0.0, math.inf], -1e39, "0", np.array([[0.0]])])
+def test_bad_bounds(low):
+    with pytest.raises(RlrpError, match="^low must be one number or a list of numbers, one per channel, each "
+                                        "finite in float32; got "):
+        Options(low=low, high=1.0)
+
+
+def test_numpy_numbers_are_stored_as_floats_and_compile():
+    """numpy scalars and arrays, as a normalization's (0 - mean) / std gives them, become Python floats."""
+    options = Options(epsilon=np.float32(1e-3), low=(0 - np.array([0.5, 0.4])) / 0.25, high=np.float64(4.0))
+    assert options.epsilon == pytest.approx(1e-3) and type(options.epsilon) is float
+    assert options.low == [-2.0, -1.6] and type(options.low[0]) is float and type(options.high) is float
+    model = dense_classifier()
+    for method in ({"rule": "epsilon"}, {"composite": "epsilon_plus"}):
+        compile_model(model, options=Options(epsilon=np.float32(1e-3)), **method)
 
 
 def test_boundary_rule_parameters():
