@@ -326,3 +326,52 @@ def test_a_layer_is_one_layer_however_it_is_spelled(spelling, method):
     out, _ = explain(_network(x_shape, nodes, inits, width), x, [1, -1], options=options, **method)
     expected, _ = explain(_network(x_shape, reference, ref_inits, width), x, [1, -1], options=options, **method)
     np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-4, atol=1e-6)
+
+
+NORMALIZATIONS = {  # name → (image channels, nodes normalizing x into "h")
+    "sub_div": (3, [helper.make_node("Sub", ["x", "mean"], ["centred"]),
+                    helper.make_node("Div", ["centred", "std"], ["h"])]),
+    "batchnorm_op": (3, [helper.make_node("BatchNormalization", ["x", "inv_std", "shift", "zero", "one"], ["h"],
+                                          epsilon=0.0)]),
+    "gray_broadcast_to_three": (1, [helper.make_node("Sub", ["x", "mean"], ["centred"]),  # [N, 1] − [1, 3]
+                                    helper.make_node("Mul", ["centred", "inv_std_bc"], ["h"])]),
+}
+
+
+@pytest.mark.parametrize("normalization", list(NORMALIZATIONS))
+@pytest.mark.parametrize("method", [{"rule": r} for r in RULES] + [{"composite": "epsilon_gamma_box"}],
+                         ids=lambda m: next(iter(m.values())))
+def test_a_model_normalizing_its_own_input_explains_like_one_fed_normalized_images(normalization, method):
+    """(x − mean) / std inside the model, written out or as a BatchNormalization, passes relevance unchanged
+    (summed over the channels a gray image is broadcast to): the relevance of the same network fed the
+    normalized image. Before, the Sub took the z-rule: a pixel near the mean got x / (x − mean) times its
+    relevance (100× spikes under epsilon_gamma_box)."""
+    rng = np.random.default_rng(21)
+    channels, nodes = NORMALIZATIONS[normalization]
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    x = rng.uniform(0, 1, (2, channels, 6, 6)).astype(np.float32)
+    x[0, 0, 0, :3] = mean[0] + np.array([1e-4, -2e-5, 0], np.float32)  # pixels at and next to the mean
+    k = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    conv = [helper.make_node("Conv", ["h", "k"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["h2"]),
+            helper.make_node("Flatten", ["h2"], ["f"]), helper.make_node("Gemm", ["f", "w2"], ["logits"], transB=1)]
+    head = {"k": k, "w2": rng.normal(size=(4, 4 * 36)).astype(np.float32)}
+    column = (1, 3, 1, 1)
+    constants = {"mean": mean.reshape(column), "std": std.reshape(column), "inv_std_bc": (1 / std).reshape(column),
+                 "inv_std": 1 / std, "shift": -mean / std, "zero": np.zeros(3, np.float32),
+                 "one": np.ones(3, np.float32)}
+    used = {i for n in nodes for i in n.input}
+    inside = make_model(nodes + conv, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 6, 6])],
+                        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                        {**{k: v for k, v in constants.items() if k in used}, **head})
+    outside = make_model([helper.make_node("Identity", ["x"], ["h"])] + conv,
+                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], head)
+    options = Options(low=-3.0, high=3.0) if method in ({"rule": "zbox"}, {"composite": "epsilon_gamma_box"}) \
+        else RULES[method["rule"]][0] if "rule" in method else None
+    normalized = (x - mean.reshape(column)) / std.reshape(column)
+    out, _ = explain(inside, x, [1, -1], options=options, **method)
+    expected, _ = explain(outside, normalized, [1, -1], options=options, **method)
+    reference = expected[RELEVANCE_OUTPUT].sum(axis=1, keepdims=True) if channels == 1 else expected[RELEVANCE_OUTPUT]
+    finite = np.isfinite(reference)  # lrp0: NaN where a pre-activation vanishes, alike in both
+    np.testing.assert_array_equal(np.isfinite(out[RELEVANCE_OUTPUT]), finite)
+    assert_close(out[RELEVANCE_OUTPUT][finite], reference[finite])  # the op rounds (x − mean) / std otherwise

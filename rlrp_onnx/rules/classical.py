@@ -226,7 +226,19 @@ def _layer(ctx, node, relevance):
     return propagate(ctx, node, relevance[0], ctx.layer_rules[node.name] if ctx.is_layer(node) else FIXED)
 
 
-def _fixed(ctx, node, relevance):
+AFFINE = {"Add", "Sub", "Mul", "Div", "Neg"}  # with constants, elementwise: x + c, c − x, x·c, x / c, −x
+
+
+def _weightless(ctx, node, relevance):
+    """A weightless linear map: the z-rule with the fixed stabilizer, except an elementwise op of one data
+    input and constants — a BatchNormalization written out, as a model normalizing its own input writes
+    (x − mean) / std — which passes R unchanged like that op (RLRP.md), summed over the axes it broadcast
+    x along (the z-rule gave a pixel near the mean x / (x − mean) times its relevance)."""
+    data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
+    constants = [t for i, t in enumerate(node.inputs) if i not in data]
+    if node.op in AFFINE and len(data) == 1 and all(ctx.constant(t) is not None for t in constants):
+        x = node.inputs[data[0]]
+        return {data[0]: ctx.unbroadcast(relevance[0], x, ctx.shape(node.outputs[0]))}
     return propagate(ctx, node, relevance[0], FIXED)
 
 
@@ -239,7 +251,7 @@ def _unchanged(ctx, node, relevance):
     return {data[0]: relevance[0]}
 
 
-CLASSICAL_BACKWARD = {LAYER: _layer, LINEAR: _fixed, ACTIVATION: _unchanged, NORMALIZATION: _unchanged}
+CLASSICAL_BACKWARD = {LAYER: _layer, LINEAR: _weightless, ACTIVATION: _unchanged, NORMALIZATION: _unchanged}
 
 
 def classical_rules() -> dict[str, Rule]:
