@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import numbers
+import reprlib
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
@@ -20,6 +20,7 @@ CATEGORY = {"Conv": CONVOLUTION, "ConvTranspose": CONVOLUTION, "Gemm": DENSE, "M
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the relevance pass computes in float32
+EPSILON_MAX = FLOAT32_MAX / 4  # the stabilizer adds ε and subtracts 2ε (rules/classical.py, _stabilized)
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,18 @@ class Options:
     high: object = None
 
     def __post_init__(self):
-        for name in ("epsilon", "gamma", "alpha", "beta"):
-            value, positive = _float32_number(getattr(self, name)), name == "epsilon"  # ε = 0 would be lrp0
-            if value is None or not (np.float32(value) > 0 if positive else value >= 0):
-                raise RlrpError(f"{name} must be a number {'> 0' if positive else '>= 0'} that float32 holds "
-                                f"(finite{', not rounding to 0' if positive else ''}), got {getattr(self, name)!r}")
+        for name in ("gamma", "alpha", "beta"):
+            given = getattr(self, name)
+            value = _float32_number(given)
+            if value is None or value < 0:
+                raise RlrpError(f"{name} must be a number >= 0 that float32 holds (finite), got {reprlib.repr(given)}")
             object.__setattr__(self, name, value)
+        value = _float32_number(self.epsilon)  # ε = 0 would be the lrp0 rule
+        if value is None or not (np.float32(value) > 0 and value <= EPSILON_MAX):
+            smallest = np.finfo(np.float32).smallest_subnormal
+            raise RlrpError(f"epsilon must be a number > 0 that float32 holds, from {smallest:.2g} to {EPSILON_MAX:.2g} "
+                            f"(the stabilizer doubles it), got {reprlib.repr(self.epsilon)}")
+        object.__setattr__(self, "epsilon", value)
         for name in ("low", "high"):
             given = getattr(self, name)
             if given is not None:
@@ -48,10 +55,14 @@ class Options:
 
 
 def _float32_number(value) -> float | None:
-    """``value`` as a Python float if it is a real number (not a bool) that float32 holds, else None."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+    """``value`` (a Python, numpy or 0-d array number, not a bool or text) as a Python float if float32
+    holds it, else None."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
     return value if math.isfinite(value) and abs(value) <= FLOAT32_MAX else None
 
 
@@ -61,7 +72,7 @@ def _bound_values(name: str, given):
     floats = [_float32_number(v) for v in values.reshape(-1)] if values.ndim <= 1 and values.size else [None]
     if any(v is None for v in floats):
         raise RlrpError(f"{name} must be one number or a list of numbers, one per channel, each finite in float32; "
-                        f"got {given!r}")
+                        f"got {reprlib.repr(given)}")
     return floats[0] if values.ndim == 0 else floats
 
 

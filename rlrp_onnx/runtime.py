@@ -140,11 +140,19 @@ def run_explainer(
     except Exception as error:  # ONNX Runtime raises its own pybind exception types
         advice = (f"; the model may run only one image at a time though its batch size is dynamic: try a batch "
                   f"size of 1" if count > 1 and not fixed else "")
-        raise RlrpError(f"ONNX Runtime failed running the model on {count} image(s): {first_line(error)}{advice}") \
+        raise RlrpError(f"ONNX Runtime failed running the model on {count} image(s): {_run_failure(error)}{advice}") \
             from None
     outputs = {name: value[:count] if fixed and value.shape[:1] == (fixed,) else value
                for name, value in zip(output_names, values)}
     return ExplainerResult(outputs[RELEVANCE_OUTPUT], outputs[CLASS_OUTPUT], outputs[SCORE_OUTPUT], outputs)
+
+
+def _run_failure(error: Exception) -> str:
+    """ONNX Runtime's message of a failed run without its status code and the source location of its
+    check, so that the node and the cause fit on the line."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Non-zero status code returned while running )?", "",
+                  first_line(error, limit=2000))
+    return re.sub(r"\S+\.(?:cc|cpp|h):\d+ [^(]*\([^)]*\)(?: const)? ", "", text)[:400]
 
 
 def quiet_onnxruntime() -> None:
@@ -314,9 +322,11 @@ def _check_within(node: Any, images: np.ndarray, dtype) -> None:
     """Images for a float input must be within its type's range: a float16 input turns larger pixels
     infinite, and the logits, class and relevance into NaN."""
     largest, limit = float(np.abs(images).max()), float(np.finfo(dtype).max)
-    if largest > limit:
-        raise RlrpError(f"input {node.name!r} takes {np.dtype(dtype).name} values, at most {limit:g} in magnitude; "
-                        f"the images hold values up to {largest:g}")
+    with np.errstate(over="ignore"):
+        overflows = np.isinf(np.asarray(largest).astype(dtype))  # 65519 still rounds to float16's 65504
+    if overflows:
+        raise RlrpError(f"input {node.name!r} takes {np.dtype(dtype).name} values; the images hold values up to "
+                        f"{largest:g}, which it turns infinite (its largest is {limit:g})")
 
 
 def image_input(session: RuntimeSession | onnxruntime.InferenceSession):

@@ -375,3 +375,27 @@ def test_a_model_normalizing_its_own_input_explains_like_one_fed_normalized_imag
     finite = np.isfinite(reference)  # lrp0: NaN where a pre-activation vanishes, alike in both
     np.testing.assert_array_equal(np.isfinite(out[RELEVANCE_OUTPUT]), finite)
     assert_close(out[RELEVANCE_OUTPUT][finite], reference[finite])  # the op rounds (x − mean) / std otherwise
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "lrp0"])
+def test_a_constant_added_between_layers_is_a_bias_of_the_next_one(rule):
+    """h + c after a layer (a positional embedding, a shift) keeps the z-rule, under which a constant keeps
+    its share: the relevance of c folded into the next layer's bias, as the ε and 0 rules give it (passed
+    unchanged there, as before the first layer, it was up to 90× off)."""
+    rng = np.random.default_rng(22)
+    w0, w1 = rng.normal(size=(8, 6)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+    b1, c = rng.normal(size=4).astype(np.float32), rng.normal(size=(1, 8)).astype(np.float32)
+
+    def network(nodes, inits):
+        return make_model([helper.make_node("Gemm", ["x", "w0"], ["d"], transB=1), helper.make_node("Relu", ["d"], ["r"]),
+                           *nodes], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], {"w0": w0, **inits})
+
+    shifted = network([helper.make_node("Add", ["r", "c"], ["h"]),
+                       helper.make_node("Gemm", ["h", "w1", "b1"], ["logits"], transB=1)], {"c": c, "w1": w1, "b1": b1})
+    folded = network([helper.make_node("Gemm", ["r", "w1", "b"], ["logits"], transB=1)],
+                     {"w1": w1, "b": (b1 + c @ w1.T).reshape(-1)})
+    x = rng.normal(size=(3, 6)).astype(np.float32)
+    out, _ = explain(shifted, x, [1, -1, 2], rule=rule, options=RULES[rule][0])
+    expected, _ = explain(folded, x, [1, -1, 2], rule=rule, options=RULES[rule][0])
+    assert_close(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT])

@@ -13,15 +13,17 @@ from rlrp_onnx.methods import Options, choose
 @pytest.mark.parametrize("name, value, bound", [
     ("epsilon", -1, "> 0"), ("epsilon", 0, "> 0"), ("epsilon", math.nan, "> 0"), ("epsilon", "1e-3", "> 0"),
     ("epsilon", 1e-46, "> 0"), ("epsilon", 1e39, "> 0"),  # 0 and infinite in float32, the relevance pass's type
+    ("epsilon", 3e38, "> 0"), ("epsilon", 10**400, "> 0"),  # twice it infinite; past a Python float
     ("gamma", -0.25, ">= 0"), ("gamma", math.inf, ">= 0"), ("gamma", True, ">= 0"), ("gamma", 1e39, ">= 0"),
-    ("alpha", math.nan, ">= 0"), ("beta", -1.0, ">= 0"),
+    ("gamma", 10**400, ">= 0"), ("alpha", math.nan, ">= 0"), ("beta", -1.0, ">= 0"),
 ])
 def test_bad_rule_parameters(name, value, bound):
-    with pytest.raises(RlrpError, match=rf"^{name} must be a number {bound} that float32 holds \(finite"):
+    with pytest.raises(RlrpError, match=rf"^{name} must be a number {bound} that float32 holds[ ,]"):
         Options(**{name: value})
 
 
-@pytest.mark.parametrize("low", [[[-2.0, -1.8]], [], math.nan, [0.0, math.inf], -1e39, "0", np.array([[0.0]])])
+@pytest.mark.parametrize("low", [[[-2.0, -1.8]], [], math.nan, [0.0, math.inf], -1e39, "0", np.array([[0.0]]),
+                                 10**400])
 def test_bad_bounds(low):
     with pytest.raises(RlrpError, match="^low must be one number or a list of numbers, one per channel, each "
                                         "finite in float32; got "):
@@ -30,8 +32,9 @@ def test_bad_bounds(low):
 
 def test_numpy_numbers_are_stored_as_floats_and_compile():
     """numpy scalars and arrays, as a normalization's (0 - mean) / std gives them, become Python floats."""
-    options = Options(epsilon=np.float32(1e-3), low=(0 - np.array([0.5, 0.4])) / 0.25, high=np.float64(4.0))
-    assert options.epsilon == pytest.approx(1e-3) and type(options.epsilon) is float
+    options = Options(epsilon=np.float32(1e-3), low=(0 - np.array([0.5, 0.4])) / 0.25, high=np.float64(4.0),
+                      gamma=np.array(0.5))
+    assert options.epsilon == pytest.approx(1e-3) and type(options.epsilon) is float and options.gamma == 0.5
     assert options.low == [-2.0, -1.6] and type(options.low[0]) is float and type(options.high) is float
     model = dense_classifier()
     for method in ({"rule": "epsilon"}, {"composite": "epsilon_plus"}):

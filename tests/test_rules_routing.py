@@ -455,6 +455,10 @@ class Ops(nn.Module):
             x = x[:, [2, 0, 1, 3]] + x.index_select(3, self.order)
         elif k == "torch_gather":  # GatherElements, its indices expanded over the batch at run time
             x = torch.gather(x, 2, self.rows.expand(x.shape[0], -1, -1, -1))
+        elif k == "torch_gather_unbatched":  # an index without the batch axis
+            x = torch.gather(x, 3, self.rows[0].expand(x.shape[0], -1, -1, -1))
+        elif k == "torch_gather_repeated":  # Tile (the TorchScript exporter's repeats hide the shape)
+            x = torch.gather(x, 2, self.rows.repeat(x.shape[0], 1, 1, 1))
         elif k == "up_nearest":
             x = F.interpolate(x, scale_factor=2, mode="nearest")[:, :, ::2, 1::2]
         elif k == "up_bilinear":
@@ -471,13 +475,24 @@ class Ops(nn.Module):
         return self.fc(x.flatten(1))
 
 
-EXPORTED = ["split_cat", "chunk_flip_transpose", "strided_slices", "index_gather", "torch_gather", "up_nearest",
+EXPORTED = ["split_cat", "chunk_flip_transpose", "strided_slices", "index_gather", "torch_gather",
+            "torch_gather_unbatched", "up_nearest",
             "up_bilinear", "convtranspose", "einsum_prelu_consts", "pixel_shuffle", "repeat"]
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("kind", EXPORTED)
 def test_exported_forms(tmp_path, kind, exporter):
+    check_exported(tmp_path, kind, exporter)
+
+
+def test_torch_gather_of_a_repeated_index(tmp_path):
+    """``index.repeat(N, 1, 1, 1)``: a Tile of the batch axis only, with sizes the dynamo exporter keeps."""
+    check_exported(tmp_path, "torch_gather_repeated", "dynamo")
+
+
+def check_exported(tmp_path, kind, exporter):
+    """The compiled relevance of ``Ops(kind)`` exported by ``exporter`` against input × gradient."""
     from rlrp_onnx import compile_model
 
     torch.manual_seed(0)

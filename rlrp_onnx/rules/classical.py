@@ -226,20 +226,37 @@ def _layer(ctx, node, relevance):
     return propagate(ctx, node, relevance[0], ctx.layer_rules[node.name] if ctx.is_layer(node) else FIXED)
 
 
-AFFINE = {"Add", "Sub", "Mul", "Div", "Neg"}  # with constants, elementwise: x + c, c − x, x·c, x / c, −x
+AFFINE = {"Add", "Sum", "Mean", "Sub", "Mul", "Div", "Neg"}  # with constants: x + c, c − x, x·c, x / c, −x
 
 
 def _weightless(ctx, node, relevance):
-    """A weightless linear map: the z-rule with the fixed stabilizer, except an elementwise op of one data
-    input and constants — a BatchNormalization written out, as a model normalizing its own input writes
-    (x − mean) / std — which passes R unchanged like that op (RLRP.md), summed over the axes it broadcast
-    x along (the z-rule gave a pixel near the mean x / (x − mean) times its relevance)."""
+    """A weightless linear map: the z-rule with the fixed stabilizer (a constant addend is a bias that keeps
+    its share, as where it is folded into the next layer's bias), except before any layer: there an
+    elementwise op of one data input and constants preprocesses the image — a BatchNormalization written
+    out, as a model normalizing its own input writes (x − mean) / std — and passes R unchanged like that
+    op (RLRP.md), summed over the axes it broadcast x along, for the first layer's rule (flat, w², z^B)
+    gives the pixels their relevance (the z-rule gave a pixel near the mean x / (x − mean) times its own)."""
     data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
     constants = [t for i, t in enumerate(node.inputs) if i not in data]
-    if node.op in AFFINE and len(data) == 1 and all(ctx.constant(t) is not None for t in constants):
+    if node.op in AFFINE and len(data) == 1 and all(ctx.constant(t) is not None for t in constants) \
+            and not _after_a_layer(ctx, node.inputs[data[0]]):
         x = node.inputs[data[0]]
         return {data[0]: ctx.unbroadcast(relevance[0], x, ctx.shape(node.outputs[0]))}
     return propagate(ctx, node, relevance[0], FIXED)
+
+
+def _after_a_layer(ctx, tensor) -> bool:
+    """Whether a layer computes ``tensor`` or any data it is computed from."""
+    stack, seen = [tensor], set()
+    while stack:
+        producer = ctx.producer(stack.pop())
+        if producer is None or producer.name in seen:
+            continue
+        if ctx.is_layer(producer):
+            return True
+        seen.add(producer.name)
+        stack.extend(t for t in producer.inputs if ctx.is_data(t))
+    return False
 
 
 def _unchanged(ctx, node, relevance):

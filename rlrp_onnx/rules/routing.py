@@ -213,17 +213,20 @@ def gather_nd(ctx, node, rho):
 
 
 def _shared_indices(ctx, tensor):
-    """The value of constant indices, also of constant indices expanded over the batch axis at run time
-    (torch's ``index.expand(x.size(0), ...)``, which the dynamo exporter casts: then of batch size 1,
-    shared by every image), or None."""
+    """The value of constant indices, also of constant indices expanded or tiled over the batch axis at
+    run time (torch's ``index.expand(x.size(0), ...)``, also of an index without that axis, and
+    ``index.repeat(x.size(0), 1, ...)``; the dynamo exporter casts them: then of batch size 1, shared by
+    every image), or None."""
     value, shape, node = ctx.constant(tensor), ctx.shape(tensor), ctx.producer(tensor)
     if value is not None:
         return value
     while node is not None and node.op == "Cast":
         node = ctx.producer(node.inputs[0])
-    value = ctx.constant(node.inputs[0]) if node is not None and node.op == "Expand" else None
-    if value is None or value.ndim != len(shape) or not shape or not _static(ctx, tensor, range(1, len(shape))):
+    value = ctx.constant(node.inputs[0]) if node is not None and node.op in ("Expand", "Tile") else None
+    if value is None or value.ndim > len(shape) or not shape or not _static(ctx, tensor, range(1, len(shape))):
         return None
+    if node.op == "Tile" and (value.ndim != len(shape) or list(value.shape[1:]) != shape[1:]):
+        return None  # a Tile that repeats other axes than the batch
     batch = shape[0] if isinstance(shape[0], int) else 1
     try:
         return np.broadcast_to(value, [batch, *shape[1:]]).astype(np.int64)
