@@ -399,3 +399,23 @@ def test_a_constant_added_between_layers_is_a_bias_of_the_next_one(rule):
     out, _ = explain(shifted, x, [1, -1, 2], rule=rule, options=RULES[rule][0])
     expected, _ = explain(folded, x, [1, -1, 2], rule=rule, options=RULES[rule][0])
     assert_close(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT])
+
+
+@pytest.mark.parametrize("method", [{"rule": r} for r in RULES] + [{"composite": "epsilon_gamma_box"}],
+                         ids=lambda m: next(iter(m.values())))
+def test_a_dense_layer_on_tokens_is_one_layer_with_its_bias(method):
+    """MatMul + Add on [N, T, D] (a transformer's Linear, which no Gemm holds) explains like the same layer
+    on [N·T, D] as a Gemm with its bias: the rule modifies W and b together (the Add took the z-rule
+    apart from the layer: zplus 7× off)."""
+    rng = np.random.default_rng(23)
+    inits = {"w": rng.normal(size=(6, 8)).astype(np.float32), "b": rng.normal(size=8).astype(np.float32)}
+    tokens = [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["h"])]
+    rows = [helper.make_node("Reshape", ["x", "rows"], ["x2"]), helper.make_node("Gemm", ["x2", "w", "b"], ["g"]),
+            helper.make_node("Reshape", ["g", "back"], ["h"])]
+    options = Options(low=-3.0, high=3.0) if method in ({"rule": "zbox"}, {"composite": "epsilon_gamma_box"}) \
+        else RULES[method["rule"]][0] if "rule" in method else None
+    x = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    out, _ = explain(_network(x.shape, tokens, inits, 40), x, [1, -1], options=options, **method)
+    reference = {**inits, "rows": np.array([-1, 6]), "back": np.array([-1, 5, 8])}
+    expected, _ = explain(_network(x.shape, rows, reference, 40), x, [1, -1], options=options, **method)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-4, atol=1e-6)

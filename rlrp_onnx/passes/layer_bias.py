@@ -11,9 +11,11 @@ from .batchnorm import absorb
 
 def fold_layer_constants(graph: gs.Graph) -> gs.Graph:
     """``Add(Conv(x, W[, b]), c)`` with ``c`` constant per channel → ``Conv(x, W, b + c)``;
-    ``Add(MatMul(x, W), c)`` with a 2-D ``x``, constant ``W`` and ``c`` per output feature →
-    ``Gemm(x, W, c)``; a Gemm's ``alpha``/``beta`` multiplied into its constant ``B``/``C``. The layer
-    must feed only the Add. The planning graph only: the compiled model keeps the source's forward nodes."""
+    ``Add(MatMul(x, W), c)`` with a constant 2-D ``W`` and ``c`` per output feature → ``Gemm(x, W, c)``
+    for a 2-D ``x``, else (tokens, [N, T, D]) ``MatMul(x, W, c)``, a MatMul with a bias as only the
+    classical rules read it (``rules.classical.Layer.forward``); a Gemm's ``alpha``/``beta`` multiplied
+    into its constant ``B``/``C``. The layer must feed only the Add. The planning graph only: the compiled
+    model keeps the source's forward nodes."""
     for gemm in [n for n in graph.nodes if n.op == "Gemm"]:
         _fold_gemm_scalars(gemm)
     for add in [n for n in graph.nodes if n.op == "Add"]:
@@ -67,11 +69,13 @@ def _into_conv(conv: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
 
 def _into_gemm(matmul: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
     x, weights = matmul.inputs
-    if not isinstance(weights, gs.Constant) or weights.values.ndim != 2 or len(x.shape or []) != 2:
+    rank = len(x.shape or [])
+    if not isinstance(weights, gs.Constant) or weights.values.ndim != 2 or rank < 2:
         return
-    vector = _channel_vector(bias, 2, weights.values.shape[1], 1)
+    vector = _channel_vector(bias, rank, weights.values.shape[1], rank - 1)
     if vector is None:
         return
-    matmul.op = "Gemm"
+    if rank == 2:
+        matmul.op = "Gemm"
     folded = gs.Constant(f"{matmul.name}_add_bias", vector.astype(weights.values.dtype))
     absorb(matmul, add, [x, weights, folded])

@@ -164,8 +164,12 @@ class Layer:
                                outputs=node.outputs)
 
     def forward(self, view: SimpleNamespace):
-        """A(in; W', b'), emitted as a copy of the node."""
-        return self.ctx.emit.op(view.op, view.inputs, dict(view.attrs))
+        """A(in; W', b'), emitted as a copy of the node (a MatMul with a bias, ``passes.layer_bias``, as
+        MatMul and Add)."""
+        emit = self.ctx.emit
+        if view.op == "MatMul" and len(view.inputs) > 2:
+            return emit.op("Add", [emit.op("MatMul", view.inputs[:2]), view.inputs[2]])
+        return emit.op(view.op, view.inputs, dict(view.attrs))
 
 
 def _input(ctx, x, how: str, rule: LayerRule):
