@@ -14,6 +14,7 @@ from .hard_sigmoid import recognise_hard_sigmoid
 from .identity_reshapes import drop_identity_reshapes
 from .l2_norm import recognise_l2_norm
 from .layer_norm import recognise_group_norm, recognise_layer_norm
+from .mish import recognise_mish
 from .names import unique_node_names
 from .pad_into_conv import pad_into_conv
 from .reshape_targets import pin_reshape_targets, pin_slice_ends
@@ -27,7 +28,7 @@ UPGRADE_OPSET = 13  # the opset the refusal of older files suggests converting t
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
     """Pin input shapes, infer shapes, simplify and fold constants, infer again (and again after making
     Reshape targets computed from the batch size constants, or after folding sizes the last inference
-    found), recognise decomposed activations (GELU, hard sigmoid), LayerNorms (past shape-keeping
+    found), recognise decomposed activations (GELU, Mish, hard sigmoid), LayerNorms (past shape-keeping
     Reshapes, dropped), GroupNorms and L2 normalizations, and fold zero Pads into the Convs they feed;
     the source is not modified."""
     opset = opset_version(model)
@@ -45,8 +46,9 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
         nodes = len(graph.nodes)
         if not pin_reshape_targets(graph) + pin_slice_ends(graph) and len(fold_constants(graph).nodes) == nodes:
             break
-    for simplify in (recognise_gelu, recognise_hard_sigmoid, drop_identity_reshapes, recognise_layer_norm,
-                     recognise_group_norm, recognise_l2_norm, pad_into_conv):  # planned only, never run
+    for simplify in (recognise_gelu, recognise_mish, recognise_hard_sigmoid, drop_identity_reshapes,
+                     recognise_layer_norm, recognise_group_norm, recognise_l2_norm,
+                     pad_into_conv):  # planned only, never run
         graph = simplify(graph)
     return unique_node_names(graph)
 

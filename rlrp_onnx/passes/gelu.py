@@ -4,7 +4,8 @@ node (ONNX opset-20 semantics, ``approximate`` "none" or "tanh"), whose rule hol
 Forms matched (any operand order, the 1/2 anywhere in the product, x/√2 as Div or Mul):
 
 * Erf:  ``0.5 · x · (1 + erf(x / √2))``  (both torch exporters, tf2onnx);
-* Tanh: ``0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))`` with x³ as Pow(x, 3) or x·(x·x).
+* Tanh: ``0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))`` with x³ as Pow(x, 3) or x·(x·x), or the
+  tanh's input as ``√(2/π) · x · (1 + 0.044715 · x²)`` (Hugging Face's FastGELU and ``gelu_new``).
 
 The canonical graph is only planned, never run, so the node is valid at any opset: the compiled model is
 the untouched source graph plus the relevance pass (graft.py), and the Gelu rule recomputes Φ(x) with Erf or
@@ -97,22 +98,36 @@ def _erf_input(core):
 
 
 def _tanh_input(core):
-    """x for a Tanh whose input is √(2/π)·(x + 0.044715·x³)."""
-    node = producer(core.inputs[0])
-    if node is None or node.op != "Mul":
+    """x for a Tanh whose input is √(2/π)·(x + 0.044715·x³), or √(2/π)·x·(1 + 0.044715·x²)."""
+    f, c = factors(core.inputs[0], set())
+    tensors = _upstream(core.inputs[0])
+    sums = [name for name in f if (node := producer(tensors[name])) is not None and node.op == "Add"]
+    if len(sums) != 1 or f[sums[0]] != 1 or not close(c, math.sqrt(2 / math.pi)):
         return None
-    inner = _operand(node)
-    add = producer(inner) if inner is not None else None
-    if add is None or add.op != "Add":
-        return None
-    f, c = factors(core.inputs[0], {inner.name})
-    if f != Counter({inner.name: 1}) or not close(c, math.sqrt(2 / math.pi)):
-        return None
-    for x, cube in (add.inputs, add.inputs[::-1]):
-        f, c = factors(cube, {x.name})
-        if f == Counter({x.name: 3}) and close(c, 0.044715):
-            return x
+    add, rest = producer(tensors[sums[0]]), f - Counter({sums[0]: 1})
+    for a, b in (add.inputs, add.inputs[::-1]):
+        if not rest:  # x + 0.044715·x³
+            f, c = factors(b, {a.name})
+            if f == Counter({a.name: 3}) and close(c, 0.044715):
+                return a
+        elif rest.total() == 1 and close(scalar(a), 1.0):  # x·(1 + 0.044715·x²)
+            (x,) = rest
+            f, c = factors(b, {x})
+            if f == Counter({x: 2}) and close(c, 0.044715):
+                return tensors[x]
     return None
+
+
+def _upstream(tensor) -> dict:
+    """The tensors ``factors`` may name for ``tensor`` (through Mul, Div and Pow), by name."""
+    found, stack = {}, [tensor]
+    while stack:
+        t = stack.pop()
+        if t.name not in found:
+            found[t.name] = t
+            node = producer(t)
+            stack.extend(node.inputs if node is not None and node.op in ("Mul", "Div", "Pow") else [])
+    return found
 
 
 def _one_plus(core):

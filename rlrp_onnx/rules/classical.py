@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .elementwise import affine_input
 from .registry import ACTIVATION, LAYER, LINEAR, NORMALIZATION, RULES, Rule
 
 FIXED_EPSILON = 1e-6
@@ -230,9 +231,6 @@ def _layer(ctx, node, relevance):
     return propagate(ctx, node, relevance[0], ctx.layer_rules[node.name] if ctx.is_layer(node) else FIXED)
 
 
-AFFINE = {"Add", "Sum", "Mean", "Sub", "Mul", "Div", "Neg"}  # with constants: x + c, c − x, x·c, x / c, −x
-
-
 def _weightless(ctx, node, relevance):
     """A weightless linear map: the z-rule with the fixed stabilizer (a constant addend is a bias that keeps
     its share, as where it is folded into the next layer's bias), except before any layer: there an
@@ -240,12 +238,10 @@ def _weightless(ctx, node, relevance):
     out, as a model normalizing its own input writes (x − mean) / std — and passes R unchanged like that
     op (RLRP.md), summed over the axes it broadcast x along, for the first layer's rule (flat, w², z^B)
     gives the pixels their relevance (the z-rule gave a pixel near the mean x / (x − mean) times its own)."""
-    data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
-    constants = [t for i, t in enumerate(node.inputs) if i not in data]
-    if node.op in AFFINE and len(data) == 1 and all(ctx.constant(t) is not None for t in constants) \
-            and not _after_a_layer(ctx, node.inputs[data[0]]):
-        x = node.inputs[data[0]]
-        return {data[0]: ctx.unbroadcast(relevance[0], x, ctx.shape(node.outputs[0]))}
+    index = affine_input(ctx, node)
+    if index is not None and not _after_a_layer(ctx, node.inputs[index]):
+        x = node.inputs[index]
+        return {index: ctx.unbroadcast(relevance[0], x, ctx.shape(node.outputs[0]))}
     return propagate(ctx, node, relevance[0], FIXED)
 
 

@@ -10,6 +10,17 @@ GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose",  # move values, change none
              "Identity", "Dropout"}  # (attention dropout: Identity in dynamo's unoptimized export)
 PRODUCTS = {"Mul", "MatMul", "Einsum"}  # what a gate may multiply
+AFFINE = {"Add", "Sum", "Mean", "Sub", "Mul", "Div", "Neg"}  # with constants: x + c, c − x, x·c, x / c, −x
+
+
+def affine_input(ctx, node) -> int | None:
+    """The index of the one data input of an elementwise op whose other inputs are constants (an affine
+    map of that input: a shift, a scale), or None."""
+    data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
+    others = [t for i, t in enumerate(node.inputs) if i not in data]
+    if node.op in AFFINE and len(data) == 1 and all(ctx.constant(t) is not None for t in others):
+        return data[0]
+    return None
 
 
 @rule("Add", "Sum", "Mean", kind=LINEAR)
@@ -35,10 +46,11 @@ def sub(ctx, node, rho):
 
 def _is_gate(ctx, tensor) -> bool:
     """Whether ``tensor`` is a gate's output, also reshaped or broadcast on the way (SENet's
-    Sigmoid → view(N, C, 1, 1) → expand_as(x))."""
+    Sigmoid → view(N, C, 1, 1) → expand_as(x)), or scaled or shifted by constants (``h·(2·sigmoid(s))``
+    and ``h·(1 + sigmoid(s))``, which then explain as ``2·(h·sigmoid(s))`` and ``h + h·sigmoid(s))``)."""
     producer = ctx.producer(tensor)
-    while producer is not None and producer.op in RESHAPING:
-        producer = ctx.producer(producer.inputs[0])
+    while producer is not None and (producer.op in RESHAPING or affine_input(ctx, producer) is not None):
+        producer = ctx.producer(producer.inputs[0 if producer.op in RESHAPING else affine_input(ctx, producer)])
     return producer is not None and producer.op in GATES
 
 

@@ -1,0 +1,31 @@
+"""Recognise Mish written out, ``x · tanh(softplus(x))`` (any operand order), as torch's TorchScript exporter
+writes ``nn.Mish`` at every opset, and make its Mul a ``Mish(x)`` writing the same tensor, whose rule holds
+the gate tanh(softplus(x)) constant, as for the op the dynamo exporter writes. Read node by node, the
+product took the half rule and Softplus the identity rule, whose pole near x = 0 dropped half of the
+relevance there. The canonical graph is only planned, so the opset-18 op is valid at any opset (gelu.py).
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from .gelu import producer
+
+
+def _gate_of(gate, x) -> bool:
+    """Whether ``gate`` is tanh(softplus(x)), computed for this product only."""
+    tanh = producer(gate)
+    softplus = producer(tanh.inputs[0]) if tanh is not None and tanh.op == "Tanh" else None
+    return (softplus is not None and softplus.op == "Softplus" and softplus.inputs[0] is x
+            and len(gate.outputs) == 1 and len(tanh.inputs[0].outputs) == 1)
+
+
+def recognise_mish(graph: gs.Graph) -> gs.Graph:
+    """Replace each ``Mul(x, Tanh(Softplus(x)))`` by ``Mish(x)`` writing the same tensor."""
+    found = False
+    for mul in [n for n in graph.nodes if n.op == "Mul" and len(n.inputs) == 2]:
+        x = next((x for x, gate in (mul.inputs, mul.inputs[::-1]) if _gate_of(gate, x)), None)
+        if x is not None:
+            mul.op, mul.attrs, mul.inputs = "Mish", {}, [x]
+            found = True
+    return graph.cleanup().toposort() if found else graph
