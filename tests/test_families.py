@@ -207,3 +207,38 @@ def test_gelu_head_is_recognised(exported_family):
         gelus = [n for n in graph.nodes if n.op == "Gelu"]
         assert sorted(n.attrs["approximate"] for n in gelus) == ["none", "tanh"], (exporter, fold)
         assert not {n.op for n in graph.nodes} & {"Erf", "Tanh"}
+
+
+class MaskedAttention(torch.nn.Module):
+    """Patches → one head of ``scaled_dot_product_attention`` with a boolean mask → ReLU → Linear; with
+    ``held`` set, the same with the attention weights computed by hand and detached (the oracle)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.patches, self.fc = torch.nn.Conv2d(3, 8, 2, stride=2), torch.nn.Linear(8 * 16, 10)
+        self.q, self.k, self.v = (torch.nn.Linear(8, 8) for _ in range(3))
+        self.register_buffer("mask", (torch.rand(16, 16) > 0.3) | torch.eye(16, dtype=torch.bool))
+        self.held = False
+
+    def forward(self, x):
+        t = self.patches(x).flatten(2).transpose(1, 2)
+        q, k, v = self.q(t), self.k(t), self.v(t)
+        if self.held:
+            scores = (q @ k.transpose(1, 2) / 8 ** 0.5).masked_fill(~self.mask, float("-inf"))
+            out = scores.softmax(-1).detach() @ v
+        else:
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.fc(torch.relu(out).flatten(1))
+
+
+def test_attention_with_a_boolean_mask_below_opset_23(tmp_path):
+    """The TorchScript exporter writes the masked softmax's weights as Where(IsNaN(w), 0, w) before the
+    MatMul: still a gate, held (the Softmax was refused as read otherwise)."""
+    model, x = MaskedAttention().eval(), family_input("vit_sdpa_like", batch=2, seed=7)[:, :, :8, :8]
+    path = export_onnx(model, x, tmp_path / "masked.onnx", "torchscript")
+    assert {"IsNaN", "Where", "Softmax"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    out = run(compile_model(path), {"image": x, TARGET_INPUT: np.array([3, -1], np.int64)})
+    model.held = True
+    relevance, _, _ = input_times_gradient(model, x, [3, -1])
+    assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], relevance) < TOLERANCE)

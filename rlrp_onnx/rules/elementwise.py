@@ -46,12 +46,24 @@ def sub(ctx, node, rho):
 
 def _is_gate(ctx, tensor) -> bool:
     """Whether ``tensor`` is a gate's output, also reshaped or broadcast on the way (SENet's
-    Sigmoid → view(N, C, 1, 1) → expand_as(x)), or scaled or shifted by constants (``h·(2·sigmoid(s))``
-    and ``h·(1 + sigmoid(s))``, which then explain as ``2·(h·sigmoid(s))`` and ``h + h·sigmoid(s))``)."""
+    Sigmoid → view(N, C, 1, 1) → expand_as(x)), scaled or shifted by constants (``h·(2·sigmoid(s))``
+    and ``h·(1 + sigmoid(s))``, which then explain as ``2·(h·sigmoid(s))`` and ``h + h·sigmoid(s))``), or
+    replaced by a constant where a condition holds (torch's attention with a boolean mask below opset 23:
+    ``Where(IsNaN(w), 0, w)``)."""
     producer = ctx.producer(tensor)
-    while producer is not None and (producer.op in RESHAPING or affine_input(ctx, producer) is not None):
-        producer = ctx.producer(producer.inputs[0 if producer.op in RESHAPING else affine_input(ctx, producer)])
+    while producer is not None and (source := _gate_source(ctx, producer)) is not None:
+        producer = ctx.producer(producer.inputs[source])
     return producer is not None and producer.op in GATES
+
+
+def _gate_source(ctx, node) -> int | None:
+    """The input a gate passes through ``node`` from, where ``node`` keeps it a gate, else None."""
+    if node.op in RESHAPING:
+        return 0
+    if node.op == "Where" and not ctx.is_data(node.inputs[0]):
+        data = [i for i in (1, 2) if ctx.is_data(node.inputs[i])]
+        return data[0] if len(data) == 1 and ctx.constant(node.inputs[3 - data[0]]) is not None else None
+    return affine_input(ctx, node)
 
 
 def _softmax_check(ctx, node):
