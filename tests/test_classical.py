@@ -419,3 +419,31 @@ def test_a_dense_layer_on_tokens_is_one_layer_with_its_bias(method):
     reference = {**inits, "rows": np.array([-1, 6]), "back": np.array([-1, 5, 8])}
     expected, _ = explain(_network(x.shape, rows, reference, 40), x, [1, -1], options=options, **method)
     np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset,kernel,stride", [(17, 2, 2), (11, 2, 2), (17, 3, 1)])
+def test_lrp0_nan_at_a_pooled_output_reaches_its_winner_only(opset, kernel, stride):
+    """Windows of zeros after a Relu feed a bias-free 1×1 Conv: lrp0's 0/0 is NaN there, by design, and
+    winner-take-all gives it to each window's first cell only (windows that tile the input spread it over
+    the whole window through the routing's arithmetic; they route by a scatter under classical rules)."""
+    rng = np.random.default_rng(24)
+    x = (np.abs(rng.normal(size=(1, 1, 8, 8))) + 0.1).astype(np.float32)
+    x[:, :, :4, :4] *= -1
+    size = (8 - kernel) // stride + 1
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[kernel] * 2, strides=[stride] * 2),
+         helper.make_node("Conv", ["p", "k"], ["c"]), helper.make_node("Flatten", ["c"], ["f"]),
+         helper.make_node("Gemm", ["f", "w", "b"], ["logits"], transB=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        {"k": np.full((1, 1, 1, 1), 1.5, np.float32), "w": rng.normal(size=(3, size * size)).astype(np.float32),
+         "b": np.ones(3, np.float32)}, opset=opset)
+    out, _ = explain(model, x, [0], rule="lrp0")
+    relu, winners = np.maximum(x[0, 0], 0), set()
+    for i in range(size):
+        for j in range(size):
+            window = relu[i * stride:i * stride + kernel, j * stride:j * stride + kernel]
+            if window.max() == 0:  # every cell ties: the first wins
+                winners.add((i * stride, j * stride))
+    assert {tuple(p) for p in np.argwhere(np.isnan(out[RELEVANCE_OUTPUT][0, 0]))} == winners

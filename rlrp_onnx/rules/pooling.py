@@ -163,7 +163,8 @@ def max_pool(ctx, node, rho):
 
 def _route_by_kernel(ctx, node, r):
     """``r`` routed to each window's first maximum (``_winning_cells``) without a scatter: per kernel
-    cell, ``r`` where that cell won, stacked as ``channels × cells`` channels; the adjoint of the grouped
+    cell, ``r`` where that cell won, stacked as ``channels × cells`` channels (lrp0's NaN reaches the
+    whole window, through the products and the adjoint's zero taps); the adjoint of the grouped
     Conv that takes each window's cells out of x (one-hot kernels) puts every share at its cell of the
     input, summing where windows overlap."""
     emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
@@ -220,11 +221,12 @@ def _first_winners(ctx, node):
 def _tiles(ctx, node) -> bool:
     """Whether ``_route_by_cells`` can route this MaxPool: 2-D windows that tile the input (kernel =
     stride, no pads, no dilation; input rows or columns past the last window are left out) on static
-    sizes, the masks as steps (compile_model's masks="steps")."""
+    sizes, the masks as steps (compile_model's masks="steps"), R-LRP's relevance, which is finite (its
+    arithmetic would spread a classical rule's NaN, lrp0's 0/0, over the window)."""
     emit, x, y = ctx.emit, node.inputs[0], node.outputs[0]
     window = _window(ctx, node)
     in_sizes, out_sizes = ctx.shape(x)[2:], ctx.shape(y)[2:]
-    return (emit.step_masks and emit.blockable(x) and emit.blockable(y)
+    return (emit.step_masks and ctx.relative and emit.blockable(x) and emit.blockable(y)
             and all(isinstance(d, int) for d in in_sizes + out_sizes) and window.kernel == window.strides
             and set(window.dilations) == {1} and not any(window.pads_begin + window.pads_end)
             and all(o * k <= n for o, k, n in zip(out_sizes, window.kernel, in_sizes)))
