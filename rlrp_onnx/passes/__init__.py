@@ -42,7 +42,7 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     graph = split_to_sequence(fold_constants(castlike_to_cast(graph)))
     while True:
         model, held = export_weightless(graph)
-        graph = reattach(gs.import_onnx(infer_shapes(model, label)), held)
+        graph = reattach(gs.import_onnx(infer_shapes(_without_made_up_sizes(model), label)), held)
         nodes = len(graph.nodes)
         if not pin_reshape_targets(graph) + pin_slice_ends(graph) and len(fold_constants(graph).nodes) == nodes:
             break
@@ -51,6 +51,17 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
                      pad_into_conv):  # planned only, never run
         graph = simplify(graph)
     return unique_node_names(graph)
+
+
+def _without_made_up_sizes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the inner shapes in which an earlier inference made up a size name (``unk__…``,
+    where it could not follow a size yet): inferred again, they take the name they have now (a Gemm on an
+    SE branch keeps ``unk__0`` beside the batch's name otherwise, and a reshape by the batch size is lost)."""
+    made_up = [v for v in model.graph.value_info
+               if any(d.dim_param.startswith("unk__") for d in v.type.tensor_type.shape.dim)]
+    for value in made_up:
+        model.graph.value_info.remove(value)
+    return model
 
 
 def opset_version(model: onnx.ModelProto) -> int:
