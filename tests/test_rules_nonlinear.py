@@ -157,6 +157,10 @@ def const(name, value):
     return node("Constant", [], [name], value=helper.make_tensor(name, onnx.TensorProto.FLOAT, [], [value]))
 
 
+def vector(name, values, element=onnx.TensorProto.INT64):
+    return node("Constant", [], [name], value=helper.make_tensor(name, element, [len(values)], values))
+
+
 GATED = {
     "HardSwish_op": ([node("HardSwish", ["x"], ["h"])], 14, lambda x: np.clip(x / 6 + 0.5, 0, 1)),
     "Gelu_op": ([node("Gelu", ["x"], ["h"])], 20, phi),
@@ -190,6 +194,20 @@ GATED = {
         [const("one", 1.0), node("ReduceMean", ["x"], ["m"], axes=[2, 3]), node("Sigmoid", ["m"], ["s"]),
          node("Add", ["one", "s"], ["s1"]), node("Mul", ["s1", "x"], ["h"])], 13,
         lambda x: 1 + sigmoid(x.mean(axis=(2, 3), keepdims=True))),
+    "gate_concatenated_then_split": (  # ResNeSt's split softmax: the halves of two gates side by side
+        [node("ReduceMean", ["x"], ["m"], axes=[2, 3]), node("Sigmoid", ["m"], ["s"]),
+         node("Concat", ["s", "s"], ["both"], axis=1), node("Split", ["both"], ["a", "b"], axis=1),
+         node("Mul", ["x", "b"], ["h"])], 13, lambda x: sigmoid(x.mean(axis=(2, 3), keepdims=True))),
+    "gate_resized": (  # GhostNetV2: a gate computed on a coarser map, upsampled to the features
+        [vector("up", [1.0, 1.0, 1.0, 5.0], onnx.TensorProto.FLOAT), node("ReduceMean", ["x"], ["m"], axes=[3]),
+         node("Sigmoid", ["m"], ["s"]),
+         node("Resize", ["s", "", "up"], ["r"], mode="nearest"), node("Mul", ["r", "x"], ["h"])], 13,
+        lambda x: sigmoid(x.mean(axis=3, keepdims=True))),
+    "gate_tiled_and_sliced": (
+        [vector("reps", [1, 1, 6, 5]), vector("starts", [1]), vector("ends", [5]), vector("axes", [2]),
+         node("ReduceMean", ["x"], ["m"], axes=[2, 3]), node("Sigmoid", ["m"], ["s"]),
+         node("Tile", ["s", "reps"], ["t"]), node("Slice", ["t", "starts", "ends", "axes"], ["c"]),
+         node("Mul", ["x", "c"], ["h"])], 13, lambda x: sigmoid(x.mean(axis=(2, 3), keepdims=True))),
     "gelu_erf_div_then_half": (  # torch.onnx (TorchScript) order
         [const("r2", math.sqrt(2)), const("one", 1.0), const("half", 0.5), node("Div", ["x", "r2"], ["d"]),
          node("Erf", ["d"], ["e"]), node("Add", ["e", "one"], ["a"]), node("Mul", ["x", "a"], ["m"]),

@@ -17,7 +17,7 @@ from .layer_norm import recognise_group_norm, recognise_layer_norm
 from .mish import recognise_mish
 from .names import unique_node_names
 from .pad_into_conv import pad_into_conv
-from .reshape_targets import pin_reshape_targets, pin_slice_ends
+from .reshape_targets import pin_expand_shapes, pin_reshape_targets, pin_slice_ends
 from .sequence import split_to_sequence
 from .static_shapes import explained_inputs, explained_tensors, free_output_batches, pin_input_shapes
 
@@ -40,11 +40,15 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     free_output_batches(model)
     graph = reattach(gs.import_onnx(infer_shapes(model, label)), weights)
     graph = split_to_sequence(fold_constants(castlike_to_cast(graph)))
+    targets = 0
     while True:
         model, held = export_weightless(graph)
-        graph = reattach(gs.import_onnx(infer_shapes(_without_made_up_sizes(model), label)), held)
+        if targets:  # sizes an earlier inference could not follow may be known now
+            model = _without_made_up_sizes(model)
+        graph = reattach(gs.import_onnx(infer_shapes(model, label)), held)
         nodes = len(graph.nodes)
-        if not pin_reshape_targets(graph) + pin_slice_ends(graph) and len(fold_constants(graph).nodes) == nodes:
+        targets = pin_reshape_targets(graph) + pin_slice_ends(graph)
+        if not targets + pin_expand_shapes(graph) and len(fold_constants(graph).nodes) == nodes:
             break
     for simplify in (recognise_gelu, recognise_mish, recognise_hard_sigmoid, drop_identity_reshapes,
                      recognise_layer_norm, recognise_group_norm, recognise_l2_norm,
@@ -56,9 +60,11 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
 def _without_made_up_sizes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the inner shapes in which an earlier inference made up a size name (``unk__…``,
     where it could not follow a size yet): inferred again, they take the name they have now (a Gemm on an
-    SE branch keeps ``unk__0`` beside the batch's name otherwise, and a reshape by the batch size is lost)."""
-    made_up = [v for v in model.graph.value_info
-               if any(d.dim_param.startswith("unk__") for d in v.type.tensor_type.shape.dim)]
+    SE branch keeps ``unk__0`` beside the batch's name otherwise, and a reshape by the batch size is lost).
+    Expand outputs keep theirs: ``pin_expand_shapes`` gave them, which inference cannot, and renews them."""
+    pinned = {o for n in model.graph.node if n.op_type == "Expand" for o in n.output}
+    made_up = [v for v in model.graph.value_info if v.name not in pinned
+               and any(d.dim_param.startswith("unk__") for d in v.type.tensor_type.shape.dim)]
     for value in made_up:
         model.graph.value_info.remove(value)
     return model

@@ -45,29 +45,40 @@ def _times(a, b):
 
 
 def pin_reshape_targets(graph: gs.Graph) -> int:
-    """Replace each computed Reshape target that ``_value`` can evaluate by a constant, and give each
-    Expand to such a shape its output shape; the number pinned (shape inference then may know more
-    shapes, and so more targets)."""
+    """Replace each computed Reshape target that ``_value`` can evaluate by a constant; the number pinned
+    (shape inference then may know more shapes, and so more targets)."""
     pinned = 0
-    for node in graph.nodes:
-        if node.op not in ("Reshape", "Expand") or isinstance(node.inputs[1], gs.Constant) \
-                or node.attrs.get("allowzero", 0) or _follows(node.outputs[0].shape, node.inputs[0].shape):
-            continue
-        value = _value(node.inputs[1])
-        if value is None or value.ndim != 1:
-            continue
-        if node.op == "Expand":
-            shape = _broadcast(node.inputs[0].shape, list(value))
-            if shape is not None and shape != node.outputs[0].shape:
-                node.outputs[0].shape = shape
-                pinned += 1
-            continue
+    for node, value in _computed_shapes(graph, "Reshape"):
         target = _constant_target(list(value), node.inputs[0].shape)
         if target is not None:
             node.inputs[1] = gs.Constant(f"{node.outputs[0].name}_target", np.array(target, np.int64))
             pinned += 1
     graph.cleanup()
     return pinned
+
+
+def pin_expand_shapes(graph: gs.Graph) -> int:
+    """Give each Expand to a shape ``_value`` can evaluate its output shape, which shape inference does not
+    follow; the number of shapes given or changed."""
+    pinned = 0
+    for node, value in _computed_shapes(graph, "Expand"):
+        shape = _broadcast(node.inputs[0].shape, list(value))
+        if shape is not None and shape != node.outputs[0].shape:
+            node.outputs[0].shape = shape
+            pinned += 1
+    return pinned
+
+
+def _computed_shapes(graph: gs.Graph, op: str):
+    """(node, value) for each ``op`` node (Reshape or Expand) whose shape input is computed at run time,
+    whose output shape inference does not follow, and which ``_value`` evaluates to a 1-D value."""
+    for node in [n for n in graph.nodes if n.op == op]:
+        if isinstance(node.inputs[1], gs.Constant) or node.attrs.get("allowzero", 0) \
+                or _follows(node.outputs[0].shape, node.inputs[0].shape):
+            continue
+        value = _value(node.inputs[1])
+        if value is not None and value.ndim == 1:
+            yield node, value
 
 
 def pin_slice_ends(graph: gs.Graph) -> int:

@@ -45,25 +45,34 @@ def sub(ctx, node, rho):
 
 
 def _is_gate(ctx, tensor) -> bool:
-    """Whether ``tensor`` is a gate's output, also reshaped or broadcast on the way (SENet's
-    Sigmoid → view(N, C, 1, 1) → expand_as(x)), scaled or shifted by constants (``h·(2·sigmoid(s))``
-    and ``h·(1 + sigmoid(s))``, which then explain as ``2·(h·sigmoid(s))`` and ``h + h·sigmoid(s))``), or
-    replaced by a constant where a condition holds (torch's attention with a boolean mask below opset 23:
-    ``Where(IsNaN(w), 0, w)``)."""
+    """Whether ``tensor`` is a gate's output, also reshaped, broadcast, split, sliced, tiled, resized or
+    concatenated with other gates on the way (SENet's Sigmoid → view(N, C, 1, 1) → expand_as(x);
+    ResNeSt's split softmax; GhostNetV2's upsampled gate), scaled or shifted by constants
+    (``h·(2·sigmoid(s))`` and ``h·(1 + sigmoid(s))``, which then explain as ``2·(h·sigmoid(s))`` and
+    ``h + h·sigmoid(s))``), or replaced by a constant where a condition holds (torch's attention with a
+    boolean mask below opset 23: ``Where(IsNaN(w), 0, w)``)."""
     producer = ctx.producer(tensor)
-    while producer is not None and (source := _gate_source(ctx, producer)) is not None:
-        producer = ctx.producer(producer.inputs[source])
-    return producer is not None and producer.op in GATES
+    if producer is None:
+        return False
+    sources = _gate_sources(ctx, producer)
+    return producer.op in GATES or bool(sources) and all(_is_gate(ctx, producer.inputs[i]) for i in sources)
 
 
-def _gate_source(ctx, node) -> int | None:
-    """The input a gate passes through ``node`` from, where ``node`` keeps it a gate, else None."""
-    if node.op in RESHAPING:
-        return 0
+GATE_MOVES = {"Split", "Slice", "Tile", "Resize", "Pad", "Gather", "GatherND", "GatherElements",
+              "DepthToSpace", "SpaceToDepth"}  # from input 0: the values stay a gate's (Resize: mixed)
+
+
+def _gate_sources(ctx, node) -> list[int]:
+    """The inputs a gate passes through ``node`` from, where ``node`` keeps it a gate, else []."""
+    if node.op in RESHAPING or node.op in GATE_MOVES:
+        return [0]
+    if node.op == "Concat":
+        return [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
     if node.op == "Where" and not ctx.is_data(node.inputs[0]):
         data = [i for i in (1, 2) if ctx.is_data(node.inputs[i])]
-        return data[0] if len(data) == 1 and ctx.constant(node.inputs[3 - data[0]]) is not None else None
-    return affine_input(ctx, node)
+        return data if len(data) == 1 and ctx.constant(node.inputs[3 - data[0]]) is not None else []
+    index = affine_input(ctx, node)
+    return [] if index is None else [index]
 
 
 def _softmax_check(ctx, node):
