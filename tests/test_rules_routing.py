@@ -503,3 +503,28 @@ def check_exported(tmp_path, kind, exporter):
     relevance, _, _ = input_times_gradient(module, x)
     errors = relative_l2_error(out[RELEVANCE_OUTPUT], relevance)
     assert np.all(errors < 1e-4), errors
+
+
+class GatherAfterATile(nn.Module):
+    """A tile whose sizes the TorchScript export computes at run time, a Conv, then ``torch.gather`` with
+    an index buffer expanded to the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(6, 4, 3, padding=1), nn.Linear(4 * 16 * 5, 5)
+        self.register_buffer("index", torch.randint(0, 2, (1, 4, 16, 5)))
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x.tile(1, 2, 2, 1).narrow(3, 6, 2)))
+        return self.fc(torch.gather(y, 3, self.index.expand(y.shape[0], -1, -1, -1)).flatten(1))
+
+
+def test_torch_gather_after_a_tile(tmp_path):
+    """The Expand of the index takes a size name inference makes up anew each round: the planning loop
+    never ended while such names were inferred again every round (302997a)."""
+    module, x = GatherAfterATile().eval(), np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = export_onnx(module, x, tmp_path / "gather_after_tile.onnx", "torchscript", fold_batchnorm=False)
+    out = run(compile_model(path), {"image": x})
+    relevance, _, _ = input_times_gradient(module, x)
+    assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], relevance) < 1e-4)
