@@ -28,9 +28,9 @@ UPGRADE_OPSET = 13  # the opset the refusal of older files suggests converting t
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
     """Pin input shapes, infer shapes, simplify and fold constants, infer again (and again after making
     Reshape targets computed from the batch size constants, or after folding sizes the last inference
-    found), recognise decomposed activations (GELU, Mish, hard sigmoid), LayerNorms (past shape-keeping
-    Reshapes, dropped), GroupNorms and L2 normalizations, and fold zero Pads into the Convs they feed;
-    the source is not modified."""
+    found), recognise decomposed activations (GELU, Mish, hard sigmoid, HardSwish), LayerNorms (past
+    shape-keeping Reshapes, dropped), GroupNorms and L2 normalizations, and fold zero Pads into the Convs
+    they feed; the source is not modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}, or "
