@@ -24,6 +24,7 @@ class Context:
         self.emit = Emitter(graph)
         self.rules = rules
         self.layer_rules = layer_rules if layer_rules is not None else {}
+        self.after_layers: set[str] = set()  # tensors a layer computes, or computed from one (Method.assign)
         self.data = data
         self._forward_nodes = {id(node) for node in graph.nodes}
 

@@ -123,11 +123,12 @@ class Method:
     by_category: dict[str, LayerRule] = field(default_factory=dict)
 
     def assign(self, nodes, ctx, label: str) -> None:
-        """Give every weighted layer on the relevance path its rule ("first" = no layer upstream); an
-        RlrpError where zbox bounds do not fit a layer's input channels."""
+        """Give every weighted layer on the relevance path its rule ("first" = no layer upstream), noting in
+        ``ctx.after_layers`` the tensors downstream of a layer; an RlrpError where zbox bounds do not fit a
+        layer's input channels."""
         if self.relative:
             return
-        upstream: set[str] = set()
+        upstream = ctx.after_layers
         for node in nodes:
             before = any(t.name in upstream for t in node.inputs)
             if ctx.is_layer(node):

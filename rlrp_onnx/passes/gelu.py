@@ -37,6 +37,12 @@ def producer(tensor):
     return tensor.inputs[0] if isinstance(tensor, gs.Variable) and tensor.inputs else None
 
 
+def only_user(node):
+    """The one node that reads ``node``'s first output, or None."""
+    users = node.outputs[0].outputs if node.outputs else []
+    return users[0] if len(users) == 1 else None
+
+
 def keepdims_axes(node, rank: int) -> list[int] | None:
     """The axes a Reduce* node reduces while keeping them (an attribute, or a constant input from opset
     18), non-negative and sorted; [] when it names none; None when it drops them or its axes are
@@ -132,10 +138,9 @@ def _upstream(tensor) -> dict:
 
 def _one_plus(core):
     """The Add node computing 1 + core, if that is core's only use."""
-    users = core.outputs[0].outputs
-    if len(users) != 1 or users[0].op != "Add":
+    add = only_user(core)
+    if add is None or add.op != "Add":
         return None
-    add = users[0]
     other = [t for t in add.inputs if t is not core.outputs[0]]
     return add if len(other) == 1 and close(scalar(other[0]), 1.0) else None
 

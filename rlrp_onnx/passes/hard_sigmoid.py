@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .gelu import clip_bounds, close, producer, scalar
+from .gelu import clip_bounds, close, only_user, producer, scalar
 
 
 def _x_plus_three(tensor):
@@ -31,17 +31,12 @@ def _scaled_by_sixth(node):
     return node.op == "Mul" and any(close(scalar(t), 1 / 6) for t in node.inputs)
 
 
-def _only_user(node):
-    users = node.outputs[0].outputs if node.outputs else []
-    return users[0] if len(users) == 1 else None
-
-
 def recognise_hard_sigmoid(graph: gs.Graph) -> gs.Graph:
     """Replace the scaling node of each matched pattern by ``HardSigmoid(x)`` (or ``HardSwish(x)``) writing
     the same tensor."""
     found = False
     for clip in list(graph.nodes):
-        top = _only_user(clip) if clip.op == "Clip" else None
+        top = only_user(clip) if clip.op == "Clip" else None
         if top is None:
             continue
         low, high = clip_bounds(clip)
@@ -50,7 +45,7 @@ def recognise_hard_sigmoid(graph: gs.Graph) -> gs.Graph:
             continue
         if _scaled_by_sixth(top):
             top.op, top.attrs, top.inputs = "HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, [x]
-        elif top.op == "Mul" and any(t is x for t in top.inputs) and (scaled := _only_user(top)) is not None \
+        elif top.op == "Mul" and any(t is x for t in top.inputs) and (scaled := only_user(top)) is not None \
                 and _scaled_by_sixth(scaled):
             scaled.op, scaled.attrs, scaled.inputs = "HardSwish", {}, [x]
         else:

@@ -27,7 +27,7 @@ def fold_layer_constants(graph: gs.Graph) -> gs.Graph:
         if layer.op == "Conv":
             _into_conv(layer, add, bias)
         elif layer.op == "MatMul":
-            _into_gemm(layer, add, bias)
+            _into_matmul_layer(layer, add, bias)
     graph.cleanup().toposort()
     return graph
 
@@ -67,7 +67,7 @@ def _into_conv(conv: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
     absorb(conv, add, [conv.inputs[0], weights, folded])
 
 
-def _into_gemm(matmul: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
+def _into_matmul_layer(matmul: gs.Node, add: gs.Node, bias: np.ndarray) -> None:
     x, weights = matmul.inputs
     rank = len(x.shape or [])
     if not isinstance(weights, gs.Constant) or weights.values.ndim != 2 or rank < 2:

@@ -239,24 +239,10 @@ def _weightless(ctx, node, relevance):
     op (RLRP.md), summed over the axes it broadcast x along, for the first layer's rule (flat, w², z^B)
     gives the pixels their relevance (the z-rule gave a pixel near the mean x / (x − mean) times its own)."""
     index = affine_input(ctx, node)
-    if index is not None and not _after_a_layer(ctx, node.inputs[index]):
+    if index is not None and node.inputs[index].name not in ctx.after_layers:
         x = node.inputs[index]
         return {index: ctx.unbroadcast(relevance[0], x, ctx.shape(node.outputs[0]))}
     return propagate(ctx, node, relevance[0], FIXED)
-
-
-def _after_a_layer(ctx, tensor) -> bool:
-    """Whether a layer computes ``tensor`` or any data it is computed from."""
-    stack, seen = [tensor], set()
-    while stack:
-        producer = ctx.producer(stack.pop())
-        if producer is None or producer.name in seen:
-            continue
-        if ctx.is_layer(producer):
-            return True
-        seen.add(producer.name)
-        stack.extend(t for t in producer.inputs if ctx.is_data(t))
-    return False
 
 
 def _unchanged(ctx, node, relevance):
