@@ -11,7 +11,7 @@ from .backward import ONNX_DOMAINS, Context
 from .contract import holds_class_scores
 from .errors import RlrpError
 from .methods import Method
-from .rules.elementwise import held_gate
+from .rules.elementwise import held_operand
 
 TRAILING = {"Softmax", "LogSoftmax", "Sigmoid"}  # at the output: the explained logit is their input
 NORMALIZATION_HINT = ("; part of a normalization written out? LayerNorm and RMSNorm are recognised as torch "
@@ -150,15 +150,15 @@ def _moves_classes_last(transpose) -> bool:
 
 
 def _relevance_path(context: Context, logits: gs.Variable) -> list[gs.Node]:
-    """Nodes (forward order) through which relevance flows from ``logits`` back to the inputs. A gate held
-    constant by a product receives none: what only computes gates (attention scores, squeeze-excitation
-    branches) needs no rule."""
+    """Nodes (forward order) through which relevance flows from ``logits`` back to the inputs. A gate or a
+    statistic held constant by a product receives none: what only computes gates (attention scores,
+    squeeze-excitation branches) or statistics (a global response normalization's) needs no rule."""
     reached, path = {logits.name}, []
     for node in reversed(context.graph.nodes):
         if any(t.name in reached for t in node.outputs):
             path.append(node)
             rule = context.rule(node)
-            held = {held_gate(context, node), *(rule.held if rule else ())}
+            held = {held_operand(context, node), *(rule.held if rule else ())}
             reached.update(t.name for i, t in enumerate(node.inputs) if context.is_data(t) and i not in held)
     path.reverse()
     return path

@@ -29,6 +29,8 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
   (Reshape-Transpose-Reshape), strided depthwise convolutions, a max pool;
 * ``convnext_like``      ConvNeXt: patchify Conv, LayerNorm over channels between two Transposes,
   depthwise 7x7, GELU MLP on channels-last tensors, layer scale, skip;
+* ``convnextv2_like``    ConvNeXt V2: the MLP's global response normalization (GRN: the L2 norm over the
+  positions, over its mean over the channels, scales the features), no layer scale;
 * ``swin_like``          Swin: attention within windows (6-D Reshape-Transpose partitions), the second
   block's windows shifted by ``torch.roll`` (Slice + Concat; the dynamo exporter computes the slice
   bounds from ``Shape`` with ``start``/``end``);
@@ -613,6 +615,55 @@ class ConvNeXtLike(nn.Module):
         return self.head(self.norm(self.features(x).mean((-2, -1))))
 
 
+# ---- ConvNeXt V2: global response normalization in the MLP ------------------------------------------
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt V2's GRN on channels-last tensors, as its authors write it: ``g = ‖x‖₂`` over the positions,
+    ``n = g / (mean of g over the channels + ε)``, ``γ·(x·n) + β + x``; with ``hold_statistics`` (set by
+    ``gates.detached_gates``) ``n`` is detached, as the product rule holds a statistic of its operand."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.linspace(-0.8, 0.8, dim))
+        self.beta = nn.Parameter(torch.linspace(0.1, -0.1, dim))
+        self.hold_statistics = False
+
+    def forward(self, x):
+        g = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
+        if self.hold_statistics:
+            n = n.detach()
+        return self.gamma * (x * n) + self.beta + x
+
+
+class ConvNeXtV2Block(nn.Module):
+    """Depthwise 7x7 → (channels last) LayerNorm → Linear 4x → GELU → GRN → Linear → skip."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.depthwise = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.mlp = nn.Sequential(Permute(0, 2, 3, 1), nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim),
+                                 nn.GELU(), GlobalResponseNorm(4 * dim), nn.Linear(4 * dim, dim), Permute(0, 3, 1, 2))
+
+    def forward(self, x):
+        return x + self.mlp(self.depthwise(x))
+
+
+class ConvNeXtV2Like(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), channel_norm(16), ConvNeXtV2Block(16),
+                                      channel_norm(16), nn.Conv2d(16, 32, 2, stride=2), ConvNeXtV2Block(32))
+        self.norm, self.head = nn.LayerNorm(32, eps=1e-6), nn.Linear(32, num_classes)
+        init_deterministic(self, seed)
+        randomize_layer_norms(self, torch.Generator().manual_seed(seed))
+
+    def forward(self, x):
+        return self.head(self.norm(self.features(x).mean((-2, -1))))
+
+
 # ---- Swin: attention within windows, shifted by torch.roll ---------------------------------------
 
 class WindowBlock(nn.Module):
@@ -803,6 +854,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "resnext_like": ModelSpec(ResNeXtLike, ResNeXtLike.input_shape),
     "shufflenet_like": ModelSpec(ShuffleNetLike, ShuffleNetLike.input_shape),
     "convnext_like": ModelSpec(ConvNeXtLike, ConvNeXtLike.input_shape),
+    "convnextv2_like": ModelSpec(ConvNeXtV2Like, ConvNeXtV2Like.input_shape),
     "swin_like": ModelSpec(SwinLike, SwinLike.input_shape),
     "fastai_like": ModelSpec(FastaiLike, FastaiLike.input_shape),
     "cosine_like": ModelSpec(CosineLike, CosineLike.input_shape),

@@ -282,18 +282,23 @@ def _report(signatures: dict, problem) -> list[str]:
 
 def _family_exports(folder):
     """The family's ViT (attention MatMuls, Softmax gates, LayerNorm, GELU) from TorchScript at opsets 17
-    and 13 (LayerNorm in arithmetic) and from dynamo, the same with Einsum attention, and its GroupNorm,
-    RMSNorm, ResNeXt, ShuffleNet, ConvNeXt, Swin, fastai-head, cosine-head, maxout and padding-mode
-    networks from both exporters, the GroupNorm network from dynamo at opset 21 (the GroupNormalization
+    and 13 (LayerNorm in arithmetic) and from dynamo, the same with Einsum attention, a LayerNorm written
+    with the standard deviation from both exporters, and the family's GroupNorm, RMSNorm, ResNeXt,
+    ShuffleNet, ConvNeXt (V1 and V2), Swin, fastai-head, cosine-head, maxout and padding-mode networks from
+    both exporters, the GroupNorm network from dynamo at opset 21 (the GroupNormalization
     op) and the ViT with ``F.scaled_dot_product_attention`` at opset 23 (the Attention op): (label, path)."""
     from exporting import export_onnx
-    from family_models import family_input, make_family
+    from family_models import RMSNormLike, family_input, make_family
+    from test_families import StdLayerNorm
     from test_rule_configs import export
 
     model, x = make_family("vit_like"), family_input("vit_like", 2)
     yield "vit_like-torchscript-opset13", export(model, x, folder / "vit13.onnx", opset=13)
+    model, x = RMSNormLike(norm=StdLayerNorm).eval(), family_input("rmsnorm_like", 2)
+    for exporter in ("torchscript", "dynamo"):
+        yield f"std_layer_norm-{exporter}", export_onnx(model, x, folder / f"std-{exporter}.onnx", exporter, True)
     for name in ("vit_like", "vit_einsum_like", "groupnorm_like", "rmsnorm_like", "resnext_like", "shufflenet_like",
-                 "convnext_like", "swin_like", "fastai_like", "cosine_like", "maxout_like",
+                 "convnext_like", "convnextv2_like", "swin_like", "fastai_like", "cosine_like", "maxout_like",
                  "padding_modes_like"):
         model, x = make_family(name), family_input(name, 2)
         for exporter in ("torchscript", "dynamo"):
@@ -370,9 +375,10 @@ def test_no_attribute_fallbacks_to_cpu(emitted):
 def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
     """x [N, 3, 8, 8] → Conv 3x3 pad 1 → Relu → DepthToSpace (CRD) → SpaceToDepth → DepthToSpace (DCR)
     → SpaceToDepth → Slice of 3 of 4 channels → MaxPool 3x3/1 pad 1 (overlapping windows: routed
-    differently below opset 16, from 16 and from 22) → MaxPool 2x2/2 → AveragePool 2x2/2 plus (broadcast)
-    ReduceMax over H, W (its axes an input from opset 18) → LpNormalization (p = 1) → Mish (from opset 18)
-    → Flatten → Gemm (the Slice's adjoint pads with zeros); in ``dtype``."""
+    differently below opset 16, from 16 and from 22) → MaxPool 2x2/2 → divided by its ReduceMax over H, W
+    plus 1 (its axes an input from opset 18; a held statistic) → AveragePool 2x2/2 plus (broadcast) that
+    ReduceMax → LpNormalization (p = 1) → Mish (from opset 18) → Flatten → Gemm (the Slice's adjoint pads
+    with zeros); in ``dtype``."""
     rng = np.random.default_rng(0)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     if opset >= 18:
@@ -389,7 +395,8 @@ def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
          helper.make_node("Slice", ["stacked2", "starts", "ends", "axes"], ["r"]),
          helper.make_node("MaxPool", ["r"], ["o"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
          helper.make_node("MaxPool", ["o"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-         helper.make_node("AveragePool", ["p"], ["a"], kernel_shape=[2, 2], strides=[2, 2]), maximum,
+         maximum, helper.make_node("Add", ["m", "one"], ["m1"]), helper.make_node("Div", ["p", "m1"], ["pn"]),
+         helper.make_node("AveragePool", ["pn"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
          helper.make_node("Add", ["a", "m"], ["s"]),
          helper.make_node("LpNormalization", ["s"], ["l"], axis=1, p=1),
          helper.make_node("Mish" if opset >= 18 else "Identity", ["l"], ["q"]),
@@ -399,7 +406,7 @@ def conv_classifier(opset: int, dtype=np.float32) -> onnx.ModelProto:
         [helper.make_tensor_value_info("logits", elem, ["N", 5])],
         {"w": rng.normal(size=(4, 3, 3, 3)).astype(dtype), "b": rng.normal(size=4).astype(dtype),
          "w2": rng.normal(size=(5, 12)).astype(dtype), "b2": rng.normal(size=5).astype(dtype),
-         "starts": np.array([0]), "ends": np.array([3]), "axes": np.array([1]), **axes},
+         "starts": np.array([0]), "ends": np.array([3]), "axes": np.array([1]), "one": np.ones(1, dtype), **axes},
         opset=opset)
 
 

@@ -198,6 +198,46 @@ def test_rms_norm_forms(tmp_path, form):
     check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9])
 
 
+class StdLayerNorm(nn.Module):
+    """LayerNorm as tutorials write it (the Annotated Transformer): ``γ·(x − mean)/(std + ε) + β`` with
+    torch's ``x.std`` (unbiased unless told; ``scale_first`` False: ``(x − mean)/(std + ε)·γ + β``); with
+    ``hold_statistics`` (set by ``gates.detached_gates``) the mean and std detached."""
+
+    def __init__(self, dim, eps=1e-6, unbiased=True, scale_first=True):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.linspace(-0.1, 0.1, dim))
+        self.eps, self.unbiased, self.scale_first, self.hold_statistics = eps, unbiased, scale_first, False
+
+    def forward(self, x):
+        mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True, correction=int(self.unbiased))
+        if self.hold_statistics:
+            mean, std = mean.detach(), std.detach()
+        if self.scale_first:
+            return self.weight * (x - mean) / (std + self.eps) + self.bias
+        return (x - mean) / (std + self.eps) * self.weight + self.bias
+
+
+STD_FORMS = {"torchscript-unbiased-scale-first": ("torchscript", True, True),
+             "dynamo-unbiased-scale-first": ("dynamo", True, True),
+             "torchscript-biased-scale-last": ("torchscript", False, False),
+             "dynamo-biased-scale-last": ("dynamo", False, False)}
+
+
+@pytest.mark.parametrize("form", STD_FORMS)
+def test_layer_norm_written_with_the_standard_deviation(tmp_path, form):
+    """``(x − mean)/(std + ε)``, torch's std unbiased or not, is planned as one LayerNormalization (σ =
+    √(c·Var) + ε) and matches autograd with the mean and std held; read node by node it was refused."""
+    from rlrp_onnx.passes import canonicalize
+
+    exporter, unbiased, scale_first = STD_FORMS[form]
+    model = RMSNormLike(norm=lambda dim, eps: StdLayerNorm(dim, eps, unbiased, scale_first)).eval()
+    x = family_input("rmsnorm_like", batch=3, seed=7)
+    path = export_onnx(model, x, tmp_path / "std.onnx", exporter)
+    ops = [n.op for n in canonicalize(onnx.load(str(path)), form).nodes]
+    assert ops.count("LayerNormalization") == 2 and "Sqrt" not in ops
+    check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9])
+
+
 def test_gelu_head_is_recognised(exported_family):
     """Both GELU decompositions become one Gelu node each in the canonical graph, in every export."""
     from rlrp_onnx.passes import canonicalize

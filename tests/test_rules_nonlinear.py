@@ -22,13 +22,16 @@ import math
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import helper, numpy_helper
+from torch import nn
 
 from rlrp_onnx import Explainer, RlrpError, compile_model
 from rlrp_onnx.contract import CLASS_OUTPUT, RELEVANCE_OUTPUT, TARGET_INPUT
 from rlrp_onnx.passes import canonicalize
 
-from oracle import relative_l2_error
+from exporting import EXPORTERS, export_onnx
+from oracle import input_times_gradient, relative_l2_error
 from rule_harness import added_ops, compiled, head_model, head_rho
 
 X_SHAPE = (3, 4, 5)
@@ -159,6 +162,65 @@ def const(name, value):
 
 def vector(name, values, element=onnx.TensorProto.INT64):
     return node("Constant", [], [name], value=helper.make_tensor(name, element, [len(values)], values))
+
+
+SOFTSIGN_WRITTEN = {  # F.softsign is x / (|x| + 1): both torch exporters write it out (and the Add's order)
+    "abs_plus_one": [const("one", 1.0), node("Abs", ["x"], ["a"]), node("Add", ["a", "one"], ["d"]),
+                     node("Div", ["x", "d"], ["h"])],
+    "one_plus_abs": [const("one", 1.0), node("Abs", ["x"], ["a"]), node("Add", ["one", "a"], ["d"]),
+                     node("Div", ["x", "d"], ["h"])],
+}
+
+
+@pytest.mark.parametrize("case", list(SOFTSIGN_WRITTEN))
+def test_softsign_written_out_takes_the_identity_rule(case):
+    """Planned as one Softsign node, so it takes the op's identity rule; read node by node it was refused
+    (a Div by a run-time tensor)."""
+    attrs, opset, f, limits = IDENTITY["Softsign"]
+    model = head_model(SOFTSIGN_WRITTEN[case], X_SHAPE, X_SHAPE, opset=opset)
+    assert [n.op for n in canonicalize(model, case).nodes if n.op not in ("Flatten", "Gemm")] == ["Softsign"]
+    x = sample()
+    check(model, x, identity_reference(x, f, limits))
+
+
+class _SoftsignNet(nn.Module):
+    """Conv → ``nn.Softsign`` → Linear; ``held``: the softsign as z·(f(z)/z) with the ratio detached (its
+    limit 1 for |z| < 1e-4), whose input × gradient is the identity rule's relevance."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.act, self.head = nn.Conv2d(3, 4, 3), nn.Softsign(), nn.Linear(4 * 6 * 6, 5)
+        self.held = False
+
+    def forward(self, x):
+        z = self.conv(x)
+        if self.held:
+            small = z.abs() < 1e-4
+            z = z * torch.where(small, torch.ones_like(z), self.act(z) / torch.where(small, 1.0, z)).detach()
+        else:
+            z = self.act(z)
+        return self.head(z.flatten(1))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_torch_softsign_is_recognised(exporter, tmp_path):
+    """Both torch exporters write ``nn.Softsign`` as x / (|x| + 1); the compiled model matches input ×
+    gradient with the identity rule's ratio held."""
+    net, x = _SoftsignNet().eval(), np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = export_onnx(net, x, tmp_path / "softsign.onnx", exporter)
+    assert "Softsign" in {n.op for n in canonicalize(onnx.load(str(path)), "m").nodes}
+    out = Explainer(str(path)).explain(x)
+    net.held = True
+    relevance, _, _ = input_times_gradient(net, x, None)
+    assert np.all(relative_l2_error(out.relevance, relevance) < TOLERANCE)
+
+
+def test_almost_softsign_is_not_recognised():
+    """x / (|x| + 2) is not Softsign: it stays a Div by a run-time tensor, which is refused by name."""
+    nodes = [const("one", 2.0)] + SOFTSIGN_WRITTEN["abs_plus_one"][1:]
+    with pytest.raises(RlrpError, match="Div by a tensor computed at run time"):
+        compile_model(head_model(nodes, X_SHAPE, X_SHAPE, opset=13))
 
 
 GATED = {
@@ -401,6 +463,65 @@ def test_l2_normalization_in_arithmetic_is_recognised(form, axes):
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
 
 
+HELD_STATISTICS = {  # y = x·s or x / s with s a statistic of x: (nodes, s(x) in float64, the op applied)
+    "x_over_norm_plus_eps": (  # x / (‖x‖₂ + ε): not F.normalize's max(‖x‖₂, ε)
+        [node("ReduceL2", ["x"], ["n"], axes=[1]), const("eps", 1e-6), node("Add", ["n", "eps"], ["s"]),
+         node("Div", ["x", "s"], ["h"])],
+        lambda x: lp_norm(x, (1,), 2) + 1e-6, np.divide),
+    "global_response_norm": (  # ConvNeXt V2: x·(g / (mean of g over the last axis + ε)), g = ‖x‖₂ over 1, 2
+        [node("ReduceL2", ["x"], ["g"], axes=[1, 2]), node("ReduceMean", ["g"], ["m"], axes=[3]),
+         const("eps", 1e-6), node("Add", ["m", "eps"], ["me"]), node("Div", ["g", "me"], ["s"]),
+         node("Mul", ["x", "s"], ["h"])],
+        lambda x: lp_norm(x, (1, 2), 2) / (lp_norm(x, (1, 2), 2).mean(axis=3, keepdims=True) + 1e-6), np.multiply),
+    "root_mean_square_first": (  # s · x, s = Sqrt(ReduceMean(x·x)) over the positions
+        [node("Mul", ["x", "x"], ["xx"]), node("ReduceMean", ["xx"], ["q"], axes=[2, 3]), node("Sqrt", ["q"], ["s"]),
+         node("Mul", ["s", "x"], ["h"])],
+        lambda x: np.sqrt((x.astype(np.float64) ** 2).mean(axis=(2, 3), keepdims=True)), np.multiply),
+}
+
+
+@pytest.mark.parametrize("case", list(HELD_STATISTICS))
+def test_statistic_of_the_operand_is_held(case):
+    """rules/statistics.py: in x·s or x/s where s is computed from x through a reduction over non-batch
+    axes, s is held like a normalization's statistics: R_x = x·rho_y·s (or / s), none through s."""
+    nodes, statistic, apply = HELD_STATISTICS[case]
+    model = head_model(nodes, X_SHAPE, X_SHAPE, opset=13)
+    x = sample() * 3 + 1
+    check(model, x, lambda rho: apply(x.astype(np.float64), statistic(x)) * rho)
+
+
+NOT_STATISTICS = {  # the divisor is no statistic of the dividend: refused, as any Div by a run-time tensor
+    "over_the_batch_axis": [node("ReduceL2", ["x"], ["n"], axes=[0, 1]), const("eps", 1e-6),
+                            node("Add", ["n", "eps"], ["s"]), node("Div", ["x", "s"], ["h"])],
+    "elementwise_only": [node("Abs", ["x"], ["a"]), const("two", 2.0), node("Add", ["a", "two"], ["s"]),
+                         node("Div", ["x", "s"], ["h"])],
+    "of_another_tensor": [node("Relu", ["x"], ["r"]), node("ReduceL2", ["x"], ["n"], axes=[1]),
+                          node("Div", ["r", "n"], ["h"])],
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_STATISTICS))
+def test_division_by_what_is_no_statistic_of_the_dividend_is_refused(case):
+    with pytest.raises(RlrpError, match="Div by a tensor computed at run time is not supported"):
+        compile_model(head_model(NOT_STATISTICS[case], X_SHAPE, X_SHAPE, opset=13))
+
+
+def test_product_with_a_statistic_of_another_tensor_takes_half():
+    """relu(x)·mean(x): the mean is of x, not of the other operand, so the product takes the half rule."""
+    nodes = [node("Relu", ["x"], ["r"]), node("ReduceMean", ["x"], ["m"], axes=[1]), node("Mul", ["r", "m"], ["h"])]
+    model = head_model(nodes, X_SHAPE, X_SHAPE, opset=13)
+    x = sample() * 3 + 1
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=1, keepdims=True)
+
+    def reference(rho):  # half to each operand: through the relu's mask, and through the mean's adjoint
+        half = rho / 2
+        through_mean = (np.maximum(x64, 0) * half).sum(axis=1, keepdims=True) / X_SHAPE[0]
+        return x64 * ((x64 > 0) * mean * half + through_mean)
+
+    check(model, x, reference)
+
+
 def layer_norm_in_arithmetic(opset: int, affine: bool = True, axes=(-1,)):
     """torch's LayerNorm export below opset 17: ReduceMean, Sub, Pow 2, ReduceMean, Add ε, Sqrt, Div,
     then · γ and + β (the axes an attribute before opset 18, an input from 18)."""
@@ -538,6 +659,35 @@ def test_normalization_over_scattered_axes_is_recognised(form):
     epsilon = 1e-5 if form == "torch" else 1e-3
     _, compiled_model = check(model, x, lambda rho: x * SCALE_W * inverse_std(x, (1, 3), epsilon) * rho)
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+def layer_norm_with_std(std_axes=(3,), correction=5 / 4):
+    """(x − mean(x)) / (Sqrt(c·mean((x − mean(x))²)) + ε) · γ + β over the last axis (torch's ``x.std()``,
+    unbiased for c = n/(n − 1)), its two means two nodes, the mean of squares over ``std_axes``."""
+    return [node("ReduceMean", ["x"], ["m"], axes=[3]), node("Sub", ["x", "m"], ["d"]),
+            node("ReduceMean", ["x"], ["m2"], axes=[3]), node("Sub", ["x", "m2"], ["d2"]),
+            node("Mul", ["d2", "d2"], ["p"]), node("ReduceMean", ["p"], ["v"], axes=list(std_axes)),
+            const("c", correction), node("Mul", ["v", "c"], ["vc"]), node("Sqrt", ["vc"], ["s"]),
+            const("eps", 1e-6), node("Add", ["s", "eps"], ["se"]), node("Div", ["d", "se"], ["n"]),
+            node("Mul", ["n", "s_w"], ["g"]), node("Add", ["g", "b_w"], ["h"])]
+
+
+def test_layer_norm_with_the_standard_deviation_is_recognised():
+    """passes/layer_norm.py: one LayerNormalization, its σ = √(c·Var) + ε held constant."""
+    model = head_model(layer_norm_with_std(), X_SHAPE, X_SHAPE, initializers={"s_w": SCALE_W, "b_w": BIAS_W})
+    assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
+        ["LayerNormalization"]
+    x = sample() * 3 + 1
+    std = np.sqrt(5 / 4 * x.astype(np.float64).var(axis=3, keepdims=True)) + 1e-6
+    check(model, x, lambda rho: x * SCALE_W / std * rho)
+
+
+def test_standard_deviation_over_other_axes_than_the_mean_is_not_recognised():
+    """The mean of squares over axis 2, the mean over axis 3: no LayerNorm; the Sqrt is reported."""
+    model = head_model(layer_norm_with_std(std_axes=(2,)), X_SHAPE, X_SHAPE,
+                       initializers={"s_w": SCALE_W, "b_w": BIAS_W})
+    with pytest.raises(RlrpError, match="Sqrt: no relevance rule; part of a normalization written out"):
+        compile_model(model)
 
 
 def test_normalization_without_its_mean_subtracted_is_not_recognised():

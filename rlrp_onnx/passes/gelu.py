@@ -47,8 +47,11 @@ def keepdims_axes(node, rank: int) -> list[int] | None:
     """The axes a Reduce* node reduces while keeping them (an attribute, or a constant input from opset
     18), non-negative and sorted; [] when it names none; None when it drops them or its axes are
     computed at run time."""
-    if not node.attrs.get("keepdims", 1):
-        return None
+    return reduced_axes(node, rank) if node.attrs.get("keepdims", 1) else None
+
+
+def reduced_axes(node, rank: int) -> list[int] | None:
+    """The axes a Reduce* node names (kept or not), as ``keepdims_axes``."""
     axes = node.attrs.get("axes")
     if len(node.inputs) > 1 and node.inputs[1].name:
         axes = node.inputs[1].values.reshape(-1).tolist() if isinstance(node.inputs[1], gs.Constant) else None

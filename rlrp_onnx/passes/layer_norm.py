@@ -7,6 +7,10 @@ same axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAverageP
 then:
 
 * torch below opset 17, which has no LayerNormalization op: ``d / σ``, then optionally ``· γ`` and ``+ β``;
+* written with torch's standard deviation (tutorials, the Annotated Transformer): ``x.std()`` is
+  ``Sqrt(c·mean(d²))``, c = n/(n − 1) unless ``unbiased=False``, its mean of squares reduced without
+  keepdims and reshaped back by the dynamo exporter; then ``d / (std + ε)`` (or ``γ·d / (std + ε)``), the
+  means of d and of the std two nodes; planned with c in PLANNED_STD_SCALE (σ = √(c·Var) + ε);
 * Keras through tf2onnx (at every opset): ``inv = Reciprocal(σ)``, optionally ``· γ``, then
   ``x · inv + (−m · inv``, optionally ``+ β)``; its transpose optimizer may compute the last step on a
   transpose of x, with inv [· γ] and −m moved alike (by Transposes, or Reshapes that move axes of size 1),
@@ -30,34 +34,39 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..rules.normalization import PLANNED_AXES
-from .gelu import keepdims_axes, producer, scalar
+from ..rules.normalization import PLANNED_AXES, PLANNED_STD_SCALE
+from .gelu import keepdims_axes, producer, reduced_axes, scalar
 
 
 def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
     """Replace every matched decomposition by a LayerNormalization (RMSNormalization where the mean is
     not subtracted) node writing its last tensor."""
     for sqrt in [n for n in graph.nodes if n.op == "Sqrt"]:
-        statistics = _statistics(sqrt)
+        statistics, attrs = _statistics(sqrt), {}
         if statistics is None:
-            continue
-        x, mean, axes, epsilon, sub = statistics
-        if sub is None:
-            found = _rms_form(sqrt, x)
+            found = _std_form(sqrt)
+            if found is None:
+                continue
+            x, axes, epsilon, attrs[PLANNED_STD_SCALE], *found = found
+            sub = True
         else:
-            found = _torch_form(sqrt, x, mean, sub)
-            for like, perm in _layouts(x) if not found else []:
-                found = _keras_form(sqrt, x, like, perm, mean, sub)
-                if found:
-                    axes = sorted(perm.index(a) for a in axes)
-                    break
+            x, mean, axes, epsilon, sub = statistics
+            if sub is None:
+                found = _rms_form(sqrt, x)
+            else:
+                found = _torch_form(sqrt, x, mean, sub)
+                for like, perm in _layouts(x) if not found else []:
+                    found = _keras_form(sqrt, x, like, perm, mean, sub)
+                    if found:
+                        axes = sorted(perm.index(a) for a in axes)
+                        break
         if not found:
             continue
         scale, bias, last, x = found
         if scale is None:
             ones = [x.shape[a] if a in axes else 1 for a in range(axes[0], len(x.shape))]
             scale = gs.Constant(f"{sqrt.name}/ones", np.ones(ones, dtype=np.float32))
-        attrs = {"axis": axes[0], "epsilon": epsilon}
+        attrs.update({"axis": axes[0], "epsilon": epsilon})
         if axes != list(range(axes[0], len(x.shape))):
             attrs[PLANNED_AXES] = axes
         out = last.outputs[0]
@@ -152,6 +161,79 @@ def _statistics(sqrt):
             or not all(isinstance(x.shape[a], int) for a in axes):
         return None
     return x, mean, axes, epsilon[0], sub
+
+
+def _std_form(sqrt):
+    """(x, axes, ε, c, γ, β, last node, x) for ``(x − mean(x)) / (Sqrt(c·mean((x − mean(x))²)) + ε)``, the
+    numerator optionally ``γ · (x − mean(x))``, then optionally ``· γ`` and ``+ β``: LayerNorm written with
+    torch's ``x.std(axes, keepdim=True)`` (c = n/(n − 1), or 1 with ``unbiased=False``), whose two means may
+    be two nodes, and whose mean of squares the dynamo exporter reduces without keepdims and reshapes
+    back."""
+    readers = sqrt.outputs[0].outputs
+    add = readers[0] if len(readers) == 1 and readers[0].op == "Add" else None
+    epsilon = [scalar(t) for t in add.inputs if t is not sqrt.outputs[0]] if add is not None else []
+    if len(epsilon) != 1 or epsilon[0] is None or epsilon[0] < 0 or sqrt.outputs[0].shape is None:
+        return None
+    found = _scaled_mean_of_squares(sqrt.inputs[0])
+    if found is None:
+        return None
+    variance, c, centred = found
+    x, rank = centred.inputs[0], len(centred.inputs[0].shape or [])
+    axes = _mean_axes(producer(centred.inputs[1]), rank)
+    kept = [1 if a in (axes or []) else d for a, d in enumerate(x.shape or [])]
+    if not axes or reduced_axes(variance, rank) != axes or list(sqrt.outputs[0].shape)[1:] != kept[1:] \
+            or not all(isinstance(x.shape[a], int) for a in axes):
+        return None
+    div = add.outputs[0].outputs
+    if len(div) != 1 or div[0].op != "Div" or div[0].inputs[1] is not add.outputs[0]:
+        return None
+    numerator, scale = producer(div[0].inputs[0]), None
+    if numerator is not None and numerator.op == "Mul" and len(numerator.outputs[0].outputs) == 1:
+        constants = [t for t in numerator.inputs if isinstance(t, gs.Constant)]
+        data = [t for t in numerator.inputs if not isinstance(t, gs.Constant)]
+        if len(constants) == 1 and len(data) == 1 and _broadcasts_within(constants[0], x):
+            scale, numerator = constants[0], producer(data[0])
+    if not _centred(numerator, x, axes):
+        return None
+    if scale is None:
+        scale, last = _by_constant(div[0], "Mul", x)
+    else:
+        last = div[0]
+    bias, last = _by_constant(last, "Add", x)
+    return x, axes, epsilon[0], c, scale, bias, last, x
+
+
+def _scaled_mean_of_squares(tensor):
+    """(the ReduceMean node, c, the Sub node d) when ``tensor`` is c·mean(d²), c a positive product of
+    constant factors and divisors, reshaped or expanded back to keepdims on the way."""
+    node, c = producer(tensor), 1.0
+    while node is not None and node.op in ("Reshape", "Expand", "Unsqueeze"):
+        node = producer(node.inputs[0])
+    while node is not None and node.op in ("Mul", "Div"):
+        factor = scalar(node.inputs[1])
+        if factor is None or factor <= 0 or (node.op == "Mul" and scalar(node.inputs[0]) is not None):
+            return None
+        c = c * factor if node.op == "Mul" else c / factor
+        node = producer(node.inputs[0])
+    if node is None or node.op != "ReduceMean":
+        return None
+    square = producer(node.inputs[0])
+    if square is None or not ((square.op == "Pow" and scalar(square.inputs[1]) == 2.0)
+                              or (square.op == "Mul" and square.inputs[0] is square.inputs[1])):
+        return None
+    centred = producer(square.inputs[0])
+    if centred is None or centred.op != "Sub" or not _centred(centred, centred.inputs[0], None):
+        return None
+    return node, c, centred
+
+
+def _centred(node, x, axes) -> bool:
+    """Whether ``node`` computes x − mean(x) with keepdims (over ``axes`` unless None)."""
+    if node is None or node.op != "Sub" or node.inputs[0] is not x or x.shape is None:
+        return False
+    mean = producer(node.inputs[1])
+    found = _mean_axes(mean, len(x.shape))
+    return mean is not None and mean.inputs[0] is x and found is not None and (axes is None or found == axes)
 
 
 def _torch_form(sqrt, x, mean, sub):
@@ -312,12 +394,15 @@ def _by_constant(node, op: str, x):
     if len(users) != 1 or users[0].op != op or len(users[0].inputs) != 2:
         return None, node
     constants = [t for t in users[0].inputs if isinstance(t, gs.Constant)]
-    if len(constants) != 1:
-        return None, node
-    shape = constants[0].values.shape
-    if len(shape) > len(x.shape) or any(c not in (1, d) for c, d in zip(shape[::-1], x.shape[::-1])):
+    if len(constants) != 1 or not _broadcasts_within(constants[0], x):
         return None, node
     return constants[0], users[0]
+
+
+def _broadcasts_within(constant, x) -> bool:
+    """Whether ``constant`` broadcasts against x without growing it."""
+    shape = constant.values.shape
+    return len(shape) <= len(x.shape) and all(c in (1, d) for c, d in zip(shape[::-1], x.shape[::-1]))
 
 
 def _mean_axes(node, rank: int) -> list[int] | None:

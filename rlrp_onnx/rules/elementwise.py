@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import LINEAR, rule
+from .statistics import is_statistic_of
 
 GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose",  # move values, change none
@@ -77,7 +78,7 @@ def _gate_sources(ctx, node) -> list[int]:
 
 def _softmax_check(ctx, node):
     """A Softmax that only gates products is held constant there and never reaches the relevance path
-    (plan._relevance_path, ``held_gate``); one on the path is read otherwise: refused."""
+    (plan._relevance_path, ``held_operand``); one on the path is read otherwise: refused."""
     return ("Softmax inside the network is supported only as a gate (its output multiplies a data tensor, "
             "by Mul, MatMul or Einsum)")
 
@@ -96,8 +97,9 @@ def neg(ctx, node, rho):
 
 @rule("Mul", kind=LINEAR)
 def mul(ctx, node, rho):
-    """By a constant: rho_x = c·rho_y. Two data tensors (``product``): a gate is held constant
-    (rho_u = v·rho_y, rho_v = 0), otherwise each operand takes half (rho_u = v·rho_y/2, rho_v = u·rho_y/2)."""
+    """By a constant: rho_x = c·rho_y. Two data tensors (``product``): a gate, or a statistic of the other
+    operand, is held constant (rho_u = v·rho_y, rho_v = 0), otherwise each operand takes half
+    (rho_u = v·rho_y/2, rho_v = u·rho_y/2)."""
     emit, y = ctx.emit, node.outputs[0]
     data = [ctx.is_data(t) for t in node.inputs]
 
@@ -109,12 +111,17 @@ def mul(ctx, node, rho):
     return product(ctx, node, rho[0], adjoint)
 
 
-def held_gate(ctx, node) -> int | None:
-    """The operand index of a product of two data tensors (PRODUCTS) held constant as a gate, which no
-    relevance reaches (with two gates, operand 1), or None."""
-    if node.op not in PRODUCTS or len(node.inputs) != 2 or not all(ctx.is_data(t) for t in node.inputs):
+def held_operand(ctx, node) -> int | None:
+    """The operand index of a product of two data tensors (PRODUCTS) held constant as a gate, or of a Mul
+    or Div as a statistic of the other operand (``statistics``), which no relevance reaches (with two
+    gates, operand 1), or None."""
+    if node.op not in {*PRODUCTS, "Div"} or len(node.inputs) != 2 \
+            or not all(ctx.is_data(t) for t in node.inputs):
         return None
-    gates = [_is_gate(ctx, t) for t in node.inputs]
+    if node.op == "Div":
+        return 1 if is_statistic_of(ctx, node.inputs[1], node.inputs[0]) else None
+    gates = [_is_gate(ctx, t) or node.op == "Mul" and is_statistic_of(ctx, t, node.inputs[1 - i])
+             for i, t in enumerate(node.inputs)]
     if not any(gates):
         return None
     return 1 - (gates.index(False) if not all(gates) else 0)
@@ -124,22 +131,27 @@ def product(ctx, node, rho, adjoint) -> dict:
     """Relative relevance of both data operands of a product y = u ∘ v (PRODUCTS), ``adjoint(i, r)``
     being the adjoint in operand i with the other held: a gate is held constant and the other operand
     takes all (rho_u = adjoint(0, rho_y), rho_v = 0); otherwise each operand takes half."""
-    gate = held_gate(ctx, node)
-    if gate is not None:
-        return {1 - gate: adjoint(1 - gate, rho)}
+    held = held_operand(ctx, node)
+    if held is not None:
+        return {1 - held: adjoint(1 - held, rho)}
     half = ctx.emit.mul(rho, ctx.emit.const(0.5))
     return {i: adjoint(i, half) for i in (0, 1)}
 
 
 def _div_check(ctx, node):
-    if ctx.constant(node.inputs[1]) is None:
-        return "Div by a tensor computed at run time is not supported"
+    if ctx.constant(node.inputs[1]) is None and held_operand(ctx, node) is None:
+        return ("Div by a tensor computed at run time is not supported (except by a statistic of the "
+                "dividend: a norm or mean of it over non-batch axes)")
     return None
 
 
 @rule("Div", check=_div_check, kind=LINEAR)
 def div(ctx, node, rho):
-    """x / c: rho_x = rho_y·(1/c), the reciprocal taken at compile time (no Div in the relevance pass)."""
+    """x / c: rho_x = rho_y·(1/c), the reciprocal taken at compile time (no Div in the relevance pass).
+    x / s for a statistic s of x, held constant (``statistics``): rho_x = rho_y / s."""
+    if ctx.constant(node.inputs[1]) is None:
+        return {0: ctx.unbroadcast(ctx.emit.op("Div", [rho[0], node.inputs[1]]), node.inputs[0],
+                                   ctx.shape(node.outputs[0]))}
     divisor = ctx.constant(node.inputs[1])
     inverse = (1.0 / divisor.astype(np.float64)).astype(divisor.dtype)
     scaled = ctx.emit.mul(rho[0], ctx.emit.const(inverse, divisor.dtype))

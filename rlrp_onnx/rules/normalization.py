@@ -10,9 +10,11 @@ from .registry import NORMALIZATION, rule
 
 # The normalized axes of a LayerNormalization planned by passes/layer_norm.py over axes other than the last
 # ones (ConvNeXt's channels_first LayerNorm: axis 1 of N, C, H, W; a group norm's axes but the groups');
-# the planned node is never run. Likewise the ε of an L2 normalization planned by passes/l2_norm.py.
+# the planned node is never run. Likewise the ε of an L2 normalization planned by passes/l2_norm.py, and
+# the factor c of a LayerNorm written with the standard deviation, σ = √(c·Var) + ε (torch's x.std() + ε).
 PLANNED_AXES = "rlrp_axes"
 PLANNED_EPSILON = "rlrp_epsilon"
+PLANNED_STD_SCALE = "rlrp_std_scale"
 
 
 def _mean(ctx, tensor, axes, shape):
@@ -20,13 +22,16 @@ def _mean(ctx, tensor, axes, shape):
     return ctx.emit.mul(ctx.emit.reduce_sum(tensor, axes, keepdims=True), ctx.emit.const(1.0 / count))
 
 
-def inverse_std(ctx, x, axes, epsilon, centred: bool = True):
+def inverse_std(ctx, x, axes, epsilon, centred: bool = True, std_scale: float | None = None):
     """(Var[x over axes] + ε)^(−1/2), keepdims, as the forward computes it; not ``centred``, the inverse
-    root mean square (mean(x²) + ε)^(−1/2)."""
+    root mean square (mean(x²) + ε)^(−1/2); with ``std_scale`` c, (√(c·Var[x]) + ε)^(−1)."""
     emit, shape = ctx.emit, ctx.shape(x)
     if centred:
         x = emit.op("Sub", [x, _mean(ctx, x, axes, shape)])
     variance = _mean(ctx, emit.mul(x, x), axes, shape)
+    if std_scale is not None:
+        std = emit.op("Sqrt", [emit.mul(variance, emit.const(std_scale))])
+        return emit.op("Pow", [emit.op("Add", [std, emit.const(epsilon)]), emit.const(-1.0)])
     return emit.op("Pow", [emit.op("Add", [variance, emit.const(epsilon)]), emit.const(-0.5)])
 
 
@@ -51,14 +56,16 @@ def _norm_check(ctx, node):
 
 @rule("InstanceNormalization", "LayerNormalization", "RMSNormalization", check=_norm_check, kind=NORMALIZATION)
 def normalization(ctx, node, rho):
-    """y = scale·(x − μ)/σ + B with μ, σ held constant: rho_x = rho_y·scale/σ (μ and B are bias shares);
+    """y = scale·(x − μ)/σ + B with μ, σ held constant: rho_x = rho_y·scale/σ (μ and B are bias shares;
+    σ = √(Var + ε), or, planned from a LayerNorm written with the standard deviation, √(c·Var) + ε);
     RMSNormalization: y = scale·x/rms(x), rms held constant, rho_x = rho_y·scale/rms."""
     emit, x = ctx.emit, node.inputs[0]
     scale = node.inputs[1]
     if node.op == "InstanceNormalization":  # scale [C] against x [N, C, ...]
         scale = emit.op("Reshape", [scale, emit.ints([-1] + [1] * (len(ctx.shape(x)) - 2))])
     epsilon = float(node.attrs.get("epsilon", 1e-5))
-    inverse = inverse_std(ctx, x, _norm_axes(ctx, node), epsilon, centred=node.op != "RMSNormalization")
+    inverse = inverse_std(ctx, x, _norm_axes(ctx, node), epsilon, centred=node.op != "RMSNormalization",
+                          std_scale=node.attrs.get(PLANNED_STD_SCALE))
     factor = emit.mul(scale, inverse)
     return {0: emit.mul(rho[0], factor)}
 

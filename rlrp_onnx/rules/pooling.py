@@ -10,6 +10,7 @@ from ..ir import NO_CUDA_MAX_POOL
 from .geometry import Window
 from .linear import ones_kernel, window_adjoint
 from .registry import LINEAR, rule
+from .statistics import reduce_axes
 
 SCATTER_ADDS = 16  # the opset from which ScatterElements can sum (reduction="add")
 
@@ -55,28 +56,10 @@ def global_average_pool(ctx, node, rho):
     return {0: ctx.emit.spread(rho[0], x, 1.0 / float(np.prod(ctx.spatial(x))))}
 
 
-def _reduce_axes(ctx, node):
-    """The reduced axes (non-negative) of a Reduce* node (a global pool: the spatial axes), or None if not
-    constant."""
-    rank = len(ctx.shape(node.inputs[0]))
-    if node.op == "GlobalMaxPool":
-        return list(range(2, rank))
-    if len(node.inputs) > 1 and node.inputs[1].name:
-        axes = ctx.constant(node.inputs[1])
-        if axes is None:
-            return None
-        axes = axes.tolist()
-    else:
-        axes = node.attrs.get("axes")
-    if not axes:
-        axes = [] if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
-    return sorted(a % rank for a in axes)
-
-
 def _reduce_check(ctx, node):
-    if _reduce_axes(ctx, node) is None:
+    if reduce_axes(ctx, node) is None:
         return f"{node.op} over axes computed at run time is not supported"
-    if any(not isinstance(ctx.shape(node.inputs[0])[a], int) for a in _reduce_axes(ctx, node)):
+    if any(not isinstance(ctx.shape(node.inputs[0])[a], int) for a in reduce_axes(ctx, node)):
         return f"{node.op} over a dynamic axis is not supported"
     return None
 
@@ -85,7 +68,7 @@ def _reduce_check(ctx, node):
 def reduce(ctx, node, rho):
     """rho_x = rho_y broadcast back over the reduced axes (divided by their size for the mean)."""
     emit, x = ctx.emit, node.inputs[0]
-    axes = _reduce_axes(ctx, node)
+    axes = reduce_axes(ctx, node)
     r = rho[0]
     if axes and not node.attrs.get("keepdims", 1):
         r = emit.unsqueeze(r, axes)
@@ -99,7 +82,7 @@ def reduce_max(ctx, node, rho):
     its window's first maximum): ArgMax over those axes moved last and flattened, taken as a one-hot mask
     in x's layout, times rho_y broadcast back over them."""
     emit, x = ctx.emit, node.inputs[0]
-    shape, axes = ctx.shape(x), _reduce_axes(ctx, node)
+    shape, axes = ctx.shape(x), reduce_axes(ctx, node)
     kept = [a for a in range(len(shape)) if a not in axes]
     order, sizes = kept + axes, [int(shape[a]) for a in axes]
     moved = emit.op("Transpose", [x], {"perm": order}) if order != sorted(order) else x
