@@ -335,3 +335,33 @@ def test_an_expand_to_a_size_inference_makes_up_anew_each_time(tmp_path):
     model, x = LateClassToken().eval(), family_input("senet_like", batch=2, seed=7)[:, :, :16, :16]
     path = export_onnx(model, x, tmp_path / "late_class_token.onnx", "torchscript", opset=13)
     check_against_oracle(compile_model(path), path, model, x, targets=[3, -1])
+
+
+class FlattenedTokenNorm(nn.Module):
+    """LeViT's Linear + BatchNorm1d over the tokens flattened into the batch (``flatten(0, 1)``), reshaped
+    back by sizes read at run time (``reshape(N, tokens, -1)``), then split per head along the last axis."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.linear, self.norm = nn.Conv2d(3, 8, 4, 4), nn.Linear(8, 24, bias=False), nn.BatchNorm1d(24)
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.norm.running_mean.normal_()
+            self.norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        y = self.norm(self.linear(x).flatten(0, 1)).reshape(x.shape[0], x.shape[1], -1)
+        q, k = y.view(x.shape[0], x.shape[1], 2, -1).split([4, 8], dim=3)
+        return self.fc((torch.relu(q).sum(-1) + k.sum(-1)).mean(-1))
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_a_reshape_back_from_the_batch_times_the_tokens(tmp_path, fold):
+    """TorchScript writes ``flatten(0, 1)`` as a Flatten whose first size inference names ``unk__0``
+    (N·16); the reshape back by N was not pinned, and the Split per head was refused as along a dynamic
+    axis. The size is worked out from the Flatten."""
+    model, x = FlattenedTokenNorm().eval(), family_input("senet_like", batch=3, seed=7)[:, :, :16, :16]
+    path = export_onnx(model, x, tmp_path / "flattened.onnx", "torchscript", fold)
+    check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9])

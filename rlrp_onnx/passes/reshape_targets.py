@@ -5,8 +5,9 @@ and later; below that the reshaped tensor has no shape and the relevance path ca
 planning graph only (the compiled model keeps the source's Reshape), a target whose value is known up
 to one symbolic size, or a whole multiple of one (``N·heads``, as Keras' attention and dense layers on
 N-D inputs compute it with ReduceProd), is rewritten as a constant with 0 (copy) or -1 in that size's
-place: for any input the source Reshape accepts, both give the same shape. Slice ends computed from
-sizes are pinned alike.
+place: for any input the source Reshape accepts, both give the same shape. A size of the reshaped
+tensor that shape inference made up (``unk__0`` for N·16 after ``flatten(0, 1)``) is worked out from the
+Flatten or constant Reshape that made it (``_sizes``). Slice ends computed from sizes are pinned alike.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def pin_reshape_targets(graph: gs.Graph) -> int:
     (shape inference then may know more shapes, and so more targets)."""
     pinned = 0
     for node, value in _computed_shapes(graph, "Reshape"):
-        target = _constant_target(list(value), node.inputs[0].shape)
+        target = _constant_target(list(value), _sizes(node.inputs[0]))
         if target is not None:
             node.inputs[1] = gs.Constant(f"{node.outputs[0].name}_target", np.array(target, np.int64))
             pinned += 1
@@ -179,6 +180,57 @@ def _value(tensor) -> np.ndarray | None:
     return None
 
 
+MADE_UP = "unk__"  # how ONNX shape inference names a size it cannot follow (N·16 after a Flatten)
+
+
+def _sizes(tensor, depth: int = 0) -> list | None:
+    """``tensor``'s shape with each size that shape inference made up worked out where it can be, from a
+    Flatten or a Reshape to a constant target (``x.flatten(0, 1)``: [N·16, C]; reshaped back by
+    ``reshape(N, 16, -1)``), through ops that keep their input's shape; else the shape as inferred."""
+    shape = tensor.shape
+    if not _known(shape) or not any(isinstance(d, str) and d.startswith(MADE_UP) for d in shape) or depth > 64:
+        return shape
+    node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if node is None:
+        return shape
+    data = _sizes(node.inputs[0], depth + 1)
+    if not _known(data):
+        return shape
+    if node.op == "Flatten":
+        axis = node.attrs.get("axis", 1) % max(len(data), 1)
+        sizes = [_product(data[:axis]), _product(data[axis:])]
+    elif node.op == "Reshape" and isinstance(node.inputs[1], gs.Constant) and not node.attrs.get("allowzero", 0):
+        sizes = _reshaped(data, node.inputs[1].values.reshape(-1).tolist())
+    elif node.outputs[0].shape == node.inputs[0].shape:  # elementwise: same names, same sizes
+        return data
+    else:
+        return shape
+    return sizes if sizes is not None and None not in sizes and len(sizes) == len(shape) else shape
+
+
+def _reshaped(data: list, target: list) -> list | None:
+    """The sizes Reshape gives ``data`` (numbers, names, Multiples) for a constant ``target``, or None."""
+    sizes = [data[i] if size == 0 and i < len(data) else size for i, size in enumerate(target)]
+    if -1 not in sizes:
+        return sizes
+    total, rest = _product(data), _product([size for size in sizes if size != -1])
+    if total is None or rest is None:
+        return None
+    (name, factor), (rest_name, rest_factor) = _split(total), _split(rest)
+    if rest_name not in (None, name) or factor % rest_factor:
+        return None
+    left = factor // rest_factor
+    size = left if rest_name == name or name is None else (name if left == 1 else Multiple(name, left))
+    return [size if s == -1 else s for s in sizes]
+
+
+def _split(size) -> tuple[str | None, int]:
+    """(symbolic name or None, whole factor) of a size."""
+    if isinstance(size, Multiple):
+        return size.name, size.factor
+    return (size, 1) if _symbolic(size) else (None, int(size))
+
+
 def _product(sizes):
     """The product of sizes (numbers, names, Multiples), or None where symbolic sizes multiply."""
     product = 1
@@ -242,8 +294,8 @@ def _constant_target(target: list, data_shape) -> list[int] | None:
     known = [int(size) for size in target if not _symbolic(size) and size != -1] + \
         [size.factor for size in symbols if isinstance(size, Multiple)]
     if -1 in target:
-        data_symbols = [d for d in data_shape if isinstance(d, str)]
-        total = math.prod(int(d) for d in data_shape if not isinstance(d, str))
+        data_symbols = [_split(d)[0] for d in data_shape if _symbolic(d)]
+        total = math.prod(_split(d)[1] for d in data_shape)
         names = [size.name if isinstance(size, Multiple) else size for size in symbols]
         if Counter(names) != Counter(data_symbols) or total % max(math.prod(known), 1):
             return None
