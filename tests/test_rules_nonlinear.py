@@ -497,6 +497,14 @@ NOT_STATISTICS = {  # the divisor is no statistic of the dividend: refused, as a
                          node("Div", ["x", "s"], ["h"])],
     "of_another_tensor": [node("Relu", ["x"], ["r"]), node("ReduceL2", ["x"], ["n"], axes=[1]),
                           node("Div", ["r", "n"], ["h"])],
+    "over_the_batch_moved_by_a_transpose": [  # the samples mixed: each one's explanation its batch's
+        node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("ReduceL2", ["t"], ["n"], axes=[1]),
+        node("Transpose", ["n"], ["nt"], perm=[1, 0, 2, 3]), const("eps", 1e-6), node("Add", ["nt", "eps"], ["s"]),
+        node("Div", ["x", "s"], ["h"])],
+    "over_the_batch_moved_by_a_reshape": [
+        vector("row", [1, -1]), node("Reshape", ["x", "row"], ["r"]), node("ReduceL2", ["r"], ["n"], axes=[1]),
+        vector("one", [1, 1, 1, 1]), node("Reshape", ["n", "one"], ["n4"]), const("eps", 1e-6),
+        node("Add", ["n4", "eps"], ["s"]), node("Div", ["x", "s"], ["h"])],
 }
 
 
@@ -504,6 +512,21 @@ NOT_STATISTICS = {  # the divisor is no statistic of the dividend: refused, as a
 def test_division_by_what_is_no_statistic_of_the_dividend_is_refused(case):
     with pytest.raises(RlrpError, match="Div by a tensor computed at run time is not supported"):
         compile_model(head_model(NOT_STATISTICS[case], X_SHAPE, X_SHAPE, opset=13))
+
+
+@pytest.mark.parametrize("order", ["gate_first", "statistic_first"])
+def test_statistic_of_a_gate_is_held_in_either_order(order):
+    """u·s with u = sigmoid(x) a gate and s = mean(u) a statistic of it: s is held, u takes all the
+    relevance (then Sigmoid's identity rule). With s first, the gate was held instead (operand 1 of two
+    held operands) and relevance went through s: 1.4 away."""
+    product = ["s", "u"] if order == "statistic_first" else ["u", "s"]
+    nodes = [node("Sigmoid", ["x"], ["u"]), node("ReduceMean", ["u"], ["s"], axes=[2, 3]),
+             node("Mul", product, ["h"])]
+    model = head_model(nodes, X_SHAPE, X_SHAPE, opset=13)
+    x = sample()
+    statistic = sigmoid(x.astype(np.float64)).mean(axis=(2, 3), keepdims=True)
+    through_sigmoid = identity_reference(x, IDENTITY["Sigmoid"][2], IDENTITY["Sigmoid"][3])
+    check(model, x, lambda rho: through_sigmoid(statistic * rho))
 
 
 def test_product_with_a_statistic_of_another_tensor_takes_half():

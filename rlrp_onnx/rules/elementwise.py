@@ -120,8 +120,11 @@ def held_operand(ctx, node) -> int | None:
         return None
     if node.op == "Div":
         return 1 if is_statistic_of(ctx, node.inputs[1], node.inputs[0]) else None
-    gates = [_is_gate(ctx, t) or node.op == "Mul" and is_statistic_of(ctx, t, node.inputs[1 - i])
-             for i, t in enumerate(node.inputs)]
+    if node.op == "Mul":  # a statistic of the other operand first: of a gate, the gate takes relevance
+        statistics = [is_statistic_of(ctx, t, node.inputs[1 - i]) for i, t in enumerate(node.inputs)]
+        if any(statistics):
+            return statistics.index(True)
+    gates = [_is_gate(ctx, t) for t in node.inputs]
     if not any(gates):
         return None
     return 1 - (gates.index(False) if not all(gates) else 0)

@@ -47,8 +47,21 @@ def is_statistic_of(ctx, s, u) -> bool:
                 axes = reduce_axes(ctx, node)
                 ok = axes is not None and axes != [] and 0 not in axes
                 seen[key] = ok and all(computed(i, True) for i in node.inputs[:1])
-            elif node is not None and node.op in ARITHMETIC:
+            elif node is not None and node.op in ARITHMETIC and _keeps_batch_axis(ctx, node):
                 seen[key] = all(computed(i, reduced) for i in node.inputs if i.name)
         return seen[key]
 
     return s is not u and computed(s, False)
+
+
+def _keeps_batch_axis(ctx, node) -> bool:
+    """Whether ``node`` keeps each sample's values at the same place on axis 0 (a Transpose, Reshape or
+    Flatten could move the batch axis elsewhere, and a reduction past it would mix the samples)."""
+    if node.op == "Transpose":
+        return list(node.attrs.get("perm", [1]))[:1] == [0]
+    if node.op == "Flatten":
+        return node.attrs.get("axis", 1) != 0
+    if node.op in ("Reshape", "Squeeze", "Unsqueeze"):
+        before, after = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+        return bool(before) and bool(after) and before[0] == after[0]
+    return True
