@@ -191,6 +191,35 @@ def test_float16_maxout_routes_like_its_float32_twin(tmp_path, exporter):
     assert np.all(errors < 1e-2), errors
 
 
+class WrittenOutNet(torch.nn.Module):
+    """Conv → ``nn.Softsign`` → tokens → a LayerNorm written with torch's std (``StdLayerNorm``) → Linear:
+    in float16 the dynamo exporter computes |x| and the variance on float32 copies (Casts)."""
+
+    def __init__(self):
+        super().__init__()
+        from test_families import StdLayerNorm
+
+        self.conv, self.act = torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Softsign()
+        self.norm, self.head = StdLayerNorm(8), torch.nn.Linear(8, 10)
+        init_deterministic(self, 0)
+
+    def forward(self, x):
+        return self.head(self.norm(self.act(self.conv(x)).flatten(2).transpose(1, 2)).mean(1))
+
+
+def test_float16_written_out_forms_through_casts(tmp_path):
+    """The dynamo exporter's float32 copies are Casts the float32 twin keeps as float32 to float32; they
+    hid Softsign and the LayerNorm from their recognisers (both refused). Against the float32 twin."""
+    model, x = WrittenOutNet().eval(), example(3, seed=4)
+    half = export_half(model, x, tmp_path / "half.onnx", "dynamo")
+    assert "Cast" in {n.op_type for n in onnx.load(str(half)).graph.node}
+    twin = export_onnx(copy.deepcopy(model).half().float(), x, tmp_path / "twin.onnx", "dynamo", fold_batchnorm=False)
+    out = run(compile_model(half), {"image": x})
+    expected = run(compile_model(twin), {"image": x.astype(np.float32)})
+    errors = relative_l2_error(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT])
+    assert np.all(errors < 1e-2), errors
+
+
 def test_twin_widens_every_float16_declaration():
     """passes/float16.py on a hand-built graph: initializers, declarations, Constant values, Cast targets
     and an If's branches become float32; names and everything else stay."""

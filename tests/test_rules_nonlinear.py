@@ -705,6 +705,21 @@ def test_layer_norm_with_the_standard_deviation_is_recognised():
     check(model, x, lambda rho: x * SCALE_W / std * rho)
 
 
+def test_layer_norm_times_rsqrt_of_its_own_variance_is_recognised():
+    """(x − mean)·rsqrt(x.var() + ε)·γ + β, the variance with a mean of its own (torch writes x.var()
+    apart from the centred x): one LayerNormalization, the statistics held."""
+    nodes = [node("ReduceMean", ["x"], ["m"], axes=[3]), node("Sub", ["x", "m"], ["d"]),
+             node("ReduceMean", ["x"], ["m2"], axes=[3]), node("Sub", ["x", "m2"], ["d2"]),
+             node("Mul", ["d2", "d2"], ["p"]), node("ReduceMean", ["p"], ["v"], axes=[3]), const("eps", 1e-5),
+             node("Add", ["v", "eps"], ["ve"]), node("Sqrt", ["ve"], ["s"]), node("Reciprocal", ["s"], ["inv"]),
+             node("Mul", ["d", "inv"], ["n"]), node("Mul", ["n", "s_w"], ["g"]), node("Add", ["g", "b_w"], ["h"])]
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers={"s_w": SCALE_W, "b_w": BIAS_W})
+    assert [n.op for n in canonicalize(model, "m").nodes if n.op not in ("Flatten", "Gemm")] == \
+        ["LayerNormalization"]
+    x = sample() * 3 + 1
+    check(model, x, lambda rho: x * SCALE_W * inverse_std(x, (3,), 1e-5) * rho)
+
+
 def test_standard_deviation_over_other_axes_than_the_mean_is_not_recognised():
     """The mean of squares over axis 2, the mean over axis 3: no LayerNorm; the Sqrt is reported."""
     model = head_model(layer_norm_with_std(std_axes=(2,)), X_SHAPE, X_SHAPE,

@@ -11,7 +11,7 @@ from .castlike import castlike_to_cast
 from .fold import fold_constants, infer_shapes
 from .gelu import recognise_gelu
 from .hard_sigmoid import recognise_hard_sigmoid
-from .identity_reshapes import drop_identity_reshapes
+from .identities import drop_identities
 from .l2_norm import recognise_l2_norm
 from .layer_norm import recognise_group_norm, recognise_layer_norm
 from .mish import recognise_mish
@@ -29,9 +29,9 @@ UPGRADE_OPSET = 13  # the opset the refusal of older files suggests converting t
 def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Graph:
     """Pin input shapes, infer shapes, simplify and fold constants, infer again (and again after making
     Reshape targets computed from the batch size constants, or after folding sizes the last inference
-    found), recognise decomposed activations (GELU, Mish, Softsign, hard sigmoid, HardSwish), LayerNorms
-    (past shape-keeping Reshapes, dropped), GroupNorms and L2 normalizations, and fold zero Pads into the
-    Convs they feed; the source is not modified."""
+    found), drop shape-keeping Reshapes and type-keeping Casts, recognise decomposed activations (GELU,
+    Mish, Softsign, hard sigmoid, HardSwish), LayerNorms, GroupNorms and L2 normalizations, and fold zero
+    Pads into the Convs they feed; the source is not modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}, or "
@@ -51,8 +51,8 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
         targets = pin_reshape_targets(graph) + pin_slice_ends(graph)
         if not targets + pin_expand_shapes(graph) and len(fold_constants(graph).nodes) == nodes:
             break
-    for simplify in (recognise_gelu, recognise_mish, recognise_softsign, recognise_hard_sigmoid,
-                     drop_identity_reshapes, recognise_layer_norm, recognise_group_norm, recognise_l2_norm,
+    for simplify in (drop_identities, recognise_gelu, recognise_mish, recognise_softsign,
+                     recognise_hard_sigmoid, recognise_layer_norm, recognise_group_norm, recognise_l2_norm,
                      pad_into_conv):  # planned only, never run
         graph = simplify(graph)
     return unique_node_names(graph)

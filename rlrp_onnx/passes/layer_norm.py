@@ -2,15 +2,16 @@
 InstanceNormalization, and replace each, in the canonical graph only, by one ``LayerNormalization``,
 ``RMSNormalization`` or ``GroupNormalization`` node, whose rule holds the statistics constant.
 
-LayerNorm's statistics are ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(mean(d²) + ε)`` (means over the
-same axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as Pow 2 or d·d),
-then:
+LayerNorm's statistics are ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(c·mean(d²) + ε)`` (means over the
+same axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as Pow 2 or d·d;
+c = n/(n − 1) for torch's unbiased ``x.var()``, else 1, its factors also computed from static sizes; the
+mean of squares possibly reduced without keepdims and reshaped back, as the dynamo exporter writes
+``x.var()``), or ``σ = Sqrt(c·mean(d²)) + ε`` (torch's ``x.std() + ε``: planned with c in
+PLANNED_STD_SCALE; an ε inside the root is planned as ε/c with γ/√c), then:
 
-* torch below opset 17, which has no LayerNormalization op: ``d / σ``, then optionally ``· γ`` and ``+ β``;
-* written with torch's standard deviation (tutorials, the Annotated Transformer): ``x.std()`` is
-  ``Sqrt(c·mean(d²))``, c = n/(n − 1) unless ``unbiased=False``, its mean of squares reduced without
-  keepdims and reshaped back by the dynamo exporter; then ``d / (std + ε)`` (or ``γ·d / (std + ε)``), the
-  means of d and of the std two nodes; planned with c in PLANNED_STD_SCALE (σ = √(c·Var) + ε);
+* torch below opset 17, which has no LayerNormalization op, and code written with torch's ``std`` or
+  ``var`` (tutorials, the Annotated Transformer): ``d / σ``, or ``d' / σ`` and ``γ·d' / σ`` with d' x
+  centred by a mean of its own, then optionally ``· γ`` and ``+ β``;
 * Keras through tf2onnx (at every opset): ``inv = Reciprocal(σ)``, optionally ``· γ``, then
   ``x · inv + (−m · inv``, optionally ``+ β)``; its transpose optimizer may compute the last step on a
   transpose of x, with inv [· γ] and −m moved alike (by Transposes, or Reshapes that move axes of size 1),
@@ -36,37 +37,38 @@ import onnx_graphsurgeon as gs
 
 from ..rules.normalization import PLANNED_AXES, PLANNED_STD_SCALE
 from .gelu import keepdims_axes, producer, reduced_axes, scalar
+from .reshape_targets import static_number
 
 
 def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
     """Replace every matched decomposition by a LayerNormalization (RMSNormalization where the mean is
     not subtracted) node writing its last tensor."""
     for sqrt in [n for n in graph.nodes if n.op == "Sqrt"]:
-        statistics, attrs = _statistics(sqrt), {}
+        statistics = _statistics(sqrt)
         if statistics is None:
-            found = _std_form(sqrt)
-            if found is None:
-                continue
-            x, axes, epsilon, attrs[PLANNED_STD_SCALE], *found = found
-            sub = True
+            continue
+        x, mean, axes, epsilon, sub, c, sigma, outside = statistics
+        if sub is None:
+            found = _rms_form(sigma, x)
         else:
-            x, mean, axes, epsilon, sub = statistics
-            if sub is None:
-                found = _rms_form(sqrt, x)
-            else:
-                found = _torch_form(sqrt, x, mean, sub)
-                for like, perm in _layouts(x) if not found else []:
-                    found = _keras_form(sqrt, x, like, perm, mean, sub)
-                    if found:
-                        axes = sorted(perm.index(a) for a in axes)
-                        break
+            found = _torch_form(sigma, x, mean, sub, axes)
+            for like, perm in _layouts(x) if not found else []:
+                found = _keras_form(sigma, x, like, perm, mean, sub)
+                if found:
+                    axes = sorted(perm.index(a) for a in axes)
+                    break
         if not found:
             continue
         scale, bias, last, x = found
         if scale is None:
             ones = [x.shape[a] if a in axes else 1 for a in range(axes[0], len(x.shape))]
             scale = gs.Constant(f"{sqrt.name}/ones", np.ones(ones, dtype=np.float32))
-        attrs.update({"axis": axes[0], "epsilon": epsilon})
+        attrs = {"axis": axes[0], "epsilon": epsilon}
+        if outside:
+            attrs[PLANNED_STD_SCALE] = c
+        elif c != 1.0:  # √(c·Var + ε) = √c·√(Var + ε/c)
+            attrs["epsilon"] = epsilon / c
+            scale = gs.Constant(f"{sqrt.name}/scale", (scale.values / np.sqrt(c)).astype(scale.values.dtype))
         if axes != list(range(axes[0], len(x.shape))):
             attrs[PLANNED_AXES] = axes
         out = last.outputs[0]
@@ -133,98 +135,65 @@ def _per_channel(node, op: str, x, neutral: float):
 
 
 def _statistics(sqrt):
-    """(x, mean node, axes, ε, Sub node) when ``sqrt`` computes σ = Sqrt(mean((x − mean(x))²) + ε);
-    (x, None, axes, ε, None) when it computes σ = Sqrt(mean(x²) + ε)."""
-    add = producer(sqrt.inputs[0])
-    if add is None or add.op != "Add" or not _only_read_by(add.outputs[0], sqrt):
+    """(x, mean node, axes, ε, Sub node, c, σ, outside) when ``sqrt`` is the root of c·mean((x − mean(x))²):
+    σ = Sqrt(c·Var + ε) (ε 0 without the Add), or, where an Add of ε is the root's only reader,
+    σ = Sqrt(c·Var) + ε (``outside``: ``x.std() + ε``); for RMSNorm's mean(x²), mean and Sub None. c is the
+    product of constant factors (n/(n − 1): torch's unbiased var and std); the mean of squares may be
+    reduced without keepdims and reshaped or expanded back (the dynamo exporter)."""
+    radicand, epsilon, sigma, outside = sqrt.inputs[0], 0.0, sqrt.outputs[0], False
+    add = producer(radicand)
+    terms = [t for t in add.inputs if scalar(t) is None] if add is not None and add.op == "Add" else []
+    if len(terms) == 1 and _only_read_by(add.outputs[0], sqrt):
+        radicand, epsilon = terms[0], next(scalar(t) for t in add.inputs if scalar(t) is not None)
+    elif len(sigma.outputs) == 1 and sigma.outputs[0].op == "Add":
+        added = [scalar(t) for t in sigma.outputs[0].inputs if t is not sigma]
+        if len(added) == 1 and added[0] is not None:
+            epsilon, sigma, outside = added[0], sigma.outputs[0].outputs[0], True
+    found = _mean_of_squares(radicand)
+    if found is None:
         return None
-    variance = [producer(t) for t in add.inputs if scalar(t) is None]
-    epsilon = [scalar(t) for t in add.inputs if scalar(t) is not None]
-    if len(variance) != 1 or len(epsilon) != 1 or variance[0] is None \
-            or not _only_read_by(variance[0].outputs[0], add):
-        return None
-    square = producer(variance[0].inputs[0])
-    if square is None or not _only_read_by(square.outputs[0], variance[0]) or not (
-            (square.op == "Pow" and scalar(square.inputs[1]) == 2.0)
-            or (square.op == "Mul" and square.inputs[0] is square.inputs[1])):
-        return None
-    sub = producer(square.inputs[0])
+    variance, c, squared, moved = found
+    sub = producer(squared)
     mean = producer(_unmoved(sub.inputs[1])) if sub is not None and sub.op == "Sub" else None
     if mean is None or mean.inputs[0] is not sub.inputs[0]:  # no mean subtracted: RMSNorm's statistics
         sub = mean = None
-    x = sub.inputs[0] if sub is not None else square.inputs[0]
+    x = sub.inputs[0] if sub is not None else squared
     if x.shape is None:
         return None
     rank = len(x.shape)
-    axes = _mean_axes(variance[0], rank)
+    axes = _mean_axes(variance, rank) or (reduced_axes(variance, rank) if variance.op == "ReduceMean" else None)
+    kept = [1 if a in (axes or []) else d for a, d in enumerate(x.shape)]
     if not axes or (mean is not None and axes != _mean_axes(mean, rank)) \
-            or not all(isinstance(x.shape[a], int) for a in axes):
+            or not all(isinstance(x.shape[a], int) for a in axes) \
+            or (moved and list(sigma.shape or [])[1:] != kept[1:]):
         return None
-    return x, mean, axes, epsilon[0], sub
+    return x, mean, axes, epsilon, sub, c, sigma, outside
 
 
-def _std_form(sqrt):
-    """(x, axes, ε, c, γ, β, last node, x) for ``(x − mean(x)) / (Sqrt(c·mean((x − mean(x))²)) + ε)``, the
-    numerator optionally ``γ · (x − mean(x))``, then optionally ``· γ`` and ``+ β``: LayerNorm written with
-    torch's ``x.std(axes, keepdim=True)`` (c = n/(n − 1), or 1 with ``unbiased=False``), whose two means may
-    be two nodes, and whose mean of squares the dynamo exporter reduces without keepdims and reshapes
-    back."""
-    readers = sqrt.outputs[0].outputs
-    add = readers[0] if len(readers) == 1 and readers[0].op == "Add" else None
-    epsilon = [scalar(t) for t in add.inputs if t is not sqrt.outputs[0]] if add is not None else []
-    if len(epsilon) != 1 or epsilon[0] is None or epsilon[0] < 0 or sqrt.outputs[0].shape is None:
+def _mean_of_squares(tensor):
+    """(the mean node, c, d, moved) when ``tensor`` is c·mean(d²) (ReduceMean or GlobalAveragePool; d² as
+    Pow 2 or d·d), c a positive product of constant factors and divisors (also computed from static
+    sizes), ``moved`` when reduced without keepdims or reshaped or expanded on the way."""
+    node, c, moved = producer(tensor), 1.0, False
+    while node is not None and node.op in ("Reshape", "Expand", "Unsqueeze", "Mul", "Div"):
+        if node.op in ("Mul", "Div"):
+            factors = [static_number(t) for t in node.inputs]
+            if node.op == "Div" and factors[1] is not None:
+                c, node = c / factors[1], producer(node.inputs[0])
+            elif node.op == "Mul" and factors.count(None) == 1:
+                c, node = c * next(f for f in factors if f is not None), producer(node.inputs[factors.index(None)])
+            else:
+                return None
+        else:
+            node, moved = producer(node.inputs[0]), True
+    if node is None or node.op not in ("ReduceMean", "GlobalAveragePool") or not c > 0:
         return None
-    found = _scaled_mean_of_squares(sqrt.inputs[0])
-    if found is None:
-        return None
-    variance, c, centred = found
-    x, rank = centred.inputs[0], len(centred.inputs[0].shape or [])
-    axes = _mean_axes(producer(centred.inputs[1]), rank)
-    kept = [1 if a in (axes or []) else d for a, d in enumerate(x.shape or [])]
-    if not axes or reduced_axes(variance, rank) != axes or list(sqrt.outputs[0].shape)[1:] != kept[1:] \
-            or not all(isinstance(x.shape[a], int) for a in axes):
-        return None
-    div = add.outputs[0].outputs
-    if len(div) != 1 or div[0].op != "Div" or div[0].inputs[1] is not add.outputs[0]:
-        return None
-    numerator, scale = producer(div[0].inputs[0]), None
-    if numerator is not None and numerator.op == "Mul" and len(numerator.outputs[0].outputs) == 1:
-        constants = [t for t in numerator.inputs if isinstance(t, gs.Constant)]
-        data = [t for t in numerator.inputs if not isinstance(t, gs.Constant)]
-        if len(constants) == 1 and len(data) == 1 and _broadcasts_within(constants[0], x):
-            scale, numerator = constants[0], producer(data[0])
-    if not _centred(numerator, x, axes):
-        return None
-    if scale is None:
-        scale, last = _by_constant(div[0], "Mul", x)
-    else:
-        last = div[0]
-    bias, last = _by_constant(last, "Add", x)
-    return x, axes, epsilon[0], c, scale, bias, last, x
-
-
-def _scaled_mean_of_squares(tensor):
-    """(the ReduceMean node, c, the Sub node d) when ``tensor`` is c·mean(d²), c a positive product of
-    constant factors and divisors, reshaped or expanded back to keepdims on the way."""
-    node, c = producer(tensor), 1.0
-    while node is not None and node.op in ("Reshape", "Expand", "Unsqueeze"):
-        node = producer(node.inputs[0])
-    while node is not None and node.op in ("Mul", "Div"):
-        factor = scalar(node.inputs[1])
-        if factor is None or factor <= 0 or (node.op == "Mul" and scalar(node.inputs[0]) is not None):
-            return None
-        c = c * factor if node.op == "Mul" else c / factor
-        node = producer(node.inputs[0])
-    if node is None or node.op != "ReduceMean":
-        return None
+    moved = moved or not node.attrs.get("keepdims", 1)
     square = producer(node.inputs[0])
     if square is None or not ((square.op == "Pow" and scalar(square.inputs[1]) == 2.0)
                               or (square.op == "Mul" and square.inputs[0] is square.inputs[1])):
         return None
-    centred = producer(square.inputs[0])
-    if centred is None or centred.op != "Sub" or not _centred(centred, centred.inputs[0], None):
-        return None
-    return node, c, centred
+    return node, c, square.inputs[0], moved
 
 
 def _centred(node, x, axes) -> bool:
@@ -236,13 +205,29 @@ def _centred(node, x, axes) -> bool:
     return mean is not None and mean.inputs[0] is x and found is not None and (axes is None or found == axes)
 
 
-def _torch_form(sqrt, x, mean, sub):
-    """(γ, β, last node, x) for ``d / σ`` [· γ] [+ β]."""
-    div = [n for n in sqrt.outputs[0].outputs if n.op == "Div" and n.inputs[0] is sub.outputs[0]]
-    if len(div) != 1 or not _only_read_by(sqrt.outputs[0], div[0]) or not _only_read_by(mean.outputs[0], sub) \
-            or len(_readers(sub.outputs[0])) != 2:
+def _torch_form(sigma, x, mean, sub, axes):
+    """(γ, β, last node, x) for ``d / σ`` [· γ] [+ β], or (LayerNorm written with torch's std or var)
+    ``d'`` or ``γ·d'`` divided by σ (``_divided``: also times ``rsqrt``) [· γ] [+ β], with d' x centred by
+    a mean of its own over the same axes."""
+    divided = _divided(sigma)
+    if divided is None:
         return None
-    scale, last = _by_constant(div[0], "Mul", x)
+    node, dividend = divided
+    if dividend is sub.outputs[0] and node.op == "Div":
+        if not _only_read_by(mean.outputs[0], sub) or len(_readers(sub.outputs[0])) != 2:
+            return None
+        scale, last = _by_constant(node, "Mul", x)
+    else:
+        numerator, scale, last = producer(dividend), None, node
+        if numerator is not None and numerator.op == "Mul" and len(numerator.outputs[0].outputs) == 1:
+            constants = [t for t in numerator.inputs if isinstance(t, gs.Constant)]
+            data = [t for t in numerator.inputs if not isinstance(t, gs.Constant)]
+            if len(constants) == 1 and len(data) == 1 and _broadcasts_within(constants[0], x):
+                scale, numerator = constants[0], producer(data[0])
+        if numerator is not sub and not _centred(numerator, x, axes):
+            return None
+        if scale is None:
+            scale, last = _by_constant(node, "Mul", x)
     bias, last = _by_constant(last, "Add", x)
     return scale, bias, last, x
 
@@ -257,13 +242,13 @@ def _layouts(x):
     return [(x, list(range(rank)))] + [(n.outputs[0], list(n.attrs["perm"])) for n in transposes]
 
 
-def _keras_form(sqrt, x, like, perm, mean, sub):
+def _keras_form(sigma, x, like, perm, mean, sub):
     """(γ, β, last node, ``like``) for inv = 1/σ [· γ], x · inv + (−m · inv [+ β]), computed on ``like``,
     ``x`` moved by ``perm``: inv [· γ] and −m reach the products moved the same way (by a Transpose, or,
     where only axes of size 1 move, a Reshape), or broadcast alike in both layouts."""
-    reciprocal = sqrt.outputs[0].outputs
+    reciprocal = sigma.outputs
     if len(reciprocal) != 1 or reciprocal[0].op != "Reciprocal" or len(_readers(sub.outputs[0])) != 1 \
-            or sqrt.outputs[0].shape is None or mean.outputs[0].shape is None:
+            or sigma.shape is None or mean.outputs[0].shape is None:
         return None
     scale, inverse = _by_constant(reciprocal[0], "Mul", x)
     moved = _moved(inverse.outputs[0], perm)
@@ -271,7 +256,7 @@ def _keras_form(sqrt, x, like, perm, mean, sub):
         scale, inverse = scale if scale is None else _permuted(scale, perm), moved
         if scale is None:
             scale, inverse = _by_constant(inverse, "Mul", like)
-    elif _moved_shape(sqrt.outputs[0].shape, perm) == list(sqrt.outputs[0].shape)[1:]:
+    elif _moved_shape(sigma.shape, perm) == list(sigma.shape)[1:]:
         scale, inverse = _by_constant(reciprocal[0], "Mul", like)
     else:
         return None
@@ -366,25 +351,32 @@ def _permuted(constant, perm):
     return gs.Constant(f"{constant.name}/moved", np.ascontiguousarray(values.transpose(perm)))
 
 
-def _rms_form(sqrt, x):
-    """(γ, None, last node, x) for ``x · inv`` with inv = Reciprocal(σ) or 1 / σ, or ``x / σ``; [· γ]."""
-    readers = sqrt.outputs[0].outputs
+def _rms_form(sigma, x):
+    """(γ, None, last node, x) for ``x / σ`` or ``x · inv`` (``_divided``); [· γ]."""
+    divided = _divided(sigma)
+    if divided is None or divided[1] is not x:
+        return None
+    scale, last = _by_constant(divided[0], "Mul", x)
+    return scale, None, last, x
+
+
+def _divided(sigma):
+    """(the node, its dividend) for the one node that divides a tensor by ``σ``: ``t / σ``, or ``t · inv``
+    with inv = Reciprocal(σ) or 1 / σ (``torch.rsqrt``) read by it alone; else None."""
+    readers = sigma.outputs
     if len(readers) != 1:
         return None
     step = readers[0]
-    if step.op == "Div" and step.inputs[0] is x and step.inputs[1] is sqrt.outputs[0]:
-        normalized = step
-    else:
-        if not (step.op == "Reciprocal" or (step.op == "Div" and scalar(step.inputs[0]) == 1.0
-                                             and step.inputs[1] is sqrt.outputs[0])):
-            return None
-        users = step.outputs[0].outputs
-        if len(users) != 1 or users[0].op != "Mul" or len(users[0].inputs) != 2 \
-                or {id(t) for t in users[0].inputs} != {id(x), id(step.outputs[0])}:
-            return None
-        normalized = users[0]
-    scale, last = _by_constant(normalized, "Mul", x)
-    return scale, None, last, x
+    inverts = step.op == "Reciprocal" or (step.op == "Div" and scalar(step.inputs[0]) == 1.0)
+    if step.op == "Div" and step.inputs[1] is sigma and not inverts:
+        return step, step.inputs[0]
+    if not inverts:
+        return None
+    users, inverse = step.outputs[0].outputs, step.outputs[0]
+    if len(users) != 1 or users[0].op != "Mul" or len(users[0].inputs) != 2 or inverse not in users[0].inputs:
+        return None
+    others = [t for t in users[0].inputs if t is not inverse]
+    return (users[0], others[0]) if len(others) == 1 else None
 
 
 def _by_constant(node, op: str, x):

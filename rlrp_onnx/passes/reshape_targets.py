@@ -105,6 +105,18 @@ def pin_slice_ends(graph: gs.Graph) -> int:
     return pinned
 
 
+def static_number(tensor) -> float | None:
+    """The one number a tensor holds: a constant, or computed from static sizes (n − 1 of a dimension, as
+    torch's unbiased variance writes its divisor through Shape, Gather, ReduceProd and Cast); else None."""
+    if isinstance(tensor, gs.Constant):
+        values = np.asarray(tensor.values)
+        return float(values.reshape(())) if values.size == 1 and values.dtype.kind in "iuf" else None
+    value = _value(tensor)
+    if value is None or value.size != 1 or not _ints(value):
+        return None
+    return float(value.reshape(-1)[0])
+
+
 def _follows(shape, data_shape) -> bool:
     """Whether shape inference knew ``shape``: every size a number or a name the data's shape has."""
     return _known(shape) and all(isinstance(d, int) or d in (data_shape or []) for d in shape)
@@ -125,7 +137,10 @@ def _value(tensor) -> np.ndarray | None:
     """The value of a shape-like integer tensor as an object array of ints and symbolic sizes (names),
     or None when it is not computed from shapes and constants by the ops below."""
     if isinstance(tensor, gs.Constant):
-        return tensor.values.astype(object) if tensor.values.dtype.kind in "iu" else None
+        values = tensor.values
+        if values.dtype.kind == "f" and values.size == 1 and float(values.reshape(-1)[0]).is_integer():
+            values = values.astype(np.int64)  # a whole number in a float scalar (n − 1 of a size cast to float)
+        return values.astype(object) if values.dtype.kind in "iu" else None
     if len(tensor.inputs) != 1:
         return None
     node = tensor.inputs[0]
