@@ -13,7 +13,8 @@ def attach(plan, relative: bool, expose=()) -> list:
 
     ``relative``: the pass carries relative relevance rho (R-LRP; R_input = x ⊙ rho_x), else absolute
     relevance R (classical rules). Either way the explained logit seeds it: R_logits = f_c·e_c.
-    ``expose`` names inner tensors whose relevance becomes an extra output ``rlrp_relevance/<name>``.
+    ``expose`` holds (name, tensor name) pairs: the inner tensors whose relevance becomes an extra output
+    ``rlrp_relevance/<name>``.
     Returns the new graph outputs (relevance per explained input, class, score, every class's logit as
     ``rlrp_logits`` [N, K], the ranking the class is chosen from, exposed tensors).
     """
@@ -33,8 +34,8 @@ def attach(plan, relative: bool, expose=()) -> list:
     if scores is not logits:
         seed = emit.op("Reshape", [seed, emit.ints([0, classes, *logits.shape[2:]])])
     tensors = {t.name: t for n in plan.nodes for t in n.outputs}
-    inner = [tensors[name] for name in expose]
-    reached = relevance_pass(plan.context, plan.nodes, {logits.name: seed}, plan.inputs + inner)
+    inner = [(name, tensors[tensor]) for name, tensor in expose]
+    reached = relevance_pass(plan.context, plan.nodes, {logits.name: seed}, plan.inputs + [t for _, t in inner])
     reached[logits.name] = seed
 
     def copy(tensor):
@@ -56,7 +57,7 @@ def attach(plan, relative: bool, expose=()) -> list:
     _name_output(score, SCORE_OUTPUT, np.float32, [batch])
     ranked = copy(scores)
     _name_output(ranked, LOGITS_OUTPUT, np.float32, [batch, classes])
-    return outputs + [chosen, score, ranked] + [absolute(t, LAYER_OUTPUT_PREFIX + t.name) for t in inner]
+    return outputs + [chosen, score, ranked] + [absolute(t, LAYER_OUTPUT_PREFIX + name) for name, t in inner]
 
 
 def _name_output(tensor, name, dtype, shape) -> None:

@@ -53,7 +53,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     plan.context.emit.step_masks = masks == "steps"
     graph = plan.context.graph
     forward = {id(node) for node in graph.nodes}
-    new_outputs = attach(plan, method.relative, _exposed(plan, expose, label))
+    new_outputs = attach(plan, method.relative, _exposed(plan, expose, label, source))
     new_nodes = {node.name for node in graph.nodes if id(node) not in forward}
     graph.outputs.extend(new_outputs)
     weights = {t.name for t in source.graph.initializer}  # graft takes these from the source
@@ -100,20 +100,34 @@ def _declare_planned_sizes(compiled: onnx.ModelProto, inputs) -> None:
                 dim.dim_value = int(size)
 
 
-def _exposed(plan, expose, label: str) -> list[str]:
-    """The inner tensors whose relevance is exposed (one name, a list, or "all"), each once, checked
-    against the relevance path."""
+def _exposed(plan, expose, label: str, source: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(name, tensor) for each inner tensor whose relevance is exposed (one name, a list, or "all"), each
+    once, checked against the relevance path. The output of a float Cast that planning dropped
+    (passes/identities.py) is exposed as the tensor it copies, under its own name."""
     on_path = [t.name for n in plan.nodes for t in n.outputs if t.name in plan.context.data]
-    if expose == "all":
-        return [name for name in on_path if name != plan.logits.name]
+    copied = {n.output[0]: n.input[0] for n in source.graph.node if n.op_type == "Cast"
+              and next((a.i for a in n.attribute if a.name == "to"), None) in FLOATS and n.output[0] not in on_path}
+
+    def planned(name):
+        for _ in range(len(copied) + 1):
+            if name in on_path or name not in copied:
+                break
+            name = copied[name]
+        return name
+
+    if expose == "all":  # each copy after what it copies
+        names = [name for name in on_path if name != plan.logits.name]
+        return [(name, planned(name)) for tensor in names for name in [tensor, *copied]
+                if name == tensor or planned(name) == tensor]
     expose = [expose] if isinstance(expose, str) else expose
-    unknown = [name for name in expose if name not in on_path]
+    unknown = [name for name in expose if planned(name) not in on_path]
     if unknown:
         raise RlrpError(f"{label}: cannot expose relevance at {unknown}: not tensors on the relevance path")
-    return list(dict.fromkeys(expose))
+    return [(name, planned(name)) for name in dict.fromkeys(expose)]
 
 
 OTHER_FLOATS = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 
 
 def _input_types(source: onnx.ModelProto) -> str:

@@ -290,6 +290,32 @@ def test_a_model_that_fails_at_run_time_is_reported_in_one_line(tmp_path, capfd)
     assert err.startswith("rlrp-onnx: error: ONNX Runtime failed running the model on 2 image(s)"), err
 
 
+@pytest.mark.parametrize("element", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_relevance_at_the_output_of_a_cast(element):
+    """Planning drops float Casts that change no type (in a float16 model's float32 twin, every float
+    Cast); their outputs are still exposed, by name or with "all", as the tensors they copy (they were
+    refused, or left out of "all")."""
+    from onnx_builders import make_model
+
+    dtype = helper.tensor_dtype_to_np_dtype(element)
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+                        helper.make_node("Cast", ["c"], ["c32"], to=TensorProto.FLOAT),
+                        helper.make_node("Relu", ["c32"], ["r32"]), helper.make_node("Cast", ["r32"], ["r"], to=element),
+                        helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "w2"], ["logits"], transB=1)],
+                       [helper.make_tensor_value_info("image", element, ["N", 3, 6, 6])],
+                       [helper.make_tensor_value_info("logits", element, ["N", 5])],
+                       {"w": rng.standard_normal((4, 3, 3, 3)).astype(dtype),
+                        "w2": rng.standard_normal((5, 144)).astype(dtype)})
+    compiled = compile_model(model, expose="all")
+    exposed = [o.name[len(LAYER_OUTPUT_PREFIX):] for o in compiled.graph.output if o.name.startswith(LAYER_OUTPUT_PREFIX)]
+    assert exposed == ["c", "c32", "r32", "r", "f"]
+    out = run(compiled, {"image": rng.standard_normal((2, 3, 6, 6)).astype(dtype)})
+    np.testing.assert_array_equal(out[LAYER_OUTPUT_PREFIX + "c32"], out[LAYER_OUTPUT_PREFIX + "c"])
+    np.testing.assert_array_equal(out[LAYER_OUTPUT_PREFIX + "r"], out[LAYER_OUTPUT_PREFIX + "r32"])
+    assert [o.name for o in compile_model(model, expose=["r"]).graph.output][-1] == LAYER_OUTPUT_PREFIX + "r"
+
+
 def test_expose_unknown_tensor():
     with pytest.raises(RlrpError, match="not tensors on the relevance path"):
         compile_model(MODEL, expose=["no_such_tensor"])

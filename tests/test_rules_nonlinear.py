@@ -473,6 +473,10 @@ HELD_STATISTICS = {  # y = x·s or x / s with s a statistic of x: (nodes, s(x) i
          const("eps", 1e-6), node("Add", ["m", "eps"], ["me"]), node("Div", ["g", "me"], ["s"]),
          node("Mul", ["x", "s"], ["h"])],
         lambda x: lp_norm(x, (1, 2), 2) / (lp_norm(x, (1, 2), 2).mean(axis=3, keepdims=True) + 1e-6), np.multiply),
+    "norm_of_the_flattened_sample": (  # x / ‖x.flatten(1)‖₂.reshape(−1, 1, 1, 1): inference makes up N's name
+        [node("Flatten", ["x"], ["f"]), node("ReduceL2", ["f"], ["n"], axes=[1], keepdims=0),
+         vector("back", [-1, 1, 1, 1]), node("Reshape", ["n", "back"], ["s"]), node("Div", ["x", "s"], ["h"])],
+        lambda x: lp_norm(x, (1, 2, 3), 2), np.divide),
     "root_mean_square_first": (  # s · x, s = Sqrt(ReduceMean(x·x)) over the positions
         [node("Mul", ["x", "x"], ["xx"]), node("ReduceMean", ["xx"], ["q"], axes=[2, 3]), node("Sqrt", ["q"], ["s"]),
          node("Mul", ["s", "x"], ["h"])],

@@ -156,7 +156,12 @@ def _statistics(sqrt):
     sub = producer(squared)
     mean = producer(_unmoved(sub.inputs[1])) if sub is not None and sub.op == "Sub" else None
     if mean is None or mean.inputs[0] is not sub.inputs[0]:  # no mean subtracted: RMSNorm's statistics
+        if sub is not None and sub.op == "Sub" and (_depends_on(sub.inputs[1], sub.inputs[0])
+                                                    or _depends_on(sub.inputs[0], sub.inputs[1])):
+            return None  # x centred by a mean written otherwise (x − m, m − x): no RMSNorm of it
         sub = mean = None
+    elif list(sub.inputs[1].shape or [])[1:] != list(mean.outputs[0].shape or [None])[1:]:
+        return None  # the mean moved so that it broadcasts otherwise against x
     x = sub.inputs[0] if sub is not None else squared
     if x.shape is None:
         return None
@@ -168,6 +173,20 @@ def _statistics(sqrt):
             or (moved and list(sigma.shape or [])[1:] != kept[1:]):
         return None
     return x, mean, axes, epsilon, sub, c, sigma, outside
+
+
+def _depends_on(tensor, x, limit: int = 64) -> bool:
+    """Whether ``tensor`` is computed from ``x`` (within ``limit`` nodes back)."""
+    seen, queue = set(), [tensor]
+    while queue and len(seen) < limit:
+        t = queue.pop()
+        if t is x:
+            return True
+        node = producer(t)
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            queue.extend(node.inputs)
+    return False
 
 
 def _mean_of_squares(tensor):
@@ -373,6 +392,8 @@ def _divided(sigma):
     if not inverts:
         return None
     users, inverse = step.outputs[0].outputs, step.outputs[0]
+    while len(users) == 1 and users[0].op == "Mul" and any(scalar(t) == 1.0 for t in users[0].inputs):
+        users, inverse = users[0].outputs[0].outputs, users[0].outputs[0]  # TorchScript's 1.0 / σ: · 1.0
     if len(users) != 1 or users[0].op != "Mul" or len(users[0].inputs) != 2 or inverse not in users[0].inputs:
         return None
     others = [t for t in users[0].inputs if t is not inverse]

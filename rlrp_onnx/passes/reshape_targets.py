@@ -5,9 +5,9 @@ and later; below that the reshaped tensor has no shape and the relevance path ca
 planning graph only (the compiled model keeps the source's Reshape), a target whose value is known up
 to one symbolic size, or a whole multiple of one (``N·heads``, as Keras' attention and dense layers on
 N-D inputs compute it with ReduceProd), is rewritten as a constant with 0 (copy) or -1 in that size's
-place: for any input the source Reshape accepts, both give the same shape. A size of the reshaped
-tensor that shape inference made up (``unk__0`` for N·16 after ``flatten(0, 1)``) is worked out from the
-Flatten or constant Reshape that made it (``_sizes``). Slice ends computed from sizes are pinned alike.
+place: for any input the source Reshape accepts, both give the same shape. A size that shape
+inference made up (``unk__0`` for N·16 after ``flatten(0, 1)``) is worked out from the Flatten, constant
+Reshape or Transpose that made it (``made_up_sizes``). Slice ends computed from sizes are pinned alike.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def _times(a, b):
 def pin_reshape_targets(graph: gs.Graph) -> int:
     """Replace each computed Reshape target that ``_value`` can evaluate by a constant; the number pinned
     (shape inference then may know more shapes, and so more targets)."""
-    pinned = 0
-    for node, value in _computed_shapes(graph, "Reshape"):
-        target = _constant_target(list(value), _sizes(node.inputs[0]))
+    pinned, names = 0, made_up_sizes(graph)
+    for node, value in _computed_shapes(graph, "Reshape", names):
+        target = _constant_target(list(value), _renamed(node.inputs[0].shape, names))
         if target is not None:
             node.inputs[1] = gs.Constant(f"{node.outputs[0].name}_target", np.array(target, np.int64))
             pinned += 1
@@ -61,23 +61,23 @@ def pin_reshape_targets(graph: gs.Graph) -> int:
 def pin_expand_shapes(graph: gs.Graph) -> int:
     """Give each Expand to a shape ``_value`` can evaluate its output shape, which shape inference does not
     follow; the number of shapes given or changed."""
-    pinned = 0
-    for node, value in _computed_shapes(graph, "Expand"):
-        shape = _broadcast(node.inputs[0].shape, list(value))
+    pinned, names = 0, made_up_sizes(graph)
+    for node, value in _computed_shapes(graph, "Expand", names):
+        shape = _broadcast(_renamed(node.inputs[0].shape, names), list(value))
         if shape is not None and shape != node.outputs[0].shape:
             node.outputs[0].shape = shape
             pinned += 1
     return pinned
 
 
-def _computed_shapes(graph: gs.Graph, op: str):
+def _computed_shapes(graph: gs.Graph, op: str, names: dict):
     """(node, value) for each ``op`` node (Reshape or Expand) whose shape input is computed at run time,
     whose output shape inference does not follow, and which ``_value`` evaluates to a 1-D value."""
     for node in [n for n in graph.nodes if n.op == op]:
         if isinstance(node.inputs[1], gs.Constant) or node.attrs.get("allowzero", 0) \
                 or _follows(node.outputs[0].shape, node.inputs[0].shape):
             continue
-        value = _value(node.inputs[1])
+        value = _value(node.inputs[1], names)
         if value is not None and value.ndim == 1:
             yield node, value
 
@@ -86,12 +86,12 @@ def pin_slice_ends(graph: gs.Graph) -> int:
     """Replace each Slice's ends computed at run time by constants where they are known, an end that is
     a symbolic size at least as long as its axis for every batch becoming "to the end" (onnxscript 0.6
     writes torch.roll's ends as Size(x), which grows with the batch); the number pinned."""
-    pinned = 0
+    pinned, names = 0, made_up_sizes(graph)
     for node in graph.nodes:
         if node.op != "Slice" or len(node.inputs) < 3 or isinstance(node.inputs[2], gs.Constant):
             continue
         rest = [t for t in node.inputs[3:5] if t.name]
-        ends, shape = _value(node.inputs[2]), node.inputs[0].shape
+        ends, shape = _value(node.inputs[2], names), _renamed(node.inputs[0].shape, names)
         if ends is None or ends.ndim != 1 or not _known(shape) or not all(isinstance(t, gs.Constant) for t in rest):
             continue
         axes = rest[0].values.tolist() if rest else list(range(len(ends)))
@@ -111,7 +111,7 @@ def static_number(tensor) -> float | None:
     if isinstance(tensor, gs.Constant):
         values = np.asarray(tensor.values)
         return float(values.reshape(())) if values.size == 1 and values.dtype.kind in "iuf" else None
-    value = _value(tensor)
+    value = _value(tensor, {})
     if value is None or value.size != 1 or not _ints(value):
         return None
     return float(value.reshape(-1)[0])
@@ -133,9 +133,10 @@ def _broadcast(data_shape, target: list) -> list | None:
     return [y if x == 1 else x for x, y in zip(a, b)]
 
 
-def _value(tensor) -> np.ndarray | None:
-    """The value of a shape-like integer tensor as an object array of ints and symbolic sizes (names),
-    or None when it is not computed from shapes and constants by the ops below."""
+def _value(tensor, names: dict) -> np.ndarray | None:
+    """The value of a shape-like integer tensor as an object array of ints and symbolic sizes (names, those
+    shape inference made up worked out by ``names``), or None when it is not computed from shapes and
+    constants by the ops below."""
     if isinstance(tensor, gs.Constant):
         values = tensor.values
         if values.dtype.kind == "f" and values.size == 1 and float(values.reshape(-1)[0]).is_integer():
@@ -145,15 +146,15 @@ def _value(tensor) -> np.ndarray | None:
         return None
     node = tensor.inputs[0]
     if node.op == "Shape":
-        shape = node.inputs[0].shape
+        shape = _renamed(node.inputs[0].shape, names)
         if not _known(shape):
             return None
         return np.array(list(shape), dtype=object)[node.attrs.get("start", 0):node.attrs.get("end", None)]
     if node.op == "Size":
-        shape = node.inputs[0].shape
+        shape = _renamed(node.inputs[0].shape, names)
         product = _product(shape) if _known(shape) else None
         return None if product is None else np.array(product, dtype=object)
-    values = [_value(t) for t in node.inputs]
+    values = [_value(t, names) for t in node.inputs]
     if any(v is None for v in values):
         return None
     if node.op in ("Cast", "Identity"):
@@ -198,29 +199,54 @@ def _value(tensor) -> np.ndarray | None:
 MADE_UP = "unk__"  # how ONNX shape inference names a size it cannot follow (N·16 after a Flatten)
 
 
-def _sizes(tensor, depth: int = 0) -> list | None:
-    """``tensor``'s shape with each size that shape inference made up worked out where it can be, from a
-    Flatten or a Reshape to a constant target (``x.flatten(0, 1)``: [N·16, C]; reshaped back by
-    ``reshape(N, 16, -1)``), through ops that keep their input's shape; else the shape as inferred."""
-    shape = tensor.shape
-    if not _known(shape) or not any(isinstance(d, str) and d.startswith(MADE_UP) for d in shape) or depth > 64:
-        return shape
-    node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
-    if node is None:
-        return shape
-    data = _sizes(node.inputs[0], depth + 1)
-    if not _known(data):
-        return shape
-    if node.op == "Flatten":
-        axis = node.attrs.get("axis", 1) % max(len(data), 1)
-        sizes = [_product(data[:axis]), _product(data[axis:])]
-    elif node.op == "Reshape" and isinstance(node.inputs[1], gs.Constant) and not node.attrs.get("allowzero", 0):
-        sizes = _reshaped(data, node.inputs[1].values.reshape(-1).tolist())
-    elif node.outputs[0].shape == node.inputs[0].shape:  # elementwise: same names, same sizes
-        return data
-    else:
-        return shape
-    return sizes if sizes is not None and None not in sizes and len(sizes) == len(shape) else shape
+def made_up_sizes(graph: gs.Graph) -> dict:
+    """Each size name shape inference made up (``unk__0`` for N·16 after ``x.flatten(0, 1)``) that a
+    Flatten, a Reshape to a constant target or a Transpose works out from its input's sizes (numbers,
+    names, Multiples). Such a name stands for one size wherever it appears, so the reshaped data and the
+    targets read from shapes (``_value``) both name it so."""
+    names: dict = {}
+    for node in graph.nodes:
+        out = node.outputs[0].shape if node.outputs else None
+        if node.op not in ("Flatten", "Reshape", "Transpose") or not _known(out) \
+                or not any(_made_up(d) and d not in names for d in out):
+            continue
+        data = _renamed(node.inputs[0].shape, names)
+        if not _known(data):
+            continue
+        if node.op == "Flatten":
+            axis = node.attrs.get("axis", 1) % max(len(data), 1)
+            sizes = [_product(data[:axis]), _product(data[axis:])]
+        elif node.op == "Transpose":
+            sizes = [data[axis] for axis in node.attrs.get("perm", range(len(data))[::-1])]
+        elif isinstance(node.inputs[1], gs.Constant) and not node.attrs.get("allowzero", 0):
+            sizes = _reshaped(data, node.inputs[1].values.reshape(-1).tolist())
+        else:
+            continue
+        if sizes is None or None in sizes or len(sizes) != len(out):
+            continue
+        for made, size in zip(out, sizes):
+            if _made_up(made) and made not in names and size != made:
+                names[made] = size
+    return names
+
+
+def _made_up(size) -> bool:
+    return isinstance(size, str) and size.startswith(MADE_UP)
+
+
+def _renamed(shape, names: dict):
+    """``shape`` with the made-up size names ``names`` works out replaced (None stays None)."""
+    if shape is None:
+        return None
+    renamed = []
+    for size in shape:
+        for _ in range(len(names)):  # a name worked out in terms of another made-up one
+            name = size.name if isinstance(size, Multiple) else size
+            if not _made_up(name) or name not in names:
+                break
+            size = names[name] if not isinstance(size, Multiple) else _times(names[name], size.factor)
+        renamed.append(size)
+    return renamed
 
 
 def _reshaped(data: list, target: list) -> list | None:

@@ -1,9 +1,12 @@
 """Statistics of a tensor that scale it, held constant as the normalizations hold theirs (normalization.py):
 in ``u · s`` or ``u / s`` where ``s`` is computed from ``u`` alone, through reductions over axes other than
 the batch and then elementwise arithmetic and reshapes (ConvNeXt V2's global response normalization
-``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``), ``s`` takes no relevance: rho_u = s·rho_y, or rho_y / s."""
+``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``), ``s`` takes no relevance: rho_u = s·rho_y, or rho_y / s.
+Not where ``u`` is itself centred by a statistic (``is_centred``): a LayerNorm holds its mean as well."""
 
 from __future__ import annotations
+
+import numpy as np
 
 REDUCTIONS = {"ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
               "ReduceLogSumExp", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
@@ -54,6 +57,24 @@ def is_statistic_of(ctx, s, u) -> bool:
     return s is not u and computed(s, False)
 
 
+def is_centred(ctx, u) -> bool:
+    """Whether ``u`` is ``a − m`` (possibly scaled by constants or reshaped) with m a statistic of a (or a
+    of m): a LayerNorm's centred input, whose mean the normalization holds too. Held as a statistic of it,
+    σ alone would be held and relevance go through the mean: such LayerNorms are planned whole by
+    passes/layer_norm.py where it recognises them, and refused otherwise."""
+    for _ in range(16):
+        node = ctx.producer(u)
+        data = [t for t in node.inputs if ctx.is_data(t)] if node is not None else []
+        if node is None or len(data) == 0:
+            return False
+        if node.op == "Sub" and len(data) == 2:
+            return is_statistic_of(ctx, data[1], data[0]) or is_statistic_of(ctx, data[0], data[1])
+        if len(data) != 1 or node.op not in ARITHMETIC:
+            return False
+        u = data[0]
+    return False
+
+
 def _keeps_batch_axis(ctx, node) -> bool:
     """Whether ``node`` keeps each sample's values at the same place on axis 0 (a Transpose, Reshape or
     Flatten could move the batch axis elsewhere, and a reduction past it would mix the samples)."""
@@ -61,7 +82,10 @@ def _keeps_batch_axis(ctx, node) -> bool:
         return list(node.attrs.get("perm", [1]))[:1] == [0]
     if node.op == "Flatten":
         return node.attrs.get("axis", 1) != 0
-    if node.op in ("Reshape", "Squeeze", "Unsqueeze"):
+    if node.op in ("Reshape", "Squeeze", "Unsqueeze"):  # the same batch size, or as many values per sample
         before, after = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
-        return bool(before) and bool(after) and before[0] == after[0]
+        if not before or not after:
+            return False
+        return before[0] == after[0] or all(isinstance(d, int) for d in [*before[1:], *after[1:]]) \
+            and int(np.prod(before[1:])) == int(np.prod(after[1:]))
     return True
