@@ -407,6 +407,17 @@ def test_a_size_inference_made_up_named_alike_on_both_sides(tmp_path):
     check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 1])
 
 
+def check_tokens_against_oracle(compiled, path, model, x):
+    """The relevance against autograd with the statistics held, the logits to the last bits only: ONNX
+    Runtime's transpose optimizer, even at its basic level, moves the source's Transposes otherwise once
+    the relevance pass reads the tokens of a LayerNorm written by hand."""
+    out = run(compiled, {"image": x})
+    np.testing.assert_allclose(out["logits"], run(path, {"image": x})["logits"], rtol=1e-5, atol=1e-6)
+    with detached_gates(model):
+        relevance, _, _ = input_times_gradient(model, x, None)
+    assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], relevance) < TOLERANCE)
+
+
 def _centred_forms(x, held):
     """Normalizations of x [N, 16, 16] written by hand (``held`` detaches what is held): name → output."""
     mean = held(x.mean(-1, keepdim=True))
@@ -443,13 +454,41 @@ def test_a_centred_tensor_over_its_own_statistic(tmp_path, exporter, form):
     model, x = CentredNorm(form).eval(), family_input("rmsnorm_like", batch=3, seed=7)
     path = export_onnx(model, x, tmp_path / "centred.onnx", exporter)
     if form == "times_one_over_sigma":  # TorchScript writes 1.0/σ as Reciprocal(σ)·1.0
-        out = run(compile_model(path), {"image": x})
-        # the logits to the last bits only: ONNX Runtime's transpose optimizer, even at its basic level,
-        # moves the source's Transposes otherwise once the relevance pass reads the tokens
-        np.testing.assert_allclose(out["logits"], run(path, {"image": x})["logits"], rtol=1e-5, atol=1e-6)
-        with detached_gates(model):
-            relevance, _, _ = input_times_gradient(model, x, None)
-        assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], relevance) < TOLERANCE)
+        check_tokens_against_oracle(compile_model(path), path, model, x)
         return
     with pytest.raises(RlrpError, match="not covered"):
         compile_model(path)
+
+
+class StdNormTransformer(nn.Module):
+    """Patch tokens through ``depth`` pre-norm residual blocks, each with two ``StdLayerNorm``s (unbiased:
+    their variance is multiplied by n/(n − 1), a size the recogniser reads through ``static_number``)."""
+
+    def __init__(self, depth=8, dim=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.head = nn.Conv2d(3, dim, 4, 4), nn.Linear(dim, 10)
+        self.norms = nn.ModuleList([StdLayerNorm(dim) for _ in range(2 * depth)])
+        self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(2 * depth)])
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        for norm, layer in zip(self.norms, self.layers):
+            x = x + layer(norm(x))
+        return self.head(x.mean(1))
+
+
+def test_size_evaluation_does_not_walk_back_the_network(tmp_path, monkeypatch):
+    """Reading a LayerNorm's n/(n − 1) asked ``reshape_targets._value`` about the variance, a data tensor,
+    which then walked back every path through the residual stream before giving up: time doubling with
+    each block (8 blocks: 12 s). It now stops at the first op that computes no sizes."""
+    from rlrp_onnx.passes import reshape_targets
+
+    model, x = StdNormTransformer().eval(), family_input("rmsnorm_like", batch=2, seed=7)
+    path = export_onnx(model, x, tmp_path / "deep.onnx", "torchscript")
+    calls, value = [], reshape_targets._value
+    monkeypatch.setattr(reshape_targets, "_value", lambda *a: calls.append(1) or value(*a))
+    compiled = compile_model(path)
+    nodes = len(onnx.load(str(path)).graph.node)
+    assert len(calls) < 10 * nodes, (len(calls), nodes)
+    check_tokens_against_oracle(compiled, path, model, x)

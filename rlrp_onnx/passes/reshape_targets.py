@@ -23,6 +23,8 @@ import onnx_graphsurgeon as gs
 FULL = np.iinfo(np.int64).max  # a Slice end meaning "to the end"
 ARITHMETIC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
               "Div": lambda a, b: np.trunc(a / b).astype(np.int64)}  # on integers, as ONNX's Div
+SIZE_OPS = {*ARITHMETIC, "Cast", "Identity", "Gather", "Max", "Min", "ReduceProd", "Reshape", "Equal", "Where",
+            "Concat", "Unsqueeze", "Squeeze", "Slice"}  # the ops _value computes sizes through
 
 
 @dataclass(frozen=True)
@@ -154,9 +156,13 @@ def _value(tensor, names: dict) -> np.ndarray | None:
         shape = _renamed(node.inputs[0].shape, names)
         product = _product(shape) if _known(shape) else None
         return None if product is None else np.array(product, dtype=object)
-    values = [_value(t, names) for t in node.inputs]
-    if any(v is None for v in values):
+    if node.op not in SIZE_OPS:  # (before the inputs: a data tensor's producers are not walked back)
         return None
+    values = []
+    for t in node.inputs:
+        values.append(_value(t, names))
+        if values[-1] is None:
+            return None
     if node.op in ("Cast", "Identity"):
         return values[0]
     if node.op == "Gather" and node.attrs.get("axis", 0) == 0 and _ints(values[1]):
