@@ -247,7 +247,7 @@ def _renamed(shape, names: dict):
     renamed = []
     for size in shape:
         for _ in range(len(names)):  # a name worked out in terms of another made-up one
-            name = size.name if isinstance(size, Multiple) else size
+            name = _split(size)[0]
             if not _made_up(name) or name not in names:
                 break
             size = names[name] if not isinstance(size, Multiple) else _times(names[name], size.factor)
@@ -343,7 +343,7 @@ def _constant_target(target: list, data_shape) -> list[int] | None:
     if -1 in target:
         data_symbols = [_split(d)[0] for d in data_shape if _symbolic(d)]
         total = math.prod(_split(d)[1] for d in data_shape)
-        names = [size.name if isinstance(size, Multiple) else size for size in symbols]
+        names = [_split(size)[0] for size in symbols]
         if Counter(names) != Counter(data_symbols) or total % max(math.prod(known), 1):
             return None
         target = [total // max(math.prod(known), 1) if size == -1 else size for size in target]
