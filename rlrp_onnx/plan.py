@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .backward import ONNX_DOMAINS, Context
@@ -82,7 +83,12 @@ def _wider_float_between(graph: gs.Graph, inputs: list[gs.Variable], logits: gs.
 
 def _is_other_float(tensor) -> bool:
     dtype = _element_type(tensor)
-    return dtype is not None and dtype.kind == "f" and dtype != np.float32
+    return dtype is not None and dtype.kind == "f" and dtype != np.float32 or _is_bfloat16(tensor)
+
+
+def _is_bfloat16(tensor) -> bool:
+    """bfloat16, which numpy has no type for: onnx-graphsurgeon keeps the ONNX type number."""
+    return isinstance(tensor.dtype, int) and tensor.dtype == onnx.TensorProto.BFLOAT16
 
 
 def _is_scores(tensor) -> bool:
@@ -196,7 +202,8 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
         untyped = next((n for n in graph.nodes if any(t.name in data for t in n.inputs)
                         and any(t.dtype is None and (t.outputs or t in graph.outputs) for t in n.outputs)), None)
         if wider is not None:
-            reason = (f" except through '{wider.name}', a {_element_type(wider).name} tensor; only float32 and "
+            kind = "bfloat16" if _is_bfloat16(wider) else _element_type(wider).name
+            reason = (f" except through '{wider.name}', a {kind} tensor; only float32 and "
                       "float16 are supported: convert the model to float32")
         elif quantizer is not None:
             reason = f" except through the integers of {quantizer.op} '{quantizer.name}'{QUANTIZED_HINT}"

@@ -38,6 +38,8 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
   (ReduceMax from the dynamo exporter), BatchNorm1d, Linear-ReLU-BatchNorm1d-Linear;
 * ``cosine_like``        a cosine (CLIP-style zero-shot) head: ``F.normalize`` features against normalized
   class embeddings, and ``F.normalize`` over the channels of a feature map;
+* ``cosine_similarity_like`` ``F.cosine_similarity`` against class embeddings (TorchScript divides the
+  dot products by the norms' product);
 * ``maxout_like``        maxout: ``torch.maximum``/``torch.minimum`` of linear pieces (Max/Min of two and
   three data tensors) and a channel maxout by ``amax`` (ReduceMax);
 * ``padding_modes_like`` convolutions padded by reflection, replication and wrapping (Pad reflect, edge,
@@ -767,6 +769,38 @@ class CosineLike(nn.Module):
         return 100.0 * self.body(x) @ self.normalize(self.classes).T
 
 
+class CosineSimilarityHead(nn.Module):
+    """``F.cosine_similarity`` of features [N, D] against class embeddings [K, D], times 10 (TorchScript
+    writes it as Σ x·w / max(√(Σx²·Σw²), ε), the dynamo exporter as normalize, then product); with
+    ``hold_statistics`` (set by ``gates.detached_gates``) the features' norm is computed detached."""
+
+    def __init__(self, classes: int, dim: int, seed: int):
+        super().__init__()
+        self.classes = nn.Parameter(torch.randn(classes, dim, generator=torch.Generator().manual_seed(seed)))
+        self.hold_statistics = False
+
+    def forward(self, x):
+        if not self.hold_statistics:
+            return 10.0 * nn.functional.cosine_similarity(x[:, None, :], self.classes[None], dim=-1)
+        norms = x.detach().norm(dim=-1, keepdim=True) * self.classes.norm(dim=-1)
+        return 10.0 * (x[:, None, :] * self.classes[None]).sum(-1) / norms
+
+
+class CosineSimilarityLike(nn.Module):
+    """CNN features scored by ``F.cosine_similarity`` against class embeddings."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, seed=0, num_classes=10, dim=16):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(3, 16, 3, 2), conv_bn(16, dim, 3, 2), GlobalPool())
+        self.head = CosineSimilarityHead(num_classes, dim, seed)
+        init_deterministic(self.body, seed)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 # ---- maxout: elementwise maxima (and a minimum) of linear pieces, a channel maxout by amax ----------------
 
 class Extremum(nn.Module):
@@ -858,6 +892,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "swin_like": ModelSpec(SwinLike, SwinLike.input_shape),
     "fastai_like": ModelSpec(FastaiLike, FastaiLike.input_shape),
     "cosine_like": ModelSpec(CosineLike, CosineLike.input_shape),
+    "cosine_similarity_like": ModelSpec(CosineSimilarityLike, CosineSimilarityLike.input_shape),
     "maxout_like": ModelSpec(MaxoutLike, MaxoutLike.input_shape),
     "padding_modes_like": ModelSpec(PaddingModesLike, PaddingModesLike.input_shape),
 }

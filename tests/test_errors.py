@@ -193,6 +193,24 @@ def test_a_double_section_is_named(tmp_path, capsys):
                           "convert the model to float32")
 
 
+def test_a_bfloat16_round_trip_is_named(tmp_path, capsys):
+    """``h.bfloat16().float()`` inside a float32 model: refused, naming the bfloat16 tensor (numpy has no
+    bfloat16, and the message said only that the output depends on no float input)."""
+    model = make_model(
+        [helper.make_node("Cast", ["x"], ["narrow"], to=TensorProto.BFLOAT16),
+         helper.make_node("Cast", ["narrow"], ["back"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["back", "w"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        {"w": np.ones((3, 2), np.float32)})
+    path = tmp_path / "bfloat16.onnx"
+    onnx.save(model, path)
+    code, out, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
+    assert not out  # (onnx-graphsurgeon's warning that numpy has no bfloat16 was printed there)
+    assert_one_line_error(code, err, "bfloat16.onnx", "except through 'narrow', a bfloat16 tensor",
+                          "convert the model to float32")
+
+
 @pytest.mark.parametrize("static", [True, False])
 def test_a_quantized_model_is_named_as_such(tmp_path, capsys, static):
     """QDQ (static) quantization turns the input into int8 before the first layer, dynamic quantization

@@ -32,7 +32,7 @@ from rlrp_onnx.passes import canonicalize
 
 from exporting import EXPORTERS, export_onnx
 from oracle import input_times_gradient, relative_l2_error
-from rule_harness import added_ops, compiled, head_model, head_rho
+from rule_harness import added_ops, compiled, head_model, head_rho, output_shape
 
 X_SHAPE = (3, 4, 5)
 erf = np.vectorize(math.erf)
@@ -48,10 +48,11 @@ def sample(batch=2, seed=3) -> np.ndarray:
     return x
 
 
-def check(model, x, reference_of_rho, targets=(0, -1)):
-    """Compile, run, and compare with ``reference_of_rho(rho_h)`` (numpy, the op's output-shaped rho)."""
+def check(model, x, reference_of_rho, targets=(0, -1), h_shape=None):
+    """Compile, run, and compare with ``reference_of_rho(rho_h)`` (numpy, the op's output-shaped rho; ``h``
+    shaped like a sample of ``x`` unless ``h_shape`` says otherwise)."""
     out, compiled_model = compiled(model, x, list(targets))
-    rho = head_rho(model, out[CLASS_OUTPUT], x.shape[1:])
+    rho = head_rho(model, out[CLASS_OUTPUT], h_shape or x.shape[1:])
     reference = reference_of_rho(rho.astype(np.float64))
     assert np.all(np.isfinite(out[RELEVANCE_OUTPUT]))
     errors = relative_l2_error(out[RELEVANCE_OUTPUT], reference)
@@ -499,8 +500,10 @@ NOT_STATISTICS = {  # the divisor is no statistic of the dividend: refused, as a
                             node("Add", ["n", "eps"], ["s"]), node("Div", ["x", "s"], ["h"])],
     "elementwise_only": [node("Abs", ["x"], ["a"]), const("two", 2.0), node("Add", ["a", "two"], ["s"]),
                          node("Div", ["x", "s"], ["h"])],
-    "of_another_tensor": [node("Relu", ["x"], ["r"]), node("ReduceL2", ["x"], ["n"], axes=[1]),
-                          node("Div", ["r", "n"], ["h"])],
+    "of_a_tensor_computed_from_the_dividend": [node("Relu", ["x"], ["r"]), node("ReduceL2", ["r"], ["n"], axes=[1]),
+                                               node("Div", ["x", "n"], ["h"])],
+    "of_a_parallel_branch": [node("Relu", ["x"], ["r"]), node("Neg", ["x"], ["m"]), node("Relu", ["m"], ["q"]),
+                             node("ReduceL2", ["q"], ["n"], axes=[1]), node("Div", ["r", "n"], ["h"])],
     "over_the_batch_moved_by_a_transpose": [  # the samples mixed: each one's explanation its batch's
         node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("ReduceL2", ["t"], ["n"], axes=[1]),
         node("Transpose", ["n"], ["nt"], perm=[1, 0, 2, 3]), const("eps", 1e-6), node("Add", ["nt", "eps"], ["s"]),
@@ -533,20 +536,48 @@ def test_statistic_of_a_gate_is_held_in_either_order(order):
     check(model, x, lambda rho: through_sigmoid(statistic * rho))
 
 
-def test_product_with_a_statistic_of_another_tensor_takes_half():
-    """relu(x)·mean(x): the mean is of x, not of the other operand, so the product takes the half rule."""
-    nodes = [node("Relu", ["x"], ["r"]), node("ReduceMean", ["x"], ["m"], axes=[1]), node("Mul", ["r", "m"], ["h"])]
+def test_product_with_a_statistic_of_a_later_tensor_takes_half():
+    """x·mean(relu(x)): the mean is of a tensor computed from x, not of x or of what x is computed from, so
+    the product takes the half rule."""
+    nodes = [node("Relu", ["x"], ["r"]), node("ReduceMean", ["r"], ["m"], axes=[1]), node("Mul", ["x", "m"], ["h"])]
     model = head_model(nodes, X_SHAPE, X_SHAPE, opset=13)
     x = sample() * 3 + 1
     x64 = x.astype(np.float64)
-    mean = x64.mean(axis=1, keepdims=True)
+    mean = np.maximum(x64, 0).mean(axis=1, keepdims=True)
 
-    def reference(rho):  # half to each operand: through the relu's mask, and through the mean's adjoint
+    def reference(rho):  # half to each operand: to x directly, and through the mean's adjoint and the relu's mask
         half = rho / 2
-        through_mean = (np.maximum(x64, 0) * half).sum(axis=1, keepdims=True) / X_SHAPE[0]
-        return x64 * ((x64 > 0) * mean * half + through_mean)
+        through_mean = (x64 * half).sum(axis=1, keepdims=True) / X_SHAPE[0]
+        return x64 * (mean * half + (x64 > 0) * through_mean)
 
     check(model, x, reference)
+
+
+STATISTICS_BEHIND = {  # y = u·s or u / s with s a statistic of a tensor u is computed from: (nodes, R_x(x, rho))
+    "relu_times_the_mean_of_its_input": (  # relu(x)·mean(x): held, as mean(x)·x would be before the relu
+        [node("Relu", ["x"], ["r"]), node("ReduceMean", ["x"], ["m"], axes=[1]), node("Mul", ["r", "m"], ["h"])],
+        lambda x, rho: x * (x > 0) * x.mean(axis=1, keepdims=True) * rho),
+    "cosine_similarity_as_torchscript_writes_it": (  # Σ x·w / max(√(Σx²·Σw²), ε) over the channels
+        [node("Mul", ["x", "w"], ["xw"]), node("ReduceSum", ["xw", "one"], ["u"]), node("Mul", ["x", "x"], ["xx"]),
+         node("ReduceSum", ["xx", "one"], ["nx"]), node("Mul", ["w", "w"], ["ww"]), node("ReduceSum", ["ww", "one"], ["nw"]),
+         node("Mul", ["nx", "nw"], ["nn"]), node("Sqrt", ["nn"], ["n"]), const("eps", 1e-8), node("Max", ["n", "eps"], ["s"]),
+         node("Div", ["u", "s"], ["h"])],
+        lambda x, rho: x * COSINE_WEIGHTS * rho / np.sqrt((x**2).sum(axis=1, keepdims=True)
+                                                          * (COSINE_WEIGHTS**2).sum())),
+}
+COSINE_WEIGHTS = np.random.default_rng(5).standard_normal((1, X_SHAPE[0], 1, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", list(STATISTICS_BEHIND))
+def test_statistic_of_what_the_operand_is_computed_from_is_held(case):
+    """rules/statistics.py: s held in u·s or u / s also where it is a statistic of a tensor u is computed
+    from: normalising before a linear map or a ReLU or after it explains alike."""
+    nodes, reference = STATISTICS_BEHIND[case]
+    inits = {"w": COSINE_WEIGHTS, "one": np.array([1], np.int64)}
+    h_shape = output_shape(nodes, X_SHAPE, inits, opset=13)
+    model = head_model(nodes, X_SHAPE, h_shape, initializers=inits, opset=13)
+    x = sample() * 3 + 1
+    check(model, x, lambda rho: reference(x.astype(np.float64), rho), h_shape=h_shape)
 
 
 def layer_norm_in_arithmetic(opset: int, affine: bool = True, axes=(-1,)):

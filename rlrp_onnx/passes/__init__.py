@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 from ..errors import RlrpError
 from ..weightless import declared_weights, export_weightless, reattach
 from .castlike import castlike_to_cast
-from .fold import fold_constants, infer_shapes
+from .fold import fold_constants, graphsurgeon_errors_only, infer_shapes
 from .gelu import recognise_gelu
 from .hard_sigmoid import recognise_hard_sigmoid
 from .identities import drop_identities
@@ -39,14 +39,16 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     model, weights = declared_weights(model)
     pin_input_shapes(model, label, input_shapes)
     free_output_batches(model)
-    graph = reattach(gs.import_onnx(infer_shapes(model, label)), weights)
+    with graphsurgeon_errors_only():
+        graph = reattach(gs.import_onnx(infer_shapes(model, label)), weights)
     graph = split_to_sequence(fold_constants(castlike_to_cast(graph)))
     targets = 0
     while True:
         model, held = export_weightless(graph)
         if targets:  # sizes an earlier inference could not follow may be known now
             model = _without_made_up_sizes(model)
-        graph = reattach(gs.import_onnx(infer_shapes(model, label)), held)
+        with graphsurgeon_errors_only():
+            graph = reattach(gs.import_onnx(infer_shapes(model, label)), held)
         nodes = len(graph.nodes)
         targets = pin_reshape_targets(graph) + pin_slice_ends(graph)
         if not targets + pin_expand_shapes(graph) and len(fold_constants(graph).nodes) == nodes:

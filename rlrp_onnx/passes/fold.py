@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -75,13 +77,21 @@ def fold_constants(graph: gs.Graph) -> gs.Graph:
         import onnxruntime  # noqa: F401  (graphsurgeon evaluates folded subgraphs with it)
     except ImportError:
         raise RlrpError("compiling needs ONNX Runtime: install rlrp-onnx[cpu] or rlrp-onnx[gpu]") from None
+    with graphsurgeon_errors_only():
+        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
+    return graph
+
+
+@contextlib.contextmanager
+def graphsurgeon_errors_only():
+    """Silence onnx-graphsurgeon's warnings, which it prints to standard output (folding's failed
+    evaluations, a bfloat16 type numpy does not have): what matters reaches the user as an RlrpError."""
     level = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
     try:
-        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
+        yield
     finally:
         gs.logger.G_LOGGER.severity = level
-    return graph
 
 
 def _ranks_as_constants(graph: gs.Graph) -> None:

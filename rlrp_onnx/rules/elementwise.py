@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import LINEAR, rule
-from .statistics import is_centred, is_statistic_of
+from .statistics import is_centred, is_statistic_behind, is_statistic_of
 
 GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose",  # move values, change none
@@ -131,7 +131,7 @@ def held_operand(ctx, node) -> int | None:
 
 
 def _held_statistic(ctx, s, u) -> bool:
-    return is_statistic_of(ctx, s, u) and not is_centred(ctx, u)
+    return is_statistic_behind(ctx, s, u) and not is_centred(ctx, u)
 
 
 def product(ctx, node, rho, adjoint) -> dict:
@@ -151,7 +151,7 @@ def _div_check(ctx, node):
             return ("Div of a centred tensor by a statistic of it: a LayerNorm written in a form passes/layer_norm.py "
                     "does not recognise (it would hold σ but not the mean) is not supported")
         return ("Div by a tensor computed at run time is not supported (except by a statistic of the "
-                "dividend: a norm or mean of it over non-batch axes)")
+                "dividend or of a tensor it is computed from: a norm or mean over non-batch axes)")
     return None
 
 

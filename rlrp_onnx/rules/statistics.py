@@ -1,7 +1,8 @@
 """Statistics of a tensor that scale it, held constant as the normalizations hold theirs (normalization.py):
 in ``u · s`` or ``u / s`` where ``s`` is computed from ``u`` alone, through reductions over axes other than
 the batch and then elementwise arithmetic and reshapes (ConvNeXt V2's global response normalization
-``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``), ``s`` takes no relevance: rho_u = s·rho_y, or rho_y / s.
+``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``), or from a tensor ``u`` is computed from (``F.cosine_similarity``
+as TorchScript writes it, ``Σ x·w / (‖x‖·‖w‖)``), ``s`` takes no relevance: rho_u = s·rho_y, or rho_y / s.
 Not where ``u`` is itself centred by a statistic (``is_centred``): a LayerNorm holds its mean as well."""
 
 from __future__ import annotations
@@ -55,6 +56,32 @@ def is_statistic_of(ctx, s, u) -> bool:
         return seen[key]
 
     return s is not u and computed(s, False)
+
+
+def is_statistic_behind(ctx, s, u) -> bool:
+    """Whether ``s`` is a statistic of ``u`` or of a tensor ``u`` is computed from (``is_statistic_of``)."""
+    region, stack = {}, [s]  # the data tensors s is computed from through arithmetic and reductions
+    while stack:
+        t = stack.pop()
+        if t.name in region or not ctx.is_data(t):
+            continue
+        region[t.name] = t
+        node = ctx.producer(t)
+        if node is not None and (node.op in REDUCTIONS or node.op in ARITHMETIC):
+            stack.extend(i for i in node.inputs if i.name)
+    sources = {name for name, t in region.items() if is_statistic_of(ctx, s, t)}
+    seen, stack = set(), [u]
+    while sources and stack:
+        t = stack.pop()
+        if t.name in sources:
+            return True
+        if t.name in seen or not ctx.is_data(t):
+            continue
+        seen.add(t.name)
+        node = ctx.producer(t)
+        if node is not None:
+            stack.extend(i for i in node.inputs if i.name)
+    return False
 
 
 def is_centred(ctx, u) -> bool:
