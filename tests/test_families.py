@@ -205,21 +205,26 @@ def test_rms_norm_forms(tmp_path, form):
 class StdLayerNorm(nn.Module):
     """LayerNorm as tutorials write it: ``γ·(x − mean)/(std + ε) + β`` with torch's ``x.std`` (the Annotated
     Transformer; ``form`` "var": ``/ sqrt(x.var() + ε)``, "std_alone": ``/ std``), unbiased unless told
-    (``scale_first`` False: ``(x − mean)/(std + ε)·γ + β``); with ``hold_statistics`` (set by
-    ``gates.detached_gates``) the mean and std detached."""
+    (``scale_first`` False: ``(x − mean)/(std + ε)·γ + β``; ``keepdim`` False: each statistic reduced
+    without keepdim, then ``[..., None]``); with ``hold_statistics`` (set by ``gates.detached_gates``) the
+    mean and std detached."""
 
-    def __init__(self, dim, eps=1e-6, unbiased=True, scale_first=True, form="std"):
+    def __init__(self, dim, eps=1e-6, unbiased=True, scale_first=True, form="std", keepdim=True):
         super().__init__()
         self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.linspace(-0.1, 0.1, dim))
         self.eps, self.unbiased, self.scale_first, self.form = eps, unbiased, scale_first, form
-        self.hold_statistics = False
+        self.keepdim, self.hold_statistics = keepdim, False
+
+    def statistic(self, reduced):
+        return reduced if self.keepdim else reduced[..., None]
 
     def forward(self, x):
-        mean, correction = x.mean(-1, keepdim=True), int(self.unbiased)
+        keep, correction = self.keepdim, int(self.unbiased)
+        mean = self.statistic(x.mean(-1, keepdim=keep))
         if self.form == "var":
-            std = torch.sqrt(x.var(-1, keepdim=True, correction=correction) + self.eps)
+            std = torch.sqrt(self.statistic(x.var(-1, keepdim=keep, correction=correction)) + self.eps)
         else:
-            std = x.std(-1, keepdim=True, correction=correction)
+            std = self.statistic(x.std(-1, keepdim=keep, correction=correction))
             std = std + self.eps if self.form == "std" else std
         if self.hold_statistics:
             mean, std = mean.detach(), std.detach()
@@ -228,7 +233,7 @@ class StdLayerNorm(nn.Module):
         return (x - mean) / std * self.weight + self.bias
 
 
-STD_FORMS = {  # exporter, BatchNorm folded (dynamo: optimized), unbiased, γ first, form
+STD_FORMS = {  # exporter, BatchNorm folded (dynamo: optimized), unbiased, γ first, form[, keepdim]
     "torchscript-unbiased-scale-first": ("torchscript", True, True, True, "std"),
     "dynamo-unbiased-scale-first": ("dynamo", True, True, True, "std"),
     "dynamo-unoptimized-unbiased": ("dynamo", False, True, True, "std"),  # n − 1 computed from Shape
@@ -237,6 +242,10 @@ STD_FORMS = {  # exporter, BatchNorm folded (dynamo: optimized), unbiased, γ fi
     "torchscript-var-unbiased": ("torchscript", True, True, False, "var"),  # √(c·Var + ε): ε inside
     "dynamo-var-biased": ("dynamo", True, False, True, "var"),  # the two means one node, Var reshaped back
     "torchscript-std-alone": ("torchscript", True, True, False, "std_alone"),
+    "torchscript-reduced-then-unsqueezed": ("torchscript", True, True, True, "std", False),
+    "dynamo-reduced-then-unsqueezed": ("dynamo", True, True, True, "std", False),
+    "torchscript-var-reduced-then-unsqueezed": ("torchscript", True, False, False, "var", False),
+    "dynamo-var-reduced-then-unsqueezed": ("dynamo", True, False, False, "var", False),
 }
 
 
@@ -244,12 +253,14 @@ STD_FORMS = {  # exporter, BatchNorm folded (dynamo: optimized), unbiased, γ fi
 def test_layer_norm_written_with_the_standard_deviation(tmp_path, form):
     """``(x − mean)/(std + ε)``, ``/ sqrt(var + ε)`` or ``/ std``, torch's std and var unbiased or not, is
     planned as one LayerNormalization (σ = √(c·Var) + ε, or √(c·Var + ε)) and matches autograd with the
-    mean and σ held. Read node by node it was refused, or (dynamo's var form) σ alone was held and
-    relevance went through the mean: 0.24-0.87 off."""
+    mean and σ held, also with the mean and σ reduced without keepdim and given the axis back. Read node by
+    node it was refused, or (dynamo's var form) σ alone was held and relevance went through the mean:
+    0.24-0.87 off."""
     from rlrp_onnx.passes import canonicalize
 
-    exporter, fold, unbiased, scale_first, norm_form = STD_FORMS[form]
-    model = RMSNormLike(norm=lambda dim, eps: StdLayerNorm(dim, eps, unbiased, scale_first, norm_form)).eval()
+    exporter, fold, unbiased, scale_first, norm_form, *keepdim = STD_FORMS[form]
+    model = RMSNormLike(norm=lambda dim, eps: StdLayerNorm(dim, eps, unbiased, scale_first, norm_form,
+                                                           *keepdim)).eval()
     x = family_input("rmsnorm_like", batch=3, seed=7)
     path = export_onnx(model, x, tmp_path / "std.onnx", exporter, fold)
     ops = [n.op for n in canonicalize(onnx.load(str(path)), form).nodes]

@@ -5,8 +5,8 @@ InstanceNormalization, and replace each, in the canonical graph only, by one ``L
 LayerNorm's statistics are ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(c·mean(d²) + ε)`` (means over the
 same axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as Pow 2 or d·d;
 c = n/(n − 1) for torch's unbiased ``x.var()``, else 1, its factors also computed from static sizes; the
-mean of squares possibly reduced without keepdims and reshaped back, as the dynamo exporter writes
-``x.var()``), or ``σ = Sqrt(c·mean(d²)) + ε`` (torch's ``x.std() + ε``: planned with c in
+means, or σ after its root, possibly reduced without keepdims and given the axes back, as the dynamo
+exporter writes ``x.var()`` and code writes ``x.mean(-1)[..., None]`` or ``x.std(-1).unsqueeze(-1)``), or ``σ = Sqrt(c·mean(d²)) + ε`` (torch's ``x.std() + ε``: planned with c in
 PLANNED_STD_SCALE; an ε inside the root is planned as ε/c with γ/√c), then:
 
 * torch below opset 17, which has no LayerNormalization op, and code written with torch's ``std`` or
@@ -38,6 +38,9 @@ import onnx_graphsurgeon as gs
 from ..rules.normalization import PLANNED_AXES, PLANNED_STD_SCALE
 from .gelu import keepdims_axes, producer, reduced_axes, scalar
 from .reshape_targets import static_number
+
+
+MOVES = ("Transpose", "Reshape", "Unsqueeze", "Squeeze")  # what may move axes of size 1
 
 
 def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
@@ -140,7 +143,8 @@ def _statistics(sqrt):
     σ = Sqrt(c·Var) + ε (``outside``: ``x.std() + ε``); for RMSNorm's mean(x²), mean and Sub None. c is the
     product of constant factors (n/(n − 1): torch's unbiased var and std); the mean of squares may be
     reduced without keepdims and reshaped or expanded back (the dynamo exporter)."""
-    radicand, epsilon, sigma, outside = sqrt.inputs[0], 0.0, sqrt.outputs[0], False
+    sigma = _moved_back(sqrt.outputs[0])
+    radicand, epsilon, outside, root_moved = sqrt.inputs[0], 0.0, False, sigma is not sqrt.outputs[0]
     add = producer(radicand)
     terms = [t for t in add.inputs if scalar(t) is None] if add is not None and add.op == "Add" else []
     if len(terms) == 1 and _only_read_by(add.outputs[0], sqrt):
@@ -153,6 +157,7 @@ def _statistics(sqrt):
     if found is None:
         return None
     variance, c, squared, moved = found
+    moved = moved or root_moved
     sub = producer(squared)
     mean = producer(_unmoved(sub.inputs[1])) if sub is not None and sub.op == "Sub" else None
     if mean is None or mean.inputs[0] is not sub.inputs[0]:  # no mean subtracted: RMSNorm's statistics
@@ -160,15 +165,13 @@ def _statistics(sqrt):
                                                     or _depends_on(sub.inputs[0], sub.inputs[1])):
             return None  # x centred by a mean written otherwise (x − m, m − x): no RMSNorm of it
         sub = mean = None
-    elif list(sub.inputs[1].shape or [])[1:] != list(mean.outputs[0].shape or [None])[1:]:
-        return None  # the mean moved so that it broadcasts otherwise against x
     x = sub.inputs[0] if sub is not None else squared
     if x.shape is None:
         return None
     rank = len(x.shape)
     axes = _mean_axes(variance, rank) or (reduced_axes(variance, rank) if variance.op == "ReduceMean" else None)
     kept = [1 if a in (axes or []) else d for a, d in enumerate(x.shape)]
-    if not axes or (mean is not None and axes != _mean_axes(mean, rank)) \
+    if not axes or (mean is not None and axes != _mean_of(sub.inputs[1], x)) \
             or not all(isinstance(x.shape[a], int) for a in axes) \
             or (moved and list(sigma.shape or [])[1:] != kept[1:]):
         return None
@@ -216,12 +219,11 @@ def _mean_of_squares(tensor):
 
 
 def _centred(node, x, axes) -> bool:
-    """Whether ``node`` computes x − mean(x) with keepdims (over ``axes`` unless None)."""
+    """Whether ``node`` computes x − mean(x) (``_mean_of``; over ``axes`` unless None)."""
     if node is None or node.op != "Sub" or node.inputs[0] is not x or x.shape is None:
         return False
-    mean = producer(node.inputs[1])
-    found = _mean_axes(mean, len(x.shape))
-    return mean is not None and mean.inputs[0] is x and found is not None and (axes is None or found == axes)
+    found = _mean_of(node.inputs[1], x)
+    return found is not None and (axes is None or found == axes)
 
 
 def _torch_form(sigma, x, mean, sub, axes):
@@ -233,7 +235,7 @@ def _torch_form(sigma, x, mean, sub, axes):
         return None
     node, dividend = divided
     if dividend is sub.outputs[0] and node.op == "Div":
-        if not _only_read_by(mean.outputs[0], sub) or len(_readers(sub.outputs[0])) != 2:
+        if not _only_reaches(mean.outputs[0], sub) or len(_readers(sub.outputs[0])) != 2:
             return None
         scale, last = _by_constant(node, "Mul", x)
     else:
@@ -343,10 +345,10 @@ def _size_one_moves(tensor):
 
 
 def _moves_only_size_one_axes(node, tensor) -> bool:
-    """Whether ``node`` is a Transpose or Reshape of ``tensor`` that only moves axes of size 1 (its output
-    holds the same values in the same order), all non-batch sizes known."""
+    """Whether ``node`` is a Transpose, Reshape, Unsqueeze or Squeeze of ``tensor`` that only moves axes of
+    size 1 (its output holds the same values in the same order), all non-batch sizes known."""
     out = node.outputs[0]
-    if node.op not in ("Transpose", "Reshape") or out.shape is None or tensor.shape is None \
+    if node.op not in MOVES or out.shape is None or tensor.shape is None \
             or not all(isinstance(d, int) for d in [*out.shape[1:], *tensor.shape[1:]]):
         return False
     if node.op == "Transpose":
@@ -426,6 +428,32 @@ def _mean_axes(node, rank: int) -> list[int] | None:
     if node is None or node.op != "ReduceMean":
         return None
     return keepdims_axes(node, rank) or None
+
+
+def _mean_of(tensor, x) -> list[int] | None:
+    """The axes over which ``tensor`` is the mean of ``x`` with keepdims, or reduced without and given the
+    kept axes back by Unsqueezes or Reshapes (``x.mean(-1)[..., None]``), else None."""
+    mean, rank = producer(_unmoved(tensor)), len(x.shape)
+    if mean is None or mean.inputs[0] is not x or mean.op not in ("ReduceMean", "GlobalAveragePool"):
+        return None
+    axes = _mean_axes(mean, rank) or (reduced_axes(mean, rank) if mean.op == "ReduceMean" else None)
+    kept = [1 if a in (axes or []) else d for a, d in enumerate(x.shape)]
+    return axes if axes and list(tensor.shape or [])[1:] == kept[1:] else None
+
+
+def _moved_back(tensor):
+    """The output of the one reader of ``tensor`` that only moves axes of size 1 (the σ of ``x.std(-1)``
+    given its axis back after the root), or ``tensor``."""
+    readers = tensor.outputs
+    if len(readers) == 1 and readers[0].op in MOVES and _moves_only_size_one_axes(readers[0], tensor):
+        return readers[0].outputs[0]
+    return tensor
+
+
+def _only_reaches(tensor, reader) -> bool:
+    """Whether ``tensor``'s values reach no node but ``reader``, also through moves of axes of size 1."""
+    readers = [n for t in _size_one_moves(tensor) for n in t.outputs]
+    return all(n is reader or n.outputs[0] in _size_one_moves(tensor) for n in readers) and reader in readers
 
 
 def _readers(tensor) -> set[int]:
