@@ -418,10 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if hasattr(args, "device") and not os.environ.get("RLRP_DEBUG"):
+    if not os.environ.get("RLRP_DEBUG"):
         from .runtime import quiet_onnxruntime
 
-        quiet_onnxruntime()  # its log would repeat the one line the CLI says about CUDA
+        quiet_onnxruntime()  # its log would repeat the one line the CLI says about CUDA, and compiling
+        # would print the warnings of the sessions onnx-graphsurgeon opens to fold constants
     try:
         args.run(args)
     except RlrpError as error:

@@ -27,6 +27,8 @@ statistics), in eval mode. Gates (squeeze-excitation) and gated activations are 
 * ``resnext_like``       bottleneck blocks with grouped 3x3 convolutions (8 groups);
 * ``shufflenet_like``    ShuffleNetV2 units: channel split (Split/Slice), Concat, channel shuffle
   (Reshape-Transpose-Reshape), strided depthwise convolutions, a max pool;
+* ``fasternet_like``     FasterNet's partial convolution assigned in place to a slice of a copy
+  (ScatterND; TorchScript computes its indices from the batch size);
 * ``convnext_like``      ConvNeXt: patchify Conv, LayerNorm over channels between two Transposes,
   depthwise 7x7, GELU MLP on channels-last tensors, layer scale, skip;
 * ``convnextv2_like``    ConvNeXt V2: the MLP's global response normalization (GRN: the L2 norm over the
@@ -571,6 +573,39 @@ class ShuffleNetLike(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
+# ---- FasterNet: a partial convolution assigned in place to a slice of a copy (ScatterND) ----------
+
+class PartialConvBlock(nn.Module):
+    """FasterNet's block as its inference code writes it: a 3x3 convolution of the first quarter of the
+    channels written back in place (``y[:, :c] = conv(x[:, :c])``, which both exporters write as ScatterND,
+    TorchScript with indices computed from the batch size), then a 1x1 MLP and the skip."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.part = channels // 4
+        self.conv = nn.Conv2d(self.part, self.part, 3, padding=1, bias=False)
+        self.mlp = nn.Sequential(conv_bn(channels, 2 * channels, 1), nn.Conv2d(2 * channels, channels, 1))
+
+    def forward(self, x):
+        y = x.clone()
+        y[:, :self.part] = self.conv(x[:, :self.part])
+        return x + self.mlp(y)
+
+
+class FasterNetLike(nn.Module):
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(3, 16, 4, 4), PartialConvBlock(16), conv_bn(16, 32, 2, 2),
+                                  PartialConvBlock(32))
+        self.head = nn.Sequential(GlobalPool(), nn.Linear(32, num_classes))
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 # ---- ConvNeXt: depthwise 7x7, LayerNorm over channels (channels last), GELU MLP, layer scale ------
 
 class Permute(nn.Module):
@@ -887,6 +922,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "vit_sdpa_like": ModelSpec(SdpaViTLike, SdpaViTLike.input_shape),
     "resnext_like": ModelSpec(ResNeXtLike, ResNeXtLike.input_shape),
     "shufflenet_like": ModelSpec(ShuffleNetLike, ShuffleNetLike.input_shape),
+    "fasternet_like": ModelSpec(FasterNetLike, FasterNetLike.input_shape),
     "convnext_like": ModelSpec(ConvNeXtLike, ConvNeXtLike.input_shape),
     "convnextv2_like": ModelSpec(ConvNeXtV2Like, ConvNeXtV2Like.input_shape),
     "swin_like": ModelSpec(SwinLike, SwinLike.input_shape),

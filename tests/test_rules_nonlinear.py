@@ -112,7 +112,7 @@ def test_identity_rule_conserves_relevance_away_from_zero():
                                rtol=1e-5)
 
 
-# ---- two slopes: LeakyRelu, PRelu ----------------------------------------------------------------
+# ---- two slopes: LeakyRelu, PRelu, Abs -----------------------------------------------------------
 
 SLOPE = np.array([0.25, -0.5, 0.0], np.float32).reshape(3, 1, 1)  # per channel; PRelu's may be ≤ 0
 TWO_SLOPES = {
@@ -121,6 +121,7 @@ TWO_SLOPES = {
     "PRelu": ([node("PRelu", ["x", "slope"], ["h"])], {"slope": SLOPE}, SLOPE),
     "PRelu_positive_slopes": ([node("PRelu", ["x", "slope"], ["h"])], {"slope": np.abs(SLOPE) + 0.1},
                               np.abs(SLOPE) + 0.1),
+    "Abs": ([node("Abs", ["x"], ["h"])], {}, -1.0),  # |x| = sign(x)·x: the slopes 1 and −1
 }
 
 

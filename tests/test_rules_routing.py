@@ -115,6 +115,11 @@ ROUTING = {
     "where_broadcast_condition": (
         [node("Mul", ["x", "m2"], ["x2"]), node("Where", ["c", "x", "x2"], ["h"])],
         {"c": np.array([True, False, True, True]).reshape(1, 4, 1), "m2": np.float32(-2.0)}, 13),
+    "scatter_nd_over_channels": (  # channels 0 and 2 overwritten by 2·(channels 1, 2): as x[:, [0, 2]] = …
+        [node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("Slice", ["t", "s", "e"], ["u"]),
+         node("Mul", ["u", "two"], ["u2"]), node("ScatterND", ["t", "i", "u2"], ["y"]),
+         node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])],
+        {"s": ints(1), "e": ints(3), "two": np.float32(2.0), "i": ints(0, 2).reshape(2, 1)}, 13),
 }
 
 
@@ -122,6 +127,15 @@ ROUTING = {
 def test_routing(case):
     nodes, inits, opset = ROUTING[case]
     check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+def test_a_scatter_that_accumulates_is_refused():
+    nodes = [node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("Slice", ["t", "s", "e"], ["u"]),
+             node("ScatterND", ["t", "i", "u"], ["y"], reduction="add"),
+             node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])]
+    inits = {"s": ints(1), "e": ints(3), "i": ints(0, 2).reshape(2, 1)}
+    with pytest.raises(RlrpError, match="ScatterND with reduction 'add' is not supported"):
+        compile_model(head_model(nodes, X_SHAPE, initializers=inits, opset=16))
 
 
 def test_a_slice_end_that_may_fall_short_of_its_axis_is_refused():

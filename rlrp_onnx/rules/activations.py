@@ -19,11 +19,12 @@ def relu(ctx, node, rho):
     return {0: emit.gate(rho[0], node.outputs[0], low=0.0)}
 
 
-@rule("LeakyRelu", kind=ACTIVATION)
+@rule("LeakyRelu", "Abs", kind=ACTIVATION)
 def leaky_relu(ctx, node, rho):
-    """rho_x = rho_y where x > 0, alpha·rho_y elsewhere (the sign read off y when alpha > 0)."""
+    """rho_x = rho_y where x > 0, alpha·rho_y elsewhere (the sign read off y when alpha > 0); Abs is the
+    LeakyRelu of slope −1."""
     emit = ctx.emit
-    alpha = float(node.attrs.get("alpha", 0.01))
+    alpha = -1.0 if node.op == "Abs" else float(node.attrs.get("alpha", 0.01))
     signed = node.outputs[0] if alpha > 0 else node.inputs[0]
     positive = emit.op("Greater", [signed, emit.const(0.0)])
     return {0: emit.masked(positive, rho[0], alpha)}

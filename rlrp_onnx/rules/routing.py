@@ -5,6 +5,7 @@ zero where none was."""
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from ..ir import text
 from .registry import rule
@@ -264,6 +265,31 @@ def gather_elements(ctx, node, rho):
     r = _reshape_static(ctx, rho[0], [None] * kept + [flat.size])
     r = scatter_axis(ctx, r, kept + 1, kept, flat, int(np.prod(dims)))
     return {0: ctx.emit.reshape_like(r, x)}
+
+
+# ---- ScatterND: in-place assignment to a slice, x[:, :c] = f(x[:, :c]) (FasterNet) ------------------
+
+def _scatter_nd_check(ctx, node):
+    reduction = node.attrs.get("reduction", "none")
+    if reduction != "none":
+        return f"ScatterND with reduction '{reduction}' is not supported"
+    return None
+
+
+@rule("ScatterND", check=_scatter_nd_check)
+def scatter_nd(ctx, node, rho):
+    """y = x with the positions ``indices`` overwritten by ``updates`` (ONNX leaves repeated indices
+    undefined, so none repeat): rho_updates = rho_y read there (GatherND), rho_x = rho_y with zeros
+    written there (ScatterND), with the forward pass's indices, also where computed at run time."""
+    emit, (x, indices, updates) = ctx.emit, node.inputs
+    result = {}
+    if ctx.is_data(updates):
+        result[2] = emit.op("GatherND", [rho[0], indices])
+    if ctx.is_data(x):
+        zero = gs.Constant(f"{node.name}/zero", np.zeros(1, np.float32))
+        zeros = emit.op("ConstantOfShape", [emit.shape_of(updates)], {"value": zero})
+        result[0] = emit.op("ScatterND", [rho[0], indices, zeros])
+    return result
 
 
 # ---- Where ---------------------------------------------------------------------------------------
