@@ -122,10 +122,31 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
     return output
 
 
-def logits_of(output: gs.Variable) -> gs.Variable:
+def logits_of(output: gs.Variable, opset: int = 17) -> gs.Variable:
     """The pre-activation scores: the input of a trailing Softmax/LogSoftmax/Sigmoid (seen through
-    Identity, as skl2onnx writes it, and through the two Transposes that move the classes to the last axis
-    and back, as torch writes a softmax over axis 1 of [N, K, 1, …] below opset 13), else the output."""
+    Identity, as skl2onnx writes it, through the two Transposes that move the classes to the last axis
+    and back, as torch writes a softmax over axis 1 of [N, K, 1, …] below opset 13, and through the
+    Flatten, Reshape or Squeeze that make [N, K, 1, …] scores [N, K] after it), else the output."""
+    scores, producer = output, _producer(output)
+    while producer is not None and producer.op in SIZE_ONE_MOVES and _same_scores(producer.inputs[0], output):
+        scores, producer = producer.inputs[0], _producer(producer.inputs[0])
+        if producer is not None and producer.op in TRAILING:  # a softmax over the classes (opset 13's default: −1)
+            axis = producer.attrs.get("axis", 1 if opset < 13 else -1) if producer.op != "Sigmoid" else 1
+            return producer.inputs[0] if axis % len(scores.shape) == 1 else output
+    return _before_trailing(output)
+
+
+SIZE_ONE_MOVES = {"Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+
+
+def _same_scores(tensor, output) -> bool:
+    """Whether ``tensor`` holds the scores of ``output`` with axes of size 1 added or removed."""
+    return holds_class_scores(tensor.shape) and holds_class_scores(output.shape) \
+        and tensor.shape[1] == output.shape[1] and isinstance(output.shape[1], int)
+
+
+def _before_trailing(output: gs.Variable) -> gs.Variable:
+    """The input of a Softmax/LogSoftmax/Sigmoid writing ``output``, also between two Transposes."""
     producer = _producer(output)
     moved = producer is not None and producer.op == "Transpose" and _moves_classes_last(producer)
     trailing = _producer(producer.inputs[0]) if moved else producer
@@ -191,7 +212,7 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
             output_name: str | None = None) -> Plan:
     """Find the explained output, its logits and the relevance path, without checking coverage."""
     output = explained_output(graph, label, output_name)
-    logits = logits_of(output)
+    logits = logits_of(output, graph.opset)
     data = data_tensors(graph, inputs)
     if logits.name not in data:
         wider = _wider_float_between(graph, inputs, logits)

@@ -826,6 +826,46 @@ def test_a_trailing_activation_is_skipped(trailing):
     np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("then", ["Flatten", "Squeeze", "Reshape"])
+@pytest.mark.parametrize("trailing", ["Sigmoid", "Softmax", "LogSoftmax"])
+def test_a_trailing_activation_before_the_unit_axes_are_dropped_is_skipped(trailing, then):
+    """Scores [N, K, 1, 1] through the activation, then flattened (``sigmoid(z).flatten(1)``, Caffe's
+    softmax then a reshape): the logit before it is explained, as for ``sigmoid(z.flatten(1))``. The
+    Sigmoid was read with its identity rule (the probability explained and given as the score) and the
+    softmaxes refused."""
+    from onnx_builders import dense_classifier
+
+    plain = dense_classifier()
+    activated = onnx.ModelProto()
+    activated.CopyFrom(plain)
+    activated.graph.node[-1].output[0] = "z"
+    activated.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(v, np.int64), k)
+                                        for k, v in {"unit": [2, 3], "flat": [0, -1]}.items()])
+    dropped = {"Flatten": node("Flatten", ["p"], ["logits"]), "Squeeze": node("Squeeze", ["p", "unit"], ["logits"]),
+               "Reshape": node("Reshape", ["p", "flat"], ["logits"])}[then]
+    activated.graph.node.extend([node("Unsqueeze", ["z", "unit"], ["z4"]),
+                                 node(trailing, ["z4"], ["p"], **({} if trailing == "Sigmoid" else {"axis": 1})),
+                                 dropped])
+    x = np.random.default_rng(8).standard_normal((3, 6)).astype(np.float32)
+    expected, _ = compiled(plain, x)
+    out, _ = compiled(activated, x)
+    np.testing.assert_allclose(out["rlrp_score"], expected["logits"].max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
+
+
+def test_a_softmax_over_a_unit_axis_is_not_skipped():
+    """softmax over a unit axis of [N, K, 1] (all ones), then squeezed: no logit to explain before it."""
+    from onnx_builders import dense_classifier
+
+    model = dense_classifier()
+    model.graph.node[-1].output[0] = "z"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([2], np.int64), "unit"))
+    model.graph.node.extend([node("Unsqueeze", ["z", "unit"], ["z3"]), node("Softmax", ["z3"], ["p"], axis=-1),
+                             node("Squeeze", ["p", "unit"], ["logits"])])
+    with pytest.raises(RlrpError, match="Softmax inside the network is supported only as a gate"):
+        compile_model(model)
+
+
 EXTREMA = {
     "max_relu": ([node("Max", ["x", "zero"], ["h"])], {"zero": np.float32(0.0)}, lambda x: x > 0),
     "min_first_constant": ([node("Min", ["half", "x"], ["h"])], {"half": np.float32(0.5)}, lambda x: x < 0.5),

@@ -339,6 +339,43 @@ def test_what_only_computes_a_gate_needs_no_rule():
         np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * g * rho, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("order", [("s", "t"), ("t", "s")])
+def test_a_product_of_gates_is_a_gate(order):
+    """x·(σ(x·A)·σ(x·B)), in either order of the two gates: the product is held whole (relevance went into
+    one Sigmoid, chosen by operand order, through its identity rule: 4-56 times off, and not symmetric)."""
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    a, b = np.random.default_rng(6).standard_normal((2, 5, 5)).astype(np.float32)
+    nodes = [node("MatMul", ["x", "a"], ["xa"]), node("Sigmoid", ["xa"], ["s"]), node("MatMul", ["x", "b"], ["xb"]),
+             node("Sigmoid", ["xb"], ["t"]), node("Mul", list(order), ["g"]), node("Mul", ["x", "g"], ["h"])]
+    model = head_model(nodes, X_SHAPE, initializers={"a": a, "b": b})
+    out, _ = compiled(model, x, [1, -1, 3])
+    rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(x.shape)
+    x64 = x.astype(np.float64)
+    gate = 1 / (1 + np.exp(-x64 @ a)) / (1 + np.exp(-x64 @ b))
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * gate * rho, rtol=1e-5, atol=1e-6)
+
+
+def test_a_renormalised_mixture_of_softmax_and_positions_is_a_gate():
+    """ConViT's attention weights: (1 − c)·softmax(x) + c·P with P a tensor of positions that does not
+    depend on the input (here expanded to the batch at run time), divided by their sum over the keys, then
+    times the values: held whole (the Softmax was refused)."""
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    positions = np.random.default_rng(6).random((1, 1, 4, 5)).astype(np.float32)
+    nodes = [node("Softmax", ["x"], ["w"], axis=-1), node("Mul", ["w", "keep"], ["kw"]),
+             node("Shape", ["x"], ["shape"]), node("Expand", ["p", "shape"], ["pe"]), node("Mul", ["pe", "c"], ["cp"]),
+             node("Add", ["kw", "cp"], ["mix"]), node("ReduceSum", ["mix", "last"], ["total"]),
+             node("Div", ["mix", "total"], ["attention"]), node("Transpose", ["x"], ["v"], perm=[0, 1, 3, 2]),
+             node("MatMul", ["attention", "v"], ["h"])]
+    inits = {"keep": np.float32(0.7), "c": np.float32(0.3), "p": positions, "last": ints(-1)}
+    model = head_model(nodes, X_SHAPE, initializers=inits)
+    out, _ = compiled(model, x, [1, -1, 3])
+    rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(3, 3, 4, 4)
+    w = np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)
+    mix = 0.7 * w + 0.3 * positions
+    attention = mix / mix.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * _swap(_swap(attention) @ rho), rtol=1e-5, atol=1e-6)
+
+
 def test_a_node_reading_the_input_in_a_subgraph_is_named():
     """An If whose branches read the data (TorchScript's unfolded squeeze(0)) is the uncovered node, not
     "does not depend on any float input"."""
@@ -361,18 +398,25 @@ def test_a_node_reading_the_input_in_a_subgraph_is_named():
 
 def test_softmax_reshaped_into_the_scores_is_no_gate():
     """tf2onnx's head Conv1x1 → Softmax → Reshape: the Softmax feeds only the graph output. Taken for a
-    gate it gave zero relevance and the probability as the score; it must be refused instead."""
+    gate it gave zero relevance and the probability as the score (then it was refused); it is the
+    trailing softmax, skipped: the logit before it is explained, as without the softmax."""
     w = np.random.default_rng(6).standard_normal((4, 6)).astype(np.float32)
-    graph = helper.make_graph(
-        [node("Gemm", ["x", "w"], ["z"], transB=1), node("Unsqueeze", ["z", "axes"], ["z4"]),
-         node("Softmax", ["z4"], ["p4"], axis=1, name="head_softmax"), node("Flatten", ["p4"], ["probs"])],
-        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
-        [helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["N", 4])],
-        initializer=[onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(ints(2, 3), "axes")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    with pytest.raises(RlrpError, match="head_softmax .Softmax: Softmax inside the network is supported only as"):
-        compile_model(model)
+
+    def model(head):
+        graph = helper.make_graph(
+            [node("Gemm", ["x", "w"], ["z"], transB=1), node("Unsqueeze", ["z", "axes"], ["z4"]), *head],
+            "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+            [helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["N", 4])],
+            initializer=[onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(ints(2, 3), "axes")])
+        made = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        made.ir_version = 8
+        return made
+
+    x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
+    out, _ = compiled(model([node("Softmax", ["z4"], ["p4"], axis=1), node("Flatten", ["p4"], ["probs"])]), x)
+    plain, _ = compiled(model([node("Flatten", ["z4"], ["probs"])]), x)
+    np.testing.assert_allclose(out["rlrp_score"], (x @ w.T).max(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], plain[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
 
 
 def test_resize_nearest_is_routed_without_matmul():

@@ -63,12 +63,21 @@ GATE_MOVES = {"Split", "Slice", "Tile", "Resize", "Pad", "Gather", "GatherND", "
               "DepthToSpace", "SpaceToDepth"}  # from input 0: the values stay a gate's (Resize: mixed)
 
 
+GATE_COMBINATIONS = {"Mul", "Add", "Sum", "Sub", "Mean"}  # of gates and input-free tensors: a gate
+
+
 def _gate_sources(ctx, node) -> list[int]:
-    """The inputs a gate passes through ``node`` from, where ``node`` keeps it a gate, else []."""
+    """The inputs a gate passes through ``node`` from, where ``node`` keeps it a gate, else []: also a
+    product or sum of gates and tensors that do not depend on the input (``σ(a)·σ(b)``; ConViT's
+    ``(1 − σ(λ))·softmax(q·kᵀ) + σ(λ)·softmax(p)``, p a function of positions) and a gate divided by such
+    a tensor or by a statistic of it (ConViT then divides by the sum over the keys)."""
     if node.op in RESHAPING or node.op in GATE_MOVES:
         return [0]
-    if node.op == "Concat":
-        return [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
+    data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
+    if node.op == "Concat" or node.op in GATE_COMBINATIONS and data:
+        return data
+    if node.op == "Div" and data[:1] == [0] and (data == [0] or is_statistic_of(ctx, node.inputs[1], node.inputs[0])):
+        return [0]
     if node.op == "Where" and not ctx.is_data(node.inputs[0]):
         data = [i for i in (1, 2) if ctx.is_data(node.inputs[i])]
         return data if len(data) == 1 and ctx.constant(node.inputs[3 - data[0]]) is not None else []
