@@ -240,6 +240,10 @@ GATED = {
     "mish_written_out": (  # torch.onnx (TorchScript) at every opset
         [node("Softplus", ["x"], ["sp"]), node("Tanh", ["sp"], ["t"]), node("Mul", ["x", "t"], ["h"])], 13,
         lambda x: np.tanh(np.logaddexp(0, x))),
+    "mish_written_out_with_softplus_threshold": (  # x·tanh(F.softplus(x)) from the dynamo exporter
+        [node("Softplus", ["x"], ["sp"]), const("twenty", 20.0), node("Greater", ["x", "twenty"], ["above"]),
+         node("Where", ["above", "x", "sp"], ["spt"]), node("Tanh", ["spt"], ["t"]), node("Mul", ["x", "t"], ["h"])],
+        13, lambda x: np.tanh(np.logaddexp(0, x))),
     "hardswish_relu6_product_then_sixth": (  # x·relu6(x + 3)/6, bracketed as (x·relu6(x + 3))/6
         [const("three", 3.0), const("zero", 0.0), const("six", 6.0), node("Add", ["x", "three"], ["a"]),
          node("Clip", ["a", "zero", "six"], ["c"]), node("Mul", ["x", "c"], ["m"]), node("Div", ["m", "six"], ["h"])],

@@ -1,5 +1,6 @@
 """Recognise Mish written out, ``x · tanh(softplus(x))`` (any operand order), as torch's TorchScript exporter
-writes ``nn.Mish`` at every opset, and make its Mul a ``Mish(x)`` writing the same tensor, whose rule holds
+writes ``nn.Mish`` at every opset and code writes it (the dynamo exporter's softplus then has its threshold
+branch, a Where), and make its Mul a ``Mish(x)`` writing the same tensor, whose rule holds
 the gate tanh(softplus(x)) constant, as for the op the dynamo exporter writes. Read node by node, the
 product took the half rule and Softplus the identity rule, whose pole near x = 0 dropped half of the
 relevance there. The canonical graph is only planned, so the opset-18 op is valid at any opset (gelu.py).
@@ -15,9 +16,21 @@ from .gelu import producer
 def _gate_of(gate, x) -> bool:
     """Whether ``gate`` is tanh(softplus(x)), computed for this product only."""
     tanh = producer(gate)
-    softplus = producer(tanh.inputs[0]) if tanh is not None and tanh.op == "Tanh" else None
-    return (softplus is not None and softplus.op == "Softplus" and softplus.inputs[0] is x
+    return (tanh is not None and tanh.op == "Tanh" and _is_softplus_of(tanh.inputs[0], x)
             and len(gate.outputs) == 1 and len(tanh.inputs[0].outputs) == 1)
+
+
+def _is_softplus_of(tensor, x) -> bool:
+    """Whether ``tensor`` is Softplus(x), or, as the dynamo exporter writes ``F.softplus`` with its
+    threshold, Where(x > t, x, Softplus(x)) (the Softplus and the comparison read by that Where only)."""
+    node = producer(tensor)
+    if node is not None and node.op == "Where":
+        above, softplus = producer(node.inputs[0]), producer(node.inputs[2])
+        if above is None or above.op != "Greater" or above.inputs[0] is not x or node.inputs[1] is not x \
+                or softplus is None or len(node.inputs[0].outputs) != 1 or len(node.inputs[2].outputs) != 1:
+            return False
+        node = softplus
+    return node is not None and node.op == "Softplus" and node.inputs[0] is x
 
 
 def recognise_mish(graph: gs.Graph) -> gs.Graph:
