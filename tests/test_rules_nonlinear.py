@@ -100,6 +100,25 @@ def test_identity_rule(case):
     assert selections(compiled_model, model) == []
 
 
+@pytest.mark.parametrize("exponent", [2.0, 3.0, 1.0, 0.5])
+def test_identity_rule_of_a_power(exponent):
+    """x^p for a constant p > 0 (squared ReLU, StarReLU, GeM pooling): y/x = x^(p − 1), its limit below
+    1e-4 (0, or 1 for p = 1), a pole for p < 1 (positive inputs there: x^0.5 of a negative x is NaN)."""
+    x = sample() if exponent >= 1 else np.abs(sample())
+    model = head_model([node("Pow", ["x", "p"], ["h"])], X_SHAPE, X_SHAPE, initializers={"p": np.float32(exponent)})
+    limits = None if exponent < 1 else (1.0, 1.0) if exponent == 1 else (0.0, 0.0)
+    check(model, x, identity_reference(x, lambda v: v**exponent, limits))
+
+
+@pytest.mark.parametrize("exponent", [-0.5, 0.0, None])
+def test_a_power_not_a_constant_positive_exponent_is_refused(exponent):
+    nodes = [node("Pow", ["x", "p"], ["h"])] if exponent is not None else [
+        node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3]), node("Pow", ["x", "m"], ["h"])]
+    inits = {"p": np.float32(exponent)} if exponent is not None else {}
+    with pytest.raises(RlrpError, match="Pow is supported with a constant positive exponent only"):
+        compile_model(head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13))
+
+
 def test_identity_rule_conserves_relevance_away_from_zero():
     """Σ R_x = Σ y·rho_y exactly (the rule is R_x = R_y) when no |x| is below the threshold."""
     x = np.random.default_rng(0).uniform(0.5, 2.0, (2, *X_SHAPE)).astype(np.float32)

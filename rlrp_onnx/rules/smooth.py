@@ -1,8 +1,8 @@
 """Other elementwise activations inside the network: the identity rule R_x = R_y, so rho_x = rho_y·y/x.
 
 This is the one rule of shared/RLRP.md that divides by a forward value. Near x = 0 the quotient y/x is
-either a removable singularity (f(0) = 0: Tanh, Elu, Selu, Celu, Softsign, HardSigmoid with beta 0) or a
-pole (f(0) ≠ 0: Sigmoid, Softplus, HardSigmoid). Where |x| < TINY:
+either a removable singularity (f(0) = 0: Tanh, Elu, Selu, Celu, Softsign, HardSigmoid with beta 0, x^p
+for p ≥ 1) or a pole (f(0) ≠ 0: Sigmoid, Softplus, HardSigmoid; x^p for 0 < p < 1). Where |x| < TINY:
 
 * removable: y/x is replaced by its one-sided limit f'(0⁻) or f'(0⁺) (they differ for Elu with alpha ≠ 1,
   Selu and HardSigmoid). float32 ``y / x``
@@ -32,6 +32,25 @@ def _hard_sigmoid_limits(node):
     return (0.0, float(node.attrs.get("alpha", 0.2))) if float(node.attrs.get("beta", 0.5)) == 0.0 else None
 
 
+def _exponent(node) -> float | None:
+    """The constant scalar exponent of a Pow node, or None."""
+    values = getattr(node.inputs[1], "values", None)
+    return float(values.reshape(())) if values is not None and values.size == 1 else None
+
+
+def _pow_limits(node):
+    """x^p for p > 0 (squared ReLU, MetaFormer's StarReLU, GeM pooling): y/x = x^(p − 1), removable (limit 0,
+    or 1 for p = 1) for p ≥ 1, a pole below."""
+    p = _exponent(node)
+    return ((1.0, 1.0) if p == 1.0 else (0.0, 0.0)) if p >= 1.0 else None
+
+
+def _pow_check(ctx, node):
+    if node.op == "Pow" and not (_exponent(node) or 0.0) > 0.0:
+        return "Pow is supported with a constant positive exponent only"
+    return None
+
+
 # op -> (f'(0⁻), f'(0⁺)) where f(0) = 0, or None for a pole at 0
 LIMITS = {
     "Tanh": lambda node: (1.0, 1.0),
@@ -43,10 +62,11 @@ LIMITS = {
     "Sigmoid": lambda node: None,
     "Softplus": lambda node: None,
     "HardSigmoid": _hard_sigmoid_limits,
+    "Pow": _pow_limits,
 }
 
 
-@rule(*LIMITS, kind=ACTIVATION)
+@rule(*LIMITS, check=_pow_check, kind=ACTIVATION)
 def identity_rule(ctx, node, rho):
     """rho_x = rho_y·y/x for |x| ≥ TINY; below it the one-sided limit, or 0 at a pole (module docstring)."""
     emit = ctx.emit
