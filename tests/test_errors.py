@@ -177,37 +177,30 @@ def test_no_input_to_explain(tmp_path, capsys, kind, expected):
     assert_one_line_error(code, err, "other.onnx", *expected)
 
 
-def test_a_double_section_is_named(tmp_path, capsys):
-    """A float32 model computing in double between Casts: refused, naming the double tensor."""
-    model = make_model(
-        [helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.DOUBLE),
-         helper.make_node("MatMul", ["wide", "w"], ["m"]),
-         helper.make_node("Cast", ["m"], ["logits"], to=TensorProto.FLOAT)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
-        {"w": np.ones((3, 2), np.float64)})
-    path = tmp_path / "double.onnx"
-    onnx.save(model, path)
-    code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
-    assert_one_line_error(code, err, "double.onnx", "except through 'wide', a float64 tensor",
-                          "convert the model to float32")
+OTHER_FLOAT_SECTIONS = {  # the nodes, the weight's type, the tensor named, its type
+    "double": ([helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.DOUBLE),
+                helper.make_node("MatMul", ["wide", "w"], ["m"]),
+                helper.make_node("Cast", ["m"], ["logits"], to=TensorProto.FLOAT)], np.float64, "wide", "float64"),
+    "bfloat16": ([helper.make_node("Cast", ["x"], ["narrow"], to=TensorProto.BFLOAT16),
+                  helper.make_node("Cast", ["narrow"], ["back"], to=TensorProto.FLOAT),
+                  helper.make_node("MatMul", ["back", "w"], ["logits"])], np.float32, "narrow", "bfloat16"),
+}
 
 
-def test_a_bfloat16_round_trip_is_named(tmp_path, capsys):
-    """``h.bfloat16().float()`` inside a float32 model: refused, naming the bfloat16 tensor (numpy has no
-    bfloat16, and the message said only that the output depends on no float input)."""
-    model = make_model(
-        [helper.make_node("Cast", ["x"], ["narrow"], to=TensorProto.BFLOAT16),
-         helper.make_node("Cast", ["narrow"], ["back"], to=TensorProto.FLOAT),
-         helper.make_node("MatMul", ["back", "w"], ["logits"])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
-        {"w": np.ones((3, 2), np.float32)})
-    path = tmp_path / "bfloat16.onnx"
+@pytest.mark.parametrize("kind", list(OTHER_FLOAT_SECTIONS))
+def test_a_section_of_another_float_type_is_named(tmp_path, capsys, kind):
+    """A float32 model computing in double between Casts, or rounding through bfloat16 (``h.bfloat16().float()``):
+    refused, naming that tensor (bfloat16, which numpy has no type for, was reported as an output that
+    depends on no float input, and onnx-graphsurgeon printed a warning on standard output)."""
+    nodes, weight_type, name, type_name = OTHER_FLOAT_SECTIONS[kind]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+                       {"w": np.ones((3, 2), weight_type)})
+    path = tmp_path / f"{kind}.onnx"
     onnx.save(model, path)
     code, out, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
-    assert not out  # (onnx-graphsurgeon's warning that numpy has no bfloat16 was printed there)
-    assert_one_line_error(code, err, "bfloat16.onnx", "except through 'narrow', a bfloat16 tensor",
+    assert not out
+    assert_one_line_error(code, err, f"{kind}.onnx", f"except through '{name}', a {type_name} tensor",
                           "convert the model to float32")
 
 
