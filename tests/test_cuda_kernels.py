@@ -297,9 +297,9 @@ def _family_exports(folder):
     model, x = RMSNormLike(norm=StdLayerNorm).eval(), family_input("rmsnorm_like", 2)
     for exporter in ("torchscript", "dynamo"):
         yield f"std_layer_norm-{exporter}", export_onnx(model, x, folder / f"std-{exporter}.onnx", exporter, True)
-    for name in ("vit_like", "vit_einsum_like", "groupnorm_like", "rmsnorm_like", "resnext_like", "shufflenet_like", "fasternet_like",
-                 "convnext_like", "convnextv2_like", "swin_like", "fastai_like", "cosine_like", "cosine_similarity_like",
-                 "maxout_like", "padding_modes_like"):
+    for name in ("vit_like", "vit_einsum_like", "groupnorm_like", "rmsnorm_like", "resnext_like", "shufflenet_like",
+                 "fasternet_like", "convnext_like", "convnextv2_like", "swin_like", "fastai_like", "cosine_like",
+                 "cosine_similarity_like", "maxout_like", "padding_modes_like"):
         model, x = make_family(name), family_input(name, 2)
         for exporter in ("torchscript", "dynamo"):
             yield f"{name}-{exporter}-fold", export_onnx(model, x, folder / f"{name}-{exporter}.onnx", exporter, True)

@@ -582,10 +582,11 @@ STATISTICS_BEHIND = {  # y = u·s or u / s with s a statistic of a tensor u is c
         [node("Relu", ["x"], ["r"]), node("ReduceMean", ["x"], ["m"], axes=[1]), node("Mul", ["r", "m"], ["h"])],
         lambda x, rho: x * (x > 0) * x.mean(axis=1, keepdims=True) * rho),
     "cosine_similarity_as_torchscript_writes_it": (  # Σ x·w / max(√(Σx²·Σw²), ε) over the channels
-        [node("Mul", ["x", "w"], ["xw"]), node("ReduceSum", ["xw", "one"], ["u"]), node("Mul", ["x", "x"], ["xx"]),
-         node("ReduceSum", ["xx", "one"], ["nx"]), node("Mul", ["w", "w"], ["ww"]), node("ReduceSum", ["ww", "one"], ["nw"]),
-         node("Mul", ["nx", "nw"], ["nn"]), node("Sqrt", ["nn"], ["n"]), const("eps", 1e-8), node("Max", ["n", "eps"], ["s"]),
-         node("Div", ["u", "s"], ["h"])],
+        [node("Mul", ["x", "w"], ["xw"]), node("ReduceSum", ["xw", "one"], ["u"]),
+         node("Mul", ["x", "x"], ["xx"]), node("ReduceSum", ["xx", "one"], ["nx"]),
+         node("Mul", ["w", "w"], ["ww"]), node("ReduceSum", ["ww", "one"], ["nw"]),
+         node("Mul", ["nx", "nw"], ["nn"]), node("Sqrt", ["nn"], ["n"]), const("eps", 1e-8),
+         node("Max", ["n", "eps"], ["s"]), node("Div", ["u", "s"], ["h"])],
         lambda x, rho: x * COSINE_WEIGHTS * rho / np.sqrt((x**2).sum(axis=1, keepdims=True)
                                                           * (COSINE_WEIGHTS**2).sum())),
 }

@@ -6,8 +6,9 @@ LayerNorm's statistics are ``m = mean(x)``, ``d = x − m``, ``σ = Sqrt(c·mean
 same axes, as ReduceMean or, on the last axis of a rank-3 tensor, GlobalAveragePool; d² as Pow 2 or d·d;
 c = n/(n − 1) for torch's unbiased ``x.var()``, else 1, its factors also computed from static sizes; the
 means, or σ after its root, possibly reduced without keepdims and given the axes back, as the dynamo
-exporter writes ``x.var()`` and code writes ``x.mean(-1)[..., None]`` or ``x.std(-1).unsqueeze(-1)``), or ``σ = Sqrt(c·mean(d²)) + ε`` (torch's ``x.std() + ε``: planned with c in
-PLANNED_STD_SCALE; an ε inside the root is planned as ε/c with γ/√c), then:
+exporter writes ``x.var()`` and code writes ``x.mean(-1)[..., None]`` or ``x.std(-1).unsqueeze(-1)``),
+or ``σ = Sqrt(c·mean(d²)) + ε`` (torch's ``x.std() + ε``: planned with c in PLANNED_STD_SCALE; an ε
+inside the root is planned as ε/c with γ/√c), then:
 
 * torch below opset 17, which has no LayerNormalization op, and code written with torch's ``std`` or
   ``var`` (tutorials, the Annotated Transformer): ``d / σ``, or ``d' / σ`` and ``γ·d' / σ`` with d' x

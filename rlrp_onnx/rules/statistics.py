@@ -1,8 +1,9 @@
 """Statistics of a tensor that scale it, held constant as the normalizations hold theirs (normalization.py):
 in ``u · s`` or ``u / s`` where ``s`` is computed from ``u`` alone, through reductions over axes other than
 the batch and then elementwise arithmetic and reshapes (ConvNeXt V2's global response normalization
-``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``), or from a tensor ``u`` is computed from (``F.cosine_similarity``
-as TorchScript writes it, ``Σ x·w / (‖x‖·‖w‖)``), ``s`` takes no relevance: rho_u = s·rho_y, or rho_y / s.
+``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``), or from a tensor ``u`` is computed from
+(``F.cosine_similarity`` as TorchScript writes it, ``Σ x·w / (‖x‖·‖w‖)``), ``s`` takes no relevance:
+rho_u = s·rho_y, or rho_y / s.
 Not where ``u`` is itself centred by a statistic (``is_centred``): a LayerNorm holds its mean as well."""
 
 from __future__ import annotations
