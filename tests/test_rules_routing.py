@@ -527,6 +527,8 @@ class Ops(nn.Module):
             x = x.repeat(1, 1, 2, 1)[:, :, 1::2]
         elif k == "pixel_shuffle":  # DepthToSpace (CRD), then PixelUnshuffle: [N, 4, 8, 8] → [N, 1, 16, 16] → back
             x = F.pixel_unshuffle(F.pixel_shuffle(x, 2), 2)
+        elif k == "unfold":  # F.unfold's 3x3 patches (dynamo: a Gather by indices from the static height), averaged
+            x = F.unfold(x, 3, padding=1).reshape(-1, 4, 9, 8, 8).mean(2)
         elif k == "einsum_prelu_consts":
             x = F.prelu(torch.einsum("nchw,dc->ndhw", x, self.mix), torch.full((4,), 0.2))
             x = (x - 0.3) * 2 / 3
@@ -535,7 +537,7 @@ class Ops(nn.Module):
 
 EXPORTED = ["split_cat", "chunk_flip_transpose", "strided_slices", "index_gather", "torch_gather",
             "torch_gather_unbatched", "up_nearest",
-            "up_bilinear", "convtranspose", "einsum_prelu_consts", "pixel_shuffle", "repeat"]
+            "up_bilinear", "convtranspose", "einsum_prelu_consts", "pixel_shuffle", "repeat", "unfold"]
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -109,9 +109,14 @@ def _ranks_as_constants(graph: gs.Graph) -> None:
 def _shape_ranges_as_slices(graph: gs.Graph) -> None:
     """Rewrite each Shape that keeps a range of the sizes (``start``/``end``, opset 15) as the whole Shape
     and a Slice of it, which graphsurgeon folds correctly: its shape folding (0.5.2 and 0.6.1) ignores the two
-    attributes, and folded Shape(x, start=3) → Gather(0) to x's first size, not its fourth."""
+    attributes, and folded Shape(x, start=3) → Gather(0) to x's first size, not its fourth. A range of all
+    the sizes (the dynamo exporter's ``start=0``) is the whole Shape: no Slice, which would hide the sizes
+    a Gather reads from that folding (``F.unfold``'s indices, from a static height)."""
     for node in [n for n in graph.nodes if n.op == "Shape" and {"start", "end"} & n.attrs.keys()]:
         start, end = node.attrs.pop("start", 0), node.attrs.pop("end", np.iinfo(np.int64).max)
+        rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+        if start == 0 and rank is not None and end >= rank:
+            continue
         sizes, whole = node.outputs[0], gs.Variable(f"{node.outputs[0].name}_whole", np.int64)
         node.outputs = [whole]
         bounds = [gs.Constant(f"{sizes.name}_{name}", np.array([value], np.int64))
