@@ -120,6 +120,10 @@ ROUTING = {
          node("Mul", ["u", "two"], ["u2"]), node("ScatterND", ["t", "i", "u2"], ["y"]),
          node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])],
         {"s": ints(1), "e": ints(3), "two": np.float32(2.0), "i": ints(0, 2).reshape(2, 1)}, 13),
+    "scatter_nd_repeated_index": (  # channel 1 written twice to channel 0 (equal updates: either may win)
+        [node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("Gather", ["t", "g"], ["u"], axis=0),
+         node("ScatterND", ["t", "i", "u"], ["y"]), node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])],
+        {"g": ints(1, 1, 2), "i": ints(0, 0, 2).reshape(3, 1)}, 13),
 }
 
 
@@ -127,6 +131,48 @@ ROUTING = {
 def test_routing(case):
     nodes, inits, opset = ROUTING[case]
     check_linear(head_model(nodes, X_SHAPE, initializers=inits, opset=opset))
+
+
+class Unpool(nn.Module):
+    """max_pool2d of overlapping windows and max_unpool2d back (the dynamo exporter: a ScatterND by the
+    pool's indices, several windows writing the same maximum to one place); with ``hold`` the oracle: the
+    values kept where some window's maximum is, which torch's max_unpool2d gradient counts once per window."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc, self.hold = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 5), False
+
+    def forward(self, x):
+        c = self.conv(x)
+        pooled, where = F.max_pool2d(c, 3, 1, 1, return_indices=True)
+        if self.hold:
+            kept = torch.zeros_like(c).flatten(2).scatter(2, where.flatten(2), 1.0).reshape(c.shape)
+            return self.fc((c * kept).flatten(1))
+        return self.fc(F.max_unpool2d(pooled, where, 3, 1, 1, output_size=c.shape[2:]).flatten(1))
+
+
+def test_a_scatter_of_repeated_run_time_indices_shares_their_place(tmp_path):
+    """ScatterND by run-time indices that repeat: each place's relevance is shared by the updates written
+    there (counted by a summing ScatterND), not given whole to each (which counted it once per window)."""
+    module = Unpool().eval()
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = export_onnx(module, x, tmp_path / "unpool.onnx", "dynamo", fold_batchnorm=False, opset=18)
+    assert "ScatterND" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    out = run(compile_model(path), {"image": x})
+    module.hold = True
+    relevance, _, _ = input_times_gradient(module, x, None)
+    assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], relevance) < TOLERANCE)
+
+
+def test_a_scatter_by_run_time_indices_below_opset_16_is_refused():
+    """The last image overwritten by 2·the first: indices from the batch size."""
+    nodes = [node("Shape", ["x"], ["s"]), node("Slice", ["s", "zero", "one"], ["n"]), node("Sub", ["n", "one"], ["last"]),
+             node("Unsqueeze", ["last", "zero"], ["i"]), node("Slice", ["x", "zero", "one"], ["first"]),
+             node("Mul", ["first", "two"], ["u"]), node("ScatterND", ["x", "i", "u"], ["h"])]
+    inits = {"zero": ints(0), "one": ints(1), "two": np.float32(2.0)}
+    with pytest.raises(RlrpError, match="ScatterND with indices computed at run time needs opset >= 16"):
+        compile_model(head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13))
 
 
 def test_a_scatter_that_accumulates_is_refused():

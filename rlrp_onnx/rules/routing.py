@@ -269,27 +269,53 @@ def gather_elements(ctx, node, rho):
 
 # ---- ScatterND: in-place assignment to a slice, x[:, :c] = f(x[:, :c]) (FasterNet) ------------------
 
+SCATTER_ADD_SINCE = 16  # ScatterND's reduction attribute
+
+
 def _scatter_nd_check(ctx, node):
     reduction = node.attrs.get("reduction", "none")
     if reduction != "none":
         return f"ScatterND with reduction '{reduction}' is not supported"
+    if ctx.constant(node.inputs[1]) is None and ctx.emit.opset < SCATTER_ADD_SINCE:
+        return (f"ScatterND with indices computed at run time needs opset >= {SCATTER_ADD_SINCE} (to count "
+                "the updates written to one place)")
     return None
 
 
 @rule("ScatterND", check=_scatter_nd_check)
 def scatter_nd(ctx, node, rho):
-    """y = x with the positions ``indices`` overwritten by ``updates`` (ONNX leaves repeated indices
-    undefined, so none repeat): rho_updates = rho_y read there (GatherND), rho_x = rho_y with zeros
-    written there (ScatterND), with the forward pass's indices, also where computed at run time."""
+    """y = x with the positions ``indices`` overwritten by ``updates``: rho_x = rho_y with zeros written
+    there (ScatterND), rho_updates = rho_y read there (GatherND), with the forward pass's indices, also
+    where computed at run time. Where several updates go to one place (``max_unpool2d`` of overlapping
+    windows: equal values, which ONNX leaves to any of them), they share its relevance equally: rho_y
+    divided by their count, known at compile time from constant indices, else counted by a summing
+    ScatterND."""
     emit, (x, indices, updates) = ctx.emit, node.inputs
     result = {}
     if ctx.is_data(updates):
-        result[2] = emit.op("GatherND", [rho[0], indices])
+        r = emit.op("GatherND", [rho[0], indices])
+        known = ctx.constant(indices)
+        if known is None:
+            counts = emit.op("ScatterND", [_filled_like(emit, x, 0.0), indices, _filled_like(emit, updates, 1.0)],
+                             {"reduction": "add"})
+            r = emit.op("Div", [r, emit.op("GatherND", [counts, indices])])
+        else:
+            flat = known.reshape(-1, known.shape[-1])
+            _, where, counts = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
+            if counts.max() > 1:
+                shares = (1.0 / counts[where.reshape(-1)]).astype(np.float32)
+                r = emit.mul(r, emit.const(shares.reshape(known.shape[:-1] + (1,) * (len(ctx.shape(updates))
+                                                                                     - known.ndim + 1))))
+        result[2] = r
     if ctx.is_data(x):
-        zero = gs.Constant(f"{node.name}/zero", np.zeros(1, np.float32))
-        zeros = emit.op("ConstantOfShape", [emit.shape_of(updates)], {"value": zero})
-        result[0] = emit.op("ScatterND", [rho[0], indices, zeros])
+        result[0] = emit.op("ScatterND", [rho[0], indices, _filled_like(emit, updates, 0.0)])
     return result
+
+
+def _filled_like(emit, tensor, value: float):
+    """A float tensor of ``tensor``'s run-time shape holding only ``value``."""
+    filler = gs.Constant(f"{tensor.name}/filler_{value:g}", np.full(1, value, np.float32))
+    return emit.op("ConstantOfShape", [emit.shape_of(tensor)], {"value": filler})
 
 
 # ---- Where ---------------------------------------------------------------------------------------
