@@ -167,8 +167,8 @@ def test_a_scatter_of_repeated_run_time_indices_shares_their_place(tmp_path):
 
 def test_a_scatter_by_run_time_indices_below_opset_16_is_refused():
     """The last image overwritten by 2·the first: indices from the batch size."""
-    nodes = [node("Shape", ["x"], ["s"]), node("Slice", ["s", "zero", "one"], ["n"]), node("Sub", ["n", "one"], ["last"]),
-             node("Unsqueeze", ["last", "zero"], ["i"]), node("Slice", ["x", "zero", "one"], ["first"]),
+    nodes = [node("Shape", ["x"], ["s"]), node("Slice", ["s", "zero", "one"], ["n"]),
+             node("Sub", ["n", "one"], ["last"]), node("Unsqueeze", ["last", "zero"], ["i"]), node("Slice", ["x", "zero", "one"], ["first"]),
              node("Mul", ["first", "two"], ["u"]), node("ScatterND", ["x", "i", "u"], ["h"])]
     inits = {"zero": ints(0), "one": ints(1), "two": np.float32(2.0)}
     with pytest.raises(RlrpError, match="ScatterND with indices computed at run time needs opset >= 16"):
