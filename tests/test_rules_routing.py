@@ -1,6 +1,6 @@
-"""Routing rules (Transpose, Split, Slice, Gather, GatherND, Where, DepthToSpace, SpaceToDepth, Tile, Pad in
-its reflect, edge and wrap modes) and the linear maps Resize, ConvTranspose and Einsum, in configurations
-written by hand and as the torch exporters write them.
+"""Routing rules (Transpose, Split, Slice, Gather, GatherND, ScatterND, Where, DepthToSpace, SpaceToDepth,
+Tile, Pad in its reflect, edge and wrap modes) and the linear maps Resize, ConvTranspose, Einsum and CumSum,
+in configurations written by hand and as the torch exporters write them.
 
 All these ops are linear, so the reference is exact: the gradient of the (bias-free) hand-built model read
 off ONNX Runtime runs of the source model on basis vectors (``rule_harness.linear_reference``), or torch
@@ -120,6 +120,8 @@ ROUTING = {
          node("Mul", ["u", "two"], ["u2"]), node("ScatterND", ["t", "i", "u2"], ["y"]),
          node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])],
         {"s": ints(1), "e": ints(3), "two": np.float32(2.0), "i": ints(0, 2).reshape(2, 1)}, 13),
+    "cumsum": ([node("CumSum", ["x", "axis"], ["h"])], {"axis": ints(3)}, 14),
+    "cumsum_reverse_exclusive": ([node("CumSum", ["x", "axis"], ["h"], reverse=1, exclusive=1)], {"axis": ints(-2)}, 14),
     "scatter_nd_repeated_index": (  # channel 1 written twice to channel 0 (equal updates: either may win)
         [node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("Gather", ["t", "g"], ["u"], axis=0),
          node("ScatterND", ["t", "i", "u"], ["y"]), node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])],

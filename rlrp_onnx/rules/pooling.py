@@ -1,5 +1,5 @@
-"""Pooling: average pools are linear maps (adjoint), max pools (and ReduceMax) route relevance to the
-window's winner."""
+"""Pooling and sums over axes: average pools, ReduceMean/ReduceSum and CumSum are linear maps (adjoint),
+max pools (and ReduceMax) route relevance to the window's winner."""
 
 from __future__ import annotations
 
@@ -74,6 +74,20 @@ def reduce(ctx, node, rho):
         r = emit.unsqueeze(r, axes)
     scale = 1.0 / float(np.prod([ctx.shape(x)[a] for a in axes])) if node.op == "ReduceMean" else 1.0
     return {0: emit.spread(r, x, scale)}
+
+
+def _cumsum_check(ctx, node):
+    if ctx.constant(node.inputs[1]) is None:
+        return "CumSum along an axis computed at run time is not supported"
+    return None
+
+
+@rule("CumSum", check=_cumsum_check, kind=LINEAR)
+def cumsum(ctx, node, rho):
+    """The adjoint of a cumulative sum runs the other way: rho_x = CumSum(rho_y) with ``reverse`` toggled
+    (``exclusive`` kept)."""
+    attrs = {"exclusive": int(node.attrs.get("exclusive", 0)), "reverse": 1 - int(node.attrs.get("reverse", 0))}
+    return {0: ctx.emit.op("CumSum", [rho[0], node.inputs[1]], attrs)}
 
 
 @rule("ReduceMax", "GlobalMaxPool", check=_reduce_check)
