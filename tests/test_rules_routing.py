@@ -121,7 +121,8 @@ ROUTING = {
          node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])],
         {"s": ints(1), "e": ints(3), "two": np.float32(2.0), "i": ints(0, 2).reshape(2, 1)}, 13),
     "cumsum": ([node("CumSum", ["x", "axis"], ["h"])], {"axis": ints(3)}, 14),
-    "cumsum_reverse_exclusive": ([node("CumSum", ["x", "axis"], ["h"], reverse=1, exclusive=1)], {"axis": ints(-2)}, 14),
+    "cumsum_reverse_exclusive": (
+        [node("CumSum", ["x", "axis"], ["h"], reverse=1, exclusive=1)], {"axis": ints(-2)}, 14),
     "scatter_nd_repeated_index": (  # channel 1 written twice to channel 0 (equal updates: either may win)
         [node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("Gather", ["t", "g"], ["u"], axis=0),
          node("ScatterND", ["t", "i", "u"], ["y"]), node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])],
