@@ -168,6 +168,34 @@ def test_a_scatter_of_repeated_run_time_indices_shares_their_place(tmp_path):
     assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], relevance) < TOLERANCE)
 
 
+class ChannelsLast(nn.Module):
+    """An N, H, W, C image permuted into the network, whose mean over the positions the dynamo exporter
+    then flattens by ``as_strided``: a Gather by indices computed from the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        features = torch.relu(self.conv(x.permute(0, 3, 1, 2)))
+        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
+
+
+def test_a_gather_by_indices_computed_from_sizes(tmp_path):
+    """Such a Gather's relevance goes back by a summing ScatterND with the same indices (was refused as
+    indices computed at run time)."""
+    module = ChannelsLast().eval()
+    x = np.random.default_rng(2).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    path = export_onnx(module, x, tmp_path / "nhwc.onnx", "dynamo", fold_batchnorm=False, opset=18)
+    model = onnx.load(str(path))
+    constants = {t.name for t in model.graph.initializer}
+    assert any(n.op_type == "Gather" and n.input[1] not in constants for n in model.graph.node)
+    out = run(compile_model(path), {"image": x})
+    relevance, _, _ = input_times_gradient(module, x, None)
+    assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], relevance) < TOLERANCE)
+
+
 def test_a_scatter_by_run_time_indices_below_opset_16_is_refused():
     """The last image overwritten by 2·the first: indices from the batch size."""
     nodes = [node("Shape", ["x"], ["s"]), node("Slice", ["s", "zero", "one"], ["n"]),

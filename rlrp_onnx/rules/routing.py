@@ -5,6 +5,7 @@ zero where none was."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir import text
@@ -165,6 +166,8 @@ def slice_(ctx, node, rho):
 
 def _gather_check(ctx, node):
     if ctx.constant(node.inputs[1]) is None:
+        if _gathers_by_sizes(ctx, node):
+            return None
         return f"{node.op} with indices computed at run time is not supported"
     shape = ctx.shape(node.inputs[0])
     if node.op == "Gather":
@@ -183,9 +186,24 @@ def _gather_check(ctx, node):
     return None
 
 
+def _gathers_by_sizes(ctx, node) -> bool:
+    """Whether ``node`` is a Gather along axis 0 by indices computed at run time from sizes only, not from
+    the data (the dynamo exporter's ``as_strided`` of a tensor a permutation left strided: indices from
+    the batch size), that a summing ScatterND can put back (opset 16)."""
+    return node.op == "Gather" and node.attrs.get("axis", 0) % len(ctx.shape(node.inputs[0])) == 0 \
+        and not ctx.is_data(node.inputs[1]) and ctx.emit.opset >= SCATTER_ADD_SINCE
+
+
 @rule("Gather", check=_gather_check)
 def gather(ctx, node, rho):
-    """rho_y with the index dims collapsed to one axis, scattered back to the gathered positions."""
+    """rho_y with the index dims collapsed to one axis, scattered back to the gathered positions; by
+    indices computed at run time (``_gathers_by_sizes``), added up where they were taken by a ScatterND."""
+    if ctx.constant(node.inputs[1]) is None:
+        emit, x, indices = ctx.emit, node.inputs[0], node.inputs[1]
+        if indices.dtype != np.int64:  # (Gather takes int32 indices too, ScatterND only int64)
+            indices = emit.op("Cast", [indices], {"to": onnx.TensorProto.INT64})
+        places = emit.unsqueeze(indices, [-1])
+        return {0: emit.op("ScatterND", [_filled_like(emit, x, 0.0), places, rho[0]], {"reduction": "add"})}
     x, indices = node.inputs[0], ctx.constant(node.inputs[1])
     shape = ctx.shape(x)
     axis = node.attrs.get("axis", 0) % len(shape)
