@@ -895,6 +895,12 @@ EXTREMA = {
     "min_first_constant": ([node("Min", ["half", "x"], ["h"])], {"half": np.float32(0.5)}, lambda x: x < 0.5),
     "max_of_three": ([node("Max", ["x", "a", "b"], ["h"])], {"a": np.float32(-0.3), "b": np.array([0.2], np.float32)},
                      lambda x: x > 0.2),
+    "max_zeros_like": (  # torch.maximum(x, torch.zeros_like(x)) from TorchScript: zeros of x's shape at run time
+        [node("Shape", ["x"], ["s"]), node("ConstantOfShape", ["s"], ["zeros"]), node("Max", ["x", "zeros"], ["h"])],
+        {}, lambda x: x > 0),
+    "min_full_like": (  # torch.minimum(x, torch.full_like(x, 0.5)) from dynamo: one number expanded to x's shape
+        [node("Shape", ["x"], ["s"]), node("Expand", ["half", "s"], ["halves"]), node("Min", ["x", "halves"], ["h"])],
+        {"half": np.float32(0.5)}, lambda x: x < 0.5),
 }
 
 
