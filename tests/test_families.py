@@ -205,7 +205,8 @@ def test_rms_norm_forms(tmp_path, form):
 
 class StdLayerNorm(nn.Module):
     """LayerNorm as tutorials write it: ``γ·(x − mean)/(std + ε) + β`` with torch's ``x.std`` (the Annotated
-    Transformer; ``form`` "var": ``/ sqrt(x.var() + ε)``, "std_alone": ``/ std``), unbiased unless told
+    Transformer; ``form`` "var": ``/ sqrt(x.var() + ε)``, "std_alone": ``/ std``, "sums": the mean and
+    the variance written as sums divided by n and n − 1), unbiased unless told
     (``scale_first`` False: ``(x − mean)/(std + ε)·γ + β``; ``keepdim`` False: each statistic reduced
     without keepdim, then ``[..., None]``); with ``hold_statistics`` (set by ``gates.detached_gates``) the
     mean and std detached."""
@@ -222,7 +223,11 @@ class StdLayerNorm(nn.Module):
     def forward(self, x):
         keep, correction = self.keepdim, int(self.unbiased)
         mean = self.statistic(x.mean(-1, keepdim=keep))
-        if self.form == "var":
+        if self.form == "sums":
+            n = x.shape[-1]
+            mean = x.sum(-1, keepdim=True) / n
+            std = torch.sqrt(((x - mean) ** 2).sum(-1, keepdim=True) / (n - correction)) + self.eps
+        elif self.form == "var":
             std = torch.sqrt(self.statistic(x.var(-1, keepdim=keep, correction=correction)) + self.eps)
         else:
             std = self.statistic(x.std(-1, keepdim=keep, correction=correction))
@@ -247,6 +252,8 @@ STD_FORMS = {  # exporter, BatchNorm folded (dynamo: optimized), unbiased, γ fi
     "dynamo-reduced-then-unsqueezed": ("dynamo", True, True, True, "std", False),
     "torchscript-var-reduced-then-unsqueezed": ("torchscript", True, False, False, "var", False),
     "dynamo-var-reduced-then-unsqueezed": ("dynamo", True, False, False, "var", False),
+    "torchscript-sums": ("torchscript", True, True, True, "sums"),  # Σx / n, √(Σ(x − m)² / (n − 1)) + ε
+    "dynamo-sums": ("dynamo", True, True, True, "sums"),
 }
 
 

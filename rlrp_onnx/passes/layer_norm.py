@@ -160,7 +160,7 @@ def _statistics(sqrt):
     variance, c, squared, moved = found
     moved = moved or root_moved
     sub = producer(squared)
-    mean = producer(_unmoved(sub.inputs[1])) if sub is not None and sub.op == "Sub" else None
+    mean = _reduction_behind(sub.inputs[1])[0] if sub is not None and sub.op == "Sub" else None
     if mean is None or mean.inputs[0] is not sub.inputs[0]:  # no mean subtracted: RMSNorm's statistics
         if sub is not None and sub.op == "Sub" and (_depends_on(sub.inputs[1], sub.inputs[0])
                                                     or _depends_on(sub.inputs[0], sub.inputs[1])):
@@ -170,7 +170,7 @@ def _statistics(sqrt):
     if x.shape is None:
         return None
     rank = len(x.shape)
-    axes = _mean_axes(variance, rank) or (reduced_axes(variance, rank) if variance.op == "ReduceMean" else None)
+    axes = _mean_axes(variance, rank) or (reduced_axes(variance, rank) if variance.op != "GlobalAveragePool" else None)
     kept = [1 if a in (axes or []) else d for a, d in enumerate(x.shape)]
     if not axes or (mean is not None and axes != _mean_of(sub.inputs[1], x)) \
             or not all(isinstance(x.shape[a], int) for a in axes) \
@@ -209,9 +209,14 @@ def _mean_of_squares(tensor):
                 return None
         else:
             node, moved = producer(node.inputs[0]), True
-    if node is None or node.op not in ("ReduceMean", "GlobalAveragePool") or not c > 0:
+    if node is None or node.op not in ("ReduceMean", "GlobalAveragePool", "ReduceSum") or not c > 0:
         return None
     moved = moved or not node.attrs.get("keepdims", 1)
+    if node.op == "ReduceSum":  # c·Σ d² = c·n·mean(d²)
+        n = _reduced_size(node)
+        if n is None:
+            return None
+        c *= n
     square = producer(node.inputs[0])
     if square is None or not ((square.op == "Pow" and scalar(square.inputs[1]) == 2.0)
                               or (square.op == "Mul" and square.inputs[0] is square.inputs[1])):
@@ -433,13 +438,43 @@ def _mean_axes(node, rank: int) -> list[int] | None:
 
 def _mean_of(tensor, x) -> list[int] | None:
     """The axes over which ``tensor`` is the mean of ``x`` with keepdims, or reduced without and given the
-    kept axes back by Unsqueezes or Reshapes (``x.mean(-1)[..., None]``), else None."""
-    mean, rank = producer(_unmoved(tensor)), len(x.shape)
-    if mean is None or mean.inputs[0] is not x or mean.op not in ("ReduceMean", "GlobalAveragePool"):
+    kept axes back by Unsqueezes or Reshapes (``x.mean(-1)[..., None]``), or a sum divided by the count
+    (``x.sum(-1, keepdim=True) / n``), else None."""
+    mean, scale = _reduction_behind(tensor)
+    rank = len(x.shape)
+    if mean is None or mean.inputs[0] is not x or mean.op not in ("ReduceMean", "GlobalAveragePool", "ReduceSum"):
         return None
-    axes = _mean_axes(mean, rank) or (reduced_axes(mean, rank) if mean.op == "ReduceMean" else None)
+    axes = _mean_axes(mean, rank) or (reduced_axes(mean, rank) if mean.op != "GlobalAveragePool" else None)
+    if mean.op == "ReduceSum":
+        n = _reduced_size(mean)
+        scale *= n if n is not None else float("nan")
     kept = [1 if a in (axes or []) else d for a, d in enumerate(x.shape)]
-    return axes if axes and list(tensor.shape or [])[1:] == kept[1:] else None
+    same = abs(scale - 1.0) <= 1e-6
+    return axes if axes and same and list(tensor.shape or [])[1:] == kept[1:] else None
+
+
+def _reduction_behind(tensor):
+    """(the reduction node, the constant factor) for ``tensor`` reached from a reduction's output by moves
+    of axes of size 1 and at most one product or quotient by a constant (a sum divided by its count);
+    (None, 1.0) when no node writes it."""
+    node, scale = producer(_unmoved(tensor)), 1.0
+    if node is not None and node.op in ("Mul", "Div"):
+        factors = [static_number(t) for t in node.inputs]
+        if node.op == "Div" and factors[1] is not None and factors[1] != 0:
+            scale, node = 1.0 / factors[1], producer(_unmoved(node.inputs[0]))
+        elif node.op == "Mul" and factors.count(None) == 1:
+            scale = next(f for f in factors if f is not None)
+            node = producer(_unmoved(node.inputs[factors.index(None)]))
+    return node, scale
+
+
+def _reduced_size(node) -> int | None:
+    """The number of elements a Reduce* node reduces together, where static."""
+    shape = node.inputs[0].shape
+    axes = reduced_axes(node, len(shape)) if shape is not None else None
+    if not axes or not all(isinstance(shape[a], int) for a in axes):
+        return None
+    return int(np.prod([shape[a] for a in axes]))
 
 
 def _moved_back(tensor):
@@ -452,9 +487,22 @@ def _moved_back(tensor):
 
 
 def _only_reaches(tensor, reader) -> bool:
-    """Whether ``tensor``'s values reach no node but ``reader``, also through moves of axes of size 1."""
-    readers = [n for t in _size_one_moves(tensor) for n in t.outputs]
-    return all(n is reader or n.outputs[0] in _size_one_moves(tensor) for n in readers) and reader in readers
+    """Whether ``tensor``'s values reach no node but ``reader``, also through moves of axes of size 1 and
+    products or quotients by constants (a sum divided by its count)."""
+    chain, queue = [], [tensor]
+    while queue:
+        t = queue.pop()
+        chain.append(t)
+        queue.extend(n.outputs[0] for n in t.outputs
+                     if _moves_only_size_one_axes(n, t) or n.op in ("Mul", "Div") and _by_number(n, t))
+    readers = [n for t in chain for n in t.outputs]
+    return all(n is reader or n.outputs[0] in chain for n in readers) and reader in readers
+
+
+def _by_number(node, tensor) -> bool:
+    """Whether ``node`` multiplies or divides ``tensor`` by a constant number."""
+    others = [t for t in node.inputs if t is not tensor]
+    return len(others) == 1 and static_number(others[0]) is not None and (node.op == "Mul" or node.inputs[0] is tensor)
 
 
 def _readers(tensor) -> set[int]:
