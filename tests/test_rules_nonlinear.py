@@ -339,6 +339,14 @@ def test_written_out_activation_is_planned_as_one_node(case):
     assert [n.op for n in graph.nodes if n.op not in ("Flatten", "Gemm")] == [RECOGNISED[case.split("_")[0]]]
 
 
+def test_mish_with_a_softplus_threshold_where_the_branches_differ_is_not_recognised():
+    """x·tanh(F.softplus(x, threshold=0.5)): above 0.5 the gate is tanh(x), not tanh(softplus(x))."""
+    nodes = [node("Softplus", ["x"], ["sp"]), const("t", 0.5), node("Greater", ["x", "t"], ["above"]),
+             node("Where", ["above", "x", "sp"], ["spt"]), node("Tanh", ["spt"], ["g"]), node("Mul", ["x", "g"], ["h"])]
+    graph = canonicalize(head_model(nodes, X_SHAPE, X_SHAPE, opset=13), "near_mish")
+    assert "Mish" not in [n.op for n in graph.nodes]
+
+
 def test_almost_gelu_is_not_recognised():
     """A wrong constant (0.6 instead of 1/2) is not GELU: the Erf is left, and reported uncovered."""
     nodes = [const("half", 0.6)] + [n for n in GATED["gelu_erf_div_then_half"][0] if n.output[0] != "half"]
@@ -532,6 +540,13 @@ NOT_STATISTICS = {  # the divisor is no statistic of the dividend: refused, as a
         node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("ReduceL2", ["t"], ["n"], axes=[1]),
         node("Transpose", ["n"], ["nt"], perm=[1, 0, 2, 3]), const("eps", 1e-6), node("Add", ["nt", "eps"], ["s"]),
         node("Div", ["x", "s"], ["h"])],
+    "centred_by_adding_the_negated_mean": [  # x + (−mean(x)), over σ: a LayerNorm not recognised
+        node("ReduceMean", ["x"], ["m"], axes=[3]), node("Neg", ["m"], ["nm"]), node("Add", ["x", "nm"], ["d"]),
+        node("Mul", ["d", "d"], ["dd"]), node("ReduceMean", ["dd"], ["v"], axes=[3]), const("eps", 1e-5),
+        node("Add", ["v", "eps"], ["ve"]), node("Sqrt", ["ve"], ["s"]), node("Div", ["d", "s"], ["h"])],
+    "rectified_after_centring": [  # relu(x − mean(x)) / σ(x): centred before the ReLU
+        node("ReduceMean", ["x"], ["m"], axes=[3]), node("Sub", ["x", "m"], ["d"]), node("Relu", ["d"], ["r"]),
+        node("ReduceL2", ["x"], ["s"], axes=[3]), node("Div", ["r", "s"], ["h"])],
     "over_the_batch_moved_by_a_reshape": [
         vector("row", [1, -1]), node("Reshape", ["x", "row"], ["r"]), node("ReduceL2", ["r"], ["n"], axes=[1]),
         vector("one", [1, 1, 1, 1]), node("Reshape", ["n", "one"], ["n4"]), const("eps", 1e-6),
@@ -541,7 +556,7 @@ NOT_STATISTICS = {  # the divisor is no statistic of the dividend: refused, as a
 
 @pytest.mark.parametrize("case", list(NOT_STATISTICS))
 def test_division_by_what_is_no_statistic_of_the_dividend_is_refused(case):
-    with pytest.raises(RlrpError, match="Div by a tensor computed at run time is not supported"):
+    with pytest.raises(RlrpError, match="Div (by a tensor computed at run time|of a centred tensor)"):
         compile_model(head_model(NOT_STATISTICS[case], X_SHAPE, X_SHAPE, opset=13))
 
 
@@ -558,6 +573,43 @@ def test_statistic_of_a_gate_is_held_in_either_order(order):
     statistic = sigmoid(x.astype(np.float64)).mean(axis=(2, 3), keepdims=True)
     through_sigmoid = identity_reference(x, IDENTITY["Sigmoid"][2], IDENTITY["Sigmoid"][3])
     check(model, x, lambda rho: through_sigmoid(statistic * rho))
+
+
+@pytest.mark.parametrize("order", [("p", "q"), ("q", "p")])
+def test_two_statistics_of_one_tensor_multiplied_take_half_each(order):
+    """mean over the positions times mean over the channels of a = relu(x): each a statistic behind the
+    other, so neither is held (the first operand was, by position): the half rule, in either order."""
+    nodes = [node("Relu", ["x"], ["a"]), node("ReduceMean", ["a"], ["p"], axes=[2, 3]),
+             node("ReduceMean", ["a"], ["q"], axes=[1]), node("Mul", list(order), ["h"])]
+    model = head_model(nodes, X_SHAPE, (3, 4, 5), opset=13)
+    x = sample() * 3 + 1
+    a = np.maximum(x.astype(np.float64), 0)
+    p, q = a.mean(axis=(2, 3), keepdims=True), a.mean(axis=1, keepdims=True)
+
+    def reference(rho):  # half through each mean's adjoint, then the ReLU's mask
+        through_p = (rho * q / 2).sum(axis=(2, 3), keepdims=True) / 20
+        through_q = (rho * p / 2).sum(axis=1, keepdims=True) / 3
+        return x * (x > 0) * (through_p + through_q)
+
+    check(model, x, reference)
+
+
+def test_a_deep_chain_of_statistics_compiles_in_linear_walks(monkeypatch):
+    """z ← z + z·mean(z) a hundred times: every product holds a statistic; the search for statistics
+    behind an operand walked the whole arithmetic chain for each product (20 s at 100 blocks)."""
+    from rlrp_onnx.rules import statistics
+
+    calls = []
+    original = statistics.is_statistic_of
+    monkeypatch.setattr(statistics, "is_statistic_of", lambda *a: calls.append(1) or original(*a))
+    nodes, z = [], "x"
+    for i in range(100):
+        nodes += [node("ReduceMean", [z], [f"m{i}"], axes=[1]), node("Mul", [z, f"m{i}"], [f"p{i}"]),
+                  node("Add", [z, f"p{i}"], [f"z{i}"])]
+        z = f"z{i}"
+    nodes.append(node("Identity", [z], ["h"]))
+    compile_model(head_model(nodes, X_SHAPE, X_SHAPE, opset=13))
+    assert len(calls) < 10 * len(nodes)
 
 
 def test_product_with_a_statistic_of_a_later_tensor_takes_half():

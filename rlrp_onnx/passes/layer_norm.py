@@ -165,6 +165,9 @@ def _statistics(sqrt):
         if sub is not None and sub.op == "Sub" and (_depends_on(sub.inputs[1], sub.inputs[0])
                                                     or _depends_on(sub.inputs[0], sub.inputs[1])):
             return None  # x centred by a mean written otherwise (x − m, m − x): no RMSNorm of it
+        if sub is not None and sub.op == "Add" \
+                and any(_is_negated_mean_of(a, b) for a, b in (sub.inputs, sub.inputs[::-1])):
+            return None  # x + (−m): likewise
         sub = mean = None
     x = sub.inputs[0] if sub is not None else squared
     if x.shape is None:
@@ -451,6 +454,19 @@ def _mean_of(tensor, x) -> list[int] | None:
     kept = [1 if a in (axes or []) else d for a, d in enumerate(x.shape)]
     same = abs(scale - 1.0) <= 1e-6
     return axes if axes and same and list(tensor.shape or [])[1:] == kept[1:] else None
+
+
+def _is_negated_mean_of(tensor, x) -> bool:
+    """Whether ``tensor`` is −mean(x) (a Neg, or a product by −1, of a mean of x over some axes)."""
+    node = producer(tensor)
+    if node is None or node.op not in ("Neg", "Mul"):
+        return False
+    if node.op == "Mul":
+        factors = [static_number(t) for t in node.inputs]
+        if factors.count(None) != 1 or -1.0 not in factors:
+            return False
+        return _mean_of(node.inputs[factors.index(None)], x) is not None
+    return _mean_of(node.inputs[0], x) is not None
 
 
 def _reduction_behind(tensor):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .gelu import producer
+from .gelu import producer, scalar
+
+SOFTPLUS_LINEAR_FROM = 15.0  # softplus(t) = t in float32 from here: torch's default threshold, 20, is past it
 
 
 def _gate_of(gate, x) -> bool:
@@ -22,11 +24,13 @@ def _gate_of(gate, x) -> bool:
 
 def _is_softplus_of(tensor, x) -> bool:
     """Whether ``tensor`` is Softplus(x), or, as the dynamo exporter writes ``F.softplus`` with its
-    threshold, Where(x > t, x, Softplus(x)) (the Softplus and the comparison read by that Where only)."""
+    threshold, Where(x > t, x, Softplus(x)) for a t where the two branches agree (the Softplus and the
+    comparison read by that Where only)."""
     node = producer(tensor)
     if node is not None and node.op == "Where":
         above, softplus = producer(node.inputs[0]), producer(node.inputs[2])
         if above is None or above.op != "Greater" or above.inputs[0] is not x or node.inputs[1] is not x \
+                or not (scalar(above.inputs[1]) or 0.0) >= SOFTPLUS_LINEAR_FROM \
                 or softplus is None or len(node.inputs[0].outputs) != 1 or len(node.inputs[2].outputs) != 1:
             return False
         node = softplus

@@ -131,6 +131,8 @@ def held_operand(ctx, node) -> int | None:
         return 1 if _held_statistic(ctx, node.inputs[1], node.inputs[0]) else None
     if node.op == "Mul":  # a statistic of the other operand first: of a gate, the gate takes relevance
         statistics = [_held_statistic(ctx, t, node.inputs[1 - i]) for i, t in enumerate(node.inputs)]
+        if all(statistics):  # two statistics of one tensor (a.mean(1) · a.mean((2, 3))): neither is held
+            return None
         if any(statistics):
             return statistics.index(True)
     gates = [_is_gate(ctx, t) for t in node.inputs]

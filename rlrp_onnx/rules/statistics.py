@@ -61,16 +61,9 @@ def is_statistic_of(ctx, s, u) -> bool:
 
 def is_statistic_behind(ctx, s, u) -> bool:
     """Whether ``s`` is a statistic of ``u`` or of a tensor ``u`` is computed from (``is_statistic_of``)."""
-    region, stack = {}, [s]  # the data tensors s is computed from through arithmetic and reductions
-    while stack:
-        t = stack.pop()
-        if t.name in region or not ctx.is_data(t):
-            continue
-        region[t.name] = t
-        node = ctx.producer(t)
-        if node is not None and (node.op in REDUCTIONS or node.op in ARITHMETIC):
-            stack.extend(i for i in node.inputs if i.name)
-    sources = {name for name, t in region.items() if is_statistic_of(ctx, s, t)}
+    if is_statistic_of(ctx, s, u):
+        return True
+    sources = {t.name for t in _reduced(ctx, s) if is_statistic_of(ctx, s, t)}
     seen, stack = set(), [u]
     while sources and stack:
         t = stack.pop()
@@ -85,9 +78,33 @@ def is_statistic_behind(ctx, s, u) -> bool:
     return False
 
 
+def _reduced(ctx, s, limit: int = 16) -> list:
+    """The tensors ``s`` may be a statistic of: the inputs of the first reductions behind it (through
+    arithmetic), and what each is computed from alone by one-input ops (x·x of x; x of its mean)."""
+    found, stack, seen = [], [s], set()
+    while stack and len(seen) < limit:
+        t = stack.pop()
+        node = ctx.producer(t) if ctx.is_data(t) and t.name not in seen else None
+        seen.add(t.name)
+        if node is not None and node.op in REDUCTIONS:
+            found.append(node.inputs[0])
+        elif node is not None and node.op in ARITHMETIC:
+            stack.extend(i for i in node.inputs if i.name)
+    chain = []
+    for t in found:
+        for _ in range(limit):
+            chain.append(t)
+            node = ctx.producer(t)
+            data = {i.name: i for i in (node.inputs if node is not None else []) if ctx.is_data(i)}
+            if len(data) != 1:
+                break
+            t = next(iter(data.values()))
+    return chain
+
+
 def is_centred(ctx, u) -> bool:
-    """Whether ``u`` is ``a − m`` (possibly scaled by constants or reshaped) with m a statistic of a (or a
-    of m): a LayerNorm's centred input, whose mean the normalization holds too. Held as a statistic of it,
+    """Whether ``u`` is ``a − m`` or ``a + (−m)`` (possibly after ops of one data input: scaled, reshaped,
+    sliced, rectified) with m a statistic of a (or a of m): a LayerNorm's centred input, whose mean the normalization holds too. Held as a statistic of it,
     σ alone would be held and relevance go through the mean: such LayerNorms are planned whole by
     passes/layer_norm.py where it recognises them, and refused otherwise."""
     for _ in range(16):
@@ -95,11 +112,11 @@ def is_centred(ctx, u) -> bool:
         data = [t for t in node.inputs if ctx.is_data(t)] if node is not None else []
         if node is None or len(data) == 0:
             return False
-        if node.op == "Sub" and len(data) == 2:
+        if node.op in ("Sub", "Add") and len(data) == 2:  # x − m, also x + (−m)
             return is_statistic_of(ctx, data[1], data[0]) or is_statistic_of(ctx, data[0], data[1])
-        if len(data) != 1 or node.op not in ARITHMETIC:
+        if len(data) != 1:
             return False
-        u = data[0]
+        u = data[0]  # (through any one-input op: a ReLU or a slice of x − m is centred as well)
     return False
 
 
