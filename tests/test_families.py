@@ -116,8 +116,7 @@ def test_family_matches_oracle(exported_family, family, capsys, name, exporter, 
         assert not added_ops(compiled, path) & {"Div", "Reciprocal"}
 
 
-DIVIDING = {"cosine_similarity_like",  # the relevance divides by the statistic the forward pass divides by
-            "fasternet_like"}  # by the number (≥ 1) of updates its ScatterND writes to one place
+DIVIDING = {"cosine_similarity_like"}  # the relevance divides by the statistic the forward pass divides by
 
 
 # Piecewise-linear families (ReLU, max and average pools, maxout, skips, concatenations, shuffles) whose

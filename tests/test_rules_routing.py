@@ -123,10 +123,10 @@ ROUTING = {
     "cumsum": ([node("CumSum", ["x", "axis"], ["h"])], {"axis": ints(3)}, 14),
     "cumsum_reverse_exclusive": (
         [node("CumSum", ["x", "axis"], ["h"], reverse=1, exclusive=1)], {"axis": ints(-2)}, 14),
-    "scatter_nd_repeated_index": (  # channel 1 written twice to channel 0 (equal updates: either may win)
+    "scatter_nd_repeated_index": (  # channels 1, then 2 written to channel 0 (also as −3): the last kept
         [node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3]), node("Gather", ["t", "g"], ["u"], axis=0),
          node("ScatterND", ["t", "i", "u"], ["y"]), node("Transpose", ["y"], ["h"], perm=[1, 0, 2, 3])],
-        {"g": ints(1, 1, 2), "i": ints(0, 0, 2).reshape(3, 1)}, 13),
+        {"g": ints(1, 2, 1), "i": ints(0, -3, 2).reshape(3, 1)}, 13),
 }
 
 
@@ -155,12 +155,33 @@ class Unpool(nn.Module):
         return self.fc(F.max_unpool2d(pooled, where, 3, 1, 1, output_size=c.shape[2:]).flatten(1))
 
 
-def test_a_scatter_of_repeated_run_time_indices_shares_their_place(tmp_path):
-    """ScatterND by run-time indices that repeat: each place's relevance is shared by the updates written
-    there (counted by a summing ScatterND), not given whole to each (which counted it once per window)."""
-    module = Unpool().eval()
-    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    path = export_onnx(module, x, tmp_path / "unpool.onnx", "dynamo", fold_batchnorm=False, opset=18)
+class Overwrite(nn.Module):
+    """``y[:, :, [1, 1, 5]] = 3·c[:, :, [0, 3, 2]]``: rows 0 and 3 written to row 1, the last kept (as
+    ONNX Runtime and torch do); with ``hold`` the function computed: ``y[:, :, [1, 5]] = 3·c[:, :, [3, 2]]``
+    (torch's gradient of the first form gives both writes their row's gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc, self.hold = nn.Conv2d(3, 4, 3, 2, 1), nn.Linear(4 * 8 * 8, 5), False
+
+    def forward(self, x):
+        c = self.conv(x)
+        y = c.clone()
+        rows, sources = ([1, 5], [3, 2]) if self.hold else ([1, 1, 5], [0, 3, 2])
+        y[:, :, torch.tensor(rows)] = c[:, :, torch.tensor(sources)] * 3
+        return self.fc(y.flatten(1))
+
+
+@pytest.mark.parametrize("kind", ["unpool", "overwrite"])
+def test_a_scatter_by_repeated_run_time_indices_gives_a_place_to_the_update_it_keeps(tmp_path, kind):
+    """ScatterND by indices that repeat (at run time: the updates numbered and their numbers scattered
+    alike): only the update a place keeps takes its relevance (each took it whole, then an equal share)."""
+    module = (Unpool if kind == "unpool" else Overwrite)().eval()
+    size = 8 if kind == "unpool" else 16
+    x = np.random.default_rng(2).standard_normal((2, 3, size, size)).astype(np.float32)
+    exporter, opset = ("dynamo", 18) if kind == "unpool" else ("torchscript", 13)
+    path = export_onnx(module, x, tmp_path / f"{kind}.onnx", exporter, fold_batchnorm=False, opset=opset)
     assert "ScatterND" in {n.op_type for n in onnx.load(str(path)).graph.node}
     out = run(compile_model(path), {"image": x})
     module.hold = True
@@ -194,16 +215,6 @@ def test_a_gather_by_indices_computed_from_sizes(tmp_path):
     out = run(compile_model(path), {"image": x})
     relevance, _, _ = input_times_gradient(module, x, None)
     assert np.all(relative_l2_error(out[RELEVANCE_OUTPUT], relevance) < TOLERANCE)
-
-
-def test_a_scatter_by_run_time_indices_below_opset_16_is_refused():
-    """The last image overwritten by 2·the first: indices from the batch size."""
-    nodes = [node("Shape", ["x"], ["s"]), node("Slice", ["s", "zero", "one"], ["n"]),
-             node("Sub", ["n", "one"], ["last"]), node("Unsqueeze", ["last", "zero"], ["i"]), node("Slice", ["x", "zero", "one"], ["first"]),
-             node("Mul", ["first", "two"], ["u"]), node("ScatterND", ["x", "i", "u"], ["h"])]
-    inits = {"zero": ints(0), "one": ints(1), "two": np.float32(2.0)}
-    with pytest.raises(RlrpError, match="ScatterND with indices computed at run time needs opset >= 16"):
-        compile_model(head_model(nodes, X_SHAPE, X_SHAPE, initializers=inits, opset=13))
 
 
 def test_a_scatter_that_accumulates_is_refused():

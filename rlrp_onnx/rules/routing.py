@@ -294,9 +294,6 @@ def _scatter_nd_check(ctx, node):
     reduction = node.attrs.get("reduction", "none")
     if reduction != "none":
         return f"ScatterND with reduction '{reduction}' is not supported"
-    if ctx.constant(node.inputs[1]) is None and ctx.emit.opset < SCATTER_ADD_SINCE:
-        return (f"ScatterND with indices computed at run time needs opset >= {SCATTER_ADD_SINCE} (to count "
-                "the updates written to one place)")
     return None
 
 
@@ -305,29 +302,43 @@ def scatter_nd(ctx, node, rho):
     """y = x with the positions ``indices`` overwritten by ``updates``: rho_x = rho_y with zeros written
     there (ScatterND), rho_updates = rho_y read there (GatherND), with the forward pass's indices, also
     where computed at run time. Where several updates go to one place (``max_unpool2d`` of overlapping
-    windows: equal values, which ONNX leaves to any of them), they share its relevance equally: rho_y
-    divided by their count, known at compile time from constant indices, else counted by a summing
-    ScatterND."""
+    windows), the place keeps the last (ONNX Runtime writes them in order; ONNX leaves it open), and only
+    that one takes its relevance (``_kept_updates``)."""
     emit, (x, indices, updates) = ctx.emit, node.inputs
     result = {}
     if ctx.is_data(updates):
         r = emit.op("GatherND", [rho[0], indices])
-        known = ctx.constant(indices)
-        if known is None:
-            counts = emit.op("ScatterND", [_filled_like(emit, x, 0.0), indices, _filled_like(emit, updates, 1.0)],
-                             {"reduction": "add"})
-            r = emit.op("Div", [r, emit.op("GatherND", [counts, indices])])
-        else:
-            flat = known.reshape(-1, known.shape[-1])
-            _, where, counts = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
-            if counts.max() > 1:
-                shares = (1.0 / counts[where.reshape(-1)]).astype(np.float32)
-                r = emit.mul(r, emit.const(shares.reshape(known.shape[:-1] + (1,) * (len(ctx.shape(updates))
-                                                                                     - known.ndim + 1))))
-        result[2] = r
+        kept = _kept_updates(ctx, x, indices, updates)
+        result[2] = r if kept is None else emit.mul(r, kept)
     if ctx.is_data(x):
         result[0] = emit.op("ScatterND", [rho[0], indices, _filled_like(emit, updates, 0.0)])
     return result
+
+
+def _kept_updates(ctx, x, indices, updates):
+    """1.0 for each update the output keeps, 0.0 for one a later update to its place overwrote, broadcast
+    over the update's slice; None where every update is kept. From constant indices over static axes at
+    compile time (negative ones counted from the end); otherwise the updates are numbered, the numbers
+    scattered as the updates are, and each update compares its number with the one its place kept."""
+    emit = ctx.emit
+    leading, tail = len(ctx.shape(indices)) - 1, len(ctx.shape(updates)) - len(ctx.shape(indices)) + 1
+    known = ctx.constant(indices)
+    dims = ctx.shape(x)[:known.shape[-1]] if known is not None else []
+    if known is not None and all(isinstance(d, int) for d in dims):
+        places = np.ravel_multi_index(tuple((known.reshape(-1, len(dims)) % dims).T), dims)
+        last = {place: i for i, place in enumerate(places)}
+        kept = np.array([last[place] == i for i, place in enumerate(places)], np.float32)
+        return None if kept.all() else emit.const(kept.reshape(known.shape[:-1] + (1,) * tail))
+    sizes = emit.slice(emit.shape_of(indices), [0], [-1], [0])
+    one = gs.Constant(f"{indices.name}/one", np.ones(1, np.float32))
+    ones = emit.op("Reshape", [emit.op("ConstantOfShape", [sizes], {"value": one}), emit.ints([-1])])
+    numbers = emit.op("Reshape", [emit.op("CumSum", [ones, emit.scalar_int(0)]), sizes])  # 1, 2, …
+    if tail:
+        numbers = emit.unsqueeze(numbers, list(range(leading, leading + tail)))
+    numbers = emit.expand_like(numbers, updates)
+    placed = emit.op("ScatterND", [_filled_like(emit, x, 0.0), indices, numbers])
+    same = emit.op("Equal", [emit.op("GatherND", [placed, indices]), numbers])
+    return emit.op("Cast", [same], {"to": onnx.TensorProto.FLOAT})
 
 
 def _filled_like(emit, tensor, value: float):
