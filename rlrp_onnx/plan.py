@@ -122,43 +122,61 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
     return output
 
 
-def logits_of(output: gs.Variable, opset: int = 17) -> gs.Variable:
+def logits_of(output: gs.Variable, opset: int = 17, label: str = "<model>") -> gs.Variable:
     """The pre-activation scores: the input of a trailing Softmax/LogSoftmax/Sigmoid (seen through
     Identity, as skl2onnx writes it, through the two Transposes that move the classes to the last axis
     and back, as torch writes a softmax over axis 1 of [N, K, 1, …] below opset 13, and through the
-    Flatten, Reshape or Squeeze that make [N, K, 1, …] scores [N, K] after it), else the output."""
-    scores, producer = output, _producer(output)
-    while producer is not None and producer.op in SIZE_ONE_MOVES and _same_scores(producer.inputs[0], output):
-        scores, producer = producer.inputs[0], _producer(producer.inputs[0])
-        if producer is not None and producer.op in TRAILING:  # a softmax over the classes (opset 13's default: −1)
-            axis = producer.attrs.get("axis", 1 if opset < 13 else -1) if producer.op != "Sigmoid" else 1
-            return producer.inputs[0] if axis % len(scores.shape) == 1 else output
-    return _before_trailing(output)
+    Flatten, Reshape, Squeeze or Unsqueeze that only add or drop axes of size 1 after it), else the
+    output. Refused where such scores are shaped otherwise than [N, K, 1, …] ([N, 1, K])."""
+    scores = output
+    while True:
+        found = _before_trailing(scores, opset)
+        if found is not scores:
+            if not (holds_class_scores(found.shape) and found.shape[1] == output.shape[1]):
+                raise RlrpError(f"{label}: the trailing {_producer(scores).op} acts on scores shaped "
+                                f"{found.shape}: only [N, K] or [N, K, 1, …] scores are explained before it")
+            return found
+        producer = _producer(scores)
+        if producer is None or producer.op not in SIZE_ONE_MOVES or not _same_scores(producer.inputs[0], output):
+            return output
+        scores = producer.inputs[0]
 
 
 SIZE_ONE_MOVES = {"Flatten", "Reshape", "Squeeze", "Unsqueeze"}
 
 
 def _same_scores(tensor, output) -> bool:
-    """Whether ``tensor`` holds the scores of ``output`` with axes of size 1 added or removed."""
-    return holds_class_scores(tensor.shape) and holds_class_scores(output.shape) \
-        and tensor.shape[1] == output.shape[1] and isinstance(output.shape[1], int)
+    """Whether ``tensor`` holds the K scores of ``output`` with axes of size 1 added or removed."""
+    return _class_axis(tensor) is not None and holds_class_scores(output.shape) \
+        and isinstance(output.shape[1], int) and tensor.shape[_class_axis(tensor)] == output.shape[1]
 
 
-def _before_trailing(output: gs.Variable) -> gs.Variable:
-    """The input of a Softmax/LogSoftmax/Sigmoid writing ``output``, also between two Transposes."""
-    producer = _producer(output)
+def _class_axis(tensor) -> int | None:
+    """The one axis past the batch of ``tensor`` whose size is not 1, or None."""
+    shape = tensor.shape or []
+    axes = [a for a, d in enumerate(shape[1:], start=1) if d != 1]
+    return axes[0] if len(axes) == 1 and isinstance(shape[axes[0]], int) else None
+
+
+def _before_trailing(scores: gs.Variable, opset: int) -> gs.Variable:
+    """The input of a Softmax/LogSoftmax/Sigmoid writing ``scores``, also between two Transposes; a
+    softmax only over the classes (opset 13's default axis: −1; below, the axes from ``axis`` on)."""
+    producer = _producer(scores)
     moved = producer is not None and producer.op == "Transpose" and _moves_classes_last(producer)
     trailing = _producer(producer.inputs[0]) if moved else producer
     if trailing is None or trailing.op not in TRAILING:
-        return output
+        return scores
     if not moved:
-        return trailing.inputs[0]
+        rank, classes = len(scores.shape), _class_axis(scores) if len(scores.shape) > 2 else 1
+        axis = trailing.attrs.get("axis", 1 if opset < 13 else -1) % rank
+        over_classes = trailing.op == "Sigmoid" or classes is not None and (
+            axis == classes or opset < 13 and 1 <= axis <= classes)
+        return trailing.inputs[0] if over_classes else scores
     before = _producer(trailing.inputs[0])
     if before is not None and before.op == "Transpose" and before.attrs["perm"] == producer.attrs["perm"] \
-            and trailing.attrs.get("axis", -1) in (-1, len(output.shape) - 1):
+            and trailing.attrs.get("axis", -1) in (-1, len(scores.shape) - 1):
         return before.inputs[0]
-    return output
+    return scores
 
 
 def _producer(tensor):
@@ -212,7 +230,7 @@ def analyse(graph: gs.Graph, label: str, inputs: list[gs.Variable], method: Meth
             output_name: str | None = None) -> Plan:
     """Find the explained output, its logits and the relevance path, without checking coverage."""
     output = explained_output(graph, label, output_name)
-    logits = logits_of(output, graph.opset)
+    logits = logits_of(output, graph.opset, label)
     data = data_tensors(graph, inputs)
     if logits.name not in data:
         wider = _wider_float_between(graph, inputs, logits)

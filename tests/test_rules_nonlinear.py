@@ -929,6 +929,40 @@ def test_a_trailing_activation_before_the_unit_axes_are_dropped_is_skipped(trail
     np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
 
 
+def test_a_softmax_between_transposes_then_flattened_is_skipped():
+    """Below opset 13 torch writes a softmax over axis 1 of [N, K, 1, 1] between two Transposes (classes
+    last and back), then the flatten: skipped as at opset 17 (it was refused)."""
+    from onnx_builders import dense_classifier
+
+    plain = dense_classifier()
+    model = onnx.ModelProto()
+    model.CopyFrom(plain)
+    model.opset_import[0].version = 11
+    model.graph.node[-1].output[0] = "z"
+    model.graph.node.extend([node("Unsqueeze", ["z"], ["z4"], axes=[2, 3]),
+                             node("Transpose", ["z4"], ["t"], perm=[0, 3, 2, 1]), node("Softmax", ["t"], ["p"], axis=3),
+                             node("Transpose", ["p"], ["p4"], perm=[0, 3, 2, 1]), node("Flatten", ["p4"], ["logits"])])
+    x = np.random.default_rng(8).standard_normal((3, 6)).astype(np.float32)
+    expected, _ = compiled(plain, x)
+    out, _ = compiled(model, x)
+    np.testing.assert_allclose(out["rlrp_score"], expected["logits"].max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
+
+
+def test_a_trailing_sigmoid_on_scores_shaped_n_1_k_is_refused():
+    """sigmoid(z.reshape(N, 1, K)).squeeze(1): the probability was explained (the Sigmoid's identity rule)
+    and given as the score; such scores are refused by name, as outputs shaped [N, 1, K] are."""
+    from onnx_builders import dense_classifier
+
+    model = dense_classifier()
+    model.graph.node[-1].output[0] = "z"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "one"))
+    model.graph.node.extend([node("Unsqueeze", ["z", "one"], ["z3"]), node("Sigmoid", ["z3"], ["p"]),
+                             node("Squeeze", ["p", "one"], ["logits"])])
+    with pytest.raises(RlrpError, match=r"the trailing Sigmoid acts on scores shaped .*only \[N, K\]"):
+        compile_model(model)
+
+
 def test_a_softmax_over_a_unit_axis_is_not_skipped():
     """softmax over a unit axis of [N, K, 1] (all ones), then squeezed: no logit to explain before it."""
     from onnx_builders import dense_classifier
