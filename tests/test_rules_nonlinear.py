@@ -510,6 +510,10 @@ HELD_STATISTICS = {  # y = x·s or x / s with s a statistic of x: (nodes, s(x) i
         [node("Flatten", ["x"], ["f"]), node("ReduceL2", ["f"], ["n"], axes=[1], keepdims=0),
          vector("back", [-1, 1, 1, 1]), node("Reshape", ["n", "back"], ["s"]), node("Div", ["x", "s"], ["h"])],
         lambda x: lp_norm(x, (1, 2, 3), 2), np.divide),
+    "root_of_the_sum_of_squares_then_scaled": (  # 3·x / √(Σ x²): planned as an RMSNorm (c = n), γ a scalar
+        [node("Mul", ["x", "x"], ["xx"]), node("ReduceSum", ["xx", "last"], ["q"]), node("Sqrt", ["q"], ["n"]),
+         node("Div", ["x", "n"], ["u"]), const("three", 3.0), node("Mul", ["u", "three"], ["h"])],
+        lambda x: lp_norm(x, (3,), 2) / 3, np.divide),
     "root_mean_square_first": (  # s · x, s = Sqrt(ReduceMean(x·x)) over the positions
         [node("Mul", ["x", "x"], ["xx"]), node("ReduceMean", ["xx"], ["q"], axes=[2, 3]), node("Sqrt", ["q"], ["s"]),
          node("Mul", ["s", "x"], ["h"])],
@@ -522,7 +526,7 @@ def test_statistic_of_the_operand_is_held(case):
     """rules/statistics.py: in x·s or x/s where s is computed from x through a reduction over non-batch
     axes, s is held like a normalization's statistics: R_x = x·rho_y·s (or / s), none through s."""
     nodes, statistic, apply = HELD_STATISTICS[case]
-    model = head_model(nodes, X_SHAPE, X_SHAPE, opset=13)
+    model = head_model(nodes, X_SHAPE, X_SHAPE, initializers={"last": np.array([3], np.int64)}, opset=13)
     x = sample() * 3 + 1
     check(model, x, lambda rho: apply(x.astype(np.float64), statistic(x)) * rho)
 

@@ -72,7 +72,7 @@ def recognise_layer_norm(graph: gs.Graph) -> gs.Graph:
             attrs[PLANNED_STD_SCALE] = c
         elif c != 1.0:  # √(c·Var + ε) = √c·√(Var + ε/c)
             attrs["epsilon"] = epsilon / c
-            scale = gs.Constant(f"{sqrt.name}/scale", (scale.values / np.sqrt(c)).astype(scale.values.dtype))
+            scale = gs.Constant(f"{sqrt.name}/scale", np.asarray(scale.values / np.sqrt(c), scale.values.dtype))
         if axes != list(range(axes[0], len(x.shape))):
             attrs[PLANNED_AXES] = axes
         out = last.outputs[0]
