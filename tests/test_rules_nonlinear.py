@@ -887,6 +887,15 @@ def test_lrn_denominator_held_constant(size):
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
 
 
+def explains_as_without_the_head(plain, headed):
+    """``headed`` (``plain`` with a trailing activation) explains the same logits as ``plain``."""
+    x = np.random.default_rng(8).standard_normal((3, 6)).astype(np.float32)
+    expected, _ = compiled(plain, x)
+    out, _ = compiled(headed, x)
+    np.testing.assert_allclose(out["rlrp_score"], expected["logits"].max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("trailing", ["Sigmoid", "Softmax", "LogSoftmax"])
 def test_a_trailing_activation_is_skipped(trailing):
     """RLRP.md: the explained quantity is the logit before a trailing Softmax/LogSoftmax; a trailing
@@ -899,11 +908,7 @@ def test_a_trailing_activation_is_skipped(trailing):
     activated.CopyFrom(plain)
     activated.graph.node[-1].output[0] = "z"
     activated.graph.node.append(node(trailing, ["z"], ["logits"]))
-    x = np.random.default_rng(8).standard_normal((3, 6)).astype(np.float32)
-    expected, _ = compiled(plain, x)
-    out, _ = compiled(activated, x)
-    np.testing.assert_allclose(out["rlrp_score"], expected["logits"].max(axis=1), rtol=1e-6)
-    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
+    explains_as_without_the_head(plain, activated)
 
 
 @pytest.mark.parametrize("then", ["Flatten", "Squeeze", "Reshape"])
@@ -926,11 +931,7 @@ def test_a_trailing_activation_before_the_unit_axes_are_dropped_is_skipped(trail
     activated.graph.node.extend([node("Unsqueeze", ["z", "unit"], ["z4"]),
                                  node(trailing, ["z4"], ["p"], **({} if trailing == "Sigmoid" else {"axis": 1})),
                                  dropped])
-    x = np.random.default_rng(8).standard_normal((3, 6)).astype(np.float32)
-    expected, _ = compiled(plain, x)
-    out, _ = compiled(activated, x)
-    np.testing.assert_allclose(out["rlrp_score"], expected["logits"].max(axis=1), rtol=1e-6)
-    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
+    explains_as_without_the_head(plain, activated)
 
 
 def test_a_softmax_between_transposes_then_flattened_is_skipped():
@@ -946,11 +947,7 @@ def test_a_softmax_between_transposes_then_flattened_is_skipped():
     model.graph.node.extend([node("Unsqueeze", ["z"], ["z4"], axes=[2, 3]),
                              node("Transpose", ["z4"], ["t"], perm=[0, 3, 2, 1]), node("Softmax", ["t"], ["p"], axis=3),
                              node("Transpose", ["p"], ["p4"], perm=[0, 3, 2, 1]), node("Flatten", ["p4"], ["logits"])])
-    x = np.random.default_rng(8).standard_normal((3, 6)).astype(np.float32)
-    expected, _ = compiled(plain, x)
-    out, _ = compiled(model, x)
-    np.testing.assert_allclose(out["rlrp_score"], expected["logits"].max(axis=1), rtol=1e-6)
-    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected[RELEVANCE_OUTPUT], rtol=1e-6, atol=1e-7)
+    explains_as_without_the_head(plain, model)
 
 
 def test_a_trailing_sigmoid_on_scores_shaped_n_1_k_is_refused():
