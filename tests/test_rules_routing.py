@@ -164,12 +164,14 @@ class Overwrite(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.conv, self.fc, self.hold = nn.Conv2d(3, 4, 3, 2, 1), nn.Linear(4 * 8 * 8, 5), False
+        for name, values in {"rows": [1, 1, 5], "sources": [0, 3, 2], "kept_rows": [1, 5], "kept": [3, 2]}.items():
+            self.register_buffer(name, torch.tensor(values))
 
     def forward(self, x):
         c = self.conv(x)
         y = c.clone()
-        rows, sources = ([1, 5], [3, 2]) if self.hold else ([1, 1, 5], [0, 3, 2])
-        y[:, :, torch.tensor(rows)] = c[:, :, torch.tensor(sources)] * 3
+        rows, sources = (self.kept_rows, self.kept) if self.hold else (self.rows, self.sources)
+        y[:, :, rows] = c[:, :, sources] * 3
         return self.fc(y.flatten(1))
 
 
