@@ -147,8 +147,8 @@ SIZE_ONE_MOVES = {"Flatten", "Reshape", "Squeeze", "Unsqueeze"}
 
 def _same_scores(tensor, output) -> bool:
     """Whether ``tensor`` holds the K scores of ``output`` with axes of size 1 added or removed."""
-    return _class_axis(tensor) is not None and holds_class_scores(output.shape) \
-        and isinstance(output.shape[1], int) and tensor.shape[_class_axis(tensor)] == output.shape[1]
+    axis = _class_axis(tensor)
+    return axis is not None and holds_class_scores(output.shape) and tensor.shape[axis] == output.shape[1]
 
 
 def _class_axis(tensor) -> int | None:

@@ -197,19 +197,17 @@ def _depends_on(tensor, x, limit: int = 64) -> bool:
 
 
 def _mean_of_squares(tensor):
-    """(the mean node, c, d, moved) when ``tensor`` is c·mean(d²) (ReduceMean or GlobalAveragePool; d² as
-    Pow 2 or d·d), c a positive product of constant factors and divisors (also computed from static
-    sizes), ``moved`` when reduced without keepdims or reshaped or expanded on the way."""
+    """(the mean node, c, d, moved) when ``tensor`` is c·mean(d²) (ReduceMean or GlobalAveragePool; or
+    ReduceSum, its c counting the elements summed; d² as Pow 2 or d·d), c a positive product of constant
+    factors and divisors (also computed from static sizes), ``moved`` when reduced without keepdims or
+    reshaped or expanded on the way."""
     node, c, moved = producer(tensor), 1.0, False
     while node is not None and node.op in ("Reshape", "Expand", "Unsqueeze", "Mul", "Div"):
         if node.op in ("Mul", "Div"):
-            factors = [static_number(t) for t in node.inputs]
-            if node.op == "Div" and factors[1] is not None:
-                c, node = c / factors[1], producer(node.inputs[0])
-            elif node.op == "Mul" and factors.count(None) == 1:
-                c, node = c * next(f for f in factors if f is not None), producer(node.inputs[factors.index(None)])
-            else:
+            scaled = _constant_factor(node)
+            if scaled is None:
                 return None
+            c, node = c * scaled[0], producer(scaled[1])
         else:
             node, moved = producer(node.inputs[0]), True
     if node is None or node.op not in ("ReduceMean", "GlobalAveragePool", "ReduceSum") or not c > 0:
@@ -462,10 +460,8 @@ def _is_negated_mean_of(tensor, x) -> bool:
     if node is None or node.op not in ("Neg", "Mul"):
         return False
     if node.op == "Mul":
-        factors = [static_number(t) for t in node.inputs]
-        if factors.count(None) != 1 or -1.0 not in factors:
-            return False
-        return _mean_of(node.inputs[factors.index(None)], x) is not None
+        scaled = _constant_factor(node)
+        return scaled is not None and scaled[0] == -1.0 and _mean_of(scaled[1], x) is not None
     return _mean_of(node.inputs[0], x) is not None
 
 
@@ -473,15 +469,24 @@ def _reduction_behind(tensor):
     """(the reduction node, the constant factor) for ``tensor`` reached from a reduction's output by moves
     of axes of size 1 and at most one product or quotient by a constant (a sum divided by its count);
     (None, 1.0) when no node writes it."""
-    node, scale = producer(_unmoved(tensor)), 1.0
-    if node is not None and node.op in ("Mul", "Div"):
-        factors = [static_number(t) for t in node.inputs]
-        if node.op == "Div" and factors[1] is not None and factors[1] != 0:
-            scale, node = 1.0 / factors[1], producer(_unmoved(node.inputs[0]))
-        elif node.op == "Mul" and factors.count(None) == 1:
-            scale = next(f for f in factors if f is not None)
-            node = producer(_unmoved(node.inputs[factors.index(None)]))
-    return node, scale
+    node = producer(_unmoved(tensor))
+    scaled = _constant_factor(node)
+    if scaled is None:
+        return node, 1.0
+    return producer(_unmoved(scaled[1])), scaled[0]
+
+
+def _constant_factor(node):
+    """(f, t) when ``node`` computes f·t from a tensor t and a constant number f (t·f, f·t, t / c as f = 1/c),
+    else None."""
+    if node is None or node.op not in ("Mul", "Div") or len(node.inputs) != 2:
+        return None
+    factors = [static_number(t) for t in node.inputs]
+    if node.op == "Div":
+        return (1.0 / factors[1], node.inputs[0]) if factors[1] else None
+    if factors.count(None) != 1:
+        return None
+    return factors[1 - factors.index(None)], node.inputs[factors.index(None)]
 
 
 def _reduced_size(node) -> int | None:
@@ -509,16 +514,12 @@ def _only_reaches(tensor, reader) -> bool:
     while queue:
         t = queue.pop()
         chain.append(t)
-        queue.extend(n.outputs[0] for n in t.outputs
-                     if _moves_only_size_one_axes(n, t) or n.op in ("Mul", "Div") and _by_number(n, t))
+        for n in t.outputs:
+            scaled = _constant_factor(n)
+            if _moves_only_size_one_axes(n, t) or scaled is not None and scaled[1] is t:
+                queue.append(n.outputs[0])
     readers = [n for t in chain for n in t.outputs]
     return all(n is reader or n.outputs[0] in chain for n in readers) and reader in readers
-
-
-def _by_number(node, tensor) -> bool:
-    """Whether ``node`` multiplies or divides ``tensor`` by a constant number."""
-    others = [t for t in node.inputs if t is not tensor]
-    return len(others) == 1 and static_number(others[0]) is not None and (node.op == "Mul" or node.inputs[0] is tensor)
 
 
 def _readers(tensor) -> set[int]:
