@@ -80,7 +80,8 @@ def is_statistic_behind(ctx, s, u) -> bool:
 
 def _reduced(ctx, s, limit: int = 16) -> list:
     """The tensors ``s`` may be a statistic of: the inputs of the first reductions behind it (through
-    arithmetic), and what each is computed from alone by one-input ops (x·x of x; x of its mean)."""
+    arithmetic), and what each is computed from alone by one-input ops (x·x of x; x of its mean) or by
+    centring (x of x − mean(x): a standard deviation is a statistic of x)."""
     found, stack, seen = [], [s], set()
     while stack and len(seen) < limit:
         t = stack.pop()
@@ -95,10 +96,13 @@ def _reduced(ctx, s, limit: int = 16) -> list:
         for _ in range(limit):
             chain.append(t)
             node = ctx.producer(t)
-            data = {i.name: i for i in (node.inputs if node is not None else []) if ctx.is_data(i)}
-            if len(data) != 1:
+            data = [i for i in (node.inputs if node is not None else []) if ctx.is_data(i)]
+            if len({i.name for i in data}) == 1:
+                t = data[0]
+            elif node is not None and node.op in ("Sub", "Add") and len(data) == 2 and is_statistic_of(ctx, data[1], data[0]):
+                t = data[0]
+            else:
                 break
-            t = next(iter(data.values()))
     return chain
 
 
