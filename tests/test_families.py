@@ -205,7 +205,8 @@ def test_rms_norm_forms(tmp_path, form):
 class StdLayerNorm(nn.Module):
     """LayerNorm as tutorials write it: ``γ·(x − mean)/(std + ε) + β`` with torch's ``x.std`` (the Annotated
     Transformer; ``form`` "var": ``/ sqrt(x.var() + ε)``, "std_alone": ``/ std``, "sums": the mean and
-    the variance written as sums divided by n and n − 1), unbiased unless told
+    the variance written as sums divided by n and n − 1; "var_mean": ``torch.var_mean``, which the dynamo
+    exporter writes with a second mean, a sum over n, reshaped and expanded back), unbiased unless told
     (``scale_first`` False: ``(x − mean)/(std + ε)·γ + β``; ``keepdim`` False: each statistic reduced
     without keepdim, then ``[..., None]``); with ``hold_statistics`` (set by ``gates.detached_gates``) the
     mean and std detached."""
@@ -226,6 +227,9 @@ class StdLayerNorm(nn.Module):
             n = x.shape[-1]
             mean = x.sum(-1, keepdim=True) / n
             std = torch.sqrt(((x - mean) ** 2).sum(-1, keepdim=True) / (n - correction)) + self.eps
+        elif self.form == "var_mean":
+            variance, mean = torch.var_mean(x, -1, keepdim=True, correction=correction)
+            std = torch.sqrt(variance + self.eps)
         elif self.form == "var":
             std = torch.sqrt(self.statistic(x.var(-1, keepdim=keep, correction=correction)) + self.eps)
         else:
@@ -253,6 +257,8 @@ STD_FORMS = {  # exporter, BatchNorm folded (dynamo: optimized), unbiased, γ fi
     "dynamo-var-reduced-then-unsqueezed": ("dynamo", True, False, False, "var", False),
     "torchscript-sums": ("torchscript", True, True, True, "sums"),  # Σx / n, √(Σ(x − m)² / (n − 1)) + ε
     "dynamo-sums": ("dynamo", True, True, True, "sums"),
+    "torchscript-var-mean": ("torchscript", True, False, True, "var_mean"),
+    "dynamo-var-mean": ("dynamo", True, False, True, "var_mean"),  # Expands to the same shape: dropped
 }
 
 
