@@ -36,6 +36,7 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
     missing = sorted(needed - initializers.keys() - inputs.keys())
     if missing:
         raise RlrpError(f"{label}: internal error, the relevance pass reads tensors the source lacks: {missing[:5]}")
+    _raise_old_ir(model)
     graph.initializer.extend(initializers[name] for name in sorted(needed) if name in initializers)
     graph.node.extend(nodes)
     graph.value_info.extend(v for v in built.graph.value_info if v.name in produced)
@@ -44,6 +45,20 @@ def graft(source: onnx.ModelProto, built: onnx.ModelProto, new_nodes: set[str],
     outputs = {t.name: t for t in built.graph.output}
     graph.output.extend(outputs[name] for name in new_outputs)
     return model
+
+
+def _raise_old_ir(model: onnx.ModelProto) -> None:
+    """An IR 3 model (the first model zoos': every initializer also listed as an input, read as a constant)
+    raised to the IR version its opsets need, at least 4, its initializers no longer listed as inputs (the
+    same constants): the relevance pass adds initializers that are not inputs, and an optional input
+    ``rlrp_target`` with a default, which IR 3 cannot express."""
+    if model.ir_version >= 4:
+        return
+    constants = {t.name for t in model.graph.initializer}
+    kept = [value for value in model.graph.input if value.name not in constants]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.ir_version = max(4, onnx.helper.find_min_ir_version_for(list(model.opset_import)))
 
 
 def _read_as_float32(source: onnx.ModelProto, built: onnx.ModelProto, nodes: list[onnx.NodeProto],

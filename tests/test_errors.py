@@ -7,12 +7,13 @@ import hashlib
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from rlrp_onnx import RlrpError, compile_model
 from rlrp_onnx.cli import main
 
 from onnx_builders import dense_classifier, make_model
+from test_oracle import run
 
 
 def run_cli(capsys, *argv):
@@ -62,6 +63,62 @@ def test_opset_below_11(tmp_path, capsys):
     assert_one_line_error(code, err, "old.onnx", "opset 9 is not supported", "convert_version(model, 13)")
     onnx.save(version_converter.convert_version(old, 13), path)
     assert run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")[0] == 0
+
+
+def _old_dense(opset: int, front=()) -> onnx.ModelProto:
+    """x [1, 2, 3, 3] → ``front`` nodes → y → Flatten → Gemm (broadcast where opset < 7) → Relu → Gemm → logits,
+    unchecked (ImageScaler has no schema in onnx any more)."""
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.normal(size=(8, 18)), "b1": rng.normal(size=8), "w2": rng.normal(size=(4, 8)),
+               "b2": rng.normal(size=4)}
+    old = {"broadcast": 1} if opset < 7 else {}
+    nodes = [*front, helper.make_node("Flatten", ["y"], ["f"]),
+             helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1, **old),
+             helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], transB=1, **old)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_opset_below_11_advice_fits_the_file(tmp_path, capsys):
+    """The converter's advice carries the steps this file needs: two conversions below opset 6 (its Gemm
+    adapter needs shapes the earlier adapters drop), ImageScaler rewritten first, and the coordinates of
+    the Resize written for a linear Upsample; each followed as said, the converted model computes what the
+    original does and compiles."""
+    from onnx import version_converter
+
+    x = np.random.default_rng(1).normal(size=(1, 2, 3, 3)).astype(np.float32)
+    opset3 = _old_dense(3, [helper.make_node("Relu", ["x"], ["y"])])
+    onnx.save(opset3, tmp_path / "old.onnx")
+    code, _, err = run_cli(capsys, "compile", tmp_path / "old.onnx", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "opset 3 is not supported", "convert_version(model, 6), then "
+                          "onnx.shape_inference.infer_shapes, then convert_version(..., 13)")
+    converted = version_converter.convert_version(
+        onnx.shape_inference.infer_shapes(version_converter.convert_version(opset3, 6)), 13)
+    weights = {t.name: numpy_helper.to_array(t) for t in opset3.graph.initializer}
+    hidden = np.maximum(np.maximum(x, 0).reshape(1, -1) @ weights["w1"].T + weights["b1"], 0)
+    np.testing.assert_allclose(run(converted, {"x": x})["logits"], hidden @ weights["w2"].T + weights["b2"],
+                               rtol=1e-5, atol=1e-5)
+    compile_model(converted)
+
+    scaler = _old_dense(8, [helper.make_node("ImageScaler", ["x"], ["y"], scale=0.5, bias=[0.1, -0.2])])
+    with pytest.raises(RlrpError, match="rewrite its ImageScaler nodes as Mul and Add"):
+        compile_model(scaler)
+
+    upsample = _old_dense(9, [helper.make_node("Upsample", ["x", "scales"], ["u"], mode="linear"),
+                              helper.make_node("MaxPool", ["u"], ["y"], kernel_shape=[2, 2], strides=[2, 2])])
+    upsample.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    with pytest.raises(RlrpError, match="coordinate_transformation_mode 'asymmetric' on the Resize") as refusal:
+        compile_model(upsample)
+    assert "convert_version(model, 13)" in str(refusal.value)
+    converted = version_converter.convert_version(upsample, 13)
+    for node in (n for n in converted.graph.node if n.op_type == "Resize"):
+        node.attribute.append(helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+    np.testing.assert_array_equal(run(converted, {"x": x})["logits"], run(upsample, {"x": x})["logits"])
+    compile_model(converted)
 
 
 def test_truncated_file(tmp_path, capsys, dense_path):

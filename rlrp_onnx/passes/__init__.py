@@ -35,7 +35,7 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}, or "
-                        f"convert the file with onnx.version_converter.convert_version(model, {UPGRADE_OPSET})")
+                        f"{_conversion_advice(model, opset)}")
     model, weights = declared_weights(model)
     pin_input_shapes(model, label, input_shapes)
     free_output_batches(model)
@@ -58,6 +58,23 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
                      pad_into_conv):  # planned only, never run
         graph = simplify(graph)
     return unique_node_names(graph)
+
+
+def _conversion_advice(model: onnx.ModelProto, opset: int) -> str:
+    """How onnx's version converter brings this file to UPGRADE_OPSET: in two steps below opset 6 (its Gemm
+    adapter needs shapes that its earlier adapters drop), ImageScaler rewritten by hand first (it has no
+    schema for it), and the Resize it writes for a linear Upsample given Upsample's coordinates."""
+    ops = {n.op_type for n in model.graph.node}
+    steps = (f"convert_version(model, 6), then onnx.shape_inference.infer_shapes, then convert_version(..., "
+             f"{UPGRADE_OPSET})" if opset < 6 else f"convert_version(model, {UPGRADE_OPSET})")
+    advice = f"convert the file with onnx.version_converter.{steps}"
+    if "ImageScaler" in ops:
+        advice = f"rewrite its ImageScaler nodes as Mul and Add (the converter cannot), then {advice}"
+    modes = {a.s for n in model.graph.node if n.op_type == "Upsample" for a in n.attribute if a.name == "mode"}
+    if modes - {b"nearest"}:
+        advice += (", then set coordinate_transformation_mode 'asymmetric' on the Resize it writes for each linear "
+                   "Upsample (its default, half_pixel, changes the model)")
+    return advice + ", and check that the converted model's outputs equal the original's"
 
 
 def _without_made_up_sizes(model: onnx.ModelProto) -> onnx.ModelProto:
