@@ -97,7 +97,7 @@ def _is_scores(tensor) -> bool:
 
 def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variable:
     """The graph output holding class scores ``[N, K]`` (or ``[N, K, 1, …]``): the one named, or the only
-    such float one."""
+    such float one, or the one that holds the logits of all such (beside their softmax)."""
     described = ", ".join(f"'{t.name}' {np.dtype(t.dtype).name if t.dtype else '?'} {t.shape}"
                           for t in graph.outputs)
     # a ZipMap (scikit-learn's per-sample {class: probability} maps) stands for the scores it reads
@@ -112,6 +112,8 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
             t for _, t in outputs if _is_scores(t)]
         if not chosen:
             raise RlrpError(f"{label}: no output holds class scores [N, K] or [N, K, 1, …] (outputs: {described})")
+        if len(chosen) > 1 and _logits_of_all(chosen, graph.opset) is not None:
+            chosen = [_logits_of_all(chosen, graph.opset)]
         if len(chosen) > 1:
             names = ", ".join(t.name for t in chosen)
             raise RlrpError(f"{label}: several outputs could be class scores ({names}); "
@@ -120,6 +122,16 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
     if not _is_scores(output):
         raise RlrpError(f"{label}: output '{output.name}' is not class scores [N, K] or [N, K, 1, …] ({described})")
     return output
+
+
+def _logits_of_all(outputs: list[gs.Variable], opset: int) -> gs.Variable | None:
+    """The one of ``outputs`` that holds the logits of them all (``fc`` beside ``prob = Softmax(fc)``), or None."""
+    def logits(output):
+        try:
+            return logits_of(output, opset)
+        except RlrpError:
+            return None
+    return next((t for t in outputs if all(logits(o) is t for o in outputs)), None)
 
 
 def logits_of(output: gs.Variable, opset: int = 17, label: str = "<model>") -> gs.Variable:

@@ -349,6 +349,24 @@ def test_several_outputs_could_be_class_scores(tmp_path, capsys):
     assert code == 0, err
 
 
+def test_logits_beside_their_softmax(tmp_path, capsys):
+    """``logits`` and ``prob = Softmax(logits)`` both outputs, as model-zoo files give them: the logits are
+    explained without asking which (both name the same scores); beside a second head it is still asked."""
+    from rlrp_onnx.contract import META_EXPLAINED_OUTPUT
+
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["logits"], transB=1),
+             helper.make_node("Softmax", ["logits"], ["prob"], axis=1)]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 2]) for name in ("prob", "logits")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    w = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    compiled = compile_model(make_model(nodes, [x], outputs, w))
+    assert {p.key: p.value for p in compiled.metadata_props}[META_EXPLAINED_OUTPUT] == "logits"
+    other = make_model([*nodes, helper.make_node("Gemm", ["x", "w"], ["other"], transB=1)], [x],
+                       [*outputs, helper.make_tensor_value_info("other", TensorProto.FLOAT, ["N", 2])], w)
+    with pytest.raises(RlrpError, match=r"several outputs could be class scores \(prob, logits, other\)"):
+        compile_model(other)
+
+
 def test_reshape_to_a_shape_fed_at_run_time(tmp_path, capsys):
     """A Reshape to a shape the caller feeds leaves the sizes of every tensor after it unknown to shape
     inference (symbolic, not missing): one line naming the Conv that needs them (was an internal error)."""
