@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import LINEAR, rule
-from .statistics import is_centred, is_statistic_behind, is_statistic_of
+from .statistics import REDUCTIONS, is_centred, is_statistic_behind, is_statistic_of, reduce_axes
 
 GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose",  # move values, change none
@@ -63,16 +63,23 @@ GATE_MOVES = {"Split", "Slice", "Tile", "Resize", "Pad", "Gather", "GatherND", "
               "DepthToSpace", "SpaceToDepth"}  # from input 0: the values stay a gate's (Resize: mixed)
 
 
-GATE_COMBINATIONS = {"Mul", "Add", "Sum", "Sub", "Mean"}  # of gates and input-free tensors: a gate
+GATE_COMBINATIONS = {"Mul", "Add", "Sum", "Sub", "Mean", "Max", "Min"}  # of gates and input-free tensors: a gate
+GATE_POWERS = {"Pow", "Sqrt"}  # of a gate, by a constant exponent: a gate (σ(s)²)
 
 
 def _gate_sources(ctx, node) -> list[int]:
     """The inputs a gate passes through ``node`` from, where ``node`` keeps it a gate, else []: also a
     product or sum of gates and tensors that do not depend on the input (``σ(a)·σ(b)``; ConViT's
     ``(1 − σ(λ))·softmax(q·kᵀ) + σ(λ)·softmax(p)``, p a function of positions) and a gate divided by such
-    a tensor or by a statistic of it (ConViT then divides by the sum over the keys)."""
+    a tensor or by a statistic of it (ConViT then divides by the sum over the keys), a power of a gate, and a
+    gate reduced over axes other than the batch (its mean over the channels, attention averaged over heads)."""
     if node.op in RESHAPING or node.op in GATE_MOVES:
         return [0]
+    if node.op in GATE_POWERS and all(ctx.constant(t) is not None for t in node.inputs[1:]):
+        return [0]
+    if node.op in REDUCTIONS:
+        axes = reduce_axes(ctx, node)
+        return [0] if axes and 0 not in axes else []
     data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
     if node.op == "Concat" or node.op in GATE_COMBINATIONS and data:
         return data
