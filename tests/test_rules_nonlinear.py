@@ -263,10 +263,31 @@ GATED = {
         [node("Softplus", ["x"], ["sp"]), const("twenty", 20.0), node("Greater", ["x", "twenty"], ["above"]),
          node("Where", ["above", "x", "sp"], ["spt"]), node("Tanh", ["spt"], ["t"]), node("Mul", ["x", "t"], ["h"])],
         13, lambda x: np.tanh(np.logaddexp(0, x))),
+    "mish_written_out_with_unoptimized_softplus": (  # the same, dynamo unoptimized: softplus's β = 1 applied
+        [const("one", 1.0), const("twenty", 20.0), node("Mul", ["x", "one"], ["bx"]),
+         node("Greater", ["bx", "twenty"], ["above"]), node("Softplus", ["bx"], ["sp"]), node("Div", ["sp", "one"], ["spb"]),
+         node("Where", ["above", "x", "spb"], ["spt"]), node("Tanh", ["spt"], ["t"]), node("Mul", ["x", "t"], ["h"])],
+        13, lambda x: np.tanh(np.logaddexp(0, x))),
     "hardswish_relu6_product_then_sixth": (  # x·relu6(x + 3)/6, bracketed as (x·relu6(x + 3))/6
         [const("three", 3.0), const("zero", 0.0), const("six", 6.0), node("Add", ["x", "three"], ["a"]),
          node("Clip", ["a", "zero", "six"], ["c"]), node("Mul", ["x", "c"], ["m"]), node("Div", ["m", "six"], ["h"])],
         13, lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    "x_times_hard_sigmoid_by_torch_formula": (  # x·clamp(x/6 + 1/2, 0, 1), torch's documented hard sigmoid
+        [const("six", 6.0), const("half", 0.5), const("zero", 0.0), const("one", 1.0), node("Div", ["x", "six"], ["d"]),
+         node("Add", ["d", "half"], ["a"]), node("Clip", ["a", "zero", "one"], ["g"]), node("Mul", ["x", "g"], ["h"])],
+        13, lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    "x_times_clamp_as_max_and_min": (  # x·clamp(x + 3, 0, 6)/6 from the dynamo exporter, unoptimized
+        [const("three", 3.0), const("zero", 0.0), const("six", 6.0), node("Add", ["x", "three"], ["a"]),
+         node("Max", ["a", "zero"], ["lo"]), node("Min", ["lo", "six"], ["c"]), node("Div", ["c", "six"], ["g"]),
+         node("Mul", ["x", "g"], ["h"])], 13, lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    "hard_mish": (  # timm: 0.5·x·clamp(x + 2, 0, 2), a gate scaled by 2 after x by 1/2
+        [const("two", 2.0), const("zero", 0.0), const("half", 0.5), node("Add", ["x", "two"], ["a"]),
+         node("Clip", ["a", "zero", "two"], ["c"]), node("Mul", ["half", "x"], ["xh"]), node("Mul", ["xh", "c"], ["h"])],
+        13, lambda x: np.clip(x / 2 + 1, 0, 1)),
+    "clip_gate_with_a_negative_floor": (  # x·clamp(x + 1, −1, 1) = x·(2·hard_sigmoid(x/2 + 1) − 1)
+        [const("one", 1.0), const("minus_one", -1.0), node("Add", ["x", "one"], ["a"]),
+         node("Min", ["a", "one"], ["hi"]), node("Max", ["hi", "minus_one"], ["c"]), node("Mul", ["c", "x"], ["h"])],
+        13, lambda x: np.clip(x + 1, -1, 1)),
     "gelu_tanh_fast": (  # Hugging Face's FastGELU: 0.5·x·(1 + tanh(x·√(2/π)·(1 + 0.044715·x·x)))
         [const("c", 0.044715), const("k", math.sqrt(2 / math.pi)), const("one", 1.0), const("half", 0.5),
          node("Mul", ["x", "k"], ["xk"]), node("Mul", ["x", "x"], ["x2"]), node("Mul", ["c", "x2"], ["cx2"]),
@@ -337,6 +358,19 @@ def test_written_out_activation_is_planned_as_one_node(case):
     nodes, opset, _ = GATED[case]
     graph = canonicalize(head_model(nodes, X_SHAPE, X_SHAPE, opset=opset), case)
     assert [n.op for n in graph.nodes if n.op not in ("Flatten", "Gemm")] == [RECOGNISED[case.split("_")[0]]]
+
+
+@pytest.mark.parametrize("name,nodes", [
+    ("relu6_times_data", [const("zero", 0.0), const("six", 6.0), node("Clip", ["x", "zero", "six"], ["c"]),
+                          node("Neg", ["x"], ["v"]), node("Mul", ["v", "c"], ["h"])]),
+    ("max_above_min", [const("three", 3.0), const("zero", 0.0), const("six", 6.0), node("Add", ["x", "three"], ["a"]),
+                       node("Max", ["a", "six"], ["lo"]), node("Min", ["lo", "zero"], ["c"]), node("Mul", ["x", "c"], ["h"])]),
+])
+def test_clips_that_are_no_hard_sigmoid_stay_clips(name, nodes):
+    """A plain ReLU6 times data (no affine map: a product of two data tensors, not a gate) and
+    min(max(x + 3, 6), 0) (a constant 0, not a clip to [0, 6]) are not planned as hard sigmoids."""
+    graph = canonicalize(head_model(nodes, X_SHAPE, X_SHAPE, opset=13), name)
+    assert "HardSigmoid" not in {n.op for n in graph.nodes}
 
 
 def test_mish_with_a_softplus_threshold_where_the_branches_differ_is_not_recognised():

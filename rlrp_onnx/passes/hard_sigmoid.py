@@ -1,54 +1,157 @@
-"""Recognise the hard sigmoid written as ``Clip(x + 3, 0, 6) / 6`` (Keras through tf2onnx, and hand-written
-``relu6(x + 3) / 6``) and make its last node a ``HardSigmoid(x, alpha=1/6, beta=1/2)`` writing the same
-tensor, so that ``x · hard_sigmoid(x)`` (HardSwish) and hard-sigmoid squeeze-excitation meet the Mul gate
-rule; and HardSwish bracketed as ``(x · relu6(x + 3)) / 6`` (a common MobileNetV3 spelling, whose product
-of two data tensors took the half rule), whose last node becomes ``HardSwish(x)``. Both are standard ops
-from opsets before or at 14; the canonical graph is only planned (gelu.py).
+"""Recognise hard sigmoids written out: a clip of an affine map of x, then an affine map, ``c·clip(a·x + b,
+lo, hi) + d`` (the clip a ``Clip`` or a ``Max`` and a ``Min`` by constants, as the dynamo exporter writes
+``clamp`` unoptimized; a and b, c and d from products, quotients, sums and differences by constant
+numbers), which is ``k·HardSigmoid(x; α, β) + m`` with α = a/(hi − lo), β = (b − lo)/(hi − lo),
+k = c·(hi − lo), m = c·lo + d. It is planned as ``HardSigmoid`` (times k, plus m) writing the same tensor:
+
+* where it is a hard sigmoid itself (k = 1, m = 0: Keras's ``Clip(x + 3, 0, 6) / 6`` through tf2onnx,
+  ``relu6(x + 3) / 6``, torch's documented ``clamp(x / 6 + 1/2, 0, 1)``), so that ``x · hard_sigmoid(x)``
+  and hard-sigmoid squeeze-excitation meet the Mul gate rule;
+* where it multiplies another data tensor, as a gate scaled or shifted (timm's hard Mish
+  ``0.5·x·clamp(x + 2, 0, 2)``, a gate ``clamp(s + 3, 0, 6)`` divided by 6 after the product);
+* and HardSwish bracketed as ``(x · relu6(x + 3)) / 6`` (a common MobileNetV3 spelling, whose product of
+  two data tensors took the half rule) as ``HardSwish(x)``.
+
+A plain clip (ReLU6, hardtanh) on the data path is left to the Clip rule. The ops are standard from
+opsets before or at 14; the canonical graph is only planned (gelu.py).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from .gelu import clip_bounds, close, only_user, producer, scalar
 
-
-def _x_plus_three(tensor):
-    """x for ``tensor`` = x + 3."""
-    node = producer(tensor)
-    if node is None or node.op != "Add":
-        return None
-    for x, three in (node.inputs, node.inputs[::-1]):
-        if scalar(x) is None and close(scalar(three), 3.0):
-            return x
-    return None
-
-
-def _scaled_by_sixth(node):
-    """Whether ``node`` multiplies by 1/6 or divides by 6."""
-    if node.op == "Div":
-        return close(scalar(node.inputs[1]), 6.0)
-    return node.op == "Mul" and any(close(scalar(t), 1 / 6) for t in node.inputs)
+PRODUCTS = ("Mul", "MatMul", "Einsum")
 
 
 def recognise_hard_sigmoid(graph: gs.Graph) -> gs.Graph:
-    """Replace the scaling node of each matched pattern by ``HardSigmoid(x)`` (or ``HardSwish(x)``) writing
-    the same tensor."""
+    """Plan each matched clip chain as HardSigmoid (or HardSwish), writing the chain's last tensor."""
     found = False
-    for clip in list(graph.nodes):
-        top = only_user(clip) if clip.op == "Clip" else None
-        if top is None:
+    for node in list(graph.nodes):
+        bounded = _bounded(node)
+        if bounded is None:
             continue
-        low, high = clip_bounds(clip)
-        x = _x_plus_three(clip.inputs[0])
-        if x is None or low != 0.0 or not close(high, 6.0):
+        source, low, high = bounded
+        x, a, b = _affine_source(source)
+        last, c, d = _affine_readers(node)
+        if not high > low or a == 0.0:
             continue
-        if _scaled_by_sixth(top):
-            top.op, top.attrs, top.inputs = "HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, [x]
-        elif top.op == "Mul" and any(t is x for t in top.inputs) and (scaled := only_user(top)) is not None \
-                and _scaled_by_sixth(scaled):
-            scaled.op, scaled.attrs, scaled.inputs = "HardSwish", {}, [x]
+        alpha, beta = a / (high - low), (b - low) / (high - low)
+        k, m = c * (high - low), c * low + d
+        swish = _bracketed_swish(last, x, k, m, alpha, beta)
+        if swish is not None:
+            swish.op, swish.attrs, swish.inputs = "HardSwish", {}, [x]
+        elif last is node and source is x:  # a plain clip
+            continue
+        elif close(k, 1.0) and abs(m) < 1e-7:
+            last.op, last.attrs, last.inputs = "HardSigmoid", {"alpha": alpha, "beta": beta}, [x]
+        elif _gates_data(last.outputs[0]):
+            _plan_scaled(graph, last, x, alpha, beta, k, m)
         else:
             continue
         found = True
     return graph.cleanup().toposort() if found else graph
+
+
+def _bounded(node):
+    """(t, lo, hi) for ``node`` computing clip(t, lo, hi) with constant bounds: a Clip, or the last of a
+    Max by lo (or Relu: 0) and a Min by hi, in either order, the first read only by the second."""
+    if node.op == "Clip":
+        low, high = clip_bounds(node)
+        return None if low is None or high is None else (node.inputs[0], low, high)
+    outer = _bound(node) if node.op in ("Max", "Min") else None
+    first = producer(outer[0]) if outer is not None else None
+    inner = _bound(first)
+    if inner is None or only_user(first) is not node or {node.op, first.op} not in ({"Max", "Min"}, {"Relu", "Min"}):
+        return None
+    low, high = (outer[1], inner[1]) if node.op == "Max" else (inner[1], outer[1])
+    return inner[0], low, high
+
+
+def _bound(node):
+    """(t, bound) for a Max or Min of a tensor t and a constant number (a Relu: t, 0), else None."""
+    if node is None:
+        return None
+    if node.op == "Relu":
+        return node.inputs[0], 0.0
+    if node.op not in ("Max", "Min") or len(node.inputs) != 2:
+        return None
+    values = [scalar(t) for t in node.inputs]
+    if values.count(None) != 1:
+        return None
+    return node.inputs[values.index(None)], values[1 - values.index(None)]
+
+
+def _affine_source(tensor):
+    """(x, a, b) with ``tensor`` = a·x + b through products, quotients, sums, differences and negations by
+    constant numbers, x the first tensor not computed so."""
+    a, b = 1.0, 0.0
+    while (step := _affine_step(producer(tensor), tensor)) is not None:
+        tensor, (scale, shift) = step
+        a, b = a * scale, b + a * shift  # a·(scale·t + shift) + b
+    return tensor, a, b
+
+
+def _affine_readers(node):
+    """(last node, c, d): ``node``'s output followed through single readers that are affine by constant
+    numbers to the last one's output, which is c·(node's output) + d."""
+    c, d, last = 1.0, 0.0, node
+    while (reader := only_user(last)) is not None and (step := _affine_step(reader, last.outputs[0])) is not None:
+        scale, shift = step[1]
+        c, d, last = c * scale, d * scale + shift, reader
+    return last, c, d
+
+
+def _affine_step(node, output):
+    """(t, (s, h)) when ``node`` computes its output as s·t + h from one tensor t and constant numbers
+    (Add, Sub, Mul, Div by a number, Neg), else None."""
+    if node is None or node.op not in ("Add", "Sub", "Mul", "Div", "Neg"):
+        return None
+    if node.op == "Neg":
+        return node.inputs[0], (-1.0, 0.0)
+    values = [scalar(t) for t in node.inputs]
+    if len(values) != 2 or values.count(None) != 1:
+        return None
+    i = values.index(None)
+    value, tensor = values[1 - i], node.inputs[i]
+    if node.op == "Add":
+        return tensor, (1.0, value)
+    if node.op == "Sub":
+        return tensor, (1.0, -value) if i == 0 else (-1.0, value)
+    if node.op == "Mul":
+        return tensor, (value, 0.0)
+    return (tensor, (1.0 / value, 0.0)) if i == 0 and value != 0.0 else None
+
+
+def _bracketed_swish(last, x, k, m, alpha, beta):
+    """The node writing (x·g)/k where ``last`` writes g = k·HardSigmoid(x/6 + 1/2), read only by x·g, or None."""
+    product = only_user(last)
+    if product is None or product.op != "Mul" or abs(m) > 1e-7 or not close(alpha, 1 / 6) or not close(beta, 0.5) \
+            or not any(t is x for t in product.inputs):
+        return None
+    scaled = only_user(product)
+    step = _affine_step(scaled, product.outputs[0]) if scaled is not None else None
+    return scaled if step is not None and close(step[1][0] * k, 1.0) and step[1][1] == 0.0 else None
+
+
+def _gates_data(tensor) -> bool:
+    """Whether every reader of ``tensor`` multiplies it by a tensor that is not a constant."""
+    return bool(tensor.outputs) and all(
+        n.op in PRODUCTS and any(t is not tensor and not isinstance(t, gs.Constant) for t in n.inputs)
+        for n in tensor.outputs)
+
+
+def _plan_scaled(graph, last, x, alpha, beta, k, m) -> None:
+    """``last`` rewritten as k·HardSigmoid(x) + m, writing its tensor."""
+    gate = gs.Variable(f"{last.name}/hard_sigmoid", dtype=x.dtype, shape=x.shape)
+    graph.nodes.append(gs.Node("HardSigmoid", f"{last.name}/hard_sigmoid", {"alpha": alpha, "beta": beta},
+                               [x], [gate]))
+    constant = lambda name, v: gs.Constant(f"{last.name}/{name}", np.asarray(v, dtype=np.float32))  # noqa: E731
+    if abs(m) > 1e-7:
+        scaled = gs.Variable(f"{last.name}/scaled", dtype=x.dtype, shape=x.shape)
+        graph.nodes.append(gs.Node("Mul", f"{last.name}/scale", inputs=[gate, constant("k", k)], outputs=[scaled]))
+        last.op, last.attrs, last.inputs = "Add", {}, [scaled, constant("m", m)]
+    else:
+        last.op, last.attrs, last.inputs = "Mul", {}, [gate, constant("k", k)]
