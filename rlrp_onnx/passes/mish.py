@@ -25,16 +25,27 @@ def _gate_of(gate, x) -> bool:
 def _is_softplus_of(tensor, x) -> bool:
     """Whether ``tensor`` is Softplus(x), or, as the dynamo exporter writes ``F.softplus`` with its
     threshold, Where(x > t, x, Softplus(x)) for a t where the two branches agree (the Softplus and the
-    comparison read by that Where only)."""
+    comparison read by that Where only; unoptimized, with softplus's β = 1 applied: x·1 compared and
+    softened, Softplus(x·1) / 1)."""
     node = producer(tensor)
     if node is not None and node.op == "Where":
-        above, softplus = producer(node.inputs[0]), producer(node.inputs[2])
-        if above is None or above.op != "Greater" or above.inputs[0] is not x or node.inputs[1] is not x \
+        above, softplus = producer(node.inputs[0]), producer(_by_one(node.inputs[2]))
+        if above is None or above.op != "Greater" or _by_one(above.inputs[0]) is not x or node.inputs[1] is not x \
                 or not (scalar(above.inputs[1]) or 0.0) >= SOFTPLUS_LINEAR_FROM \
                 or softplus is None or len(node.inputs[0].outputs) != 1 or len(node.inputs[2].outputs) != 1:
             return False
         node = softplus
-    return node is not None and node.op == "Softplus" and node.inputs[0] is x
+    return node is not None and node.op == "Softplus" and _by_one(node.inputs[0]) is x
+
+
+def _by_one(tensor):
+    """t for ``tensor`` = t·1 or t / 1, else ``tensor``."""
+    node = producer(tensor)
+    if node is not None and node.op in ("Mul", "Div") and len(node.inputs) == 2:
+        ones = [i for i, t in enumerate(node.inputs) if scalar(t) == 1.0 and (node.op == "Mul" or i == 1)]
+        if len(ones) == 1:
+            return node.inputs[1 - ones[0]]
+    return tensor
 
 
 def recognise_mish(graph: gs.Graph) -> gs.Graph:
