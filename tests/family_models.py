@@ -836,6 +836,26 @@ class CosineSimilarityLike(nn.Module):
         return self.head(self.body(x))
 
 
+# ---- local response normalization: AlexNet as Caffe ordered it -----------------------------------------
+
+class LocalResponseLike(nn.Module):
+    """Conv-ReLU-LRN-pool twice (``nn.LocalResponseNorm``, which torch writes out: an average pool of x² over
+    neighbouring channels, then x / (k + α·that)^β; the oracle holds the denominator), a Linear head."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, seed=0, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 12, 5, 2, 2), nn.ReLU(), nn.LocalResponseNorm(5, 1e-2, 0.75, 2.0), nn.MaxPool2d(3, 2),
+            nn.Conv2d(12, 16, 3, padding=1), nn.ReLU(), nn.LocalResponseNorm(4, 1e-2, 0.75, 1.0), nn.MaxPool2d(3, 2))
+        self.head = nn.Linear(16 * 9, num_classes)
+        init_deterministic(self, seed)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.body(x), 1))
+
+
 # ---- maxout: elementwise maxima (and a minimum) of linear pieces, a channel maxout by amax ----------------
 
 class Extremum(nn.Module):
@@ -930,6 +950,7 @@ FAMILIES: dict[str, ModelSpec] = {
     "cosine_like": ModelSpec(CosineLike, CosineLike.input_shape),
     "cosine_similarity_like": ModelSpec(CosineSimilarityLike, CosineSimilarityLike.input_shape),
     "maxout_like": ModelSpec(MaxoutLike, MaxoutLike.input_shape),
+    "local_response_like": ModelSpec(LocalResponseLike, LocalResponseLike.input_shape),
     "padding_modes_like": ModelSpec(PaddingModesLike, PaddingModesLike.input_shape),
 }
 

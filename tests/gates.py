@@ -10,6 +10,8 @@ R-LRP equals input × gradient with the gates held constant.
   gradient ``g(x)``: ``y.detach() + (x − x.detach())·g(x).detach()``;
 * every ``nn.LayerNorm``, ``nn.GroupNorm`` and ``nn.RMSNorm`` hold its statistics (mean and standard
   deviation, per sample, and per group; the root mean square) constant: gradient ``weight / σ``;
+* every ``nn.LocalResponseNorm`` hold its denominator (k + α·mean of x² over neighbouring channels)^β
+  constant, computed from torch's documented formula;
 * every module with a ``hold_statistics`` attribute (a normalization written by a test, such as
   ``family_models.L2Normalize``) has it set to True, and computes its statistics detached.
 
@@ -59,12 +61,22 @@ def _held_statistics(module: nn.LayerNorm | nn.GroupNorm | nn.RMSNorm, x: torch.
     return weight / torch.sqrt(variance + eps)
 
 
+def _held_response(module: nn.LocalResponseNorm, x: torch.Tensor) -> torch.Tensor:
+    """1 / (k + α/n·Σ x² over the n channels around each, zeros past the ends)^β, from x detached."""
+    square = x.detach().pow(2)
+    padded = F.pad(square, (0, 0, 0, 0, module.size // 2, (module.size - 1) // 2))
+    window = sum(padded[:, i:i + x.shape[1]] for i in range(module.size)) / module.size
+    return (module.k + module.alpha * window).pow(-module.beta)
+
+
 def _hook(module, inputs, output):
     if isinstance(module, GATES):
         return output.detach()
     x = inputs[0]
     if isinstance(module, NORMS):
         return output.detach() + (x - x.detach()) * _held_statistics(module, x)
+    if isinstance(module, nn.LocalResponseNorm):
+        return output.detach() + (x - x.detach()) * _held_response(module, x)
     gate = GATED[type(module)](module, x.detach())
     return output.detach() + (x - x.detach()) * gate
 
@@ -73,7 +85,7 @@ def _hook(module, inputs, output):
 def detached_gates(model: nn.Module):
     """Hold every gate of ``model`` constant in autograd while the context is active."""
     handles = [m.register_forward_hook(_hook) for m in model.modules()
-               if isinstance(m, (*GATES, *NORMS)) or type(m) in GATED]
+               if isinstance(m, (*GATES, *NORMS, nn.LocalResponseNorm)) or type(m) in GATED]
     holding = [m for m in model.modules() if hasattr(m, "hold_statistics")]
     for module in holding:
         module.hold_statistics = True

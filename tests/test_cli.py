@@ -366,12 +366,15 @@ def test_conservation_with_a_zero_logit(tmp_path, capsys):
 
 
 def test_conservation_chooses_the_output(tmp_path, capsys):
+    """Logits beside their softmax: the logits are explained without --output; --output names either."""
     model, image = tiny_cnn(tmp_path, softmax=True), write_image(tmp_path / "a.png")
-    code, _, err = run_cli(capsys, "conservation", model, image)
-    assert_one_line_error(code, err, "choose one with --output")
-    code, out, err = run_cli(capsys, "conservation", model, image, "--output", "logits")
-    assert code == 0, err
-    assert "rule rlrp" in out and out.strip().splitlines()[-1].startswith("input rlrp_relevance")
+    outs = []
+    for options in ([], ["--output", "logits"], ["--output", "probs"]):
+        code, out, err = run_cli(capsys, "conservation", model, image, *options)
+        assert code == 0, err
+        assert "rule rlrp" in out and out.strip().splitlines()[-1].startswith("input rlrp_relevance")
+        outs.append(out)
+    assert outs[0] == outs[1] == outs[2]
 
 
 @pytest.mark.parametrize("options, error", [

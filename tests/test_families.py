@@ -116,7 +116,8 @@ def test_family_matches_oracle(exported_family, family, capsys, name, exporter, 
         assert not added_ops(compiled, path) & {"Div", "Reciprocal"}
 
 
-DIVIDING = {"cosine_similarity_like"}  # the relevance divides by the statistic the forward pass divides by
+DIVIDING = {"cosine_similarity_like", "local_response_like"}  # the relevance divides by the statistic the
+# forward pass divides by
 
 
 # Piecewise-linear families (ReLU, max and average pools, maxout, skips, concatenations, shuffles) whose

@@ -1,7 +1,8 @@
 """Statistics of a tensor that scale it, held constant as the normalizations hold theirs (normalization.py):
 in ``u · s`` or ``u / s`` where ``s`` is computed from ``u`` alone, through reductions over axes other than
-the batch and then elementwise arithmetic and reshapes (ConvNeXt V2's global response normalization
-``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``), or from a tensor ``u`` is computed from
+the batch (also local means, average pools) and then elementwise arithmetic and reshapes (ConvNeXt V2's
+global response normalization ``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``; torch's local response
+normalization ``x / (k + α·mean of x² over neighbouring channels)^β``), or from a tensor ``u`` is computed from
 (``F.cosine_similarity`` as TorchScript writes it, ``Σ x·w / (‖x‖·‖w‖)``), ``s`` takes no relevance:
 rho_u = s·rho_y, or rho_y / s.
 Not where ``u`` is itself centred by a statistic (``is_centred``): a LayerNorm holds its mean as well."""
@@ -11,16 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 REDUCTIONS = {"ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
-              "ReduceLogSumExp", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+              "ReduceLogSumExp", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+              "AveragePool"}  # a local mean: torch's local_response_norm averages x² over neighbouring channels
 ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Abs", "Neg", "Max", "Min", "Clip", "Exp",
-              "Log", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Identity"}
+              "Log", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Identity", "Pad"}
 
 
 def reduce_axes(ctx, node) -> list[int] | None:
-    """The reduced axes (non-negative) of a Reduce* node (a global pool: the spatial axes), or None if not
+    """The reduced axes (non-negative) of a Reduce* node (a pool: the spatial axes), or None if not
     constant."""
     rank = len(ctx.shape(node.inputs[0]))
-    if node.op.startswith("Global"):
+    if node.op.startswith("Global") or node.op == "AveragePool":
         return list(range(2, rank))
     if len(node.inputs) > 1 and node.inputs[1].name:
         axes = ctx.constant(node.inputs[1])
@@ -132,6 +134,10 @@ def _keeps_batch_axis(ctx, node) -> bool:
         return list(node.attrs.get("perm", [1]))[:1] == [0]
     if node.op == "Flatten":
         return node.attrs.get("axis", 1) != 0
+    if node.op == "Pad":  # not padding the batch axis
+        pads = ctx.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
+        rank = len(ctx.shape(node.inputs[0]))
+        return pads is not None and len(node.inputs) < 4 and len(pads) == 2 * rank and pads[0] == pads[rank] == 0
     if node.op in ("Reshape", "Squeeze", "Unsqueeze"):  # the same batch size, or as many values per sample
         before, after = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
         if not before or not after:
