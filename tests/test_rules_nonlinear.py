@@ -1011,6 +1011,7 @@ def test_a_softmax_over_a_unit_axis_is_not_skipped():
         compile_model(model)
 
 
+TAU = np.array([-0.5, 0.1, 0.8], np.float32).reshape(3, 1, 1)
 EXTREMA = {
     "max_relu": ([node("Max", ["x", "zero"], ["h"])], {"zero": np.float32(0.0)}, lambda x: x > 0),
     "min_first_constant": ([node("Min", ["half", "x"], ["h"])], {"half": np.float32(0.5)}, lambda x: x < 0.5),
@@ -1022,6 +1023,11 @@ EXTREMA = {
     "min_full_like": (  # torch.minimum(x, torch.full_like(x, 0.5)) from dynamo: one number expanded to x's shape
         [node("Shape", ["x"], ["s"]), node("Expand", ["half", "s"], ["halves"]), node("Min", ["x", "halves"], ["h"])],
         {"half": np.float32(0.5)}, lambda x: x < 0.5),
+    "max_per_channel": (  # FRN's thresholded linear unit max(x, τ), τ learned per channel
+        [node("Max", ["x", "tau"], ["h"])], {"tau": TAU}, lambda x: x > TAU),
+    "min_per_channel_and_one": (
+        [node("Min", ["tau", "x", "half"], ["h"])], {"tau": TAU, "half": np.float32(0.5)},
+        lambda x: x < np.minimum(TAU, 0.5)),
 }
 
 

@@ -3,6 +3,8 @@ slope read off the output."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .pooling import relu_masked_by_pools
@@ -69,39 +71,45 @@ def clip(ctx, node, rho):
     return {0: ctx.emit.gate(rho[0], node.outputs[0], low, high)}
 
 
-def _bound(ctx, tensor) -> float | None:
-    """The one value of a constant bound: a constant of one element, or a tensor filled with one value at
-    run time (``torch.zeros_like(x)``: ConstantOfShape of x's shape, or from the dynamo exporter an Expand
-    of one number to it), else None."""
+def _bound(ctx, tensor) -> np.ndarray | None:
+    """The values of a constant bound: a constant (one value, or per channel as FRN's learned threshold
+    ``torch.maximum(x, τ)``), or a tensor filled with one value at run time (``torch.zeros_like(x)``:
+    ConstantOfShape of x's shape, or from the dynamo exporter an Expand of one number to it), else None."""
     value, producer = ctx.constant(tensor), ctx.producer(tensor)
     if value is None and producer is not None and producer.op == "ConstantOfShape":
         filler = producer.attrs.get("value")
         value = np.zeros(1, np.float32) if filler is None else np.asarray(getattr(filler, "values", filler))
     elif value is None and producer is not None and producer.op == "Expand":
         value = ctx.constant(producer.inputs[0])
-    return float(value.reshape(())) if value is not None and value.size == 1 else None
+        value = value if value is not None and value.size == 1 else None
+    return None if value is None else np.asarray(value, np.float32)
 
 
 def _extremum_check(ctx, node):
     if any(_bound(ctx, t) is None for t in node.inputs if not ctx.is_data(t)):
-        return f"{node.op} with a bound other than one constant value is not supported"
+        return f"{node.op} with a bound computed at run time is not supported"
     return None
 
 
 @rule("Max", "Min", check=_extremum_check, kind=ACTIVATION)
 def extremum(ctx, node, rho):
     """Max or Min of tensors x_i and constants c. The constants are a Clip with one bound
-    (``torch.maximum(x, 0)``, also against ``torch.zeros_like(x)``, is a ReLU): rho_y passes where y > max c
-    (Min: y < min c). There it goes to the first x_i in input order that attains y (a maxout's winner; ties
+    (``torch.maximum(x, 0)``, also against ``torch.zeros_like(x)``, is a ReLU; a bound per channel, as
+    FRN's thresholded linear unit ``max(x, τ)``): rho_y passes where y > max c (Min: y < min c), elementwise.
+    There it goes to the first x_i in input order that attains y (a maxout's winner; ties
     to the first, as a MaxPool's first maximum), summed over the axes along which x_i was broadcast. The
     winner is found by comparing the x_i with each other, never with y: in a float16 model y is rounded,
     and the relevance pass may read an x_i before its rounding."""
     emit, y = ctx.emit, node.outputs[0]
     bounds = [_bound(ctx, t) for t in node.inputs if not ctx.is_data(t)]
     r = rho[0]
-    if bounds:
-        low, high = (max(bounds), None) if node.op == "Max" else (None, min(bounds))
+    if bounds and all(b.size == 1 for b in bounds):
+        values = [float(b.reshape(())) for b in bounds]
+        low, high = (max(values), None) if node.op == "Max" else (None, min(values))
         r = emit.gate(r, y, low, high)
+    elif bounds:
+        bound = functools.reduce(np.maximum if node.op == "Max" else np.minimum, bounds)
+        r = emit.masked(emit.op("Greater" if node.op == "Max" else "Less", [y, emit.const(bound)]), r)
     data = [i for i, t in enumerate(node.inputs) if ctx.is_data(t)]
     best, shares = node.inputs[data[0]], {data[0]: 1.0}  # the extremum so far, and who holds it
     for n, i in enumerate(data[1:], start=2):
