@@ -172,8 +172,11 @@ def _class_axis(tensor) -> int | None:
 
 def _before_trailing(scores: gs.Variable, opset: int) -> gs.Variable:
     """The input of a Softmax/LogSoftmax/Sigmoid writing ``scores``, also between two Transposes; a
-    softmax only over the classes (opset 13's default axis: −1; below, the axes from ``axis`` on)."""
+    softmax only over the classes (opset 13's default axis: −1; below, the axes from ``axis`` on); z of
+    a log-softmax written ``z − logsumexp(z)`` over the classes of [N, K] scores."""
     producer = _producer(scores)
+    if producer is not None and producer.op == "Sub" and _is_log_sum_exp_of(producer.inputs[1], producer.inputs[0]):
+        return producer.inputs[0]
     moved = producer is not None and producer.op == "Transpose" and _moves_classes_last(producer)
     trailing = _producer(producer.inputs[0]) if moved else producer
     if trailing is None or trailing.op not in TRAILING:
@@ -189,6 +192,17 @@ def _before_trailing(scores: gs.Variable, opset: int) -> gs.Variable:
             and trailing.attrs.get("axis", -1) in (-1, len(scores.shape) - 1):
         return before.inputs[0]
     return scores
+
+
+def _is_log_sum_exp_of(tensor, z) -> bool:
+    """Whether ``tensor`` is ReduceLogSumExp of [N, K] scores ``z`` over the classes, keeping the axis."""
+    node = _producer(tensor)
+    if node is None or node.op != "ReduceLogSumExp" or node.inputs[0] is not z or len(z.shape or []) != 2 \
+            or not node.attrs.get("keepdims", 1):
+        return False
+    axes = node.inputs[1].values.tolist() if len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant) \
+        else node.attrs.get("axes")
+    return axes is not None and [a % 2 for a in axes] == [1]
 
 
 def _producer(tensor):

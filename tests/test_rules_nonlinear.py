@@ -945,6 +945,25 @@ def test_a_trailing_activation_is_skipped(trailing):
     explains_as_without_the_head(plain, activated)
 
 
+@pytest.mark.parametrize("axis", [1, -1, 0])
+def test_a_log_softmax_written_with_logsumexp_is_skipped(axis):
+    """``z − logsumexp(z, 1, keepdim=True)`` (as both torch exporters write it: ReduceLogSumExp, Sub) is a
+    log-softmax: z is explained (ReduceLogSumExp was refused); over the batch axis it is no log-softmax."""
+    from onnx_builders import dense_classifier
+
+    plain = dense_classifier()
+    headed = onnx.ModelProto()
+    headed.CopyFrom(plain)
+    headed.graph.node[-1].output[0] = "z"
+    headed.graph.node.extend([node("ReduceLogSumExp", ["z"], ["lse"], axes=[axis], keepdims=1),
+                              node("Sub", ["z", "lse"], ["logits"])])
+    if axis == 0:
+        with pytest.raises(RlrpError, match="ReduceLogSumExp"):
+            compile_model(headed)
+    else:
+        explains_as_without_the_head(plain, headed)
+
+
 @pytest.mark.parametrize("then", ["Flatten", "Squeeze", "Reshape"])
 @pytest.mark.parametrize("trailing", ["Sigmoid", "Softmax", "LogSoftmax"])
 def test_a_trailing_activation_before_the_unit_axes_are_dropped_is_skipped(trailing, then):
