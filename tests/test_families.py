@@ -525,3 +525,30 @@ def test_size_evaluation_does_not_walk_back_the_network(tmp_path, monkeypatch):
     nodes = len(onnx.load(str(path)).graph.node)
     assert len(calls) < 10 * nodes, (len(calls), nodes)
     check_tokens_against_oracle(compiled, path, model, x)
+
+
+class CoordConvLike(nn.Module):
+    """CoordConv (Liu et al. 2018, as its reference code writes AddCoords): two coordinate channels made
+    with ``repeat`` (Tile) by the batch size read at run time, concatenated to the image, then a Conv."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head = nn.Conv2d(5, 8, 3, 2), nn.Linear(8, 10)
+
+    def forward(self, x):
+        n, _, h, w = x.size()
+        rows = (torch.arange(h).repeat(1, w, 1).float() / (h - 1)) * 2 - 1
+        columns = (torch.arange(w).repeat(1, h, 1).transpose(1, 2).float() / (w - 1)) * 2 - 1
+        coordinates = [c.repeat(n, 1, 1, 1).transpose(2, 3).type_as(x) for c in (rows, columns)]
+        return self.head(torch.relu(self.conv(torch.cat([x, *coordinates], dim=1))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_channels_tiled_by_the_batch_size(tmp_path, exporter):
+    """A Tile whose repeats are computed from the batch size: shape inference leaves its output sizes
+    unknown, and the Concat after it was refused as "along a dynamic axis" (TorchScript); the Tile's
+    output shape is now pinned as an Expand's is."""
+    model, x = CoordConvLike().eval(), family_input("rmsnorm_like", batch=3, seed=7)
+    path = export_onnx(model, x, tmp_path / "coordconv.onnx", exporter)
+    check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9])

@@ -81,8 +81,9 @@ def _without_made_up_sizes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the inner shapes in which an earlier inference made up a size name (``unk__…``,
     where it could not follow a size yet): inferred again, they take the name they have now (a Gemm on an
     SE branch keeps ``unk__0`` beside the batch's name otherwise, and a reshape by the batch size is lost).
-    Expand outputs keep theirs: ``pin_expand_shapes`` gave them, which inference cannot, and renews them."""
-    pinned = {o for n in model.graph.node if n.op_type == "Expand" for o in n.output}
+    Expand and Tile outputs keep theirs: ``pin_expand_shapes`` gave them, which inference cannot, and renews
+    them."""
+    pinned = {o for n in model.graph.node if n.op_type in ("Expand", "Tile") for o in n.output}
     made_up = [v for v in model.graph.value_info if v.name not in pinned
                and any(d.dim_param.startswith("unk__") for d in v.type.tensor_type.shape.dim)]
     for value in made_up:

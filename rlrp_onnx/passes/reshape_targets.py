@@ -61,19 +61,29 @@ def pin_reshape_targets(graph: gs.Graph) -> int:
 
 
 def pin_expand_shapes(graph: gs.Graph) -> int:
-    """Give each Expand to a shape ``_value`` can evaluate its output shape, which shape inference does not
-    follow; the number of shapes given or changed."""
+    """Give each Expand to a shape, and each Tile by repeats, that ``_value`` can evaluate its output shape,
+    which shape inference does not follow (``coords.repeat(x.size(0), 1, 1, 1)``); the number of shapes
+    given or changed."""
     pinned, names = 0, made_up_sizes(graph)
-    for node, value in _computed_shapes(graph, "Expand", names):
-        shape = _broadcast(_renamed(node.inputs[0].shape, names), list(value))
-        if shape is not None and shape != node.outputs[0].shape:
-            node.outputs[0].shape = shape
-            pinned += 1
+    for op, shaped in (("Expand", _broadcast), ("Tile", _tiled)):
+        for node, value in _computed_shapes(graph, op, names):
+            shape = shaped(_renamed(node.inputs[0].shape, names), list(value))
+            if shape is not None and shape != node.outputs[0].shape:
+                node.outputs[0].shape = shape
+                pinned += 1
     return pinned
 
 
+def _tiled(data_shape, repeats: list) -> list | None:
+    """Tile's output shape: each size of ``data_shape`` times its repeat (numbers or names), or None."""
+    if not _known(data_shape) or len(repeats) != len(data_shape):
+        return None
+    shape = [_times(size, repeat) for size, repeat in zip(data_shape, repeats)]
+    return None if any(size is None or isinstance(size, Multiple) for size in shape) else shape
+
+
 def _computed_shapes(graph: gs.Graph, op: str, names: dict):
-    """(node, value) for each ``op`` node (Reshape or Expand) whose shape input is computed at run time,
+    """(node, value) for each ``op`` node (Reshape, Expand or Tile) whose shape input is computed at run time,
     whose output shape inference does not follow, and which ``_value`` evaluates to a 1-D value."""
     for node in [n for n in graph.nodes if n.op == op]:
         if isinstance(node.inputs[1], gs.Constant) or node.attrs.get("allowzero", 0) \
