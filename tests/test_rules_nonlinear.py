@@ -256,6 +256,12 @@ GATED = {
     "hardswish_x_times_hardsigmoid": (
         [node("HardSigmoid", ["x"], ["s"], alpha=1 / 6, beta=0.5), node("Mul", ["x", "s"], ["h"])], 13,
         lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    "silu_over_one_plus_exp": (  # x / (1 + exp(−x)), as code writes SiLU by hand (both exporters alike)
+        [const("one", 1.0), node("Neg", ["x"], ["n"]), node("Exp", ["n"], ["e"]), node("Add", ["one", "e"], ["d"]),
+         node("Div", ["x", "d"], ["h"])], 13, sigmoid),
+    "swish_over_one_plus_exp": (  # x / (1 + exp(−1.5·x))
+        [const("one", 1.0), const("k", -1.5), node("Mul", ["x", "k"], ["n"]), node("Exp", ["n"], ["e"]),
+         node("Add", ["e", "one"], ["d"]), node("Div", ["x", "d"], ["h"])], 13, lambda x: sigmoid(1.5 * x)),
     "mish_written_out": (  # torch.onnx (TorchScript) at every opset
         [node("Softplus", ["x"], ["sp"]), node("Tanh", ["sp"], ["t"]), node("Mul", ["x", "t"], ["h"])], 13,
         lambda x: np.tanh(np.logaddexp(0, x))),
