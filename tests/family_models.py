@@ -840,7 +840,8 @@ class CosineSimilarityLike(nn.Module):
 
 class LocalResponseLike(nn.Module):
     """Conv-ReLU-LRN-pool twice (``nn.LocalResponseNorm``, which torch writes out: an average pool of x² over
-    neighbouring channels, then x / (k + α·that)^β; the oracle holds the denominator), a Linear head."""
+    neighbouring channels, then x / (k + α·that)^β; sizes 5 and 4, whose window torch places otherwise than
+    ONNX's LRN; the oracle holds the denominator), a Linear head."""
 
     input_shape = (3, 32, 32)
 

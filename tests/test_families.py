@@ -116,8 +116,7 @@ def test_family_matches_oracle(exported_family, family, capsys, name, exporter, 
         assert not added_ops(compiled, path) & {"Div", "Reciprocal"}
 
 
-DIVIDING = {"cosine_similarity_like", "local_response_like"}  # the relevance divides by the statistic the
-# forward pass divides by
+DIVIDING = {"cosine_similarity_like"}  # the relevance divides by the statistic the forward pass divides by
 
 
 # Piecewise-linear families (ReLU, max and average pools, maxout, skips, concatenations, shuffles) whose
@@ -552,3 +551,14 @@ def test_channels_tiled_by_the_batch_size(tmp_path, exporter):
     model, x = CoordConvLike().eval(), family_input("rmsnorm_like", batch=3, seed=7)
     path = export_onnx(model, x, tmp_path / "coordconv.onnx", exporter)
     check_against_oracle(compile_model(path), path, model, x, targets=[3, -1, 9])
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_torch_local_response_norm_is_planned_as_lrn(exported_family, exporter):
+    """torch writes ``nn.LocalResponseNorm`` out (x², a channel view, a Pad, an AveragePool, x / (k + α·…)^β):
+    each is planned as one LRN node holding its denominator (the Div was refused), sizes 5 and 4."""
+    from rlrp_onnx.passes import canonicalize
+
+    graph = canonicalize(onnx.load(str(exported_family("local_response_like", exporter, True))), exporter)
+    lrns = [n for n in graph.nodes if n.op == "LRN"]
+    assert [n.attrs["size"] for n in lrns] == [5, 4] and not {"Div", "AveragePool", "Pow"} & {n.op for n in graph.nodes}

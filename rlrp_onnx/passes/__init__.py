@@ -14,12 +14,13 @@ from .hard_sigmoid import recognise_hard_sigmoid
 from .identities import drop_identities
 from .l2_norm import recognise_l2_norm
 from .layer_norm import recognise_group_norm, recognise_layer_norm
+from .local_response import recognise_local_response
 from .mish import recognise_mish
 from .names import unique_node_names
+from .over_one_plus import recognise_over_one_plus
 from .pad_into_conv import pad_into_conv
 from .reshape_targets import pin_expand_shapes, pin_reshape_targets, pin_slice_ends
 from .sequence import split_to_sequence
-from .over_one_plus import recognise_over_one_plus
 from .static_shapes import explained_inputs, explained_tensors, free_output_batches, pin_input_shapes
 
 MIN_OPSET = 11
@@ -30,8 +31,8 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
     """Pin input shapes, infer shapes, simplify and fold constants, infer again (and again after making
     Reshape targets computed from the batch size constants, or after folding sizes the last inference
     found), drop shape-keeping Reshapes and type-keeping Casts, recognise decomposed activations (GELU,
-    Mish, Softsign, SiLU as a quotient, hard sigmoid, HardSwish), LayerNorms, GroupNorms and L2
-    normalizations, and fold zero Pads into the Convs they feed; the source is not modified."""
+    Mish, Softsign, SiLU as a quotient, hard sigmoid, HardSwish), LayerNorms, GroupNorms, L2 and local
+    response normalizations, and fold zero Pads into the Convs they feed; the source is not modified."""
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise RlrpError(f"{label}: opset {opset} is not supported; re-export with opset >= {MIN_OPSET}, or "
@@ -55,6 +56,7 @@ def canonicalize(model: onnx.ModelProto, label: str, input_shapes=None) -> gs.Gr
             break
     for simplify in (drop_identities, recognise_gelu, recognise_mish, recognise_over_one_plus,
                      recognise_hard_sigmoid, recognise_layer_norm, recognise_group_norm, recognise_l2_norm,
+                     recognise_local_response,
                      pad_into_conv):  # planned only, never run
         graph = simplify(graph)
     return unique_node_names(graph)

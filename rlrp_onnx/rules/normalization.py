@@ -15,6 +15,7 @@ from .registry import NORMALIZATION, rule
 PLANNED_AXES = "rlrp_axes"
 PLANNED_EPSILON = "rlrp_epsilon"
 PLANNED_STD_SCALE = "rlrp_std_scale"
+PLANNED_WINDOW_BEFORE = "rlrp_window_before"  # an LRN's channels before each in its window (torch: size // 2)
 
 
 def _mean(ctx, tensor, axes, shape):
@@ -125,13 +126,15 @@ def _lrn_check(ctx, node):
 def lrn(ctx, node, rho):
     """y = x·d^(−β), d = bias + α/size·Σ_window x² over neighbouring channels, d held constant:
     rho_x = rho_y·d^(−β). The window sum is an AveragePool (count_include_pad) over the channel axis of
-    x² viewed as [N, 1, C, rest]; d is recomputed from x rather than read off y/x (no division)."""
+    x² viewed as [N, 1, C, rest], over (size − 1) // 2 channels before each (ONNX; torch's written out,
+    passes/local_response.py: size // 2); d is recomputed from x rather than read off y/x (no division)."""
     emit, x = ctx.emit, node.inputs[0]
     size = int(node.attrs["size"])
+    before = int(node.attrs.get(PLANNED_WINDOW_BEFORE, (size - 1) // 2))
     channels = int(ctx.shape(x)[1])
     square = emit.op("Reshape", [emit.mul(x, x), emit.ints([0, 1, channels, -1])])
     mean = emit.op("AveragePool", [square], {"kernel_shape": [size, 1], "count_include_pad": 1,
-                                             "pads": [(size - 1) // 2, 0, size // 2, 0]})
+                                             "pads": [before, 0, size - 1 - before, 0]})
     d = emit.op("Add", [emit.mul(mean, emit.const(float(node.attrs.get("alpha", 1e-4)))),
                         emit.const(float(node.attrs.get("bias", 1.0)))])
     factor = emit.op("Pow", [d, emit.const(-float(node.attrs.get("beta", 0.75)))])

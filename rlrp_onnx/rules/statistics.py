@@ -1,8 +1,7 @@
 """Statistics of a tensor that scale it, held constant as the normalizations hold theirs (normalization.py):
 in ``u · s`` or ``u / s`` where ``s`` is computed from ``u`` alone, through reductions over axes other than
-the batch (also local means, average pools) and then elementwise arithmetic and reshapes (ConvNeXt V2's
-global response normalization ``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``; torch's local response
-normalization ``x / (k + α·mean of x² over neighbouring channels)^β``), or from a tensor ``u`` is computed from
+the batch and then elementwise arithmetic and reshapes (ConvNeXt V2's global response normalization
+``x · (‖x‖ / mean ‖x‖)``; ``x / (‖x‖ + ε)``), or from a tensor ``u`` is computed from
 (``F.cosine_similarity`` as TorchScript writes it, ``Σ x·w / (‖x‖·‖w‖)``), ``s`` takes no relevance:
 rho_u = s·rho_y, or rho_y / s.
 Not where ``u`` is itself centred by a statistic (``is_centred``): a LayerNorm holds its mean as well."""
@@ -12,17 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 REDUCTIONS = {"ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
-              "ReduceLogSumExp", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-              "AveragePool"}  # a local mean: torch's local_response_norm averages x² over neighbouring channels
+              "ReduceLogSumExp", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Abs", "Neg", "Max", "Min", "Clip", "Exp",
-              "Log", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Identity", "Pad"}
+              "Log", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Identity"}
 
 
 def reduce_axes(ctx, node) -> list[int] | None:
-    """The reduced axes (non-negative) of a Reduce* node (a pool: the spatial axes), or None if not
+    """The reduced axes (non-negative) of a Reduce* node (a global pool: the spatial axes), or None if not
     constant."""
     rank = len(ctx.shape(node.inputs[0]))
-    if node.op.startswith("Global") or node.op == "AveragePool":
+    if node.op.startswith("Global"):
         return list(range(2, rank))
     if len(node.inputs) > 1 and node.inputs[1].name:
         axes = ctx.constant(node.inputs[1])
@@ -62,22 +60,30 @@ def is_statistic_of(ctx, s, u) -> bool:
 
 
 def is_statistic_behind(ctx, s, u) -> bool:
-    """Whether ``s`` is a statistic of ``u`` or of a tensor ``u`` is computed from (``is_statistic_of``)."""
+    """Whether ``s`` is a statistic of ``u`` or of a tensor ``u`` is computed from (``is_statistic_of``), not
+    of one ``u`` is computed from *through* ``s`` (``u = GAP(h)`` gated by ``σ(fc(u))``: ``u`` is a
+    statistic of h, which the gate is computed from, but the gate is computed from ``u``)."""
     if is_statistic_of(ctx, s, u):
         return True
     sources = {t.name for t in _reduced(ctx, s) if is_statistic_of(ctx, s, t)}
+    if not sources:
+        return False
+    behind = _computed_from(ctx, u)
+    return s.name not in behind and bool(sources & behind)
+
+
+def _computed_from(ctx, u) -> set[str]:
+    """The names of the data tensors ``u`` is computed from, ``u`` included."""
     seen, stack = set(), [u]
-    while sources and stack:
+    while stack:
         t = stack.pop()
-        if t.name in sources:
-            return True
         if t.name in seen or not ctx.is_data(t):
             continue
         seen.add(t.name)
         node = ctx.producer(t)
         if node is not None:
             stack.extend(i for i in node.inputs if i.name)
-    return False
+    return seen
 
 
 def _reduced(ctx, s, limit: int = 16) -> list:
@@ -101,7 +107,8 @@ def _reduced(ctx, s, limit: int = 16) -> list:
             data = [i for i in (node.inputs if node is not None else []) if ctx.is_data(i)]
             if len({i.name for i in data}) == 1:
                 t = data[0]
-            elif node is not None and node.op in ("Sub", "Add") and len(data) == 2 and is_statistic_of(ctx, data[1], data[0]):
+            elif node is not None and node.op in ("Sub", "Add") and len(data) == 2 \
+                    and is_statistic_of(ctx, data[1], data[0]):
                 t = data[0]
             else:
                 break
@@ -110,7 +117,7 @@ def _reduced(ctx, s, limit: int = 16) -> list:
 
 def is_centred(ctx, u) -> bool:
     """Whether ``u`` is ``a − m`` or ``a + (−m)`` (possibly after ops of one data input: scaled, reshaped,
-    sliced, rectified) with m a statistic of a (or a of m): a LayerNorm's centred input, whose mean the
+    sliced, rectified; not through a layer that mixes values, MIXING) with m a statistic of a (or a of m): a LayerNorm's centred input, whose mean the
     normalization holds too. Held as a statistic of it, σ alone would be held and relevance go through
     the mean: such LayerNorms are planned whole by passes/layer_norm.py where it recognises them, and
     refused otherwise."""
@@ -121,10 +128,13 @@ def is_centred(ctx, u) -> bool:
             return False
         if node.op in ("Sub", "Add") and len(data) == 2:  # x − m, also x + (−m)
             return is_statistic_of(ctx, data[1], data[0]) or is_statistic_of(ctx, data[0], data[1])
-        if len(data) != 1:
+        if len(data) != 1 or node.op in MIXING:
             return False
-        u = data[0]  # (through any one-input op: a ReLU or a slice of x − m is centred as well)
+        u = data[0]  # (through other one-input ops: a ReLU or a slice of x − m is centred as well)
     return False
+
+
+MIXING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}  # after which x − m is centred no more
 
 
 def _keeps_batch_axis(ctx, node) -> bool:
@@ -134,10 +144,6 @@ def _keeps_batch_axis(ctx, node) -> bool:
         return list(node.attrs.get("perm", [1]))[:1] == [0]
     if node.op == "Flatten":
         return node.attrs.get("axis", 1) != 0
-    if node.op == "Pad":  # not padding the batch axis
-        pads = ctx.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
-        rank = len(ctx.shape(node.inputs[0]))
-        return pads is not None and len(node.inputs) < 4 and len(pads) == 2 * rank and pads[0] == pads[rank] == 0
     if node.op in ("Reshape", "Squeeze", "Unsqueeze"):  # the same batch size, or as many values per sample
         before, after = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
         if not before or not after:
