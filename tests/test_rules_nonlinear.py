@@ -371,12 +371,31 @@ def test_written_out_activation_is_planned_as_one_node(case):
                           node("Neg", ["x"], ["v"]), node("Mul", ["v", "c"], ["h"])]),
     ("max_above_min", [const("three", 3.0), const("zero", 0.0), const("six", 6.0), node("Add", ["x", "three"], ["a"]),
                        node("Max", ["a", "six"], ["lo"]), node("Min", ["lo", "zero"], ["c"]), node("Mul", ["x", "c"], ["h"])]),
+    ("clamp_2x_on_the_path", [const("two", 2.0), const("zero", 0.0), const("one", 1.0), node("Mul", ["x", "two"], ["a"]),
+                              node("Clip", ["a", "zero", "one"], ["h"])]),
+    ("hardtanh_halved_on_the_path", [const("half", 0.5), const("one", 1.0), const("minus_one", -1.0),
+                                     node("Clip", ["x", "minus_one", "one"], ["c"]), node("Mul", ["c", "half"], ["m"]),
+                                     node("Add", ["m", "half"], ["h"])]),
 ])
 def test_clips_that_are_no_hard_sigmoid_stay_clips(name, nodes):
-    """A plain ReLU6 times data (no affine map: a product of two data tensors, not a gate) and
-    min(max(x + 3, 6), 0) (a constant 0, not a clip to [0, 6]) are not planned as hard sigmoids."""
+    """A plain ReLU6 times data (no affine map: a product of two data tensors, not a gate),
+    min(max(x + 3, 6), 0) (a constant 0, not a clip to [0, 6]), and clips on the data path that equal a hard
+    sigmoid other than the standard one (clamp(2x, 0, 1), hardtanh(x)/2 + 1/2) are not planned as hard
+    sigmoids: they keep the Clip rule (as HardSigmoid they took the identity rule, 0.6-160 off)."""
     graph = canonicalize(head_model(nodes, X_SHAPE, X_SHAPE, opset=13), name)
     assert "HardSigmoid" not in {n.op for n in graph.nodes}
+
+
+def test_a_clamp_times_a_gate_is_no_planned_gate():
+    """x + relu6(x + 3)·σ(x): the clamp multiplies a gate, so it is read as a clip that the gate scales (it
+    was planned as a scaled hard sigmoid, then the two gates' product sent relevance into its planned nodes,
+    which the source lacks: "internal error")."""
+    nodes = [const("three", 3.0), const("zero", 0.0), const("six", 6.0), node("Add", ["x", "three"], ["a"]),
+             node("Clip", ["a", "zero", "six"], ["c"]), node("Sigmoid", ["x"], ["s"]), node("Mul", ["c", "s"], ["p"]),
+             node("Add", ["x", "p"], ["h"])]
+    x = sample()
+    passes = (x > -3) & (x < 3)
+    check(head_model(nodes, X_SHAPE, X_SHAPE, opset=13), x, lambda rho: x * (1 + passes * sigmoid(x)) * rho)
 
 
 def test_mish_with_a_softplus_threshold_where_the_branches_differ_is_not_recognised():

@@ -451,26 +451,69 @@ GATE_FORMS = {  # nodes from s = σ(x·A) to the gate g, and g computed from s i
     "mean_over_channels": ([node("ReduceMean", ["s"], ["g"], axes=[1])], lambda s: s.mean(1, keepdims=True)),
     "max_over_channels": ([node("ReduceMax", ["s"], ["g"], axes=[1])], lambda s: s.max(1, keepdims=True)),
     "bounded": ([node("Max", ["s", "floor"], ["g"])], lambda s: np.maximum(s, 0.4)),
+    "clipped": ([node("Clip", ["s", "floor", "ceiling"], ["g"])], lambda s: np.clip(s, 0.4, 0.6)),
+    "pooled": ([node("AveragePool", ["s"], ["g"], kernel_shape=[1, 3], pads=[0, 1, 0, 1], count_include_pad=1)],
+               lambda s: sum(np.pad(s, [(0, 0)] * 3 + [(1, 1)])[..., i:i + s.shape[-1]] for i in range(3)) / 3),
 }
 
 
 @pytest.mark.parametrize("form", GATE_FORMS)
 def test_a_power_bound_or_reduction_of_a_gate_is_a_gate(form):
-    """x·σ(s)², x·√σ(s), x·max(σ(s), c) and a gate reduced over the channels (x·σ(s).mean(1), also how
-    attention averaged over heads weights the values) are held whole (the product took the half rule and
+    """x·σ(s)², x·√σ(s), x·max(σ(s), c), x·clip(σ(s), c, d), an average pool of a gate and a gate reduced
+    over the channels (x·σ(s).mean(1), also how attention averaged over heads weights the values) are held
+    whole (the product took the half rule and
     half the relevance went back through the Sigmoid: 0.4-13 times off, with Div nodes)."""
     x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
     a = np.random.default_rng(6).standard_normal((5, 5)).astype(np.float32)
     gate_nodes, gate = GATE_FORMS[form]
     nodes = [node("MatMul", ["x", "a"], ["xa"]), node("Sigmoid", ["xa"], ["s"]), *gate_nodes,
              node("Mul", ["x", "g"], ["h"])]
-    inits = {"a": a, "two": np.float32(2.0), "floor": np.float32(0.4)}
+    inits = {"a": a, "two": np.float32(2.0), "floor": np.float32(0.4), "ceiling": np.float32(0.6)}
     model = head_model(nodes, X_SHAPE, initializers=inits)
     out, compiled_model = compiled(model, x, [1, -1, 3])
     rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(x.shape)
     g = gate(1 / (1 + np.exp(-x.astype(np.float64) @ a)))
     np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * g * rho, rtol=1e-5, atol=1e-6)
     assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+def test_pooled_features_gated_by_themselves_are_no_statistic():
+    """u = GAP(x), then u·σ(u·A) (squeeze-excitation on pooled features): u is a statistic of x, which the
+    gate is computed from, but through u; the gate is held and u takes the relevance (u was held and all
+    relevance went into the Sigmoid: 0.9-1.05 off)."""
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    a = np.random.default_rng(6).standard_normal((3, 3)).astype(np.float32)
+    nodes = [node("GlobalAveragePool", ["x"], ["u4"]), node("Flatten", ["u4"], ["u"]), node("MatMul", ["u", "a"], ["ua"]),
+             node("Sigmoid", ["ua"], ["g"]), node("Mul", ["u", "g"], ["h"])]
+    model = head_model(nodes, X_SHAPE, (3,), initializers={"a": a})
+    out, compiled_model = compiled(model, x, [1, -1, 3])
+    rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]]
+    x64 = x.astype(np.float64)
+    u = x64.mean(axis=(2, 3))
+    gate = 1 / (1 + np.exp(-u @ a))
+    expected = x * (gate * rho)[:, :, None, None] / (X_SHAPE[1] * X_SHAPE[2])
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], expected, rtol=1e-5, atol=1e-7)
+    assert not added_ops(compiled_model, model) & {"Div", "Reciprocal"}
+
+
+def test_a_tensor_centred_then_mixed_is_not_centred():
+    """relu(Conv(x − mean(x))) times its mean over the channels: after the Conv the tensor is centred no more
+    (not a LayerNorm's), so the mean is held as a statistic of it (the product took the half rule: 0.3-0.4
+    off)."""
+    x = np.random.default_rng(5).standard_normal((3, *X_SHAPE)).astype(np.float32)
+    w = np.random.default_rng(6).standard_normal((3, 3, 1, 1)).astype(np.float32)
+    nodes = [node("ReduceMean", ["x"], ["m"], axes=[2, 3]), node("Sub", ["x", "m"], ["d"]), node("Conv", ["d", "w"], ["c"]),
+             node("Relu", ["c"], ["r"]), node("ReduceMean", ["r"], ["s"], axes=[1]), node("Mul", ["r", "s"], ["h"])]
+    model = head_model(nodes, X_SHAPE, initializers={"w": w})
+    out, _ = compiled(model, x, [1, -1, 3])
+    rho = onnx.numpy_helper.to_array(model.graph.initializer[0])[out[CLASS_OUTPUT]].reshape(x.shape)
+    d = x - x.mean(axis=(2, 3), keepdims=True)
+    c = np.einsum("oi,nihw->nohw", w[:, :, 0, 0], d)
+    r = np.maximum(c, 0)
+    rho_c = rho * r.mean(axis=1, keepdims=True) * (c > 0)
+    rho_d = np.einsum("oi,nohw->nihw", w[:, :, 0, 0], rho_c)
+    rho_x = rho_d - rho_d.mean(axis=(2, 3), keepdims=True)  # the mean is a linear map of x here
+    np.testing.assert_allclose(out[RELEVANCE_OUTPUT], x * rho_x, rtol=1e-4, atol=1e-6)
 
 
 def test_a_renormalised_mixture_of_softmax_and_positions_is_a_gate():

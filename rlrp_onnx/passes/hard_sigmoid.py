@@ -4,15 +4,16 @@ lo, hi) + d`` (the clip a ``Clip`` or a ``Max`` and a ``Min`` by constants, as t
 numbers), which is ``k·HardSigmoid(x; α, β) + m`` with α = a/(hi − lo), β = (b − lo)/(hi − lo),
 k = c·(hi − lo), m = c·lo + d. It is planned as ``HardSigmoid`` (times k, plus m) writing the same tensor:
 
-* where it is a hard sigmoid itself (k = 1, m = 0: Keras's ``Clip(x + 3, 0, 6) / 6`` through tf2onnx,
-  ``relu6(x + 3) / 6``, torch's documented ``clamp(x / 6 + 1/2, 0, 1)``), so that ``x · hard_sigmoid(x)``
-  and hard-sigmoid squeeze-excitation meet the Mul gate rule;
-* where it multiplies another data tensor, as a gate scaled or shifted (timm's hard Mish
-  ``0.5·x·clamp(x + 2, 0, 2)``, a gate ``clamp(s + 3, 0, 6)`` divided by 6 after the product);
+* where it is the standard hard sigmoid (k = 1, m = 0, α = 1/6, β = 1/2: Keras's ``Clip(x + 3, 0, 6) / 6``
+  through tf2onnx, ``relu6(x + 3) / 6``, torch's documented ``clamp(x / 6 + 1/2, 0, 1)``), so that
+  ``x · hard_sigmoid(x)`` and hard-sigmoid squeeze-excitation meet the Mul gate rule;
+* where it multiplies another data tensor that is no gate's output, as a gate, also scaled or shifted
+  (timm's hard Mish ``0.5·x·clamp(x + 2, 0, 2)``, a gate ``clamp(s + 3, 0, 6)`` divided by 6 after the
+  product);
 * and HardSwish bracketed as ``(x · relu6(x + 3)) / 6`` (a common MobileNetV3 spelling, whose product of
   two data tensors took the half rule) as ``HardSwish(x)``.
 
-A plain clip (ReLU6, hardtanh) on the data path is left to the Clip rule. The ops are standard from
+Other clips on the data path (ReLU6, hardtanh, ``clamp(2x, 0, 1)``) are left to the Clip rule. The ops are standard from
 opsets before or at 14; the canonical graph is only planned (gelu.py).
 """
 
@@ -24,6 +25,7 @@ import onnx_graphsurgeon as gs
 from .gelu import clip_bounds, close, only_user, producer, scalar
 
 PRODUCTS = ("Mul", "MatMul", "Einsum")
+VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Identity")
 
 
 def recognise_hard_sigmoid(graph: gs.Graph) -> gs.Graph:
@@ -45,7 +47,7 @@ def recognise_hard_sigmoid(graph: gs.Graph) -> gs.Graph:
             swish.op, swish.attrs, swish.inputs = "HardSwish", {}, [x]
         elif last is node and source is x:  # a plain clip
             continue
-        elif close(k, 1.0) and abs(m) < 1e-7:
+        elif close(k, 1.0) and abs(m) < 1e-7 and close(alpha, 1 / 6) and close(beta, 0.5):
             last.op, last.attrs, last.inputs = "HardSigmoid", {"alpha": alpha, "beta": beta}, [x]
         elif _gates_data(last.outputs[0]):
             _plan_scaled(graph, last, x, alpha, beta, k, m)
@@ -137,21 +139,29 @@ def _bracketed_swish(last, x, k, m, alpha, beta):
 
 
 def _gates_data(tensor) -> bool:
-    """Whether every reader of ``tensor`` multiplies it by a tensor that is not a constant."""
+    """Whether every reader of ``tensor`` multiplies it by a data tensor that is not a gate's output (then
+    two gates would multiply, and relevance might reach this one's planned nodes, which the source lacks)."""
     return bool(tensor.outputs) and all(
-        n.op in PRODUCTS and any(t is not tensor and not isinstance(t, gs.Constant) for t in n.inputs)
+        n.op in PRODUCTS and len(n.inputs) == 2 and not any(_constant_or_gate(t) for t in n.inputs if t is not tensor)
         for n in tensor.outputs)
 
 
+def _constant_or_gate(tensor) -> bool:
+    """Whether ``tensor`` is a constant, or a Sigmoid's, HardSigmoid's or Softmax's output, also viewed."""
+    while (node := producer(tensor)) is not None and node.op in VIEWS:
+        tensor = node.inputs[0]
+    return isinstance(tensor, gs.Constant) or (node is not None and node.op in ("Sigmoid", "HardSigmoid", "Softmax"))
+
+
 def _plan_scaled(graph, last, x, alpha, beta, k, m) -> None:
-    """``last`` rewritten as k·HardSigmoid(x) + m, writing its tensor."""
-    gate = gs.Variable(f"{last.name}/hard_sigmoid", dtype=x.dtype, shape=x.shape)
-    graph.nodes.append(gs.Node("HardSigmoid", f"{last.name}/hard_sigmoid", {"alpha": alpha, "beta": beta},
-                               [x], [gate]))
-    constant = lambda name, v: gs.Constant(f"{last.name}/{name}", np.asarray(v, dtype=np.float32))  # noqa: E731
+    """``last`` rewritten as k·HardSigmoid(x) + m, writing its tensor (whose name the new ones extend)."""
+    name = last.outputs[0].name
+    gate = gs.Variable(f"{name}/hard_sigmoid", dtype=x.dtype, shape=x.shape)
+    graph.nodes.append(gs.Node("HardSigmoid", f"{name}/hard_sigmoid", {"alpha": alpha, "beta": beta}, [x], [gate]))
+    constant = lambda part, v: gs.Constant(f"{name}/{part}", np.asarray(v, dtype=np.float32))  # noqa: E731
     if abs(m) > 1e-7:
-        scaled = gs.Variable(f"{last.name}/scaled", dtype=x.dtype, shape=x.shape)
-        graph.nodes.append(gs.Node("Mul", f"{last.name}/scale", inputs=[gate, constant("k", k)], outputs=[scaled]))
+        scaled = gs.Variable(f"{name}/scaled", dtype=x.dtype, shape=x.shape)
+        graph.nodes.append(gs.Node("Mul", f"{name}/scale", inputs=[gate, constant("k", k)], outputs=[scaled]))
         last.op, last.attrs, last.inputs = "Add", {}, [scaled, constant("m", m)]
     else:
         last.op, last.attrs, last.inputs = "Mul", {}, [gate, constant("k", k)]

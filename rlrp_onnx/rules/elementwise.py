@@ -60,10 +60,10 @@ def _is_gate(ctx, tensor) -> bool:
 
 
 GATE_MOVES = {"Split", "Slice", "Tile", "Resize", "Pad", "Gather", "GatherND", "GatherElements",
-              "DepthToSpace", "SpaceToDepth"}  # from input 0: the values stay a gate's (Resize: mixed)
+              "DepthToSpace", "SpaceToDepth", "AveragePool", "MaxPool"}  # from input 0: a gate's values (mixed)
 
 
-GATE_COMBINATIONS = {"Mul", "Add", "Sum", "Sub", "Mean", "Max", "Min"}  # of gates and input-free tensors: a gate
+GATE_COMBINATIONS = {"Mul", "Add", "Sum", "Sub", "Mean", "Max", "Min", "Clip"}  # of gates and input-free tensors
 GATE_POWERS = {"Pow", "Sqrt"}  # of a gate, by a constant exponent: a gate (σ(s)²)
 
 
