@@ -467,6 +467,20 @@ def test_bad_input_shapes(tmp_path, capsys, shape, fragments):
     assert_one_line_error(code, err, "dyn.onnx", *fragments)
 
 
+@pytest.mark.parametrize("shape", [["batch", 3, 5, 5], [None, 3, 5, 5], [2, 3.0, 5, 5]])
+def test_input_shapes_with_the_batch_named(tmp_path, shape):
+    """In Python the batch may be given as a name or None (it stays as declared); other sizes whole numbers."""
+    compiled = compile_model(_dynamic_gap_model(tmp_path), input_shapes={"image": shape})
+    assert [d.dim_param or d.dim_value for d in compiled.graph.input[0].type.tensor_type.shape.dim] == ["N", 3, 5, 5]
+
+
+@pytest.mark.parametrize("shape", [[1, "three", 5, 5], [1, 3, 5.5, 5], [1, 3, True, 5]])
+def test_input_shapes_with_sizes_not_whole_numbers(tmp_path, shape):
+    """Refused in one line (a name past the batch raised a ValueError from int())."""
+    with pytest.raises(RlrpError, match="must hold whole sizes >= 1"):
+        compile_model(_dynamic_gap_model(tmp_path), input_shapes={"image": shape})
+
+
 @pytest.mark.parametrize("option, value", [("--input-shape", "1,3,x"), ("--input-shape", "1,3,,5,5"),
                                            ("--input-shape", "1,3,5,5,"), ("--size", "224x")])
 def test_sizes_with_an_empty_field_are_refused(tmp_path, capsys, option, value):

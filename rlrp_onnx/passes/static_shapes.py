@@ -102,13 +102,20 @@ def pin_input_shapes(model: onnx.ModelProto, label: str, overrides: dict[str, li
                             "pass the input shape (--input-shape N,C,H,W; input_shapes= in Python)")
 
 
+def _whole(size) -> bool:
+    return isinstance(size, (int, float, np.integer, np.floating)) and not isinstance(size, bool) \
+        and float(size).is_integer() and size >= 1
+
+
 def _check_given(label: str, name: str, declared: list, given: list) -> None:
-    """A given shape must have the input's rank, positive whole sizes, and agree with its static sizes."""
+    """A given shape must have the input's rank, positive whole sizes (the batch's may be a name or None:
+    it stays as declared), and agree with its static sizes."""
     if len(given) != len(declared):
         raise RlrpError(f"{label}: input '{name}' has rank {len(declared)}, "
                         f"but the given shape {given} has rank {len(given)}")
-    if any(isinstance(size, bool) or int(size) != size or size < 1 for size in given):
-        raise RlrpError(f"{label}: the given shape {given} of input '{name}' must hold whole sizes >= 1")
+    if not (given[0] is None or isinstance(given[0], str) or _whole(given[0])) or not all(map(_whole, given[1:])):
+        raise RlrpError(f"{label}: the given shape {given} of input '{name}' must hold whole sizes >= 1 "
+                        "(the batch's may be a name or None)")
     clash = [axis for axis, (d, g) in enumerate(zip(declared, given)) if axis > 0 and d and d != g]
     if clash:
         shown = "[" + ", ".join("?" if d is None else str(d) for d in declared) + "]"
