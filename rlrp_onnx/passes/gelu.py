@@ -43,6 +43,18 @@ def only_user(node):
     return users[0] if len(users) == 1 else None
 
 
+def plan_divisions(graph: gs.Graph, match) -> gs.Graph:
+    """Make each ``Div(x, d)`` for which ``match(d, x)`` gives (op, attributes) that op on x, writing the same
+    tensor (the recognisers of activations and normalizations written as a quotient)."""
+    found = False
+    for div in [n for n in graph.nodes if n.op == "Div" and len(n.inputs) == 2]:
+        matched = match(div.inputs[1], div.inputs[0])
+        if matched is not None:
+            div.op, div.attrs, div.inputs = matched[0], matched[1], [div.inputs[0]]
+            found = True
+    return graph.cleanup().toposort() if found else graph
+
+
 def keepdims_axes(node, rank: int) -> list[int] | None:
     """The axes a Reduce* node reduces while keeping them (an attribute, or a constant input from opset
     18), non-negative and sorted; [] when it names none; None when it drops them or its axes are

@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ..rules.normalization import PLANNED_AXES, PLANNED_EPSILON
-from .gelu import clip_bounds, keepdims_axes, producer, scalar
+from .gelu import clip_bounds, keepdims_axes, plan_divisions, producer, scalar
 
 
 def _clamped(node: gs.Node) -> tuple[gs.Variable, float] | None:
@@ -46,14 +46,12 @@ def _norm(divisor, x) -> tuple[list[int], float] | None:
 
 def recognise_l2_norm(graph: gs.Graph) -> gs.Graph:
     """Make the Div of each matched pattern ``LpNormalization(x)`` (p = 2) writing the same tensor."""
-    found = False
-    for div in [n for n in graph.nodes if n.op == "Div"]:
-        x = div.inputs[0]
-        norm = _norm(div.inputs[1], x)
-        if norm is None:
-            continue
-        axes, epsilon = norm
-        div.op, div.inputs = "LpNormalization", [x]
-        div.attrs = {"axis": axes[0], "p": 2, PLANNED_AXES: axes, PLANNED_EPSILON: epsilon}
-        found = True
-    return graph.cleanup().toposort() if found else graph
+    return plan_divisions(graph, _normalization)
+
+
+def _normalization(divisor, x):
+    norm = _norm(divisor, x)
+    if norm is None:
+        return None
+    axes, epsilon = norm
+    return "LpNormalization", {"axis": axes[0], "p": 2, PLANNED_AXES: axes, PLANNED_EPSILON: epsilon}

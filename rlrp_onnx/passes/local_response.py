@@ -13,23 +13,22 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..rules.normalization import PLANNED_WINDOW_BEFORE
-from .gelu import producer, scalar
+from .gelu import plan_divisions, producer, scalar
 
 VIEWS = ("Reshape", "Squeeze", "Unsqueeze")
 
 
 def recognise_local_response(graph: gs.Graph) -> gs.Graph:
     """Replace each matched ``Div(x, (k + α·avg)^β)`` by ``LRN(x)`` writing the same tensor."""
-    found = False
-    for div in [n for n in graph.nodes if n.op == "Div" and len(n.inputs) == 2]:
-        x = div.inputs[0]
-        matched = _denominator(div.inputs[1], x)
-        if matched is not None:
-            size, alpha, beta, bias = matched
-            div.op, div.inputs = "LRN", [x]
-            div.attrs = {"size": size, "alpha": alpha, "beta": beta, "bias": bias, PLANNED_WINDOW_BEFORE: size // 2}
-            found = True
-    return graph.cleanup().toposort() if found else graph
+    return plan_divisions(graph, _response)
+
+
+def _response(denominator, x):
+    matched = _denominator(denominator, x)
+    if matched is None:
+        return None
+    size, alpha, beta, bias = matched
+    return "LRN", {"size": size, "alpha": alpha, "beta": beta, "bias": bias, PLANNED_WINDOW_BEFORE: size // 2}
 
 
 def _denominator(tensor, x):

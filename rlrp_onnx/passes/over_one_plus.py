@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .gelu import only_user, producer, scalar
+from .gelu import only_user, plan_divisions, producer, scalar
 
 
 def _softsign(node, x):
@@ -52,11 +52,4 @@ def _over_one_plus(tensor, x):
 
 def recognise_over_one_plus(graph: gs.Graph) -> gs.Graph:
     """Replace each ``Div(x, 1 + g(x))`` of FORMS by that op on x, writing the same tensor."""
-    found = False
-    for div in [n for n in graph.nodes if n.op == "Div" and len(n.inputs) == 2]:
-        x = div.inputs[0]
-        matched = _over_one_plus(div.inputs[1], x)
-        if matched is not None:
-            div.op, div.attrs, div.inputs = matched[0], matched[1], [x]
-            found = True
-    return graph.cleanup().toposort() if found else graph
+    return plan_divisions(graph, _over_one_plus)
