@@ -26,9 +26,9 @@ def _clamped(node: gs.Node) -> tuple[gs.Variable, float] | None:
     return None
 
 
-def _norm(divisor, x) -> tuple[list[int], float] | None:
-    """(axes, ε) when ``divisor`` is max(‖x‖₂ over axes, ε) kept as dims of size 1 (ε 0: no clamp),
-    possibly expanded to x's shape; else None."""
+def _normalization(divisor, x):
+    """("LpNormalization", its attributes) when ``divisor`` is max(‖x‖₂ over axes, ε) kept as dims of size 1
+    (ε 0: no clamp), possibly expanded to x's shape; else None."""
     node = producer(divisor)
     if node is not None and node.op == "Expand":
         node = producer(node.inputs[0])
@@ -41,17 +41,11 @@ def _norm(divisor, x) -> tuple[list[int], float] | None:
     axes = keepdims_axes(node, len(x.shape))
     if axes == []:  # none named: all of them, unless the node is told to reduce none
         axes = None if node.attrs.get("noop_with_empty_axes", 0) else list(range(len(x.shape)))
-    return None if axes is None else (axes, epsilon)
+    if axes is None:
+        return None
+    return "LpNormalization", {"axis": axes[0], "p": 2, PLANNED_AXES: axes, PLANNED_EPSILON: epsilon}
 
 
 def recognise_l2_norm(graph: gs.Graph) -> gs.Graph:
     """Make the Div of each matched pattern ``LpNormalization(x)`` (p = 2) writing the same tensor."""
     return plan_divisions(graph, _normalization)
-
-
-def _normalization(divisor, x):
-    norm = _norm(divisor, x)
-    if norm is None:
-        return None
-    axes, epsilon = norm
-    return "LpNormalization", {"axis": axes[0], "p": 2, PLANNED_AXES: axes, PLANNED_EPSILON: epsilon}

@@ -20,19 +20,11 @@ VIEWS = ("Reshape", "Squeeze", "Unsqueeze")
 
 def recognise_local_response(graph: gs.Graph) -> gs.Graph:
     """Replace each matched ``Div(x, (k + α·avg)^β)`` by ``LRN(x)`` writing the same tensor."""
-    return plan_divisions(graph, _response)
-
-
-def _response(denominator, x):
-    matched = _denominator(denominator, x)
-    if matched is None:
-        return None
-    size, alpha, beta, bias = matched
-    return "LRN", {"size": size, "alpha": alpha, "beta": beta, "bias": bias, PLANNED_WINDOW_BEFORE: size // 2}
+    return plan_divisions(graph, _denominator)
 
 
 def _denominator(tensor, x):
-    """(size, α, β, k) when ``tensor`` is (k + α·avg)^β, α·avg also avg·α, k + … in either order."""
+    """("LRN", its attributes) when ``tensor`` is (k + α·avg)^β, α·avg also avg·α, k + … in either order."""
     power = producer(tensor)
     if power is None or power.op != "Pow" or scalar(power.inputs[1]) is None:
         return None
@@ -41,7 +33,8 @@ def _denominator(tensor, x):
     size = _channel_mean_of_squares(scaled[0], x) if scaled is not None else None
     if size is None:
         return None
-    return size, scaled[1], scalar(power.inputs[1]), shifted[1]
+    return "LRN", {"size": size, "alpha": scaled[1], "beta": scalar(power.inputs[1]), "bias": shifted[1],
+                   PLANNED_WINDOW_BEFORE: size // 2}
 
 
 def _by_number(tensor, op: str):
