@@ -80,7 +80,9 @@ def _old_dense(opset: int, front=()) -> onnx.ModelProto:
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 4  # as such files are (helper's default, the newest, is past older ONNX Runtimes)
+    return model
 
 
 def test_opset_below_11_advice_fits_the_file(tmp_path, capsys):
