@@ -112,8 +112,9 @@ def explained_output(graph: gs.Graph, label: str, name: str | None) -> gs.Variab
             t for _, t in outputs if _is_scores(t)]
         if not chosen:
             raise RlrpError(f"{label}: no output holds class scores [N, K] or [N, K, 1, …] (outputs: {described})")
-        if len(chosen) > 1 and _logits_of_all(chosen, graph.opset) is not None:
-            chosen = [_logits_of_all(chosen, graph.opset)]
+        shared = _logits_of_all(chosen, graph.opset) if len(chosen) > 1 else None
+        if shared is not None:
+            chosen = [shared]
         if len(chosen) > 1:
             names = ", ".join(t.name for t in chosen)
             raise RlrpError(f"{label}: several outputs could be class scores ({names}); "

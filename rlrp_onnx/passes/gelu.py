@@ -29,6 +29,33 @@ def scalar(tensor) -> float | None:
     return None
 
 
+def number_operand(node):
+    """(t, c, i) when ``node`` has two inputs, a tensor t at index i and a constant number c, else None."""
+    values = [scalar(t) for t in node.inputs] if node is not None else []
+    if len(values) != 2 or values.count(None) != 1:
+        return None
+    i = values.index(None)
+    return node.inputs[i], values[1 - i], i
+
+
+def affine_step(node):
+    """(t, (s, h)) when ``node`` computes s·t + h from one tensor t and constant numbers (Add, Sub, Mul, a
+    Div by a number, Neg), else None."""
+    if node is not None and node.op == "Neg":
+        return node.inputs[0], (-1.0, 0.0)
+    found = number_operand(node) if node is not None and node.op in ("Add", "Sub", "Mul", "Div") else None
+    if found is None:
+        return None
+    tensor, value, i = found
+    if node.op == "Add":
+        return tensor, (1.0, value)
+    if node.op == "Sub":
+        return tensor, (1.0, -value) if i == 0 else (-1.0, value)
+    if node.op == "Mul":
+        return tensor, (value, 0.0)
+    return (tensor, (1.0 / value, 0.0)) if i == 0 and value != 0.0 else None
+
+
 def close(value, expected) -> bool:
     return value is not None and abs(value - expected) <= RTOL * abs(expected)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .gelu import clip_bounds, close, only_user, producer, scalar
+from .gelu import affine_step, clip_bounds, close, number_operand, only_user, producer
 
 PRODUCTS = ("Mul", "MatMul", "Einsum")
 VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Transpose", "Identity")
@@ -78,19 +78,15 @@ def _bound(node):
         return None
     if node.op == "Relu":
         return node.inputs[0], 0.0
-    if node.op not in ("Max", "Min") or len(node.inputs) != 2:
-        return None
-    values = [scalar(t) for t in node.inputs]
-    if values.count(None) != 1:
-        return None
-    return node.inputs[values.index(None)], values[1 - values.index(None)]
+    found = number_operand(node) if node.op in ("Max", "Min") else None
+    return None if found is None else found[:2]
 
 
 def _affine_source(tensor):
     """(x, a, b) with ``tensor`` = a·x + b through products, quotients, sums, differences and negations by
     constant numbers, x the first tensor not computed so."""
     a, b = 1.0, 0.0
-    while (step := _affine_step(producer(tensor), tensor)) is not None:
+    while (step := affine_step(producer(tensor))) is not None:
         tensor, (scale, shift) = step
         a, b = a * scale, b + a * shift  # a·(scale·t + shift) + b
     return tensor, a, b
@@ -100,31 +96,10 @@ def _affine_readers(node):
     """(last node, c, d): ``node``'s output followed through single readers that are affine by constant
     numbers to the last one's output, which is c·(node's output) + d."""
     c, d, last = 1.0, 0.0, node
-    while (reader := only_user(last)) is not None and (step := _affine_step(reader, last.outputs[0])) is not None:
+    while (reader := only_user(last)) is not None and (step := affine_step(reader)) is not None:
         scale, shift = step[1]
         c, d, last = c * scale, d * scale + shift, reader
     return last, c, d
-
-
-def _affine_step(node, output):
-    """(t, (s, h)) when ``node`` computes its output as s·t + h from one tensor t and constant numbers
-    (Add, Sub, Mul, Div by a number, Neg), else None."""
-    if node is None or node.op not in ("Add", "Sub", "Mul", "Div", "Neg"):
-        return None
-    if node.op == "Neg":
-        return node.inputs[0], (-1.0, 0.0)
-    values = [scalar(t) for t in node.inputs]
-    if len(values) != 2 or values.count(None) != 1:
-        return None
-    i = values.index(None)
-    value, tensor = values[1 - i], node.inputs[i]
-    if node.op == "Add":
-        return tensor, (1.0, value)
-    if node.op == "Sub":
-        return tensor, (1.0, -value) if i == 0 else (-1.0, value)
-    if node.op == "Mul":
-        return tensor, (value, 0.0)
-    return (tensor, (1.0 / value, 0.0)) if i == 0 and value != 0.0 else None
 
 
 def _bracketed_swish(last, x, k, m, alpha, beta):
@@ -134,7 +109,7 @@ def _bracketed_swish(last, x, k, m, alpha, beta):
             or not any(t is x for t in product.inputs):
         return None
     scaled = only_user(product)
-    step = _affine_step(scaled, product.outputs[0]) if scaled is not None else None
+    step = affine_step(scaled)
     return scaled if step is not None and close(step[1][0] * k, 1.0) and step[1][1] == 0.0 else None
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..rules.normalization import PLANNED_WINDOW_BEFORE
-from .gelu import plan_divisions, producer, scalar
+from .gelu import affine_step, plan_divisions, producer, scalar
 
 VIEWS = ("Reshape", "Squeeze", "Unsqueeze")
 
@@ -28,24 +28,19 @@ def _denominator(tensor, x):
     power = producer(tensor)
     if power is None or power.op != "Pow" or scalar(power.inputs[1]) is None:
         return None
-    shifted = _by_number(power.inputs[0], "Add")
-    scaled = _by_number(shifted[0], "Mul") if shifted is not None else None
+    shifted = _affine(power.inputs[0], "Add")
+    scaled = _affine(shifted[0], "Mul") if shifted is not None else None
     size = _channel_mean_of_squares(scaled[0], x) if scaled is not None else None
     if size is None:
         return None
-    return "LRN", {"size": size, "alpha": scaled[1], "beta": scalar(power.inputs[1]), "bias": shifted[1],
+    return "LRN", {"size": size, "alpha": scaled[1][0], "beta": scalar(power.inputs[1]), "bias": shifted[1][1],
                    PLANNED_WINDOW_BEFORE: size // 2}
 
 
-def _by_number(tensor, op: str):
-    """(t, c) when ``tensor`` is ``op``(t, c) or ``op``(c, t) for a constant number c."""
+def _affine(tensor, op: str):
+    """``affine_step`` of the node writing ``tensor`` where it is an ``op``, else None."""
     node = producer(tensor)
-    if node is None or node.op != op or len(node.inputs) != 2:
-        return None
-    values = [scalar(t) for t in node.inputs]
-    if values.count(None) != 1:
-        return None
-    return node.inputs[values.index(None)], values[1 - values.index(None)]
+    return affine_step(node) if node is not None and node.op == op else None
 
 
 def _channel_mean_of_squares(tensor, x) -> int | None:

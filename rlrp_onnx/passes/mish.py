@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .gelu import producer, scalar
+from .gelu import affine_step, producer, scalar
 
 SOFTPLUS_LINEAR_FROM = 15.0  # softplus(t) = t in float32 from here: torch's default threshold, 20, is past it
 
@@ -41,11 +41,8 @@ def _is_softplus_of(tensor, x) -> bool:
 def _by_one(tensor):
     """t for ``tensor`` = t·1 or t / 1, else ``tensor``."""
     node = producer(tensor)
-    if node is not None and node.op in ("Mul", "Div") and len(node.inputs) == 2:
-        ones = [i for i, t in enumerate(node.inputs) if scalar(t) == 1.0 and (node.op == "Mul" or i == 1)]
-        if len(ones) == 1:
-            return node.inputs[1 - ones[0]]
-    return tensor
+    step = affine_step(node) if node is not None and node.op in ("Mul", "Div") else None
+    return step[0] if step is not None and step[1] == (1.0, 0.0) else tensor
 
 
 def recognise_mish(graph: gs.Graph) -> gs.Graph:

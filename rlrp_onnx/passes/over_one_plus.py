@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .gelu import only_user, plan_divisions, producer, scalar
+from .gelu import affine_step, number_operand, only_user, plan_divisions, producer
 
 
 def _softsign(node, x):
@@ -23,13 +23,10 @@ def _swish(node, x):
     inner = producer(node.inputs[0]) if node.op == "Exp" else None
     if inner is None or only_user(inner) is not node:
         return None
-    if inner.op == "Neg" and inner.inputs[0] is x:
-        return {"alpha": 1.0}
-    factors = [scalar(t) for t in inner.inputs] if inner.op == "Mul" and len(inner.inputs) == 2 else []
-    if len(factors) == 2 and factors.count(None) == 1 and inner.inputs[factors.index(None)] is x \
-            and factors[1 - factors.index(None)] < 0:
-        return {"alpha": -factors[1 - factors.index(None)]}
-    return None
+    step = affine_step(inner) if inner.op in ("Neg", "Mul") else None
+    if step is None or step[0] is not x or not step[1][0] < 0:
+        return None
+    return {"alpha": -step[1][0]}
 
 
 FORMS = {"Softsign": _softsign, "Swish": _swish}  # op: (node computing g(x), x) → its attributes, or None
@@ -38,16 +35,11 @@ FORMS = {"Softsign": _softsign, "Swish": _swish}  # op: (node computing g(x), x)
 def _over_one_plus(tensor, x):
     """(op, attributes) when ``tensor`` is 1 + g(x) for one of FORMS, computed for this division only."""
     add = producer(tensor)
-    if add is None or add.op != "Add" or len(add.inputs) != 2 or len(tensor.outputs) != 1:
+    found = number_operand(add) if add is not None and add.op == "Add" and len(tensor.outputs) == 1 else None
+    node = producer(found[0]) if found is not None and found[1] == 1.0 else None
+    if node is None or only_user(node) is not add:
         return None
-    for term, one in (add.inputs, add.inputs[::-1]):
-        node = producer(term)
-        if scalar(one) == 1.0 and node is not None and only_user(node) is add:
-            for op, form in FORMS.items():
-                attrs = form(node, x)
-                if attrs is not None:
-                    return op, attrs
-    return None
+    return next(((op, attrs) for op, form in FORMS.items() if (attrs := form(node, x)) is not None), None)
 
 
 def recognise_over_one_plus(graph: gs.Graph) -> gs.Graph:

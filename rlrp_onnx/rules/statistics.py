@@ -117,10 +117,10 @@ def _reduced(ctx, s, limit: int = 16) -> list:
 
 def is_centred(ctx, u) -> bool:
     """Whether ``u`` is ``a − m`` or ``a + (−m)`` (possibly after ops of one data input: scaled, reshaped,
-    sliced, rectified; not through a layer that mixes values, MIXING) with m a statistic of a (or a of m): a LayerNorm's centred input, whose mean the
-    normalization holds too. Held as a statistic of it, σ alone would be held and relevance go through
-    the mean: such LayerNorms are planned whole by passes/layer_norm.py where it recognises them, and
-    refused otherwise."""
+    sliced, rectified; not through a layer that mixes values, MIXING) with m a statistic of a (or a of m):
+    a LayerNorm's centred input, whose mean the normalization holds too. Held as a statistic of it, σ
+    alone would be held and relevance go through the mean: such LayerNorms are planned whole by
+    passes/layer_norm.py where it recognises them, and refused otherwise."""
     for _ in range(16):
         node = ctx.producer(u)
         data = [t for t in node.inputs if ctx.is_data(t)] if node is not None else []
