@@ -69,7 +69,7 @@ def _method_args(args) -> dict:
 
 def _form_args(args) -> dict:
     """``compile_model``'s keywords for the form of the compiled graph."""
-    return {"masks": args.masks}
+    return {"masks": args.masks, "adjoints": args.adjoints}
 
 
 def _bound(values):
@@ -318,14 +318,18 @@ def _add_method(p) -> None:
 
 
 def _add_form(p, compiled_too: bool = False) -> None:
-    """``--masks``; where ``compiled_too`` (the model may be compiled already), its default is the model's."""
-    from .contract import MASK_FORMS
+    """``--masks`` and ``--adjoints``; where ``compiled_too`` (the model may be compiled already), their
+    defaults are the model's."""
+    from .contract import ADJOINT_FORMS, MASK_FORMS
 
     g = p.add_argument_group("compiled graph")
     default = ", or what a compiled model has" if compiled_too else ""
     g.add_argument("--masks", choices=MASK_FORMS, default=None if compiled_too else "steps",
                    help=f"Relu/Clip masks: steps (default{default}; faster on ONNX Runtime's CPU provider) "
                         "or comparisons (less working memory)")
+    g.add_argument("--adjoints", choices=ADJOINT_FORMS, default=None if compiled_too else "conv",
+                   help=f"large 3x3 convolutions of the relevance pass: conv (default{default}) or winograd "
+                        "(faster on ONNX Runtime's CPU provider for VGG-like layers; not for CUDA)")
 
 
 def _add_preprocessing(p) -> None:

@@ -22,7 +22,8 @@ from .weightless import export_weightless, weightless
 def compile_model(model, *, rule: str = RLRP, composite: str | None = None, options: Options | None = None,
                   output_name: str | None = None, input_shapes: dict[str, list[int]] | None = None,
                   expose: str | list[str] = (), label: str | None = None,
-                  masks: str = "steps", target_input: str = "optional", in_place: bool = False) -> onnx.ModelProto:
+                  masks: str = "steps", adjoints: str = "conv", target_input: str = "optional",
+                  in_place: bool = False) -> onnx.ModelProto:
     """Compile an ONNX classifier (path or ModelProto) into an explainer model (contract version 1).
 
     ``rule`` is "rlrp" (default) or a classical LRP rule (``rlrp_onnx.methods.RULE_NAMES``), and
@@ -34,7 +35,11 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     ``label`` names a ModelProto in messages (a path names itself). ``masks`` chooses how Relu and Clip
     masks on N,C,H,W tensors are computed: "steps" (default; when the relevance pass needs them, in
     ONNX Runtime's blocked CPU layout, the faster form there) or "comparisons" (during the forward
-    pass, kept as booleans: less working memory). ``target_input`` "optional" (default, the contract's
+    pass, kept as booleans: less working memory). ``adjoints`` "conv" (default) computes the relevance
+    pass's convolutions as Conv/ConvTranspose; "winograd" computes its large stride-1 3x3 ones (from 256
+    channels on grids of 28x28, 512 on 14x14: VGG's) by Winograd's F(4x4, 3x3) in MatMuls, faster on
+    ONNX Runtime's CPU provider, equal up to float32 rounding (not for CUDA, whose cuDNN does this
+    itself). ``target_input`` "optional" (default, the contract's
     form) gives ``rlrp_target`` the default -1 (arg-max); "required" declares it without one, for runtimes
     that do not let a caller feed an input that has a default (onnxruntime-node ignores such a feed):
     the caller then always feeds it, -1 for arg-max. ``in_place`` builds the explainer in the ModelProto
@@ -43,14 +48,18 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     """
     source, loaded = load_model(model)
     label = label or loaded
-    if masks not in contract.MASK_FORMS:
-        raise RlrpError(f"{label}: masks must be one of {', '.join(contract.MASK_FORMS)}, got {masks!r}")
+    forms = {"masks": masks, "adjoints": adjoints}
+    for keyword, value in forms.items():
+        choices = contract.FORMS[keyword][1]
+        if value not in choices:
+            raise RlrpError(f"{label}: {keyword} must be one of {', '.join(choices)}, got {value!r}")
     if target_input not in contract.TARGET_FORMS:
         raise RlrpError(f"{label}: target_input must be one of {', '.join(contract.TARGET_FORMS)}, "
                         f"got {target_input!r}")
     _check_not_compiled(source, label)
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
     plan.context.emit.step_masks = masks == "steps"
+    plan.context.emit.winograd = adjoints == "winograd"
     graph = plan.context.graph
     forward = {id(node) for node in graph.nodes}
     new_outputs = attach(plan, method.relative, _exposed(plan, expose, label, source))
@@ -69,7 +78,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
         contract.META_VERSION: contract.VERSION,
         contract.META_EXPLAINED_OUTPUT: plan.explained_output.name,
         contract.META_IMAGE_INPUTS: ",".join(t.name for t in plan.inputs),
-        contract.META_MASKS: masks,
+        **{contract.FORMS[keyword][0]: value for keyword, value in forms.items()},
     })
     return _validated(compiled, label, light_source)
 

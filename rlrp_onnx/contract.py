@@ -12,6 +12,10 @@ META_EXPLAINED_OUTPUT = "rlrp.explained_output"
 META_IMAGE_INPUTS = "rlrp.image_inputs"
 META_MASKS = "rlrp.masks"  # one of MASK_FORMS (compile_model's masks; absent: steps)
 MASK_FORMS = ("steps", "comparisons")
+META_ADJOINTS = "rlrp.adjoints"  # one of ADJOINT_FORMS (compile_model's adjoints; absent: conv)
+ADJOINT_FORMS = ("conv", "winograd")
+# compile_model's keywords for the form of the compiled graph: metadata key and choices (the first, the default)
+FORMS = {"masks": (META_MASKS, MASK_FORMS), "adjoints": (META_ADJOINTS, ADJOINT_FORMS)}
 # compile_model's target_input: rlrp_target with the default -1 (the contract's optional input), or
 # without one, for runtimes that do not let a caller feed an input that has a default
 TARGET_FORMS = ("optional", "required")

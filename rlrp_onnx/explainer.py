@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .compiler import compile_model
-from .contract import LOGITS_OUTPUT, META_EXPLAINED_OUTPUT, META_MASKS, META_RULE, META_VERSION
+from .contract import FORMS, LOGITS_OUTPUT, META_EXPLAINED_OUTPUT, META_RULE, META_VERSION
 from .errors import RlrpError
 from .loading import load_model, read_metadata, serialized
 from .methods import Options
@@ -19,12 +19,14 @@ from .runtime import (check_image_shape, class_count, create_session, fixed_batc
                       target_classes)
 
 
-def explainer_model(model, output_name: str | None = None, masks: str | None = None,
+def explainer_model(model, output_name: str | None = None, forms: dict[str, str | None] | None = None,
                     input_shapes: dict[str, list[int]] | None = None, **method):
     """``(model, its metadata, compiled now)``: an already compiled model as given (a compiled file by
     its path, of which only the metadata is read), else its compiled form in memory; ``method`` holds
-    ``compile_model``'s rule keywords, ``masks`` its mask form (None: "steps" for a source model,
-    whichever a compiled one has), ``input_shapes`` its sizes for inputs with dynamic ones."""
+    ``compile_model``'s rule keywords, ``forms`` its form keywords (``contract.FORMS``; None: the default
+    for a source model, whichever a compiled one has), ``input_shapes`` its sizes for inputs with
+    dynamic ones."""
+    chosen_forms = {keyword: value for keyword, value in (forms or {}).items() if value is not None}
     meta = read_metadata(model) if isinstance(model, (str, os.PathLike)) else None
     if meta and META_VERSION in meta:
         proto, label = model, str(model)
@@ -32,8 +34,8 @@ def explainer_model(model, output_name: str | None = None, masks: str | None = N
         proto, label = load_model(model)
         meta = {p.key: p.value for p in proto.metadata_props}
     if META_VERSION not in meta:
-        compiled = compile_model(proto, output_name=output_name, label=label, masks=masks or "steps",
-                                 input_shapes=input_shapes, in_place=proto is not model, **method)
+        compiled = compile_model(proto, output_name=output_name, label=label, input_shapes=input_shapes,
+                                 in_place=proto is not model, **chosen_forms, **method)
         return compiled, {p.key: p.value for p in compiled.metadata_props}, True
     missing = [key for key in (META_RULE, META_EXPLAINED_OUTPUT) if key not in meta]
     if missing:
@@ -52,10 +54,12 @@ def explainer_model(model, output_name: str | None = None, masks: str | None = N
     if input_shapes:
         raise RlrpError(f"{label} is already compiled for its declared input sizes; input shapes apply "
                         "to a source model")
-    recorded = meta.get(META_MASKS, "steps")
-    if masks is not None and masks != recorded:
-        raise RlrpError(f"{label} is already compiled with masks '{recorded}'; compile the source model "
-                        f"for masks '{masks}'")
+    for keyword, value in chosen_forms.items():
+        key, choices = FORMS[keyword]
+        recorded = meta.get(key, choices[0])
+        if value != recorded:
+            raise RlrpError(f"{label} is already compiled with {keyword} '{recorded}'; compile the source model "
+                            f"for {keyword} '{value}'")
     return proto, meta, False
 
 
@@ -97,8 +101,8 @@ class Explainer:
     """An explainer model opened in ONNX Runtime.
 
     ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``
-    and ``masks``, as by ``compile_model``; no rule: R-LRP) or an already compiled one (which keeps its
-    rule: naming another is an error); ``device`` is "auto", "cpu" or
+    and ``masks``/``adjoints``, as by ``compile_model``; no rule: R-LRP) or an already compiled one
+    (which keeps its rule and forms: naming others is an error); ``device`` is "auto", "cpu" or
     "cuda" (``provider`` tells which one really runs, ``notice`` why CUDA was not used under "auto");
     ``batch_size`` caps the images per run, except for a model whose batch size is fixed: it runs that
     many (the last run filled up); ``input_shapes`` pins a source model's dynamic input sizes, as for
@@ -107,9 +111,11 @@ class Explainer:
 
     def __init__(self, model, rule: str | None = None, composite: str | None = None, options: Options | None = None,
                  device: str = "auto", batch_size: int = 8, output_name: str | None = None,
-                 masks: str | None = None, input_shapes: dict[str, list[int]] | None = None):
+                 masks: str | None = None, adjoints: str | None = None,
+                 input_shapes: dict[str, list[int]] | None = None):
         _check_count(batch_size, "batch_size", "images")
-        compiled, meta, compiled_now = explainer_model(model, output_name, masks, input_shapes, rule=rule,
+        forms = {"masks": masks, "adjoints": adjoints}
+        compiled, meta, compiled_now = explainer_model(model, output_name, forms, input_shapes, rule=rule,
                                                        composite=composite, options=options)
         self.explained_output = meta[META_EXPLAINED_OUTPUT]
         # Held: the bytes of a model compiled here, which ONNX Runtime's Python session keeps too (past

@@ -50,6 +50,7 @@ class Emitter:
         self._constants: dict[tuple, gs.Constant] = {}
         self._filled: dict[tuple, gs.Variable] = {}
         self.step_masks = True  # gate: steps on N,C,H,W tensors (compile_model's masks="steps")
+        self.winograd = False  # large 3x3 adjoints by rules.winograd (compile_model's adjoints="winograd")
 
     def _name(self) -> str:
         self._count += 1

@@ -236,20 +236,33 @@ def variants_parser(description: str, repeats: int, budget: float) -> argparse.A
                         help="ORT graph optimisation (basic: no blocked layout, as on CUDA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default="/tmp/rlrp-bench", help="exports (shared with tools/bench.py)")
-    add_masks_option(parser)
+    add_form_options(parser)
     return parser
 
 
-def add_masks_option(parser: argparse.ArgumentParser) -> None:
-    from rlrp_onnx.contract import MASK_FORMS
+def add_form_options(parser: argparse.ArgumentParser) -> None:
+    """``--masks`` and ``--adjoints``: ``compile_model``'s forms for the compiled models (compare.py: this
+    tree's)."""
+    from rlrp_onnx.contract import FORMS
 
-    parser.add_argument("--masks", choices=MASK_FORMS, default="steps",
-                        help="compile_model's mask form for the compiled models (compare.py: this tree's)")
+    for keyword, (_, choices) in FORMS.items():
+        parser.add_argument(f"--{keyword}", choices=choices, default=choices[0],
+                            help=f"compile_model's {keyword} for the compiled models (compare.py: this tree's)")
 
 
-def compiled_path(source: pathlib.Path, masks: str) -> pathlib.Path:
-    """Where the compiled model of an export is kept (one file per mask form)."""
-    return source.with_name(source.stem + (".rlrp.onnx" if masks == "steps" else f".rlrp-{masks}.onnx"))
+def forms(args) -> dict[str, str]:
+    """``compile_model``'s form keywords chosen by ``add_form_options``."""
+    from rlrp_onnx.contract import FORMS
+
+    return {keyword: getattr(args, keyword) for keyword in FORMS}
+
+
+def compiled_path(source: pathlib.Path, args) -> pathlib.Path:
+    """Where the compiled model of an export is kept (one file per choice of forms)."""
+    from rlrp_onnx.contract import FORMS
+
+    chosen = [value for keyword, value in forms(args).items() if value != FORMS[keyword][1][0]]
+    return source.with_name(source.stem + "".join(f"-{value}" for value in chosen) + ".rlrp.onnx")
 
 
 def machine_line(args) -> str:
@@ -257,7 +270,7 @@ def machine_line(args) -> str:
     info = machine(args.threads)
     return (f"Machine: {info['cpu']}, {info['cores']} cores, threads {args.threads}, onnxruntime "
             f"{info['onnxruntime']}, optimisation level {args.opt_level}, masks {args.masks}, "
-            f"rlrp_onnx {info['rlrp_onnx']}")
+            f"adjoints {args.adjoints}, rlrp_onnx {info['rlrp_onnx']}")
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -463,12 +476,12 @@ def bench_model(name: str, args, cache: pathlib.Path) -> list[dict]:
     source = export(name, args.seed, cache, args.refresh)
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled_model = rlrp_onnx.compile_model(str(source), masks=args.masks)
+    compiled_model = rlrp_onnx.compile_model(str(source), **forms(args))
     compile_s = time.perf_counter() - t0
     relevance_ops = dict(collections.Counter(n.op_type for n in compiled_model.graph.node
                                              if is_relevance(n.name)).most_common())
     roles = conv_roles(compiled_model)
-    compiled = compiled_path(source, args.masks)
+    compiled = compiled_path(source, args)
     rlrp_onnx.save_model(compiled_model, compiled)
     del compiled_model
     forward_sess = session(source, args.threads, args.opt_level)
@@ -538,6 +551,7 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), threads {m['threads']}, "
         f"onnxruntime {m['onnxruntime']}, torch {m['torch']}, Python {m['python']}, "
         f"rlrp_onnx {m['rlrp_onnx']}; masks {result['settings'].get('masks', 'steps')}; "
+        f"adjoints {result['settings'].get('adjoints', 'conv')}; "
         f"settle {result['settings'].get('settle', 0)}; load average "
         f"{' '.join(f'{v:.1f}' for v in m['load_average'])} at start, "
         f"{' '.join(f'{v:.1f}' for v in result['load_average_end'])} at end; "
@@ -589,7 +603,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", help="write all results (with every sample) to this file")
     parser.add_argument("--profile", metavar="DIR", help="also write and summarise ORT profiles into DIR")
     parser.add_argument("--profile-runs", type=int, default=3)
-    add_masks_option(parser)
+    add_form_options(parser)
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:

@@ -134,8 +134,8 @@ def bound_model(name: str, args, cache: pathlib.Path) -> list[str]:
     import rlrp_onnx
 
     source = bench.export(name, args.seed, cache, refresh=False)
-    compiled = rlrp_onnx.compile_model(str(source), masks=args.masks)
-    paths = {"compiled": bench.compiled_path(source, args.masks)}
+    compiled = rlrp_onnx.compile_model(str(source), **bench.forms(args))
+    paths = {"compiled": bench.compiled_path(source, args)}
     rlrp_onnx.save_model(compiled, paths["compiled"])
     for variant, rewrites in VARIANTS.items():
         model = onnx.load(str(paths["compiled"]))

@@ -11,14 +11,16 @@ the forward (medians of per-round ratios) and new over old (likewise), and the l
 between the two relevance maps relative to the old one's largest value (two compilers of R-LRP must
 agree up to float rounding).
 
-With ``--masks comparisons`` this tree compiles with that mask form (``compile_model``'s ``masks``)
-and the other revision with its default: ``--against HEAD`` then measures the option itself.
+With ``--masks comparisons`` (or ``--adjoints winograd``) this tree compiles with that form
+(``compile_model``'s keyword) and the other revision with its default: ``--against HEAD`` then
+measures the option itself.
 
 Usage::
 
     python tools/compare.py --against 8ce0898 --cache-dir /tmp/bench
     python tools/compare.py --against HEAD~1 --models resnet50 --batches 8 --opt-level basic
     python tools/compare.py --against HEAD --masks comparisons
+    python tools/compare.py --against HEAD --adjoints winograd --models vgg16 vgg19
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def compare_model(name: str, args, cache: pathlib.Path, checkout: pathlib.Path) 
     source = bench.export(name, args.seed, cache, refresh=False)
     paths = {"old": cache / f"{source.stem}.at-{args.against}.onnx", "new": cache / f"{source.stem}.ab-new.onnx"}
     compile_at(args.against, source, paths["old"], checkout)
-    rlrp_onnx.save_model(rlrp_onnx.compile_model(str(source), masks=args.masks), paths["new"])
+    rlrp_onnx.save_model(rlrp_onnx.compile_model(str(source), **bench.forms(args)), paths["new"])
     sessions = {"forward": bench.session(source, args.threads, args.opt_level)}
     sessions.update({label: bench.session(path, args.threads, args.opt_level) for label, path in paths.items()})
     rows = []

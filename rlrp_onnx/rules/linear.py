@@ -8,6 +8,7 @@ from ..ir import NO_CUDA_CONV_TRANSPOSE
 from .elementwise import product
 from .geometry import Window
 from .registry import LAYER, NORMALIZATION, rule
+from .winograd import KERNEL, pays, winograd_conv
 
 
 # ONNX Runtime's blocked (NCHWc) Conv pads its output channels to a block of 8 or 16: below 16 outputs
@@ -41,7 +42,8 @@ def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
     """Aᵀ(rho) of a sliding-window linear map from x to y, exactly on x's grid.
 
     Stride 1: a Conv with the flipped weights (ONNX Runtime runs it faster than ConvTranspose), unless
-    it has fewer than FEW_CHANNELS outputs (an image input's adjoint).
+    it has fewer than FEW_CHANNELS outputs (an image input's adjoint); with ``Emitter.winograd`` a
+    large 3x3 one whose pads are 1 is ``winograd_conv`` where that ``pays``.
     Strided with a 1x1 kernel: that Conv on y's grid, then each value placed at its stride point.
     Strided with one input channel per group (depthwise, pools): zeros inserted between the stride
     points first, then the stride-1 Conv (``_dilated``; ONNX Runtime's grouped ConvTranspose is slow).
@@ -56,6 +58,9 @@ def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
     few_channels = transposable and group == 1 and in_channels < FEW_CHANNELS
     fits = not transposable or min(window.adjoint_pads()) >= 0
     if all(s == 1 for s in window.strides) and fits and not few_channels:
+        if _by_winograd(ctx, weights, window, x, group):
+            channels = (int(weights.shape[1]), int(weights.shape[0]))  # the adjoint's outputs, inputs
+            return winograd_conv(emit, rho, _flipped(emit, weights, group), channels, ctx.spatial(x))
         return _flipped_conv(emit, rho, weights, window, group)
     if all(k == 1 for k in window.kernel):
         on_y_grid = emit.op("Conv", [rho, _flipped(emit, weights, group)], {"group": group})
@@ -66,6 +71,14 @@ def window_adjoint(ctx, rho, weights, window: Window, x, y, group: int):
                             and min(window.unstrided(ctx.spatial(x), ctx.spatial(y)).adjoint_pads()) >= 0):
         return _dilated(ctx, rho, weights, window, x, y, group)
     return _transposed(ctx, rho, weights, window, x, y, group)
+
+
+def _by_winograd(ctx, weights, window: Window, x, group: int) -> bool:
+    """Whether a stride-1 adjoint is computed by ``winograd_conv`` (``Emitter.winograd``)."""
+    if not ctx.emit.winograd or group != 1 or window.kernel != (KERNEL, KERNEL) or weights.dtype != np.float32:
+        return False
+    return (window.dilations == (1, 1) and window.adjoint_pads() == [1, 1, 1, 1]
+            and pays(int(weights.shape[0]), int(weights.shape[1]), ctx.spatial(x)))
 
 
 def _dilated(ctx, rho, weights, window: Window, x, y, group: int):
