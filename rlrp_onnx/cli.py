@@ -80,8 +80,9 @@ def cmd_compile(args) -> None:
     from .compiler import compile_model
     from .loading import save_model
 
+    expose = "all" if args.expose == ["all"] else (args.expose or ())
     model = compile_model(args.model, output_name=args.output,
-                          input_shapes=_resolve_shapes(args.model, args.input_shape),
+                          input_shapes=_resolve_shapes(args.model, args.input_shape), expose=expose,
                           target_input=args.target_input, **_method_args(args), **_form_args(args))
     save_model(model, args.out, source=args.model)
     print(f"wrote {args.out}")
@@ -104,13 +105,20 @@ def _resolve_shapes(model, values: list[str] | None) -> dict | None:
 
 
 def cmd_inspect(args) -> None:
-    from .compiler import plan_model
+    from .compiler import check_not_compiled, plan_model
     from .loading import load_model
-    from .methods import choose
+    from .methods import BOUNDED, choose
     from .passes import opset_version
     from .plan import gap
 
     proto, label = load_model(args.model)
+    check_not_compiled(proto, label, "inspect")
+    method_args = _method_args(args)
+    # without --low/--high, a zbox method is still inspected: this is where its bounds' tensor is named
+    unbounded = (args.composite or args.rule) in BOUNDED and args.low is None and args.high is None
+    if unbounded:
+        method_args["options"] = dataclasses.replace(method_args["options"], low=0.0, high=0.0)
+    method = choose(**method_args)
     ops = Counter(n.op_type for n in proto.graph.node)
     print(f"{label}: opset {opset_version(proto)}, {len(proto.graph.node)} nodes")
     for value in proto.graph.input:
@@ -118,7 +126,6 @@ def cmd_inspect(args) -> None:
     for value in proto.graph.output:
         print(f"  output {value.name}: {_describe(value)}")
     print("ops in the file: " + ", ".join(f"{op} ×{n}" for op, n in sorted(ops.items())))
-    method = choose(**_method_args(args))
     plan, _ = plan_model(proto, label, method, args.output, _resolve_shapes(args.model, args.input_shape),
                          check=False)
     method.assign(plan.nodes, plan.context, label)
@@ -135,11 +142,13 @@ def cmd_inspect(args) -> None:
         if reason:
             print(f"  uncovered node {node.name} ({node.op}): {reason}")
     if method.layer_rules:
-        print(f"rules per layer ({method.name}):")
+        print(f"rules per layer ({method.name}" + ("; zbox bounds to give with --low and --high" if unbounded else "")
+              + "):")
         for node in plan.nodes:
             if node.name in method.layer_rules:
                 rule = method.layer_rules[node.name]
-                print(f"  {node.name} ({node.op}): {rule.describe()}")
+                bounded = unbounded and "low" in rule.params
+                print(f"  {node.name} ({node.op}): " + (f"{rule.name}(low=?, high=?)" if bounded else rule.describe()))
                 note = _bounds_note(plan.context, node) if "low" in rule.params else None
                 if note:
                     print(note)
@@ -169,21 +178,22 @@ def _describe(value) -> str:
 
 
 def _preprocessing(args, image=None):
-    """The preprocessing the options ask for: the preset, or what the model's image input ``image`` (as
-    ONNX Runtime describes it) implies — [0, 1] pixels, or unscaled ones for an integer input — changed
-    by the other options; without ``image`` (before the model is read), only checked."""
+    """The preprocessing the options ask for: the preset's pixel scaling (default: [0, 1] pixels, or
+    unscaled ones for an integer input) in the size, layout and channels the model's image input
+    ``image`` (as ONNX Runtime describes it) implies, changed by the other options; without ``image``
+    (before the model is read), only checked."""
     from .preprocess import PRESETS, get_preset, infer_preprocessing
 
     if args.preset:
         base = get_preset(args.preset)
-    elif image is None:
-        base = PRESETS["unit"]
     else:
-        base = infer_preprocessing(list(image.shape), PRESETS["pixels" if "int" in image.type else "unit"])
+        base = PRESETS["pixels" if image is not None and "int" in image.type else "unit"]
     changes = {k: v for k, v in {
         "size": _square_or_pair(args.size), "resize": args.resize, "scale": args.scale,
         "mean": args.mean, "std": args.std, "channel_order": args.channel_order, "layout": args.layout,
     }.items() if v is not None}
+    if image is not None:
+        return infer_preprocessing(list(image.shape), base, **changes)
     return dataclasses.replace(base, **changes) if changes else base
 
 
@@ -193,8 +203,12 @@ def _image_paths(items: list[str]) -> list[str]:
         path = Path(item)
         if path.is_dir():
             found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inner = sum(1 for p in path.iterdir() if p.is_dir())
+            unsearched = f"its {inner} subfolder(s) are not searched: name them" if inner else ""
             if not found:
-                raise RlrpError(f"{path}: no PNG or JPEG images in this folder")
+                raise RlrpError(f"{path}: no PNG or JPEG images in this folder" + (f" ({unsearched})" if inner else ""))
+            if inner:
+                print(f"{path}: {unsearched}", file=sys.stderr)
             paths.extend(found)
         else:
             paths.append(item)
@@ -223,14 +237,15 @@ class Progress:
 
 def _run_explain(model, images, out, args, labels_path=None) -> None:
     from .explain import check_files, explain_images
-    from .explainer import Explainer, check_request
+    from .explainer import Explainer, check_count, check_request
     from .labels import load_labels
     from .runtime import class_count, image_input
 
     # what can be checked without the model, before compiling it: a long run does not stop halfway
+    check_request(args.target, args.top_k, ("--target", "--top-k"))
+    check_count(args.batch_size, "--batch-size", "images")
     paths = _image_paths(images)
-    check_files(paths, out)
-    check_request(args.target, args.top_k)
+    check_files(paths, out, args.top_k, getattr(args, "save_relevance", False))
     _preprocessing(args)
     if labels_path:
         load_labels(labels_path)  # readable; its length is checked against the model below
@@ -364,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_shape(p)
     _add_method(p)
     _add_form(p)
+    p.add_argument("--expose", nargs="+", metavar="TENSOR",
+                   help="also output the relevance at these inner tensors (or 'all': every one on the relevance "
+                        "path), as rlrp_relevance/<tensor>")
     p.add_argument("--target-input", choices=TARGET_FORMS, default="optional",
                    help="rlrp_target optional with the default -1 (arg-max; default), or required, for "
                         "runtimes that ignore a feed of an input with a default (onnxruntime-node)")

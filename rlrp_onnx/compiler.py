@@ -56,7 +56,8 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     if target_input not in contract.TARGET_FORMS:
         raise RlrpError(f"{label}: target_input must be one of {', '.join(contract.TARGET_FORMS)}, "
                         f"got {target_input!r}")
-    _check_not_compiled(source, label)
+    check_not_compiled(source, label)
+    _check_free_names(source, label)
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
     plan.context.emit.step_masks = masks == "steps"
     plan.context.emit.winograd = adjoints == "winograd"
@@ -83,11 +84,15 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     return _validated(compiled, label, light_source)
 
 
-def _check_not_compiled(source: onnx.ModelProto, label: str) -> None:
-    """Refuse a model this compiler wrote, or one whose tensors already use the contract's names."""
+def check_not_compiled(source: onnx.ModelProto, label: str, action: str = "compile") -> None:
+    """Refuse a model this compiler wrote (to ``action``: compile, inspect)."""
     if any(p.key == contract.META_VERSION for p in source.metadata_props):
         raise RlrpError(f"{label}: already compiled by rlrp-onnx ({contract.META_VERSION} in its metadata); "
-                        "compile the source model")
+                        f"{action} the source model")
+
+
+def _check_free_names(source: onnx.ModelProto, label: str) -> None:
+    """Refuse a model whose tensors already use the contract's names."""
     graph = source.graph
     names = {t.name for t in [*graph.input, *graph.output, *graph.initializer]}
     names |= {o for n in graph.node for o in n.output}
@@ -129,6 +134,8 @@ def _exposed(plan, expose, label: str, source: onnx.ModelProto) -> list[tuple[st
         return [(name, planned(name)) for tensor in names for name in [tensor, *copied]
                 if name == tensor or planned(name) == tensor]
     expose = [expose] if isinstance(expose, str) else expose
+    if not isinstance(expose, (list, tuple)) or not all(isinstance(name, str) for name in expose):
+        raise RlrpError(f"{label}: expose must be a tensor name, a list of them or \"all\"; got {expose!r}")
     unknown = [name for name in expose if planned(name) not in on_path]
     if unknown:
         raise RlrpError(f"{label}: cannot expose relevance at {unknown}: not tensors on the relevance path")

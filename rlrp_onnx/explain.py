@@ -39,8 +39,9 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
     shaped like one preprocessed image). ``progress(done, total)`` is called after each batch of
     images. Two different images with the same stem (``a/cat.png``, ``b/cat.jpg``) would write the
     same files: RlrpError, as for a file that is not an image or an output folder that cannot be
-    written; ``check_files`` finds these before anything is explained."""
-    check_files(images, out_dir)
+    written, or an image that a heatmap would overwrite; ``check_files`` finds these before anything is
+    explained."""
+    check_files(images, out_dir, top_k, save_relevance)
     out_dir = Path(out_dir)
     channel_axis = 0 if preprocessing.layout == "NCHW" else -1
     results = []
@@ -50,14 +51,13 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
         found = explainer.explain(batch, None if target is None else [target] * len(paths), top_k)
         for path, photo, relevance, classes, scores in zip(paths, photos, *found):
             ranked = top_k is not None
-            for k, (r, c, s) in enumerate(zip(relevance, classes, scores) if ranked else [(relevance, classes, scores)]):
-                stem = Path(path).stem + (f"_top{k + 1}" if ranked else "")
-                heatmap, overlay = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_overlay.png"
+            explained = zip(relevance, classes, scores) if ranked else [(relevance, classes, scores)]
+            for stem, (r, c, s) in zip(_stems(path, top_k), explained):
+                heatmap, overlay, *saved = (out_dir / name for name in _written(stem, save_relevance))
                 save_png(heatmap_rgb(r, channel_axis), heatmap)
                 save_png(overlay_rgb(photo, r, channel_axis=channel_axis), overlay)
-                saved = None
-                if save_relevance:
-                    saved = out_dir / f"{stem}_relevance.npy"
+                saved = saved[0] if saved else None
+                if saved:
                     _save_npy(np.asarray(r, dtype=np.float32), saved)
                 results.append(Explanation(str(path), int(c), class_name(labels, int(c)), float(s), heatmap, overlay,
                                            saved))
@@ -70,13 +70,48 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
     write_file(path, lambda name: np.save(name, array))
 
 
-def check_files(images: Sequence[str], out_dir) -> None:
+def _stems(image, top_k: int | None) -> list[str]:
+    """The stems of the files written for ``image``: its own, or one per class of ``top_k``."""
+    stem = Path(image).stem
+    return [stem] if top_k is None else [f"{stem}_top{k}" for k in range(1, top_k + 1)]
+
+
+PICTURES = ("_heatmap.png", "_overlay.png")  # the images written per explained class, after its stem
+
+
+def _written(stem: str, save_relevance: bool) -> list[str]:
+    """The names of the files written for one explained class: heatmap, overlay[, relevance]."""
+    return [stem + picture for picture in PICTURES] + ([f"{stem}_relevance.npy"] if save_relevance else [])
+
+
+def check_files(images: Sequence[str], out_dir, top_k: int | None = None, save_relevance: bool = False) -> None:
     """RlrpError for what ``explain_images`` refuses before it explains anything: two images that would
     write the same heatmap files, a file that is not an image (read from its header), an output folder
-    that cannot be written."""
+    that cannot be written, an image that a file written into it would overwrite."""
     _check_stems(images)
     check_images(images)
     check_output_folder(out_dir)
+    _check_overwrites(images, Path(out_dir), top_k)
+
+
+def _check_overwrites(images: Sequence[str], out_dir: Path, top_k: int | None) -> None:
+    """RlrpError naming the first image in ``out_dir`` that a heatmap or overlay written for another image
+    (or itself) would overwrite (a relevance file is never an image)."""
+    stems = {Path(path).stem: path for path in images}
+    folder = out_dir.resolve()
+    for path in images:
+        name = Path(path).name
+        kind = next((picture for picture in PICTURES if name.endswith(picture)), None)
+        if kind is None or Path(path).resolve().parent != folder:
+            continue
+        stem, rank = name[:-len(kind)], None
+        if top_k is not None:
+            stem, _, rank = stem.rpartition("_top")
+            if not rank.isdigit() or not 1 <= int(rank) <= top_k:
+                continue
+        if stem in stems:
+            raise RlrpError(f"{path}: explaining {stems[stem]} would overwrite this image with its "
+                            f"{name[len(stem):].lstrip('_')}; choose another output folder")
 
 
 def _check_stems(images: Sequence[str]) -> None:

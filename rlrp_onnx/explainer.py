@@ -63,19 +63,20 @@ def explainer_model(model, output_name: str | None = None, forms: dict[str, str 
     return proto, meta, False
 
 
-def _check_count(value, name: str, unit: str) -> None:
+def check_count(value, name: str, unit: str) -> None:
     """RlrpError unless ``value`` is a whole number (not a bool) of at least 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise RlrpError(f"{name} must be a whole number of {unit}, at least 1; got {value!r}")
 
 
-def check_request(targets, top_k) -> None:
+def check_request(targets, top_k, names: tuple[str, str] = ("targets", "top_k")) -> None:
     """RlrpError unless the classes asked for are targets, ``top_k`` (a whole number, at least 1) or
-    neither: what ``Explainer.explain`` checks before it runs, for callers that check before loading."""
+    neither: what ``Explainer.explain`` checks before it runs, for callers that check before loading
+    (and name the two in their own terms, ``names``)."""
     if top_k is not None and targets is not None:
-        raise RlrpError("give either targets or top_k, not both")
+        raise RlrpError(f"give either {names[0]} or {names[1]}, not both")
     if top_k is not None:
-        _check_count(top_k, "top_k", "classes")
+        check_count(top_k, names[1], "classes")
 
 
 def _check_finite(images: np.ndarray) -> None:
@@ -113,7 +114,7 @@ class Explainer:
                  device: str = "auto", batch_size: int = 8, output_name: str | None = None,
                  masks: str | None = None, adjoints: str | None = None,
                  input_shapes: dict[str, list[int]] | None = None):
-        _check_count(batch_size, "batch_size", "images")
+        check_count(batch_size, "batch_size", "images")
         forms = {"masks": masks, "adjoints": adjoints}
         compiled, meta, compiled_now = explainer_model(model, output_name, forms, input_shapes, rule=rule,
                                                        composite=composite, options=options)
@@ -150,7 +151,11 @@ class Explainer:
         """Explain preprocessed ``images`` (N, …; whole numbers in its type's range for a model that takes
         integer pixels) for ``targets`` (one class per image, or one for all; negative = top class), or
         for each image's ``top_k`` best classes."""
-        images = np.asarray(images)
+        try:
+            images = np.asarray(images)
+        except ValueError:  # a list of arrays of different shapes
+            raise RlrpError("images must be one array (N, …) of preprocessed images of one size; got a sequence "
+                            "of differently shaped arrays") from None
         if images.ndim == 0:
             raise RlrpError(f"images must be an array (N, …) of preprocessed images, got {images!r}")
         check_request(targets, top_k)

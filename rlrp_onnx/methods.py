@@ -153,6 +153,8 @@ class Method:
 def choose(rule: str | None = RLRP, composite: str | None = None, options: Options | None = None) -> Method:
     """The method for ``rule`` (None: R-LRP) or ``composite``, which overrides it; RlrpError for unknown
     names, and for an option set to a value none of the method's rules takes (it would be ignored)."""
+    if options is not None and not isinstance(options, Options):
+        raise RlrpError(f"options must be rlrp_onnx.Options(...), e.g. Options(epsilon=0.1); got {options!r}")
     options = options or Options()
     if composite is not None:
         if composite not in COMPOSITES:

@@ -100,8 +100,10 @@ def get_preset(name: str) -> Preprocessing:
     return PRESETS[name]
 
 
-def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["unit"]) -> Preprocessing:
-    """``base`` adapted to a model image input of shape ``input_shape``.
+def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["unit"], **given) -> Preprocessing:
+    """``base`` adapted to a model image input of shape ``input_shape``, then the fields ``given`` (a
+    caller's own choices, which win) set, all checked together (a one-channel model with a preset's
+    three means and its own ``mean``).
 
     The layout is NCHW when dimension 1 holds the channels (3, or 1 for a grayscale model) and NHWC
     when dimension 3 does; a grayscale model reads the photos' luminance ("gray"). Fixed (integer)
@@ -120,7 +122,7 @@ def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["un
                         "(NCHW or NHWC)")
     order = "gray" if channels == 1 else ("RGB" if base.channel_order == "gray" else base.channel_order)
     size = tuple(fixed if _is_fixed(fixed) else default for fixed, default in zip((height, width), base.size))
-    return dataclasses.replace(base, layout=layout, size=size, channel_order=order)
+    return dataclasses.replace(base, **{"layout": layout, "size": size, "channel_order": order, **given})
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -138,8 +138,8 @@ def run_explainer(
     try:
         values = run_bound(inference, feed, output_names, device) if device else inference.run(output_names, feed)
     except Exception as error:  # ONNX Runtime raises its own pybind exception types
-        advice = (f"; the model may run only one image at a time though its batch size is dynamic: try a batch "
-                  f"size of 1" if count > 1 and not fixed else "")
+        advice = ("; if it runs one image at a time, its batch size is not as dynamic as it is declared: "
+                  "use a batch size of 1" if count > 1 and not fixed else "")
         raise RlrpError(f"ONNX Runtime failed running the model on {count} image(s): {_run_failure(error)}{advice}") \
             from None
     outputs = {name: value[:count] if fixed and value.shape[:1] == (fixed,) else value

@@ -148,8 +148,9 @@ def test_explain_bad_image(tmp_path, capsys):
 @pytest.mark.parametrize("bad, option, error", [
     ("notes.png", (), "not an image, or a format Pillow cannot read"),
     ("chelsea.jpg", (), "would write the same heatmap files"),
-    (None, ("--top-k", "0"), "top_k must be a whole number of classes"),
-    (None, ("--top-k", "2", "--target", "3"), "give either targets or top_k, not both"),
+    (None, ("--top-k", "0"), "--top-k must be a whole number of classes"),
+    (None, ("--top-k", "2", "--target", "3"), "give either --target or --top-k, not both"),
+    (None, ("--batch-size", "0"), "--batch-size must be a whole number of images"),
     (None, ("--labels", "no-such-labels.txt"), "labels file not found: no-such-labels.txt"),
     (None, ("--size", "100,100,3"), "image size must be two positive numbers"),
     (None, ("--mean", "0.5,0.5"), "mean and std need one value, or one per channel (3)"),
@@ -164,8 +165,9 @@ def test_explain_refuses_bad_requests_before_loading_the_model(tmp_path, capsys,
         (folder / name).write_bytes((DEMO_IMAGES / name).read_bytes())
     if bad:
         (folder / bad).write_text("not a picture")
-    code, stdout, err = run_cli(capsys, "explain", DEMO_MODEL, folder, "--out", out, "--batch-size", "1",
-                                "--preset", "efficientnet-lite0", "--device", "cpu", *option)
+    code, stdout, err = run_cli(capsys, "explain", DEMO_MODEL, folder, "--out", out,
+                                "--preset", "efficientnet-lite0", "--device", "cpu",
+                                *(option if "--batch-size" in option else ("--batch-size", "1", *option)))
     assert_one_line_error(code, err, error)
     assert "provider" not in stdout and not out.exists()
 
@@ -179,7 +181,7 @@ def test_size_option_one_number_is_a_square(size, expected):
 
 
 @pytest.mark.parametrize("option, error", [(("--target", "1000"), "target class 1000 does not exist"),
-                                           (("--top-k", "0"), "top_k must be a whole number of classes")])
+                                           (("--top-k", "0"), "--top-k must be a whole number of classes")])
 def test_explain_class_that_does_not_exist(tmp_path, capsys, option, error):
     code, _, err = run_cli(capsys, "explain", DEMO_MODEL, DEMO_IMAGES / "chelsea.png", "--out", tmp_path,
                            "--preset", "efficientnet-lite0", "--device", "cpu", *option)
@@ -329,6 +331,71 @@ def test_folder_listing_skips_subfolders_named_like_images(tmp_path, capsys):
     code, out, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), tmp_path / "photos", "--out", tmp_path / "o")
     assert code == 0, err
     assert out.count("->") == 1 and "b.png: class" in out
+    assert f"{tmp_path / 'photos'}: its 1 subfolder(s) are not searched: name them" in err  # said, not silent
+
+
+def test_folder_of_subfolders_says_they_are_not_searched(tmp_path, capsys):
+    write_image(tmp_path / "photos" / "inner" / "a.png")
+    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), tmp_path / "photos", "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "no PNG or JPEG images in this folder (its 1 subfolder(s) are not searched")
+
+
+@pytest.mark.parametrize("top_k, photo", [(None, "cat_heatmap.png"), (None, "cat_overlay.png"),
+                                          ("2", "cat_top2_overlay.png")])
+def test_explain_refuses_to_overwrite_its_images(tmp_path, capsys, top_k, photo):
+    """Heatmaps written into the folder of the images would replace a photo named like one of them
+    (or a heatmap of an earlier run, which would then be explained as a photo): refused, nothing written."""
+    folder = tmp_path / "photos"
+    cat, other = write_image(folder / "cat.png"), write_image(folder / photo, value=7)
+    before = other.read_bytes()
+    options = ("--top-k", top_k) if top_k else ()
+    code, stdout, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), folder, "--out", folder, *options)
+    assert_one_line_error(code, err, f"{other}: explaining {cat} would overwrite this image with its "
+                                     f"{photo[len('cat_'):]}; choose another output folder")
+    assert other.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == sorted(["cat.png", photo])
+    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), folder, "--out", tmp_path / "o", *options)
+    assert code == 0, err  # elsewhere, such names are only names
+
+
+def test_preset_takes_the_models_size_and_layout(tmp_path, capsys):
+    """A preset sets the pixel scaling; the size, layout and channels still come from the model (a 16x16
+    one-channel model here), as without a preset."""
+    model, image = tiny_cnn(tmp_path, channels=1), write_image(tmp_path / "a.png")
+    code, out, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--preset", "imagenet",
+                             "--mean", "0.5", "--std", "0.25", "--save-relevance")
+    assert code == 0, err
+    assert np.load(tmp_path / "o" / "a_relevance.npy").shape == (1, 16, 16)
+
+
+def test_inspect_refuses_a_compiled_model(tmp_path, capsys):
+    compiled = tmp_path / "tiny.rlrp.onnx"
+    assert run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", compiled)[0] == 0
+    code, _, err = run_cli(capsys, "inspect", compiled, "--output", "logits")
+    assert_one_line_error(code, err, f"{compiled}: already compiled by rlrp-onnx", "inspect the source model")
+
+
+@pytest.mark.parametrize("method", [("--rule", "zbox"), ("--composite", "epsilon_gamma_box")])
+def test_inspect_of_a_zbox_method_without_its_bounds(tmp_path, capsys, method):
+    """inspect is where a user learns which tensor the zbox bounds bound: it runs without them."""
+    code, out, err = run_cli(capsys, "inspect", tiny_cnn(tmp_path, normalized=True), *method)
+    assert code == 0, err
+    assert "zbox bounds to give with --low and --high" in out and "zbox(low=?, high=?)" in out
+    assert "--low/--high bound its input 'scaled'" in out
+    code, _, err = run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", tmp_path / "z.onnx", *method)
+    assert_one_line_error(code, err, "needs the input bounds: --low and --high")
+
+
+def test_compile_exposes_inner_relevance(tmp_path, capsys):
+    compiled = tmp_path / "tiny.rlrp.onnx"
+    code, _, err = run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", compiled, "--expose", "r", "p")
+    assert code == 0, err
+    outputs = [o.name for o in onnx.load(compiled).graph.output]
+    assert [o for o in outputs if o.startswith("rlrp_relevance/")] == ["rlrp_relevance/r", "rlrp_relevance/p"]
+    assert run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", compiled, "--expose", "all")[0] == 0
+    exposed = {o.name for o in onnx.load(compiled).graph.output if o.name.startswith("rlrp_relevance/")}
+    assert {"rlrp_relevance/c", "rlrp_relevance/r", "rlrp_relevance/p", "rlrp_relevance/f"} <= exposed
+    code, _, err = run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", compiled, "--expose", "nowhere")
+    assert_one_line_error(code, err, "cannot expose relevance at ['nowhere']")
 
 
 @pytest.mark.parametrize("inside, what", [((), "is a file"), (("sub", "dir"), "is inside a file, {blocker}")])

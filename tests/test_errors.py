@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rlrp_onnx import RlrpError, compile_model
+from rlrp_onnx import Explainer, RlrpError, compile_model
 from rlrp_onnx.cli import main
 
 from onnx_builders import dense_classifier, make_model
@@ -661,3 +661,28 @@ def test_an_invalid_compiled_model_is_reported_as_a_compiler_bug(monkeypatch, de
     monkeypatch.setattr(compiler, "graft", broken_graft)
     with pytest.raises(RlrpError, match="internal error, the compiled model is invalid"):
         compile_model(dense_path)
+
+
+PINNED = {"image": [1, 3, 5, 5]}
+
+
+@pytest.mark.parametrize("keywords, fragment", [
+    ({"input_shapes": [1, 3, 5, 5]}, "input_shapes must map input names to shapes, e.g. {'image': [1, 3, 224, 224]}"),
+    ({"input_shapes": "1,3,5,5"}, "input_shapes must map input names to shapes"),
+    ({"input_shapes": {"image": 5}}, "input_shapes must map input names to shapes"),
+    ({"expose": 123, "input_shapes": PINNED}, "expose must be a tensor name, a list of them or \"all\"; got 123"),
+    ({"expose": [1], "input_shapes": PINNED}, "expose must be a tensor name"),
+    ({"rule": "epsilon", "options": {"epsilon": 0.1}}, "options must be rlrp_onnx.Options(...)"),
+])
+def test_malformed_keywords_are_errors_not_tracebacks(tmp_path, keywords, fragment):
+    """Python callers get an RlrpError saying what each keyword takes (these raised TypeError,
+    ValueError or AttributeError from inside the compiler)."""
+    with pytest.raises(RlrpError) as error:
+        compile_model(_dynamic_gap_model(tmp_path), **keywords)
+    assert fragment in str(error.value)
+
+
+def test_images_of_different_sizes_are_an_error(tmp_path):
+    explainer = Explainer(_dynamic_gap_model(tmp_path), device="cpu", input_shapes={"image": [1, 3, 4, 4]})
+    with pytest.raises(RlrpError, match="one array .* of one size; got a sequence of differently shaped arrays"):
+        explainer.explain([np.zeros((3, 4, 4), np.float32), np.zeros((3, 2, 2), np.float32)])

@@ -19,7 +19,7 @@ from rlrp_onnx.rules.winograd import transforms
 
 from exporting import export_onnx
 from oracle import branch_decisions, input_times_gradient, relative_l2_error
-from test_cuda_kernels import TABLE_PATH, _report, emitted_signatures, kernel_problem
+from test_cuda_kernels import TABLE_PATH, _report, emitted_signatures, fallback_problem, kernel_problem
 from test_errors import assert_one_line_error, run_cli
 
 
@@ -121,17 +121,20 @@ def test_adjoints_form_is_kept_and_checked(wide, tmp_path, capsys):
     np.testing.assert_array_equal(explained.relevance, direct["rlrp_relevance"])
     image = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(image)
-    code, _, err = run_cli(capsys, "explain", compiled, image, "--out", tmp_path, "--adjoints", "conv", "--device", "cpu")
+    code, _, err = run_cli(capsys, "explain", compiled, image, "--out", tmp_path, "--adjoints", "conv",
+                           "--device", "cpu")
     assert_one_line_error(code, err, "already compiled with adjoints 'winograd'")
 
 
 def test_winograd_ops_have_cuda_kernels(wide):
     """The form is for ONNX Runtime's CPU provider, but a model compiled with it still runs on CUDA
-    without CPU fallbacks: every op it adds has a CUDA kernel in the published table."""
+    without CPU fallbacks: every op it adds has a CUDA kernel in the published table, and none has an
+    attribute that hands it to the CPU."""
     _, _, path = wide
     table = json.loads(pathlib.Path(TABLE_PATH).read_text(encoding="utf-8"))
     source = onnx.load(path)
     signatures = emitted_signatures(source, compile_model(source, adjoints="winograd"))
     assert any(signature[0] == "DepthToSpace" for signature in signatures)
-    problems = _report({s: [str(path)] for s in signatures}, lambda s: kernel_problem(table, s))
+    where = {s: [str(path)] for s in signatures}
+    problems = _report(where, lambda s: kernel_problem(table, s)) + _report(where, fallback_problem)
     assert not problems, "\n".join(problems)

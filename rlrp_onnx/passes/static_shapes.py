@@ -81,6 +81,10 @@ def free_output_batches(model: onnx.ModelProto) -> None:
 
 def pin_input_shapes(model: onnx.ModelProto, label: str, overrides: dict[str, list[int]] | None) -> None:
     """Set every explained input's non-batch dims to static values (given, or already in the model)."""
+    if overrides is not None and (not isinstance(overrides, dict) or not all(
+            isinstance(shape, (list, tuple, np.ndarray)) for shape in overrides.values())):
+        raise RlrpError(f"{label}: input_shapes must map input names to shapes, e.g. "
+                        f"{{'image': [1, 3, 224, 224]}}; got {overrides!r}")
     overrides = dict(overrides or {})
     inputs = explained_inputs(model)
     unknown = sorted(set(overrides) - {value.name for value in inputs})
