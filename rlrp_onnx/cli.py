@@ -80,6 +80,8 @@ def cmd_compile(args) -> None:
     from .compiler import compile_model
     from .loading import save_model
 
+    if args.expose and "all" in args.expose and len(args.expose) > 1:
+        raise RlrpError("--expose all stands alone (it exposes every tensor on the relevance path)")
     expose = "all" if args.expose == ["all"] else (args.expose or ())
     model = compile_model(args.model, output_name=args.output,
                           input_shapes=_resolve_shapes(args.model, args.input_shape), expose=expose,

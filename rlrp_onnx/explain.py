@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -95,30 +96,34 @@ def check_files(images: Sequence[str], out_dir, top_k: int | None = None, save_r
 
 
 def _check_overwrites(images: Sequence[str], out_dir: Path, top_k: int | None) -> None:
-    """RlrpError naming the first image in ``out_dir`` that a heatmap or overlay written for another image
-    (or itself) would overwrite (a relevance file is never an image)."""
+    """RlrpError naming the first image that a heatmap or overlay written for another image (or itself)
+    would overwrite: a file of ``out_dir`` named so, or a link there to the image (a relevance file is
+    never an image)."""
+    if not out_dir.is_dir():
+        return
     stems = {Path(path).stem: path for path in images}
-    folder = out_dir.resolve()
-    for path in images:
-        name = Path(path).name
-        kind = next((picture for picture in PICTURES if name.endswith(picture)), None)
-        if kind is None or Path(path).resolve().parent != folder:
+    inputs = {Path(path).resolve(): path for path in images}
+    for entry in out_dir.iterdir():
+        kind = next((picture for picture in PICTURES if entry.name.endswith(picture)), None)
+        hit = inputs.get(entry.resolve()) if kind else None
+        if hit is None:
             continue
-        stem, rank = name[:-len(kind)], None
+        stem = entry.name[:-len(kind)]
         if top_k is not None:
             stem, _, rank = stem.rpartition("_top")
-            if not rank.isdigit() or not 1 <= int(rank) <= top_k:
+            if not re.fullmatch(r"[1-9][0-9]*", rank) or int(rank) > top_k:
                 continue
         if stem in stems:
-            raise RlrpError(f"{path}: explaining {stems[stem]} would overwrite this image with its "
-                            f"{name[len(stem):].lstrip('_')}; choose another output folder")
+            raise RlrpError(f"{hit}: explaining {stems[stem]} would overwrite this image with its "
+                            f"{entry.name[len(stem):].lstrip('_')}; choose another output folder")
 
 
 def _check_stems(images: Sequence[str]) -> None:
-    """RlrpError naming the first two different images whose heatmaps would have the same name."""
+    """RlrpError naming the first two different images whose heatmaps would have the same name (one file
+    named twice, however spelled, is not two images)."""
     seen: dict[str, str] = {}
     for path in images:
         first = seen.setdefault(Path(path).stem, str(path))
-        if first != str(path):
+        if Path(first).resolve() != Path(path).resolve():
             raise RlrpError(f"{first} and {path} would write the same heatmap files "
                             f"({Path(path).stem}_heatmap.png); rename one or explain them separately")

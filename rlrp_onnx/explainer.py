@@ -172,7 +172,7 @@ class Explainer:
         scores = self._batched(images, None, keep=self._ranked).reshape(len(images), -1)  # [N, K, 1, …]
         classes = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         if classes.shape[1] < top_k:
-            raise RlrpError(f"top_k={top_k} but the model has only {classes.shape[1]} classes")
+            raise RlrpError(f"the {top_k} best classes were asked for, but the model has only {classes.shape[1]}")
         runs = [self._batched(images, classes[:, k]) for k in range(top_k)]
         return Explanations(*(np.stack([getattr(r, f) for r in runs], axis=1) for f in Explanations._fields))
 

@@ -102,7 +102,7 @@ BOUNDED = ("zbox", "epsilon_gamma_box")  # the rule and composite with a zbox la
 
 def _bounds(options: Options):
     if options.low is None or options.high is None:
-        raise RlrpError("the z^B (zbox) rule needs the input bounds: --low and --high")
+        raise RlrpError("the z^B (zbox) rule needs the input bounds low and high (--low, --high)")
     try:
         inverted = np.any(np.asarray(options.low, np.float64) > np.asarray(options.high, np.float64))
     except ValueError:  # shapes that do not broadcast

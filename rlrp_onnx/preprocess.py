@@ -106,23 +106,34 @@ def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["un
     three means and its own ``mean``).
 
     The layout is NCHW when dimension 1 holds the channels (3, or 1 for a grayscale model) and NHWC
-    when dimension 3 does; a grayscale model reads the photos' luminance ("gray"). Fixed (integer)
-    height and width replace ``base.size``; symbolic ones (strings or None, as ONNX Runtime reports
-    them) keep it. With no preset, ``base`` is the "unit" preset ([0, 1] pixels).
+    when dimension 3 does (when both could, ``given`` must say which); a grayscale model reads the
+    photos' luminance ("gray"), with a preset's per-colour mean and std made one value where they
+    agree (else it needs its own). Fixed (integer) height and width replace ``base.size``; symbolic
+    ones (strings or None, as ONNX Runtime reports them) keep it. With no preset, ``base`` is the
+    "unit" preset ([0, 1] pixels).
     """
     shape = list(input_shape)
     if len(shape) != 4:
         raise RlrpError(f"the image input has shape {shape}; expected 4 dimensions (NCHW or NHWC)")
-    if shape[1] in (1, 3):
-        layout, channels, height, width = "NCHW", shape[1], shape[2], shape[3]
-    elif shape[3] in (1, 3):
-        layout, channels, height, width = "NHWC", shape[3], shape[1], shape[2]
-    else:
+    layouts = [layout for layout, axis in (("NCHW", 1), ("NHWC", 3)) if shape[axis] in (1, 3)]
+    if not layouts:
         raise RlrpError(f"the image input has shape {shape}; expected 3 colour channels or 1 gray one "
                         "(NCHW or NHWC)")
+    if len(layouts) > 1 and given.get("layout") not in layouts:
+        raise RlrpError(f"the image input has shape {shape}: its channels may be axis 1 or axis 3; give the "
+                        "layout (--layout NCHW or NHWC)")
+    layout = given.get("layout", layouts[0]) if len(layouts) > 1 else layouts[0]
+    channels, height, width = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
     order = "gray" if channels == 1 else ("RGB" if base.channel_order == "gray" else base.channel_order)
     size = tuple(fixed if _is_fixed(fixed) else default for fixed, default in zip((height, width), base.size))
-    return dataclasses.replace(base, **{"layout": layout, "size": size, "channel_order": order, **given})
+    fields = {"layout": layout, "size": size, "channel_order": order, **given}
+    if fields["channel_order"] == "gray":
+        spread = {name: given.get(name, getattr(base, name)) for name in ("mean", "std")}
+        fields.update({name: values[:1] for name, values in spread.items() if len(set(values)) == 1})
+        if any(len(set(values)) > 1 for values in spread.values()):
+            raise RlrpError(f"the model takes one gray channel, but the preprocessing has a mean and std per "
+                            f"colour channel ({spread['mean']}, {spread['std']}): give one of each (--mean, --std)")
+    return dataclasses.replace(base, **fields)
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -237,7 +237,7 @@ def test_rule_errors():
         choose(composite="bogus")
     with pytest.raises(RlrpError, match="alpha - beta = 1"):
         choose("alphabeta", options=Options(alpha=2.0, beta=2.0))
-    with pytest.raises(RlrpError, match="--low and --high"):
+    with pytest.raises(RlrpError, match=r"needs the input bounds low and high \(--low, --high\)"):
         choose("zbox")
 
 

@@ -357,6 +357,59 @@ def test_explain_refuses_to_overwrite_its_images(tmp_path, capsys, top_k, photo)
     assert code == 0, err  # elsewhere, such names are only names
 
 
+def test_explain_refuses_to_overwrite_an_image_through_a_link(tmp_path, capsys):
+    """A file of the output folder named like a heatmap may be a link to a photo: writing the heatmap
+    would overwrite the photo (then explained as the heatmap); refused, the photo intact."""
+    photo = write_image(tmp_path / "elsewhere" / "dog.png", value=7)
+    before = photo.read_bytes()
+    folder = tmp_path / "photos"
+    cat = write_image(folder / "cat.png")
+    (folder / "cat_heatmap.png").symlink_to(photo)
+    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), cat, photo, "--out", folder, "--batch-size", "1")
+    assert_one_line_error(code, err, f"{photo}: explaining {cat} would overwrite this image with its heatmap.png")
+    assert photo.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["x_top01_heatmap.png", "x_top3_heatmap.png", "x_top\u00b2_heatmap.png"])
+def test_names_top_k_never_writes_are_no_clash(tmp_path, capsys, name):
+    folder = tmp_path / "photos"
+    write_image(folder / "x.png")
+    write_image(folder / name.encode().decode("unicode_escape"))
+    code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), folder, "--out", folder, "--top-k", "2")
+    assert code == 0, err
+
+
+def test_one_image_named_twice_is_not_two_images(tmp_path, capsys, monkeypatch):
+    cat = write_image(tmp_path / "p" / "cat.png")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), "p/cat.png", "./p/cat.png", cat, "--out", "o")
+    assert code == 0, err
+    assert out.count("->") == 3
+
+
+@pytest.mark.parametrize("preset, error", [("efficientnet-lite0", None),
+                                           ("imagenet", "give one of each (--mean, --std)")])
+def test_preset_on_a_gray_model(tmp_path, capsys, preset, error):
+    """A preset's mean and std per colour channel become one value for a one-channel model where they
+    agree; where they do not, the model needs its own (said, not a bare length mismatch)."""
+    model, image = tiny_cnn(tmp_path, channels=1), write_image(tmp_path / "a.png")
+    code, _, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--preset", preset)
+    if error:
+        assert_one_line_error(code, err, "the model takes one gray channel", error)
+    else:
+        assert code == 0, err
+
+
+def test_layout_of_an_input_with_3_rows_or_columns_is_asked_for(tmp_path, capsys):
+    """[N, 3, 16, 3]: the channels may be axis 1 or 3; explain asks for --layout instead of guessing."""
+    from rlrp_onnx.preprocess import infer_preprocessing
+
+    with pytest.raises(RlrpError, match=r"its channels may be axis 1 or axis 3; give the layout \(--layout"):
+        infer_preprocessing(["N", 3, 16, 3])
+    chosen = infer_preprocessing(["N", 3, 16, 3], layout="NHWC")
+    assert (chosen.layout, chosen.size) == ("NHWC", (3, 16))
+
+
 def test_preset_takes_the_models_size_and_layout(tmp_path, capsys):
     """A preset sets the pixel scaling; the size, layout and channels still come from the model (a 16x16
     one-channel model here), as without a preset."""
@@ -382,7 +435,7 @@ def test_inspect_of_a_zbox_method_without_its_bounds(tmp_path, capsys, method):
     assert "zbox bounds to give with --low and --high" in out and "zbox(low=?, high=?)" in out
     assert "--low/--high bound its input 'scaled'" in out
     code, _, err = run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", tmp_path / "z.onnx", *method)
-    assert_one_line_error(code, err, "needs the input bounds: --low and --high")
+    assert_one_line_error(code, err, "needs the input bounds low and high (--low, --high)")
 
 
 def test_compile_exposes_inner_relevance(tmp_path, capsys):
@@ -396,6 +449,8 @@ def test_compile_exposes_inner_relevance(tmp_path, capsys):
     assert {"rlrp_relevance/c", "rlrp_relevance/r", "rlrp_relevance/p", "rlrp_relevance/f"} <= exposed
     code, _, err = run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", compiled, "--expose", "nowhere")
     assert_one_line_error(code, err, "cannot expose relevance at ['nowhere']")
+    code, _, err = run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", compiled, "--expose", "all", "r")
+    assert_one_line_error(code, err, "--expose all stands alone")
 
 
 @pytest.mark.parametrize("inside, what", [((), "is a file"), (("sub", "dir"), "is inside a file, {blocker}")])

@@ -156,7 +156,7 @@ def test_api_errors(explainer, photos):
     for top_k in (0, -2, 1.5, True):
         with pytest.raises(RlrpError, match="top_k must be a whole number of classes, at least 1"):
             explainer.explain(photos, top_k=top_k)
-    with pytest.raises(RlrpError, match="top_k=1001 but the model has only 1000 classes"):
+    with pytest.raises(RlrpError, match="the 1001 best classes were asked for, but the model has only 1000"):
         explainer.explain(photos[:1], top_k=1001)
     with pytest.raises(RlrpError, match="target class 1000 does not exist: the model has 1000 classes"):
         explainer.explain(photos, targets=[1, 2, 1000, 3, 4, 5])
