@@ -393,7 +393,8 @@ def test_preset_on_a_gray_model(tmp_path, capsys, preset, error):
     """A preset's mean and std per colour channel become one value for a one-channel model where they
     agree; where they do not, the model needs its own (said, not a bare length mismatch)."""
     model, image = tiny_cnn(tmp_path, channels=1), write_image(tmp_path / "a.png")
-    code, _, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--preset", preset)
+    code, _, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--preset", preset,
+                           "--device", "cpu")
     if error:
         assert_one_line_error(code, err, "the model takes one gray channel", error)
     else:
