@@ -247,7 +247,7 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
     check_request(args.target, args.top_k, ("--target", "--top-k"))
     check_count(args.batch_size, "--batch-size", "images")
     paths = _image_paths(images)
-    check_files(paths, out, args.top_k, getattr(args, "save_relevance", False))
+    check_files(paths, out, args.top_k)
     _preprocessing(args)
     if labels_path:
         load_labels(labels_path)  # readable; its length is checked against the model below

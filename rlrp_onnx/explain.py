@@ -42,7 +42,7 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
     same files: RlrpError, as for a file that is not an image or an output folder that cannot be
     written, or an image that a heatmap would overwrite; ``check_files`` finds these before anything is
     explained."""
-    check_files(images, out_dir, top_k, save_relevance)
+    check_files(images, out_dir, top_k)
     out_dir = Path(out_dir)
     channel_axis = 0 if preprocessing.layout == "NCHW" else -1
     results = []
@@ -85,7 +85,7 @@ def _written(stem: str, save_relevance: bool) -> list[str]:
     return [stem + picture for picture in PICTURES] + ([f"{stem}_relevance.npy"] if save_relevance else [])
 
 
-def check_files(images: Sequence[str], out_dir, top_k: int | None = None, save_relevance: bool = False) -> None:
+def check_files(images: Sequence[str], out_dir, top_k: int | None = None) -> None:
     """RlrpError for what ``explain_images`` refuses before it explains anything: two images that would
     write the same heatmap files, a file that is not an image (read from its header), an output folder
     that cannot be written, an image that a file written into it would overwrite."""
