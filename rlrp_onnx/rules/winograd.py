@@ -43,7 +43,7 @@ def pays(in_channels: int, out_channels: int, spatial) -> bool:
     """Whether a stride-1 3x3 Conv of this size runs faster as ``winograd_conv`` (timed on single layers at
     batch 1 and 8: 0.43-0.92 of the Conv for 256 channels on 56x56 or 28x28 and 512 on 28x28 or 14x14;
     up to 1.05-1.18 at batch 8 for ResNet50's 64 on 56x56, 128 on 28x28, 256 on 14x14). 128 channels
-    on 56x56 or 112x112 gained too (0.51-0.90), not yet timed inside compiled models."""
+    on 56x56 or 112x112 gained too (0.51-0.90), but taking them in VGG16/19 saved only 1-2%: left out."""
     fewer = min(in_channels, out_channels)
     return fewer >= MIN_CHANNELS and fewer * int(np.prod(spatial)) >= MIN_WORK
 
