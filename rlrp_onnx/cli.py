@@ -68,8 +68,10 @@ def _method_args(args) -> dict:
 
 
 def _form_args(args) -> dict:
-    """``compile_model``'s keywords for the form of the compiled graph."""
-    return {"masks": args.masks, "adjoints": args.adjoints}
+    """``compile_model``'s keywords for the form of the compiled graph (``contract.FORMS``)."""
+    from .contract import FORMS
+
+    return {keyword: getattr(args, keyword) for keyword in FORMS}
 
 
 def _bound(values):
@@ -204,9 +206,10 @@ def _image_paths(items: list[str]) -> list[str]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            inner = sum(1 for p in path.iterdir() if p.is_dir())
-            unsearched = f"its {inner} subfolder(s) are not searched: name them" if inner else ""
+            entries = list(path.iterdir())
+            found = sorted(str(p) for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inner = sum(1 for p in entries if p.is_dir())
+            unsearched = f"its {inner} subfolder(s) are not searched: name them"
             if not found:
                 raise RlrpError(f"{path}: no PNG or JPEG images in this folder" + (f" ({unsearched})" if inner else ""))
             if inner:

@@ -54,11 +54,11 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
             ranked = top_k is not None
             explained = zip(relevance, classes, scores) if ranked else [(relevance, classes, scores)]
             for stem, (r, c, s) in zip(_stems(path, top_k), explained):
-                heatmap, overlay, *saved = (out_dir / name for name in _written(stem, save_relevance))
+                heatmap, overlay, *relevance_file = (out_dir / name for name in _written(stem, save_relevance))
                 save_png(heatmap_rgb(r, channel_axis), heatmap)
                 save_png(overlay_rgb(photo, r, channel_axis=channel_axis), overlay)
-                saved = saved[0] if saved else None
-                if saved:
+                saved = relevance_file[0] if relevance_file else None
+                if saved is not None:
                     _save_npy(np.asarray(r, dtype=np.float32), saved)
                 results.append(Explanation(str(path), int(c), class_name(labels, int(c)), float(s), heatmap, overlay,
                                            saved))

@@ -122,7 +122,7 @@ def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["un
     if len(layouts) > 1 and given.get("layout") not in layouts:
         raise RlrpError(f"the image input has shape {shape}: its channels may be axis 1 or axis 3; give the "
                         "layout (--layout NCHW or NHWC)")
-    layout = given.get("layout", layouts[0]) if len(layouts) > 1 else layouts[0]
+    layout = given["layout"] if len(layouts) > 1 else layouts[0]
     channels, height, width = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
     order = "gray" if channels == 1 else ("RGB" if base.channel_order == "gray" else base.channel_order)
     size = tuple(fixed if _is_fixed(fixed) else default for fixed, default in zip((height, width), base.size))
