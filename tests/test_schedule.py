@@ -218,6 +218,41 @@ def test_bench_tells_mask_steps_and_layout_convs_from_adjoints(compiled):
     assert len(adjoints) >= 8
 
 
+def test_bench_pairs_each_adjoint_with_its_forward_layer(compiled):
+    """tools/bench.py attributes the relevance pass's linear nodes to the forward layer whose weights they
+    use: every forward Conv/Gemm gets at least one, and no mask step or layout Conv is attributed."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import bench
+
+    _, compiled_path = compiled("inverted_residuals")
+    model = onnx.load(compiled_path)
+    pairs = bench.adjoint_layers(model)
+    layers = {n.name for n in model.graph.node if n.op_type in bench.LINEAR_OPS and not bench.is_relevance(n.name)}
+    assert len(layers) >= 8 and {layer for layer, _ in pairs.values()} == layers
+    assert not set(pairs) & set(bench.conv_roles(model))
+    kinds = {n.name: n.op_type for n in model.graph.node}
+    assert {kinds[node] for node in pairs} <= bench.LINEAR_OPS
+
+
+def test_bench_sums_each_layers_adjoint_kernels():
+    """tools/bench.py's per-layer adjoint time: the kernels ORT names after the node (with a suffix, not
+    another node's number), next to the layer's kernel found by the first name the profile has."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import bench
+
+    pairs = {"rlrp5": ("conv", ["conv", "fused conv", "y", "y_nchwc"]), "rlrp12": ("fc", ["fc", "fused fc"]),
+             "rlrp7": ("gone", ["gone"])}
+    per_node = {("y_nchwc", "Conv"): 2.0, ("rlrp5_nchwc", "Conv"): 3.0, ("rlrp51", "Conv"): 100.0,
+                ("rlrp12/GemmTransposeFusion/", "Gemm"): 1.5, ("fused fc", "FusedGemm"): 1.0}
+    assert sorted(bench.adjoints_by_layer(per_node, pairs)) == [("conv", 2.0, 3.0), ("fc", 1.0, 1.5)]
+
+
 def test_bench_compares_the_forward_nodes_both_profiles_name():
     """tools/bench.py's forward-inside-over-alone ratio sums only the forward nodes present in both
     profiles: not the compiler's nodes, not ORT's layout conversions, not nodes only one model has."""

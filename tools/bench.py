@@ -44,7 +44,8 @@ imports, i.e. weights plus working memory while running. Megabytes (2**20 bytes)
 warm-up, ``--profile-runs`` runs alternating between the two sessions) and prints the time per op
 type, split into forward nodes and relevance-pass nodes (the compiler names the latter ``rlrp<n>``)
 and the layout conversions ORT inserts itself (``ReorderInput``/``ReorderOutput`` around its blocked
-NCHWc convolutions), and the forward nodes that run slowest inside the compiled model next to alone.
+NCHWc convolutions), and the forward nodes that run slowest inside the compiled model next to alone, and each forward
+layer's adjoints (the relevance pass's linear kernels on its weights) next to the layer itself.
 A last table splits the compiled model's profiled kernel time in units of its own forward part (same
 runs): 1 (the forward) + the relevance pass's linear adjoints (Conv/ConvTranspose/Gemm kernels) +
 layout conversions + the other relevance ops (masks, max-pool routing, sums); and the forward part's
@@ -424,6 +425,66 @@ def forward_inside(per_node: dict) -> dict:
             "slowest": [(node, op, source[(node, op)], compiled[(node, op)]) for node, op in grown]}
 
 
+def adjoint_layers(model) -> dict[str, tuple[str, list[str]]]:
+    """{relevance node: (forward layer, the names ONNX Runtime may give that layer's kernel)} for the
+    relevance pass's linear nodes (LINEAR_OPS) whose constant operands are computed from a forward linear
+    layer's weights (flipped, transposed, doubled, Winograd-transformed); the Winograd tile transforms
+    and the other linear nodes on constants of their own are not attributed."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    constants = {t.name for t in model.graph.initializer} - {i.name for i in model.graph.input}
+    for node in model.graph.node:  # (in topological order) tensors computed from constants alone
+        if all(name in constants for name in node.input if name):
+            constants.update(node.output)
+    forward = [n for n in model.graph.node if n.op_type in LINEAR_OPS and not is_relevance(n.name)]
+    owner = {name: layer for layer in forward for name in layer.input[1:] if name in constants}
+
+    def found_in(tensor, seen):  # the forward layers whose weights the constant ``tensor`` comes from
+        if tensor in owner:
+            return {owner[tensor].name: owner[tensor]}
+        if tensor not in constants or tensor not in producers or tensor in seen:
+            return {}
+        seen.add(tensor)
+        return {k: v for name in producers[tensor].input if name for k, v in found_in(name, seen).items()}
+
+    def kernel_names(layer):  # its own name, or the output of the last node ORT fuses into it (+ "_nchwc")
+        outputs = [layer.output[0]]
+        for _ in range(2):
+            outputs += [r.output[0] for o in outputs for r in readers[o] if not is_relevance(r.name)]
+        return [layer.name, f"fused {layer.name}"] + [name + suffix for name in outputs for suffix in ("", "_nchwc")]
+
+    pairs = {}
+    for node in model.graph.node:
+        if node.op_type in LINEAR_OPS and is_relevance(node.name):
+            layers = {k: v for name in node.input if name in constants for k, v in found_in(name, set()).items()}
+            if len(layers) == 1:
+                layer = next(iter(layers.values()))
+                pairs[node.name] = (layer.name, kernel_names(layer))
+    return pairs
+
+
+def adjoints_by_layer(per_node: dict, pairs: dict) -> list[tuple[str, float, float]]:
+    """(forward layer, its ms, its adjoints' ms) inside the compiled model, from its per-node profile
+    times and ``adjoint_layers``; layers whose kernel the profile does not name are left out."""
+    times: dict = collections.defaultdict(float)
+    for (name, _), ms in per_node.items():
+        times[name] += ms
+
+    def kernel_ms(name):  # a node's kernel: its name, or with a suffix ORT appends ("_nchwc", "/…Fusion/")
+        return sum(ms for key, ms in times.items()
+                   if key == name or key.startswith(name) and not key[len(name)].isdigit())
+
+    layers: dict = {}
+    for node, (layer, names) in pairs.items():
+        forward = next((times[n] for n in names if n in times), None)
+        if forward is not None:
+            layers.setdefault(layer, [forward, 0.0])[1] += kernel_ms(node)
+    return [(layer, forward, adjoint) for layer, (forward, adjoint) in layers.items()]
+
+
 def ratio_breakdown(row: dict) -> dict:
     """Split a compiled model's profiled kernel time in units of its own forward part.
 
@@ -480,7 +541,7 @@ def bench_model(name: str, args, cache: pathlib.Path) -> list[dict]:
     compile_s = time.perf_counter() - t0
     relevance_ops = dict(collections.Counter(n.op_type for n in compiled_model.graph.node
                                              if is_relevance(n.name)).most_common())
-    roles = conv_roles(compiled_model)
+    roles, pairs = conv_roles(compiled_model), adjoint_layers(compiled_model)
     compiled = compiled_path(source, args)
     rlrp_onnx.save_model(compiled_model, compiled)
     del compiled_model
@@ -526,6 +587,7 @@ def bench_model(name: str, args, cache: pathlib.Path) -> list[dict]:
                                 args.profile_runs, str(directory / f"{name}-b{batch}"))
             row["profile"] = {label: summarize_profile(nodes, roles) for label, nodes in per_node.items()}
             row["forward_inside"] = forward_inside(per_node)
+            row["adjoints_by_layer"] = adjoints_by_layer(per_node["compiled"], pairs)
         rows.append(row)
         print(_row_line(row), file=sys.stderr, flush=True)
     return rows
@@ -645,6 +707,13 @@ def main(argv=None) -> dict | None:
         if "forward_inside" in row:
             print("- forward nodes slowest inside the compiled model (ms alone → inside): " + ", ".join(
                 f"{node} ({op}) {alone:.1f} → {inside:.1f}" for node, op, alone, inside in row["forward_inside"]["slowest"]))
+        if row.get("adjoints_by_layer"):
+            layers = row["adjoints_by_layer"]
+            slowest = sorted(layers, key=lambda entry: entry[1] - entry[2])[:5]
+            print(f"- adjoints next to their forward layer, inside the compiled model ({len(layers)} layers): "
+                  f"forward {sum(e[1] for e in layers):.0f} ms, adjoints {sum(e[2] for e in layers):.0f} ms; "
+                  "most over their layer (forward → adjoint ms): "
+                  + ", ".join(f"{layer} {fwd:.1f} → {adj:.1f}" for layer, fwd, adj in slowest))
     print_breakdowns(rows)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
