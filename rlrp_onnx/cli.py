@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from .contract import TARGET_FORMS
@@ -16,7 +16,8 @@ REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 DEMO_MODEL = REPO_MODELS / "efficientnet_lite0.onnx"
 DEMO_LABELS = REPO_MODELS / "imagenet_classes.txt"
 DEMO_IMAGES = REPO_MODELS / "images"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}  # what a folder is searched for
+IMAGE_KINDS = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 
 
 def _ints(text: str) -> list[int]:
@@ -207,13 +208,16 @@ def _image_paths(items: list[str]) -> list[str]:
         path = Path(item)
         if path.is_dir():
             entries = list(path.iterdir())
-            found = sorted(str(p) for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            inner = sum(1 for p in entries if p.is_dir())
-            unsearched = f"its {inner} subfolder(s) are not searched: name them"
+            files = [p for p in entries if p.is_file()]
+            found = sorted(str(p) for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+            inner, others = sum(1 for p in entries if p.is_dir()), len(files) - len(found)
+            skipped = [f"its {inner} subfolder(s) are not searched"] if inner else []
+            skipped += [f"its {others} file(s) not named as images are skipped"] if others else []
+            notes = "; ".join(skipped) + (": name them" if skipped else "")
             if not found:
-                raise RlrpError(f"{path}: no PNG or JPEG images in this folder" + (f" ({unsearched})" if inner else ""))
-            if inner:
-                print(f"{path}: {unsearched}", file=sys.stderr)
+                raise RlrpError(f"{path}: no {IMAGE_KINDS} images in this folder" + (f" ({notes})" if notes else ""))
+            if notes:
+                print(f"{path}: {notes}", file=sys.stderr)
             paths.extend(found)
         else:
             paths.append(item)
@@ -280,11 +284,12 @@ def cmd_conservation(args) -> None:
     import numpy as np
 
     from .compiler import compile_model
-    from .contract import LAYER_OUTPUT_PREFIX, META_RULE, RELEVANCE_OUTPUT
+    from .contract import LAYER_OUTPUT_PREFIX, META_EXPLAINED_OUTPUT, META_IMAGE_INPUTS, META_RULE, RELEVANCE_OUTPUT
     from .preprocess import check_images, prepare
-    from .runtime import create_session, fixed_batch, image_input, run_explainer
+    from .runtime import check_device, create_session, fixed_batch, image_input, run_explainer
 
     check_images([args.image])  # before compiling
+    check_device(args.device)
     _preprocessing(args)
     method = _method_args(args)
     compiled = compile_model(args.model, output_name=args.output, expose="all",
@@ -300,13 +305,39 @@ def cmd_conservation(args) -> None:
     score = float(scores[0])
     print(f"{args.image}: class {int(classes[0])}, logit {score:.6g}, rule {meta[META_RULE]}")
     print(f"{'tensor':<50} {'op':<20} {'sum R':>14} {'sum R / logit':>14}")
-    names = [o.name for o in compiled.graph.output if o.name.startswith(LAYER_OUTPUT_PREFIX)]
-    for name in reversed(names):
-        tensor = name[len(LAYER_OUTPUT_PREFIX):]
-        total = float(np.sum(outputs[name], dtype=np.float64)) / copies
-        print(f"{tensor[-50:]:<50} {producers.get(tensor, '?'):<20} {total:>14.6g} {_ratio(total, score):>14}")
+    tensors = [o.name[len(LAYER_OUTPUT_PREFIX):] for o in compiled.graph.output
+               if o.name.startswith(LAYER_OUTPUT_PREFIX)]
+    branches = _branches(compiled.graph, tensors, meta[META_IMAGE_INPUTS].split(","), meta[META_EXPLAINED_OUTPUT])
+    for tensor in reversed(tensors):
+        total = float(np.sum(outputs[LAYER_OUTPUT_PREFIX + tensor], dtype=np.float64)) / copies
+        mark = "  branch" if tensor in branches else ""
+        print(f"{tensor[-50:]:<50} {producers.get(tensor, '?'):<20} {total:>14.6g} {_ratio(total, score):>14}{mark}")
     total = float(np.sum(relevance, dtype=np.float64)) / copies
     print(f"{'input ' + RELEVANCE_OUTPUT:<50} {'':<20} {total:>14.6g} {_ratio(total, score):>14}")
+    if branches:
+        print("branch: a tensor that some path from the input to the logit goes around (one side of a "
+              "residual Add, a Concat, ...): it holds only its share of the relevance")
+
+
+def _branches(graph, tensors: list[str], inputs: list[str], output: str) -> set[str]:
+    """The ``tensors`` that some path from ``inputs`` to ``output`` avoids: those holding only part of the
+    relevance that reaches their layer. Paths through a tensor's shape (Shape, Size) carry no values."""
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input if node.op_type not in ("Shape", "Size") else ():
+            readers[name].append(node)
+
+    def reached_without(blocked: str) -> bool:
+        seen, todo = set(inputs), list(inputs)
+        while todo:
+            for node in readers[todo.pop()]:
+                for name in node.output:
+                    if name and name != blocked and name not in seen:
+                        seen.add(name)
+                        todo.append(name)
+        return output in seen
+
+    return {tensor for tensor in tensors if reached_without(tensor)}
 
 
 def _ratio(total: float, score: float) -> str:

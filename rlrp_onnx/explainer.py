@@ -12,11 +12,11 @@ import onnx
 
 from .compiler import compile_model
 from .contract import FORMS, LOGITS_OUTPUT, META_EXPLAINED_OUTPUT, META_RULE, META_VERSION
-from .errors import RlrpError
+from .errors import RlrpError, first_line
 from .loading import load_model, read_metadata, serialized
 from .methods import Options
-from .runtime import (check_image_shape, class_count, create_session, fixed_batch, image_input, run_explainer,
-                      target_classes)
+from .runtime import (check_device, check_image_shape, class_count, create_session, fixed_batch, image_input,
+                      run_explainer, target_classes)
 
 
 def explainer_model(model, output_name: str | None = None, forms: dict[str, str | None] | None = None,
@@ -83,11 +83,17 @@ def _check_finite(images: np.ndarray) -> None:
     """RlrpError unless ``images`` are numbers and finite: a NaN or infinite pixel makes the logits, the
     class chosen and the relevance NaN or arbitrary."""
     if images.dtype.kind not in "biuf":
-        raise RlrpError(f"images must be an array of numbers, got dtype {images.dtype}")
+        raise RlrpError(f"images must be an array of numbers, got dtype {images.dtype} (preprocessed pixels; "
+                        "image files: see rlrp_onnx.preprocess.prepare)")
     if images.dtype.kind == "f" and images.size:
         finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
         if not finite.all():
             raise RlrpError(f"image {int(np.argmin(finite))} holds NaN or infinite values; it cannot be explained")
+
+
+def _check_top_k(top_k: int, classes: int) -> None:
+    if top_k > classes:
+        raise RlrpError(f"the {top_k} best classes were asked for, but the model has only {classes}")
 
 
 class Explanations(NamedTuple):
@@ -115,6 +121,7 @@ class Explainer:
                  masks: str | None = None, adjoints: str | None = None,
                  input_shapes: dict[str, list[int]] | None = None):
         check_count(batch_size, "batch_size", "images")
+        check_device(device)
         forms = {"masks": masks, "adjoints": adjoints}
         compiled, meta, compiled_now = explainer_model(model, output_name, forms, input_shapes, rule=rule,
                                                        composite=composite, options=options)
@@ -151,38 +158,46 @@ class Explainer:
         """Explain preprocessed ``images`` (N, …; whole numbers in its type's range for a model that takes
         integer pixels) for ``targets`` (one class per image, or one for all; negative = top class), or
         for each image's ``top_k`` best classes."""
+        given = type(images).__name__
         try:
             images = np.asarray(images)
         except ValueError:  # a list of arrays of different shapes
             raise RlrpError("images must be one array (N, …) of preprocessed images of one size; got a sequence "
                             "of differently shaped arrays") from None
+        except (TypeError, RuntimeError) as error:  # e.g. a torch tensor that requires grad, or of bfloat16
+            raise RlrpError(f"images must be a numpy array (N, …) of preprocessed images; a {given} could not "
+                            f"become one: {first_line(error)}") from None
         if images.ndim == 0:
-            raise RlrpError(f"images must be an array (N, …) of preprocessed images, got {images!r}")
+            files = " (image files: see rlrp_onnx.preprocess.prepare)" if images.dtype.kind in "US" else ""
+            raise RlrpError(f"images must be an array (N, …) of preprocessed images, got a {given}{files}")
         check_request(targets, top_k)
-        check_image_shape(image_input(self.runtime), images.shape, what="array of images")
         _check_finite(images)
+        check_image_shape(image_input(self.runtime), images.shape, what="array of images")
+        classes = class_count(self.runtime)
         if targets is not None:
-            targets = target_classes(targets, len(images), class_count(self.runtime))
+            targets = target_classes(targets, len(images), classes)
+        if top_k is not None and classes is not None:
+            _check_top_k(top_k, classes)
         if len(images) == 0:  # nothing to run: empty results of the shapes a run would give
             ranks = () if top_k is None else (top_k,)
             return Explanations(np.zeros((0, *ranks, *images.shape[1:]), np.float32),
                                 np.zeros((0, *ranks), np.int64), np.zeros((0, *ranks), np.float32))
         if top_k is None:
-            return self._batched(images, targets)
-        scores = self._batched(images, None, keep=self._ranked).reshape(len(images), -1)  # [N, K, 1, …]
-        classes = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-        if classes.shape[1] < top_k:
-            raise RlrpError(f"the {top_k} best classes were asked for, but the model has only {classes.shape[1]}")
-        runs = [self._batched(images, classes[:, k]) for k in range(top_k)]
+            return self._batched(images, targets)[0]
+        top, ranked = self._batched(images, None, keep=self._ranked)  # the top class, and the scores ranked
+        best = np.argsort(-ranked.reshape(len(images), -1), axis=1, kind="stable")  # ([N, K, 1, …] outputs)
+        _check_top_k(top_k, best.shape[1])
+        runs = [top if k == 0 and np.array_equal(top.classes, best[:, 0]) else self._batched(images, best[:, k])[0]
+                for k in range(top_k)]
         return Explanations(*(np.stack([getattr(r, f) for r in runs], axis=1) for f in Explanations._fields))
 
-    def _batched(self, images, targets, keep: str | None = None):
-        """Run in batches; returns Explanations, or the output ``keep`` when given."""
-        parts = []
+    def _batched(self, images, targets, keep: str | None = None) -> tuple[Explanations, np.ndarray | None]:
+        """Run in batches; returns the Explanations and the output ``keep`` (None when not asked for)."""
+        parts, kept = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = slice(start, start + self.batch_size)
             result = run_explainer(self.runtime, images[chunk], None if targets is None else targets[chunk])
-            parts.append(result.outputs[keep] if keep else Explanations(*result[:3]))
-        if keep:
-            return np.concatenate(parts)
-        return Explanations(*(np.concatenate([getattr(p, f) for p in parts]) for f in Explanations._fields))
+            parts.append(Explanations(*result[:3]))
+            kept += [result.outputs[keep]] if keep else []
+        joined = Explanations(*(np.concatenate([getattr(p, f) for p in parts]) for f in Explanations._fields))
+        return joined, np.concatenate(kept) if keep else None

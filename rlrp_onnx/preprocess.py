@@ -192,7 +192,9 @@ def prepare(
     """
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
         images = [images]
-    photos = [_resize(_as_rgb_array(image), preprocessing) for image in images]
+    photos = [_resize(_as_rgb_array(image), preprocessing,
+                      os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image {index}")
+              for index, image in enumerate(images)]
     if not photos:
         raise RlrpError("no images to prepare")
     if preprocessing.channel_order == "gray":
@@ -236,8 +238,10 @@ def _as_rgb_array(image: ImageSource) -> np.ndarray:
     return array
 
 
-def _resize(photo: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
-    """The photo resized (and cropped) to ``preprocessing.size``, as uint8 RGB."""
+def _resize(photo: np.ndarray, preprocessing: Preprocessing, name: str) -> np.ndarray:
+    """The photo resized (and cropped) to ``preprocessing.size``, as uint8 RGB; RlrpError naming it where
+    the resized photo, before its centre is cut out, would exceed Pillow's ``Image.MAX_IMAGE_PIXELS`` (a
+    thin strip's long side grows with its short one)."""
     out_h, out_w = preprocessing.size
     resample = RESAMPLES[preprocessing.resample]
     image = Image.fromarray(photo)
@@ -252,6 +256,10 @@ def _resize(photo: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     else:
         new_w = round(out_w / preprocessing.crop_ratio)
         new_h = max(out_h, int(new_w * in_h / in_w))
+    if Image.MAX_IMAGE_PIXELS and new_h * new_w > Image.MAX_IMAGE_PIXELS:
+        raise RlrpError(f"{name}: this {in_w}x{in_h} image would be resized to {new_w}x{new_h} before its centre "
+                        f"is cut out, more than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels; crop it first, "
+                        "or resize by stretching")
     top, left = round((new_h - out_h) / 2), round((new_w - out_w) / 2)
     resized = image.resize((new_w, new_h), resample)
     return np.array(resized.crop((left, top, left + out_w, top + out_h)))

@@ -62,6 +62,18 @@ class ExplainerResult(NamedTuple):
     outputs: dict[str, np.ndarray]
 
 
+def check_device(device: str) -> None:
+    """RlrpError unless ``device`` is one ``create_session`` takes and, for "cuda", ONNX Runtime's CUDA
+    provider is installed: checked before a model is compiled or opened."""
+    if device not in DEVICES:
+        raise RlrpError(f"unknown device {device!r} (option device): choose one of {', '.join(DEVICES)}")
+    if device == "cuda" and CUDA not in _onnxruntime().get_available_providers():
+        raise RlrpError(
+            "CUDA is not available: onnxruntime-gpu is not installed (install rlrp-onnx[gpu] "
+            "in an environment without the CPU-only onnxruntime package)"
+        )
+
+
 def create_session(model: onnx.ModelProto | bytes | str | os.PathLike, device: str = "auto") -> RuntimeSession:
     """Open ``model`` (a ModelProto, its bytes or a path) in ONNX Runtime on ``device``: "auto", "cpu" or
     "cuda".
@@ -71,16 +83,10 @@ def create_session(model: onnx.ModelProto | bytes | str | os.PathLike, device: s
     ``RuntimeSession.notice`` when CUDA was tried and failed. The provider reported is the one
     ``session.get_providers()`` lists first, not the one asked for.
     """
-    if device not in DEVICES:
-        raise RlrpError(f"unknown device {device!r} (option device): choose one of {', '.join(DEVICES)}")
+    check_device(device)
     ort = _onnxruntime()
     with _model_source(model) as source:
         cuda_installed = CUDA in ort.get_available_providers()
-        if device == "cuda" and not cuda_installed:
-            raise RlrpError(
-                "CUDA is not available: onnxruntime-gpu is not installed (install rlrp-onnx[gpu] "
-                "in an environment without the CPU-only onnxruntime package)"
-            )
         wants_cuda = device == "cuda" or (device == "auto" and cuda_installed)
         load_failure = _preload_cuda_libraries() if wants_cuda else None
         providers = [(CUDA, CUDA_OPTIONS), CPU] if wants_cuda else [CPU]

@@ -334,10 +334,24 @@ def test_folder_listing_skips_subfolders_named_like_images(tmp_path, capsys):
     assert f"{tmp_path / 'photos'}: its 1 subfolder(s) are not searched: name them" in err  # said, not silent
 
 
+def test_folder_listing_takes_every_image_kind_and_says_what_it_skips(tmp_path, capsys):
+    """BMP, GIF, TIFF and WebP files are explained as PNG and JPEG ones are; other files are skipped, and
+    said to be."""
+    for suffix in ("png", "JPG", "bmp", "gif", "tiff", "webp"):
+        write_image(tmp_path / "photos" / f"a_{suffix}.{suffix}")
+    (tmp_path / "photos" / "notes.txt").write_text("not a picture")
+    code, out, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), tmp_path / "photos", "--out", tmp_path / "o",
+                             "--device", "cpu")
+    assert code == 0, err
+    assert out.count("->") == 6
+    assert f"{tmp_path / 'photos'}: its 1 file(s) not named as images are skipped: name them" in err
+
+
 def test_folder_of_subfolders_says_they_are_not_searched(tmp_path, capsys):
     write_image(tmp_path / "photos" / "inner" / "a.png")
     code, _, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), tmp_path / "photos", "--out", tmp_path / "o")
-    assert_one_line_error(code, err, "no PNG or JPEG images in this folder (its 1 subfolder(s) are not searched")
+    assert_one_line_error(code, err, "no PNG, JPEG, BMP, GIF, TIFF or WebP images in this folder (its 1 subfolder(s) "
+                                     "are not searched: name them)")
 
 
 @pytest.mark.parametrize("top_k, photo", [(None, "cat_heatmap.png"), (None, "cat_overlay.png"),
@@ -486,6 +500,30 @@ def test_conservation_with_a_zero_logit(tmp_path, capsys):
     lines = out.strip().splitlines()
     assert "logit 0, rule rlrp" in lines[0]
     assert len(lines) > 3 and all(line.split()[-1] == "n/a" for line in lines[2:])
+
+
+def test_conservation_marks_the_branches_of_a_residual(tmp_path, capsys):
+    """A bias-free residual network: every tensor all paths pass through holds the whole logit (ratio 1);
+    the residual branch's tensors hold their share and are marked as a branch (with a note)."""
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+               "w2": rng.normal(size=(4, 4, 3, 3)).astype(np.float32) * 0.5,
+               "g": rng.normal(size=(5, 4)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Add", ["r1", "r2"], ["sum"]), helper.make_node("GlobalAveragePool", ["sum"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["logits"], transB=1)]
+    path = tmp_path / "residual.onnx"
+    onnx.save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], weights), path)
+    code, out, err = run_cli(capsys, "conservation", path, write_image(tmp_path / "a.png"), "--device", "cpu")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:-1]}
+    assert {name for name, row in rows.items() if row[-1] == "branch"} == {"c2", "r2"}
+    assert all(float(row[-1]) == pytest.approx(1.0, abs=1e-5) for name, row in rows.items() if name not in {"c2", "r2"})
+    assert float(rows["r2"][-2]) != pytest.approx(1.0, abs=1e-3)
+    assert {"c1", "r1", "sum", "p", "f", "input"} <= set(rows) and lines[-1].startswith("branch: a tensor that")
 
 
 def test_conservation_chooses_the_output(tmp_path, capsys):

@@ -216,6 +216,50 @@ def test_bad_targets_batch_size_and_model():
         tiny.explain(None)
 
 
+def test_images_that_are_not_arrays_of_numbers_and_bad_devices_are_named(monkeypatch):
+    """File names, objects and torch tensors numpy cannot take are one-line errors that say what was given
+    (not its whole repr, not a raw exception); an unknown device is refused before anything is compiled."""
+    import torch
+    from onnx_builders import dense_classifier
+
+    model = dense_classifier(classes=4)
+    tiny = Explainer(model, device="cpu")
+    for images, error in [("photo.png", "got a str [(]image files: see rlrp_onnx.preprocess.prepare[)]$"),
+                          (["a.png", "b.png"], "got dtype <U5 [(]preprocessed pixels; image files: see"),
+                          ({"x": np.zeros((1, 6))}, "got a dict$"),
+                          (torch.zeros(1, 6, requires_grad=True), "a Tensor could not become one: Can't call numpy"),
+                          (torch.zeros(1, 6, dtype=torch.bfloat16), "a Tensor could not become one: .*BFloat16")]:
+        with pytest.raises(RlrpError, match=error):
+            tiny.explain(images)
+    monkeypatch.setattr(explainer_module, "explainer_model", lambda *args, **kwargs: pytest.fail("compiled"))
+    for device in ("gpu", None):
+        with pytest.raises(RlrpError, match=f"unknown device {device!r} .*: choose one of auto, cpu, cuda"):
+            Explainer(model, device=device)
+
+
+def test_top_k_reuses_the_ranking_run_and_refuses_too_many_classes_before_running(monkeypatch):
+    """top_k=K runs the model K times (the run that ranks the classes explains the best one), with the
+    results of K runs for chosen targets; more classes than the model has are refused before any run,
+    for no images too."""
+    from onnx_builders import dense_classifier
+
+    tiny, rows = Explainer(dense_classifier(classes=4), device="cpu", batch_size=2), np.random.default_rng(3).normal(size=(3, 6))
+    runs = []
+    counted = explainer_module.run_explainer
+    monkeypatch.setattr(explainer_module, "run_explainer", lambda *args: runs.append(1) or counted(*args))
+    top = tiny.explain(rows.astype(np.float32), top_k=2)
+    assert len(runs) == 2 * 2  # two passes of two batches (was three passes)
+    for k in range(2):
+        alone = tiny.explain(rows.astype(np.float32), top.classes[:, k])
+        for field in ("relevance", "classes", "scores"):
+            np.testing.assert_array_equal(getattr(top, field)[:, k], getattr(alone, field))
+    runs.clear()
+    for images in (rows.astype(np.float32), np.zeros((0, 6), np.float32)):
+        with pytest.raises(RlrpError, match="the 5 best classes were asked for, but the model has only 4"):
+            tiny.explain(images, top_k=5)
+    assert runs == []
+
+
 def test_masks_form_of_source_and_compiled_models(explainer, photos):
     """A source model compiles with the chosen mask form; a compiled one keeps its own, and asking for
     the other is an error, not a silent fallback."""
@@ -327,7 +371,8 @@ def test_conservation_command(capsys):
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].endswith("class 967, logit 10.6892, rule rlrp")
-    assert any("GlobalAveragePool" in line for line in lines) and lines[-1].startswith("input rlrp_relevance")
+    assert any("GlobalAveragePool" in line for line in lines) and lines[-2].startswith("input rlrp_relevance")
+    assert any(line.endswith("  branch") for line in lines) and lines[-1].startswith("branch: ")  # residual blocks
     pool = next(line for line in lines if "GlobalAveragePool" in line).split()
     assert float(pool[-1]) == pytest.approx(float(pool[-2]) / 10.6892, rel=1e-3)
 

@@ -84,6 +84,18 @@ def test_image_above_pillows_warning_size_is_one_clear_error(tmp_path, monkeypat
             load_image(path)
 
 
+def test_a_thin_strip_is_refused_before_its_resize_takes_gigabytes(tmp_path):
+    """Resize + centre crop scales a 1-pixel strip's long side with its short one: 1 x 20000 would be
+    5120000 x 256 before the crop (3.9 GB); refused by name with Pillow's pixel limit, stretched it runs."""
+    strip = save(tmp_path, "strip.png", Image.new("RGB", (20000, 1), (200, 10, 10)))
+    with pytest.raises(RlrpError, match=r"strip.png: this 20000x1 image would be resized to 5120000x256 before"):
+        prepare([strip], PRESETS["imagenet"])
+    with pytest.raises(RlrpError, match=r"^image 1: this 400000x1 image"):
+        prepare([np.zeros((4, 4, 3), np.uint8), np.zeros((1, 400000, 3), np.uint8)], PRESETS["unit"])
+    batch, photos = prepare([strip], dataclasses.replace(PRESETS["imagenet"], resize="stretch"))
+    assert batch.shape == (1, 3, 224, 224) and (photos[0] == [200, 10, 10]).all()
+
+
 def test_transparent_pixels_are_white(tmp_path):
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[:2, :, 0] = 255
