@@ -48,9 +48,13 @@ def _input_shapes(values: list[str] | None) -> dict | None:
     for value in values:
         name, _, dims = value.rpartition("=")
         try:
-            shapes[name or ""] = _ints(dims)
+            shape = _ints(dims)
         except argparse.ArgumentTypeError:
-            raise RlrpError(f"--input-shape takes [NAME=]N,C,H,W in whole numbers, got {value!r}") from None
+            shape = []
+        if not shape or min(shape) < 1:
+            raise RlrpError(f"--input-shape takes [NAME=]N,C,H,W in whole numbers >= 1 (N only fills the place: "
+                            f"the batch stays as the model declares it), got {value!r}")
+        shapes[name or ""] = shape
     return shapes
 
 
@@ -401,7 +405,7 @@ def _add_preprocessing(p) -> None:
 def _add_input_shape(p) -> None:
     p.add_argument("--input-shape", action="append",
                    help="[NAME=]N,C,H,W for a source model's inputs with dynamic sizes (the compiled model "
-                        "then takes only that size)")
+                        "then takes only that size; its batch stays as declared)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,6 +59,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     check_not_compiled(source, label)
     _check_free_names(source, label)
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
+    plan.context.emit.reserve(_names(source.graph))
     plan.context.emit.step_masks = masks == "steps"
     plan.context.emit.winograd = adjoints == "winograd"
     graph = plan.context.graph
@@ -100,6 +101,17 @@ def _check_free_names(source: onnx.ModelProto, label: str) -> None:
     if taken:
         raise RlrpError(f"{label}: the model already has tensors named {', '.join(taken)}, which the compiled "
                         "model's contract needs; rename them")
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    """Every node and tensor name of ``graph`` and of the subgraphs its nodes hold."""
+    names = {t.name for t in [*graph.input, *graph.output, *graph.initializer, *graph.value_info]}
+    for node in graph.node:
+        names |= {node.name, *node.input, *node.output}
+        for attribute in node.attribute:
+            for inner in [attribute.g] * attribute.HasField("g") + list(attribute.graphs):
+                names |= _names(inner)
+    return names
 
 
 def _declare_planned_sizes(compiled: onnx.ModelProto, inputs) -> None:

@@ -40,10 +40,8 @@ class Emitter:
     def __init__(self, graph: gs.Graph, prefix: str = "rlrp"):
         self.graph = graph
         self.opset = graph.opset
-        taken = {n.name for n in graph.nodes} | set(graph.tensors())
-        while any(name.startswith(prefix) for name in taken):
-            prefix += "_"
         self.prefix = prefix
+        self.reserve({n.name for n in graph.nodes} | set(graph.tensors()))
         self._count = 0
         self._early = len(graph.nodes)  # where nodes that read only forward tensors are inserted
         self._shapes: dict[str, gs.Variable] = {}
@@ -51,6 +49,12 @@ class Emitter:
         self._filled: dict[tuple, gs.Variable] = {}
         self.step_masks = True  # gate: steps on N,C,H,W tensors (compile_model's masks="steps")
         self.winograd = False  # large 3x3 adjoints by rules.winograd (compile_model's adjoints="winograd")
+
+    def reserve(self, names: set[str]) -> None:
+        """Keep the new names clear of ``names`` too (the source model's, some of which the planning graph
+        no longer holds): the prefix grows until none of them starts with it. Before the first node."""
+        while any(name.startswith(self.prefix) for name in names):
+            self.prefix += "_"
 
     def _name(self) -> str:
         self._count += 1

@@ -457,9 +457,15 @@ def test_pinned_sizes_are_declared_by_the_compiled_model(tmp_path):
         explainer.explain(np.ones((1, 3, 7, 7), np.float32))
 
 
+@pytest.mark.parametrize("shape", [[1, 3, 0, 5], [1, 3, -5, 5], [1, 3, 5.5, 5], [0, 3, 5, 5]])
+def test_input_shapes_must_be_whole_sizes(tmp_path, shape):
+    """In Python (the command line refuses such sizes itself, naming --input-shape)."""
+    with pytest.raises(RlrpError, match=r"dyn.onnx: the given shape .* must hold whole sizes >= 1 \(the batch's may "
+                                        r"be a name or None\)"):
+        compile_model(_dynamic_gap_model(tmp_path), input_shapes={"image": shape})
+
+
 @pytest.mark.parametrize("shape, fragments", [
-    ("1,3,0,5", ["whole sizes >= 1"]),
-    ("1,3,-5,5", ["whole sizes >= 1"]),
     ("1,1,5,5", ["declared [?, 3, ?, ?]", "differs on axes [1]"]),
     ("zz=1,3,5,5", ["no explained input named 'zz'", "explained inputs: image"]),
 ])
@@ -513,6 +519,10 @@ def test_explain_and_conservation_take_the_input_shape(tmp_path, capsys):
     assert out.strip().splitlines()[-1].split()[-1] == "1"  # a mean pool conserves the logit
     code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx", "--input-shape", "1,3,a,b")
     assert_one_line_error(code, err, "--input-shape takes [NAME=]N,C,H,W", "'1,3,a,b'")
+    for value in ("--input-shape=0,3,5,5", "--input-shape=-1,3,5,5", "--input-shape=x=1,3,5,0"):
+        code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx", value)
+        assert_one_line_error(code, err, "--input-shape takes [NAME=]N,C,H,W in whole numbers >= 1 (N only fills "
+                                         "the place: the batch stays as the model declares it)")
 
 
 def test_a_compiled_model_keeps_its_rule_and_parameters(tmp_path, capsys, dense_path):
@@ -566,6 +576,27 @@ def test_contract_names_taken_by_the_source_are_refused(tmp_path, capsys):
     onnx.save(model, path)
     code, _, err = run_cli(capsys, "compile", path, "-o", tmp_path / "o.onnx")
     assert_one_line_error(code, err, "taken.onnx", "already has tensors named rlrp_score")
+
+
+def test_source_names_like_the_compilers_own_are_kept_clear_of(tmp_path):
+    """Tensors named rlrp1, rlrp2, … on float→float Casts, which planning drops: the new nodes take other
+    names (they clashed: "internal error, the compiled model is invalid"), and the outputs are those of
+    the same model without the Casts."""
+    model = dense_classifier()
+    relu = next(node for node in model.graph.node if node.op_type == "Relu")
+    casts, previous = [], relu.input[0]
+    for i in range(1, 6):
+        casts.append(helper.make_node("Cast", [previous], [f"rlrp{i}"], name=f"cast{i}", to=TensorProto.FLOAT))
+        previous = f"rlrp{i}"
+    relu.input[0] = previous
+    position = list(model.graph.node).index(relu)
+    for offset, cast in enumerate(casts):
+        model.graph.node.insert(position + offset, cast)
+    x = {"x": np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)}
+    with_casts, plain = run(compile_model(model), x), run(compile_model(dense_classifier()), x)
+    assert with_casts.keys() == plain.keys()
+    for name in plain:
+        np.testing.assert_array_equal(with_casts[name], plain[name])
 
 
 def test_zbox_bounds_must_fit_the_layers_they_apply_to(tmp_path, capsys, dense_path):
