@@ -326,9 +326,16 @@ def cmd_conservation(args) -> None:
 def _branches(graph, tensors: list[str], inputs: list[str], output: str) -> set[str]:
     """The ``tensors`` that some path from ``inputs`` to ``output`` avoids: those holding only part of the
     relevance that reaches their layer. Paths through a tensor's shape (Shape, Size) carry no values."""
+    producers = {name: node for node in graph.node for name in node.output}
+    forward, todo = set(), [output]  # the nodes the output is computed by (not the relevance pass's)
+    while todo:
+        node = producers.get(todo.pop())
+        if node is not None and id(node) not in forward:
+            forward.add(id(node))
+            todo.extend(node.input)
     readers = defaultdict(list)
     for node in graph.node:
-        for name in node.input if node.op_type not in ("Shape", "Size") else ():
+        for name in node.input if id(node) in forward and node.op_type not in ("Shape", "Size") else ():
             readers[name].append(node)
 
     def reached_without(blocked: str) -> bool:
