@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -116,17 +117,18 @@ def _resolve_shapes(model, values: list[str] | None) -> dict | None:
 def cmd_inspect(args) -> None:
     from .compiler import check_not_compiled, plan_model
     from .loading import load_model
-    from .methods import BOUNDED, choose
+    from .methods import BOUNDED, Options, choose
     from .passes import opset_version
     from .plan import gap
 
     proto, label = load_model(args.model)
-    check_not_compiled(proto, label, "inspect")
+    check_not_compiled({p.key for p in proto.metadata_props}, label, "inspect")
     method_args = _method_args(args)
     # without --low/--high, a zbox method is still inspected: this is where its bounds' tensor is named
     unbounded = (args.composite or args.rule) in BOUNDED and args.low is None and args.high is None
     if unbounded:
-        method_args["options"] = dataclasses.replace(method_args["options"], low=0.0, high=0.0)
+        given = method_args["options"]
+        method_args["options"] = Options(**{name: getattr(given, name) for name in given.given}, low=0.0, high=0.0)
     method = choose(**method_args)
     ops = Counter(n.op_type for n in proto.graph.node)
     print(f"{label}: opset {opset_version(proto)}, {len(proto.graph.node)} nodes")
@@ -287,13 +289,15 @@ def cmd_conservation(args) -> None:
     """Per layer (from the logit back to the input): total relevance and its ratio to the logit."""
     import numpy as np
 
-    from .compiler import compile_model
+    from .compiler import check_not_compiled, compile_model
     from .contract import LAYER_OUTPUT_PREFIX, META_EXPLAINED_OUTPUT, META_IMAGE_INPUTS, META_RULE, RELEVANCE_OUTPUT
+    from .loading import read_metadata
     from .preprocess import check_images, prepare
     from .runtime import check_device, create_session, fixed_batch, image_input, run_explainer
 
     check_images([args.image])  # before compiling
     check_device(args.device)
+    check_not_compiled(read_metadata(args.model) or {}, str(args.model), "run conservation on")
     _preprocessing(args)
     method = _method_args(args)
     compiled = compile_model(args.model, output_name=args.output, expose="all",
@@ -370,10 +374,11 @@ def _add_method(p) -> None:
     g = p.add_argument_group("explanation method (default: R-LRP, no parameters)")
     g.add_argument("--rule", choices=[RLRP, *RULE_NAMES], help="rule for every layer")
     g.add_argument("--composite", choices=list(COMPOSITES), help="a rule per layer, as Zennit's presets")
-    g.add_argument("--epsilon", type=float, help="ε of the epsilon rule (dense layers)")
-    g.add_argument("--gamma", type=float)
-    g.add_argument("--alpha", type=float)
-    g.add_argument("--beta", type=float)
+    g.add_argument("--epsilon", type=float, help="ε of the epsilon rule (default 1e-6; every layer it is the "
+                   "rule of: all with --rule epsilon, the dense ones in the epsilon composites)")
+    g.add_argument("--gamma", type=float, help="γ of the gamma rule (default 0.25)")
+    g.add_argument("--alpha", type=float, help="α of the alpha-beta rule (default 2; alpha - beta must be 1)")
+    g.add_argument("--beta", type=float, help="β of the alpha-beta rule (default 1)")
     g.add_argument("--low", type=_floats, help="z^B lower bound of the layer's input values (after any "
                    "normalization inside the model; inspect names that tensor): one value or one per channel")
     g.add_argument("--high", type=_floats, help="z^B upper bound, likewise")
@@ -391,7 +396,7 @@ def _add_form(p, compiled_too: bool = False) -> None:
                         "or comparisons (less working memory)")
     g.add_argument("--adjoints", choices=ADJOINT_FORMS, default=None if compiled_too else "conv",
                    help=f"large 3x3 convolutions of the relevance pass: conv (default{default}) or winograd "
-                        "(faster on ONNX Runtime's CPU provider for VGG-like layers; not for CUDA)")
+                        "(faster on ONNX Runtime's CPU provider for VGG-like layers; runs on CUDA too, without gain)")
 
 
 def _add_preprocessing(p) -> None:
@@ -443,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="explain images and write heatmaps")
     p.add_argument("model", help="a source or compiled ONNX model")
-    p.add_argument("images", nargs="+", help="PNG/JPEG files or folders")
+    p.add_argument("images", nargs="+", help=f"image files or folders (searched for {IMAGE_KINDS} files)")
     p.add_argument("--out", required=True, help="folder for the heatmaps")
     p.add_argument("--labels", help="class names, one per line")
     p.add_argument("--target", type=int, help="class to explain (default: each image's top class)")
@@ -485,8 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NUMBER_LIST_OPTIONS = ("--low", "--high", "--mean", "--std")  # values that may start with a minus sign
+
+
+def _joined_negative_lists(argv: list[str]) -> list[str]:
+    """``--low -2.1,-2.0`` as ``--low=-2.1,-2.0``: argparse takes a value starting with "-" for an option
+    unless it is one plain negative number."""
+    joined = []
+    for token in argv:
+        if joined and joined[-1] in NUMBER_LIST_OPTIONS and re.match(r"-[0-9.]", token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_joined_negative_lists(sys.argv[1:] if argv is None else argv))
     if not os.environ.get("RLRP_DEBUG"):
         from .runtime import quiet_onnxruntime
 

@@ -56,7 +56,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     if target_input not in contract.TARGET_FORMS:
         raise RlrpError(f"{label}: target_input must be one of {', '.join(contract.TARGET_FORMS)}, "
                         f"got {target_input!r}")
-    check_not_compiled(source, label)
+    check_not_compiled({p.key for p in source.metadata_props}, label)
     _check_free_names(source, label)
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
     plan.context.emit.reserve(_names(source.graph))
@@ -85,9 +85,9 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     return _validated(compiled, label, light_source)
 
 
-def check_not_compiled(source: onnx.ModelProto, label: str, action: str = "compile") -> None:
-    """Refuse a model this compiler wrote (to ``action``: compile, inspect)."""
-    if any(p.key == contract.META_VERSION for p in source.metadata_props):
+def check_not_compiled(metadata_keys, label: str, action: str = "compile") -> None:
+    """Refuse a model this compiler wrote, by its metadata keys (to ``action``: compile, inspect, ...)."""
+    if contract.META_VERSION in metadata_keys:
         raise RlrpError(f"{label}: already compiled by rlrp-onnx ({contract.META_VERSION} in its metadata); "
                         f"{action} the source model")
 

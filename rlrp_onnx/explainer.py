@@ -48,7 +48,7 @@ def explainer_model(model, output_name: str | None = None, forms: dict[str, str 
     if chosen and chosen != meta[META_RULE]:
         raise RlrpError(f"{label} is already compiled with '{meta[META_RULE]}'; compile the source model "
                         f"to explain with '{chosen}'")
-    if method.get("options") not in (None, Options()):
+    if method.get("options") is not None and getattr(method["options"], "given", True):
         raise RlrpError(f"{label} is already compiled with its rule's parameters; rule parameters apply "
                         "to a source model")
     if input_shapes:

@@ -23,10 +23,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # the relevance pass computes in 
 EPSILON_MAX = FLOAT32_MAX / 4  # the stabilizer adds ε and subtracts 2ε (rules/classical.py, _stabilized)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Options:
     """Rule parameters, with the defaults of shared/RLRP.md; all finite in float32, ε > 0 there too,
-    γ, α and β >= 0; numpy numbers are stored as Python floats, bounds as one float or a list of floats."""
+    γ, α and β >= 0; numpy numbers are stored as Python floats, bounds as one float or a list of floats.
+    ``given`` names the parameters passed (even at their default value): those a method must take."""
 
     epsilon: float = 1e-6
     gamma: float = 0.25
@@ -34,6 +35,14 @@ class Options:
     beta: float = 1.0
     low: object = None   # z^B bounds of the values entering the layer: scalars or one value per channel
     high: object = None
+
+    def __init__(self, epsilon=None, gamma=None, alpha=None, beta=None, low=None, high=None):
+        passed = {"epsilon": epsilon, "gamma": gamma, "alpha": alpha, "beta": beta, "low": low, "high": high}
+        for parameter in fields(self):
+            value = passed[parameter.name]
+            object.__setattr__(self, parameter.name, parameter.default if value is None else value)
+        object.__setattr__(self, "given", tuple(name for name, value in passed.items() if value is not None))
+        self.__post_init__()
 
     def __post_init__(self):
         for name in ("gamma", "alpha", "beta"):
@@ -168,7 +177,7 @@ def choose(rule: str | None = RLRP, composite: str | None = None, options: Optio
         chosen = _checked(lambda o: {DENSE: RULE_NAMES[rule](o)}, options)[DENSE]
         method = Method(rule, False, classical_rules(), by_category={DENSE: chosen, CONVOLUTION: chosen})
     used = [r.params for r in method.by_category.values()]
-    given = {f.name: getattr(options, f.name) for f in fields(Options) if getattr(options, f.name) != f.default}
+    given = {name: getattr(options, name) for name in options.given}
     unused = [f"{name}={value}" for name, value in given.items() if not any(p.get(name) == value for p in used)]
     if unused:
         raise RlrpError(f"{method.name} does not use {', '.join(unused)}")

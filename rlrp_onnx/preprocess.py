@@ -108,9 +108,11 @@ def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["un
     The layout is NCHW when dimension 1 holds the channels (3, or 1 for a grayscale model) and NHWC
     when dimension 3 does (when both could, ``given`` must say which); a grayscale model reads the
     photos' luminance ("gray"), with a preset's per-colour mean and std made one value where they
-    agree (else it needs its own). Fixed (integer) height and width replace ``base.size``; symbolic
-    ones (strings or None, as ONNX Runtime reports them) keep it. With no preset, ``base`` is the
-    "unit" preset ([0, 1] pixels).
+    agree (else it needs its own); a preset's per-colour mean and std follow the colours where
+    ``given`` turns RGB into BGR or back (``given`` ones are in the model's order). Fixed (integer)
+    height and width replace ``base.size`` (a ``given`` size must match them); symbolic ones (strings or
+    None, as ONNX Runtime reports them) keep it. With no preset, ``base`` is the "unit" preset ([0, 1]
+    pixels).
     """
     shape = list(input_shape)
     if len(shape) != 4:
@@ -126,7 +128,12 @@ def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["un
     channels, height, width = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
     order = "gray" if channels == 1 else ("RGB" if base.channel_order == "gray" else base.channel_order)
     size = tuple(fixed if _is_fixed(fixed) else default for fixed, default in zip((height, width), base.size))
+    if "size" in given and any(_is_fixed(s) and s != g for s, g in zip((height, width), given["size"])):
+        raise RlrpError(f"the model takes images of {height}x{width} (height x width); the size given, "
+                        f"{'x'.join(map(str, given['size']))}, would not fit it (--size)")
     fields = {"layout": layout, "size": size, "channel_order": order, **given}
+    if {fields["channel_order"], base.channel_order} == {"RGB", "BGR"}:  # the preset's colours, reordered
+        fields.update({name: getattr(base, name)[::-1] for name in ("mean", "std") if name not in given})
     if fields["channel_order"] == "gray":
         spread = {name: given.get(name, getattr(base, name)) for name in ("mean", "std")}
         fields.update({name: values[:1] for name, values in spread.items() if len(set(values)) == 1})

@@ -526,6 +526,14 @@ def test_conservation_marks_the_branches_of_a_residual(tmp_path, capsys):
     assert {"c1", "r1", "sum", "p", "f", "input"} <= set(rows) and lines[-1].startswith("branch: a tensor that")
 
 
+def test_conservation_of_a_compiled_model_asks_for_the_source(tmp_path, capsys):
+    compiled = tmp_path / "c.onnx"
+    assert run_cli(capsys, "compile", tiny_cnn(tmp_path), "-o", compiled)[0] == 0
+    code, out, err = run_cli(capsys, "conservation", compiled, write_image(tmp_path / "a.png"), "--device", "cpu")
+    assert_one_line_error(code, err, "c.onnx: already compiled by rlrp-onnx", "run conservation on the source model")
+    assert not out
+
+
 def test_conservation_chooses_the_output(tmp_path, capsys):
     """Logits beside their softmax: the logits are explained without --output; --output names either."""
     model, image = tiny_cnn(tmp_path, softmax=True), write_image(tmp_path / "a.png")
@@ -550,6 +558,18 @@ def test_conservation_chooses_the_output(tmp_path, capsys):
 def test_method_options_that_would_be_ignored_are_refused(tmp_path, capsys, options, error):
     code, _, err = run_cli(capsys, "inspect", tiny_cnn(tmp_path), *options)
     assert_one_line_error(code, err, error)
+
+
+def test_number_lists_may_start_with_a_minus_sign(tmp_path, capsys):
+    """Per-channel bounds and means in normalized units are negative: taken after a space as after "="."""
+    model = tiny_cnn(tmp_path)
+    code, out, err = run_cli(capsys, "inspect", model, "--composite", "epsilon_gamma_box", "--low", "-2.1,-2.0,-1.8",
+                             "--high", "2.2,2.4,2.6")
+    assert code == 0, err
+    assert "zbox(low=[-2.1, -2.0, -1.8], high=[2.2, 2.4, 2.6])" in out
+    code, out, err = run_cli(capsys, "explain", model, write_image(tmp_path / "a.png"), "--out", tmp_path / "o",
+                             "--mean", "-0.5,-0.5,-0.5", "--std", ".5", "--device", "cpu")
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("options, rule", [

@@ -536,8 +536,15 @@ def test_a_compiled_model_keeps_its_rule_and_parameters(tmp_path, capsys, dense_
     with pytest.raises(RlrpError, match="already compiled with 'epsilon'"):
         Explainer(compiled, rule="rlrp", device="cpu")
     from rlrp_onnx.methods import Options
-    with pytest.raises(RlrpError, match="already compiled with its rule's parameters"):
-        Explainer(compiled, options=Options(epsilon=0.2), device="cpu")
+    rows = tmp_path / "rows.png"  # six values for the model's six features: a 1x2 RGB image
+    from PIL import Image
+    Image.fromarray(np.full((1, 2, 3), 100, np.uint8)).save(rows)
+    for epsilon in (0.2, 1e-6, 0.1):  # another value, the default, its own: a parameter given is refused
+        with pytest.raises(RlrpError, match="already compiled with its rule's parameters"):
+            Explainer(compiled, options=Options(epsilon=epsilon), device="cpu")
+        code, _, err = run_cli(capsys, "explain", compiled, rows, "--out", tmp_path / "o", "--rule", "epsilon",
+                               "--epsilon", str(epsilon), "--device", "cpu")
+        assert_one_line_error(code, err, "already compiled with its rule's parameters")
     with pytest.raises(RlrpError, match="input shapes apply to a source model"):
         Explainer(compiled, input_shapes={"x": [1, 6]}, device="cpu")
 

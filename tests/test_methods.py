@@ -50,6 +50,8 @@ def test_boundary_rule_parameters():
 
 @pytest.mark.parametrize("rule, composite, options, unused", [
     ("rlrp", None, Options(epsilon=0.1), "rlrp does not use epsilon=0.1"),
+    ("rlrp", None, Options(epsilon=1e-6), "rlrp does not use epsilon=1e-06"),  # a default given is given
+    ("epsilon", None, Options(gamma=0.25), "epsilon does not use gamma=0.25"),
     (None, None, Options(gamma=1.0), "rlrp does not use gamma=1.0"),
     ("epsilon", None, Options(gamma=1.0), "epsilon does not use gamma=1.0"),
     (None, "epsilon_alpha2_beta1", Options(alpha=3.0, beta=2.0),

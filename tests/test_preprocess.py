@@ -249,6 +249,25 @@ def test_infer_preprocessing_from_input_shapes():
     assert (gray_nhwc.layout, gray_nhwc.size, gray_nhwc.channel_order) == ("NHWC", (32, 48), "gray")
 
 
+def test_a_presets_colour_statistics_follow_the_models_channel_order():
+    """imagenet's mean and std are per RGB colour: a BGR model gets them reversed, so each colour is
+    normalised by its own; a mean given for the model is taken in the model's order, as it is."""
+    pixel = np.zeros((4, 4, 3), np.uint8)
+    pixel[...] = (200, 100, 50)  # R, G, B
+    bgr = infer_preprocessing([1, 3, 224, 224], PRESETS["imagenet"], channel_order="BGR")
+    batch, _ = prepare([pixel], bgr)
+    expected = [(50 / 255 - 0.406) / 0.225, (100 / 255 - 0.456) / 0.224, (200 / 255 - 0.485) / 0.229]  # B, G, R
+    np.testing.assert_allclose(batch[0, :, 0, 0], expected, rtol=1e-5)
+    own = infer_preprocessing([1, 3, 224, 224], PRESETS["imagenet"], channel_order="BGR", mean=(0.1, 0.2, 0.3))
+    assert own.mean == (0.1, 0.2, 0.3) and own.std == (0.225, 0.224, 0.229)
+
+
+def test_a_size_given_must_fit_a_fixed_input():
+    with pytest.raises(RlrpError, match=r"the model takes images of 16x16 .*; the size given, 20x20, would not fit"):
+        infer_preprocessing([1, 3, 16, 16], PRESETS["unit"], size=(20, 20))
+    assert infer_preprocessing([1, 3, "h", "w"], PRESETS["unit"], size=(20, 24)).size == (20, 24)
+
+
 def test_gray_models_read_the_luminance(chelsea):
     """One channel: Pillow's luminance of the photo as the model sees it (resized), scaled and normalized."""
     gray = Preprocessing(size=(40, 30), resize="stretch", channel_order="gray", mean=(0.5,), std=(0.25,))
