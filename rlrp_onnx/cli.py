@@ -62,13 +62,11 @@ def _input_shapes(values: list[str] | None) -> dict | None:
 def _method_args(args) -> dict:
     """``compile_model`` keywords for the rule options (unset: the rules' defaults; an option the chosen
     rules do not take is refused by ``methods.choose``); RlrpError for --rule with --composite."""
-    from dataclasses import fields
-
-    from .methods import Options
+    from .methods import PARAMETERS, Options
 
     if args.rule and args.composite:
         raise RlrpError("give either --rule or --composite, not both")
-    given = {f.name: getattr(args, f.name) for f in fields(Options) if getattr(args, f.name) is not None}
+    given = {name: getattr(args, name) for name in PARAMETERS if getattr(args, name) is not None}
     given.update({name: _bound(given[name]) for name in ("low", "high") if name in given})
     return {"rule": args.rule, "composite": args.composite, "options": Options(**given)}
 
@@ -117,7 +115,7 @@ def _resolve_shapes(model, values: list[str] | None) -> dict | None:
 def cmd_inspect(args) -> None:
     from .compiler import check_not_compiled, plan_model
     from .loading import load_model
-    from .methods import BOUNDED, Options, choose
+    from .methods import BOUNDED, choose
     from .passes import opset_version
     from .plan import gap
 
@@ -127,8 +125,7 @@ def cmd_inspect(args) -> None:
     # without --low/--high, a zbox method is still inspected: this is where its bounds' tensor is named
     unbounded = (args.composite or args.rule) in BOUNDED and args.low is None and args.high is None
     if unbounded:
-        given = method_args["options"]
-        method_args["options"] = Options(**{name: getattr(given, name) for name in given.given}, low=0.0, high=0.0)
+        method_args["options"] = dataclasses.replace(method_args["options"], low=0.0, high=0.0)
     method = choose(**method_args)
     ops = Counter(n.op_type for n in proto.graph.node)
     print(f"{label}: opset {opset_version(proto)}, {len(proto.graph.node)} nodes")
@@ -214,11 +211,13 @@ def _image_paths(items: list[str]) -> list[str]:
         path = Path(item)
         if path.is_dir():
             entries = list(path.iterdir())
-            files = [p for p in entries if p.is_file()]
-            found = sorted(str(p) for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
-            inner, others = sum(1 for p in entries if p.is_dir()), len(files) - len(found)
+            found = sorted(str(p) for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not p.name.startswith("."))  # hidden: ._x.jpg is macOS's, not a photo
+            inner = sum(1 for p in entries if p.is_dir())
+            others = len(entries) - len(found) - inner
             skipped = [f"its {inner} subfolder(s) are not searched"] if inner else []
-            skipped += [f"its {others} file(s) not named as images are skipped"] if others else []
+            skipped += [f"its {others} other file(s) (not named as images, hidden or broken links) are skipped"
+                        ] if others else []
             notes = "; ".join(skipped) + (": name them" if skipped else "")
             if not found:
                 raise RlrpError(f"{path}: no {IMAGE_KINDS} images in this folder" + (f" ({notes})" if notes else ""))
@@ -329,30 +328,46 @@ def cmd_conservation(args) -> None:
 
 def _branches(graph, tensors: list[str], inputs: list[str], output: str) -> set[str]:
     """The ``tensors`` that some path from ``inputs`` to ``output`` avoids: those holding only part of the
-    relevance that reaches their layer. Paths through a tensor's shape (Shape, Size) carry no values."""
-    producers = {name: node for node in graph.node for name in node.output}
-    forward, todo = set(), [output]  # the nodes the output is computed by (not the relevance pass's)
-    while todo:
-        node = producers.get(todo.pop())
-        if node is not None and id(node) not in forward:
-            forward.add(id(node))
-            todo.extend(node.input)
-    readers = defaultdict(list)
+    relevance that reaches their layer. The others dominate the output (every path passes through them),
+    found as its dominators over the tensors computed from the inputs, in the graph's node order (ONNX's
+    is topological); a node reads its inputs and what its subgraphs read from outside them, not through a
+    shape (Shape, Size)."""
+    parent, depth = {name: None for name in inputs}, dict.fromkeys(inputs, 1)  # None: above all inputs
+
+    def meet(a, b):  # the nearest tensor (or None) that dominates both
+        while a != b:
+            if depth.get(a, 0) < depth.get(b, 0):
+                a, b = b, a
+            a = parent[a]
+        return a
+
     for node in graph.node:
-        for name in node.input if id(node) in forward and node.op_type not in ("Shape", "Size") else ():
-            readers[name].append(node)
+        if node.op_type in ("Shape", "Size"):
+            continue
+        reached = [name for name in (*node.input, *_outer_reads(node)) if name in parent]
+        if not reached:
+            continue
+        dominator = reached[0]
+        for name in reached[1:]:
+            dominator = meet(dominator, name)
+        for name in node.output:
+            parent[name], depth[name] = dominator, depth.get(dominator, 0) + 1
+    dominators, name = set(), output
+    while name is not None:
+        dominators.add(name)
+        name = parent.get(name)
+    return {tensor for tensor in tensors if tensor not in dominators}
 
-    def reached_without(blocked: str) -> bool:
-        seen, todo = set(inputs), list(inputs)
-        while todo:
-            for node in readers[todo.pop()]:
-                for name in node.output:
-                    if name and name != blocked and name not in seen:
-                        seen.add(name)
-                        todo.append(name)
-        return output in seen
 
-    return {tensor for tensor in tensors if reached_without(tensor)}
+def _outer_reads(node) -> set[str]:
+    """The names ``node``'s subgraphs (If, Loop, Scan) read from outside themselves."""
+    reads = set()
+    for attribute in node.attribute:
+        for graph in [attribute.g] * attribute.HasField("g") + list(attribute.graphs):
+            inner = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+            inner |= {name for n in graph.node for name in n.output}
+            reads |= {name for n in graph.node for name in (*n.input, *_outer_reads(n)) if name not in inner}
+    return reads
 
 
 def _ratio(total: float, score: float) -> str:

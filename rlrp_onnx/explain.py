@@ -42,7 +42,7 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
     same files: RlrpError, as for a file that is not an image or an output folder that cannot be
     written, or an image that a heatmap would overwrite; ``check_files`` finds these before anything is
     explained."""
-    check_files(images, out_dir, top_k)
+    check_files(images, out_dir, top_k, preprocessing)
     out_dir = Path(out_dir)
     channel_axis = 0 if preprocessing.layout == "NCHW" else -1
     results = []
@@ -85,12 +85,14 @@ def _written(stem: str, save_relevance: bool) -> list[str]:
     return [stem + picture for picture in PICTURES] + ([f"{stem}_relevance.npy"] if save_relevance else [])
 
 
-def check_files(images: Sequence[str], out_dir, top_k: int | None = None) -> None:
+def check_files(images: Sequence[str], out_dir, top_k: int | None = None,
+                preprocessing: Preprocessing | None = None) -> None:
     """RlrpError for what ``explain_images`` refuses before it explains anything: two images that would
-    write the same heatmap files, a file that is not an image (read from its header), an output folder
-    that cannot be written, an image that a file written into it would overwrite."""
+    write the same heatmap files, a file that is not an image or that ``preprocessing`` cannot resize
+    (read from its header), an output folder that cannot be written, an image that a file written into it
+    would overwrite."""
     _check_stems(images)
-    check_images(images)
+    check_images(images, preprocessing)
     check_output_folder(out_dir)
     _check_overwrites(images, Path(out_dir), top_k)
 

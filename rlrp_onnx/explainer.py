@@ -79,12 +79,15 @@ def check_request(targets, top_k, names: tuple[str, str] = ("targets", "top_k"))
         check_count(top_k, names[1], "classes")
 
 
-def _check_finite(images: np.ndarray) -> None:
-    """RlrpError unless ``images`` are numbers and finite: a NaN or infinite pixel makes the logits, the
-    class chosen and the relevance NaN or arbitrary."""
+def _check_numbers(images: np.ndarray) -> None:
     if images.dtype.kind not in "biuf":
         raise RlrpError(f"images must be an array of numbers, got dtype {images.dtype} (preprocessed pixels; "
                         "image files: see rlrp_onnx.preprocess.prepare)")
+
+
+def _check_finite(images: np.ndarray) -> None:
+    """RlrpError unless ``images`` are finite: a NaN or infinite pixel makes the logits, the class chosen
+    and the relevance NaN or arbitrary."""
     if images.dtype.kind == "f" and images.size:
         finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
         if not finite.all():
@@ -171,8 +174,9 @@ class Explainer:
             files = " (image files: see rlrp_onnx.preprocess.prepare)" if images.dtype.kind in "US" else ""
             raise RlrpError(f"images must be an array (N, …) of preprocessed images, got a {given}{files}")
         check_request(targets, top_k)
-        _check_finite(images)
+        _check_numbers(images)
         check_image_shape(image_input(self.runtime), images.shape, what="array of images")
+        _check_finite(images)
         classes = class_count(self.runtime)
         if targets is not None:
             targets = target_classes(targets, len(images), classes)

@@ -23,11 +23,16 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # the relevance pass computes in 
 EPSILON_MAX = FLOAT32_MAX / 4  # the stabilizer adds ε and subtracts 2ε (rules/classical.py, _stabilized)
 
 
+PARAMETERS = ("epsilon", "gamma", "alpha", "beta", "low", "high")
+
+
 @dataclass(frozen=True, init=False)
 class Options:
     """Rule parameters, with the defaults of shared/RLRP.md; all finite in float32, ε > 0 there too,
     γ, α and β >= 0; numpy numbers are stored as Python floats, bounds as one float or a list of floats.
-    ``given`` names the parameters passed (even at their default value): those a method must take."""
+    ``given`` names the parameters passed, at their default value too: those a method must take. Built
+    again from its fields with ``given`` (``dataclasses.replace``), those it names stay given and the
+    others are given where their value is not the default."""
 
     epsilon: float = 1e-6
     gamma: float = 0.25
@@ -35,13 +40,16 @@ class Options:
     beta: float = 1.0
     low: object = None   # z^B bounds of the values entering the layer: scalars or one value per channel
     high: object = None
+    given: tuple = ()
 
-    def __init__(self, epsilon=None, gamma=None, alpha=None, beta=None, low=None, high=None):
+    def __init__(self, epsilon=None, gamma=None, alpha=None, beta=None, low=None, high=None, given=None):
         passed = {"epsilon": epsilon, "gamma": gamma, "alpha": alpha, "beta": beta, "low": low, "high": high}
-        for parameter in fields(self):
-            value = passed[parameter.name]
-            object.__setattr__(self, parameter.name, parameter.default if value is None else value)
-        object.__setattr__(self, "given", tuple(name for name, value in passed.items() if value is not None))
+        defaults = {parameter.name: parameter.default for parameter in fields(self)}
+        for name, value in passed.items():
+            object.__setattr__(self, name, defaults[name] if value is None else value)
+        named = [name for name, value in passed.items()
+                 if value is not None and (given is None or name in given or value != defaults[name])]
+        object.__setattr__(self, "given", tuple(named))
         self.__post_init__()
 
     def __post_init__(self):

@@ -75,6 +75,8 @@ class Preprocessing:
         return 1 if self.channel_order == "gray" else 3
 
 
+EXIF_ORIENTATION, TRANSPOSING_ORIENTATIONS = 0x0112, (5, 6, 7, 8)  # orientations that swap width and height
+
 PRESETS: dict[str, Preprocessing] = {
     # x / 127.5 - 1, i.e. [-1, 1], the whole photo resized to 224×224 (models/README.md: with a
     # centre crop, chelsea's face is cut and the top class flips between tiger cat and Egyptian cat).
@@ -132,6 +134,9 @@ def infer_preprocessing(input_shape: Sequence, base: Preprocessing = PRESETS["un
         raise RlrpError(f"the model takes images of {height}x{width} (height x width); the size given, "
                         f"{'x'.join(map(str, given['size']))}, would not fit it (--size)")
     fields = {"layout": layout, "size": size, "channel_order": order, **given}
+    if (fields["channel_order"] == "gray") != (channels == 1):
+        raise RlrpError(f"the model takes {channels} channel(s); channel order {fields['channel_order']} gives "
+                        f"{1 if fields['channel_order'] == 'gray' else 3} (--channel-order)")
     if {fields["channel_order"], base.channel_order} == {"RGB", "BGR"}:  # the preset's colours, reordered
         fields.update({name: getattr(base, name)[::-1] for name in ("mean", "std") if name not in given})
     if fields["channel_order"] == "gray":
@@ -156,13 +161,18 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         return _to_rgb(ImageOps.exif_transpose(image), os.fspath(path))
 
 
-def check_images(paths: Sequence[str | os.PathLike]) -> None:
+def check_images(paths: Sequence[str | os.PathLike], preprocessing: Preprocessing | None = None) -> None:
     """RlrpError for the first file that ``load_image`` would refuse from its header alone (missing,
-    unreadable, not an image, too large), without decoding any pixels: a long run finds these before
-    it starts. A file whose pixels are truncated is still found when it is read."""
+    unreadable, not an image, too large), or ``preprocessing`` could not resize (``_check_resizable``),
+    without decoding any pixels: a long run finds these before it starts. A file whose pixels are
+    truncated is still found when it is read."""
     for path in paths:
-        with _opened(path):
-            pass
+        with _opened(path) as image:
+            if preprocessing is not None:
+                width, height = image.size
+                if image.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS:
+                    width, height = height, width
+                _check_resizable(height, width, preprocessing, os.fspath(path))
 
 
 @contextlib.contextmanager
@@ -246,17 +256,28 @@ def _as_rgb_array(image: ImageSource) -> np.ndarray:
 
 
 def _resize(photo: np.ndarray, preprocessing: Preprocessing, name: str) -> np.ndarray:
-    """The photo resized (and cropped) to ``preprocessing.size``, as uint8 RGB; RlrpError naming it where
-    the resized photo, before its centre is cut out, would exceed Pillow's ``Image.MAX_IMAGE_PIXELS`` (a
-    thin strip's long side grows with its short one)."""
+    """The photo resized (and cropped) to ``preprocessing.size``, as uint8 RGB (``_check_resizable``
+    first)."""
     out_h, out_w = preprocessing.size
     resample = RESAMPLES[preprocessing.resample]
     image = Image.fromarray(photo)
     if preprocessing.resize == "stretch":
         return np.array(image.resize((out_w, out_h), resample))
+    new_h, new_w = _check_resizable(*photo.shape[:2], preprocessing, name)
+    top, left = round((new_h - out_h) / 2), round((new_w - out_w) / 2)
+    resized = image.resize((new_w, new_h), resample)
+    return np.array(resized.crop((left, top, left + out_w, top + out_h)))
+
+
+def _check_resizable(in_h: int, in_w: int, preprocessing: Preprocessing, name: str) -> tuple[int, int] | None:
+    """The size a photo is resized to before its centre is cut out (None for "stretch"); RlrpError naming
+    it where that would exceed Pillow's ``Image.MAX_IMAGE_PIXELS`` (a thin strip's long side grows with its
+    short one)."""
+    if preprocessing.resize == "stretch":
+        return None
     # Like torchvision's Resize + CenterCrop: the binding side becomes size / ratio, the other one
     # keeps the aspect ratio (truncated), then the centre is cut out.
-    in_h, in_w = photo.shape[:2]
+    out_h, out_w = preprocessing.size
     if out_h * in_w >= out_w * in_h:
         new_h = round(out_h / preprocessing.crop_ratio)
         new_w = max(out_w, int(new_h * in_w / in_h))
@@ -267,6 +288,4 @@ def _resize(photo: np.ndarray, preprocessing: Preprocessing, name: str) -> np.nd
         raise RlrpError(f"{name}: this {in_w}x{in_h} image would be resized to {new_w}x{new_h} before its centre "
                         f"is cut out, more than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels; crop it first, "
                         "or resize by stretching")
-    top, left = round((new_h - out_h) / 2), round((new_w - out_w) / 2)
-    resized = image.resize((new_w, new_h), resample)
-    return np.array(resized.crop((left, top, left + out_w, top + out_h)))
+    return new_h, new_w

@@ -340,11 +340,26 @@ def test_folder_listing_takes_every_image_kind_and_says_what_it_skips(tmp_path, 
     for suffix in ("png", "JPG", "bmp", "gif", "tiff", "webp"):
         write_image(tmp_path / "photos" / f"a_{suffix}.{suffix}")
     (tmp_path / "photos" / "notes.txt").write_text("not a picture")
+    (tmp_path / "photos" / "._a_png.png").write_bytes(b"\0\5\26\7")  # macOS's metadata beside a copied photo
+    (tmp_path / "photos" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     code, out, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), tmp_path / "photos", "--out", tmp_path / "o",
                              "--device", "cpu")
     assert code == 0, err
     assert out.count("->") == 6
-    assert f"{tmp_path / 'photos'}: its 1 file(s) not named as images are skipped: name them" in err
+    assert (f"{tmp_path / 'photos'}: its 3 other file(s) (not named as images, hidden or broken links) are "
+            "skipped: name them") in err
+
+
+def test_a_strip_too_long_to_resize_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """Found from the headers with the model's preprocessing, before the first batch (a.png's heatmap was
+    written, then the run stopped at b.png)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20000)
+    write_image(tmp_path / "photos" / "a.png")
+    Image.new("RGB", (2000, 1)).save(tmp_path / "photos" / "b.png")
+    code, out, err = run_cli(capsys, "explain", tiny_cnn(tmp_path), tmp_path / "photos", "--out", tmp_path / "o",
+                             "--batch-size", "1", "--device", "cpu")
+    assert_one_line_error(code, err, "b.png: this 2000x1 image would be resized to 32000x16 before its centre")
+    assert not (tmp_path / "o").exists() and "->" not in out
 
 
 def test_folder_of_subfolders_says_they_are_not_searched(tmp_path, capsys):
@@ -524,6 +539,21 @@ def test_conservation_marks_the_branches_of_a_residual(tmp_path, capsys):
     assert all(float(row[-1]) == pytest.approx(1.0, abs=1e-5) for name, row in rows.items() if name not in {"c2", "r2"})
     assert float(rows["r2"][-2]) != pytest.approx(1.0, abs=1e-3)
     assert {"c1", "r1", "sum", "p", "f", "input"} <= set(rows) and lines[-1].startswith("branch: a tensor that")
+
+
+def test_branches_follow_what_subgraphs_read():
+    """The skip side of a residual read inside an If's subgraph (not among the If's inputs) is a path too;
+    a path through a Shape is not (the Reshape's data comes through the Add)."""
+    from rlrp_onnx.cli import _branches
+
+    inner = helper.make_graph([helper.make_node("Identity", ["r1"], ["o"])], "inner", [],
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Relu", ["x"], ["r1"]),
+             helper.make_node("If", ["cond"], ["skip"], then_branch=inner, else_branch=inner),
+             helper.make_node("Relu", ["r1"], ["r2"]), helper.make_node("Add", ["skip", "r2"], ["s"]),
+             helper.make_node("Shape", ["r2"], ["shape"]), helper.make_node("Reshape", ["s", "shape"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert _branches(graph, ["r1", "skip", "r2", "s", "out"], ["x"], "out") == {"skip", "r2"}
 
 
 def test_conservation_of_a_compiled_model_asks_for_the_source(tmp_path, capsys):

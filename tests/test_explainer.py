@@ -231,6 +231,8 @@ def test_images_that_are_not_arrays_of_numbers_and_bad_devices_are_named(monkeyp
                           (torch.zeros(1, 6, dtype=torch.bfloat16), "a Tensor could not become one: .*BFloat16")]:
         with pytest.raises(RlrpError, match=error):
             tiny.explain(images)
+    with pytest.raises(RlrpError, match="does not fit input"):  # the shape is named before any NaN
+        tiny.explain(np.full((2, 5), np.nan, np.float32))
     monkeypatch.setattr(explainer_module, "explainer_model", lambda *args, **kwargs: pytest.fail("compiled"))
     for device in ("gpu", None):
         with pytest.raises(RlrpError, match=f"unknown device {device!r} .*: choose one of auto, cpu, cuda"):

@@ -62,6 +62,18 @@ def test_options_a_method_would_ignore_are_refused(rule, composite, options, unu
         choose(rule, composite, options)
 
 
+def test_options_rebuilt_keep_what_was_given():
+    """dataclasses.replace keeps the parameters given and adds those changed; a default passed is given."""
+    import dataclasses
+
+    assert Options().given == () and Options(epsilon=1e-6).given == ("epsilon",)
+    assert dataclasses.replace(Options(epsilon=0.1), epsilon=0.2).given == ("epsilon",)
+    assert dataclasses.replace(Options(epsilon=1e-6), gamma=0.5).given == ("epsilon", "gamma")
+    assert dataclasses.replace(Options(), low=0.0, high=1.0).given == ("low", "high")
+    assert choose("epsilon", options=dataclasses.replace(Options(epsilon=0.1), epsilon=0.2)).name == "epsilon"
+    assert Options(epsilon=1e-6) != Options()
+
+
 def test_options_a_method_takes_are_accepted():
     assert choose(None, "epsilon_alpha2_beta1", Options(alpha=2.0, epsilon=0.1)).name == "epsilon_alpha2_beta1"
     assert choose("zbox", options=Options(low=[0.0, 0.1], high=1.0)).by_category["dense"].params["low"] == [0.0, 0.1]

@@ -262,6 +262,12 @@ def test_a_presets_colour_statistics_follow_the_models_channel_order():
     assert own.mean == (0.1, 0.2, 0.3) and own.std == (0.225, 0.224, 0.229)
 
 
+@pytest.mark.parametrize("shape, order, channels", [([1, 1, 8, 8], "BGR", 1), ([1, 8, 8, 3], "gray", 3)])
+def test_a_channel_order_must_fit_the_models_channels(shape, order, channels):
+    with pytest.raises(RlrpError, match=f"the model takes {channels} channel[(]s[)]; channel order {order} gives"):
+        infer_preprocessing(shape, PRESETS["unit"], channel_order=order)
+
+
 def test_a_size_given_must_fit_a_fixed_input():
     with pytest.raises(RlrpError, match=r"the model takes images of 16x16 .*; the size given, 20x20, would not fit"):
         infer_preprocessing([1, 3, 16, 16], PRESETS["unit"], size=(20, 20))

@@ -412,6 +412,7 @@ def summarize_profile(per_node: dict, roles: dict | None = None) -> dict:
 
 
 LINEAR_OPS = {"Conv", "ConvTranspose", "FusedConv", "Gemm", "FusedGemm", "MatMul"}
+FUSED_AFTER_CONV = {"Add", "Sum", "Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "Tanh", "BatchNormalization"}
 
 
 def forward_inside(per_node: dict) -> dict:
@@ -429,7 +430,8 @@ def adjoint_layers(model) -> dict[str, tuple[str, list[str]]]:
     """{relevance node: (forward layer, the names ONNX Runtime may give that layer's kernel)} for the
     relevance pass's linear nodes (LINEAR_OPS) whose constant operands are computed from a forward linear
     layer's weights (flipped, transposed, doubled, Winograd-transformed); the Winograd tile transforms
-    and the other linear nodes on constants of their own are not attributed."""
+    and the other linear nodes on constants of their own are not attributed. A layer without a name is
+    named by its output. For the compiler's names (``is_relevance``): those of the benchmark models."""
     producers = {o: n for n in model.graph.node for o in n.output}
     readers = collections.defaultdict(list)
     for node in model.graph.node:
@@ -444,16 +446,17 @@ def adjoint_layers(model) -> dict[str, tuple[str, list[str]]]:
 
     def found_in(tensor, seen):  # the forward layers whose weights the constant ``tensor`` comes from
         if tensor in owner:
-            return {owner[tensor].name: owner[tensor]}
+            return {owner[tensor].output[0]: owner[tensor]}
         if tensor not in constants or tensor not in producers or tensor in seen:
             return {}
         seen.add(tensor)
         return {k: v for name in producers[tensor].input if name for k, v in found_in(name, seen).items()}
 
-    def kernel_names(layer):  # its own name, or the output of the last node ORT fuses into it (+ "_nchwc")
-        outputs = [layer.output[0]]
+    def kernel_names(layer):  # its own name, or the output of a node ORT fuses into it (+ "_nchwc"): the
+        outputs = [layer.output[0]]  # Add of a shortcut, an activation; nearest first
         for _ in range(2):
-            outputs += [r.output[0] for o in outputs for r in readers[o] if not is_relevance(r.name)]
+            outputs += [r.output[0] for o in outputs for r in readers[o] if r.op_type in FUSED_AFTER_CONV
+                        and not is_relevance(r.name)]
         return [layer.name, f"fused {layer.name}"] + [name + suffix for name in outputs for suffix in ("", "_nchwc")]
 
     pairs = {}
@@ -462,7 +465,7 @@ def adjoint_layers(model) -> dict[str, tuple[str, list[str]]]:
             layers = {k: v for name in node.input if name in constants for k, v in found_in(name, set()).items()}
             if len(layers) == 1:
                 layer = next(iter(layers.values()))
-                pairs[node.name] = (layer.name, kernel_names(layer))
+                pairs[node.name] = (layer.name or layer.output[0], kernel_names(layer))
     return pairs
 
 
