@@ -7,7 +7,7 @@ import dataclasses
 import os
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from .contract import TARGET_FORMS
