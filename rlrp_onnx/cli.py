@@ -361,12 +361,13 @@ def _branches(graph, tensors: list[str], inputs: list[str], output: str) -> set[
 
 def _outer_reads(node) -> set[str]:
     """The names ``node``'s subgraphs (If, Loop, Scan) read from outside themselves."""
+    from .passes.names import subgraphs
+
     reads = set()
-    for attribute in node.attribute:
-        for graph in [attribute.g] * attribute.HasField("g") + list(attribute.graphs):
-            inner = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-            inner |= {name for n in graph.node for name in n.output}
-            reads |= {name for n in graph.node for name in (*n.input, *_outer_reads(n)) if name not in inner}
+    for graph in subgraphs(node):
+        inner = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+        inner |= {name for n in graph.node for name in n.output}
+        reads |= {name for n in graph.node for name in (*n.input, *_outer_reads(n)) if name not in inner}
     return reads
 
 

@@ -14,6 +14,7 @@ from .passes import canonicalize, explained_inputs, explained_tensors
 from .passes.batchnorm import fold_batchnorm
 from .passes.float16 import float32_twin, uses_float16
 from .passes.layer_bias import fold_layer_constants
+from .passes.names import all_names
 from .passes.static_shapes import runtime_inputs
 from .plan import analyse, make_plan
 from .runtime import cpu_session
@@ -59,7 +60,7 @@ def compile_model(model, *, rule: str = RLRP, composite: str | None = None, opti
     check_not_compiled({p.key for p in source.metadata_props}, label)
     _check_free_names(source, label)
     plan, method = plan_model(source, label, choose(rule, composite, options), output_name, input_shapes)
-    plan.context.emit.reserve(_names(source.graph))
+    plan.context.emit.reserve(all_names(source.graph))
     plan.context.emit.step_masks = masks == "steps"
     plan.context.emit.winograd = adjoints == "winograd"
     graph = plan.context.graph
@@ -101,17 +102,6 @@ def _check_free_names(source: onnx.ModelProto, label: str) -> None:
     if taken:
         raise RlrpError(f"{label}: the model already has tensors named {', '.join(taken)}, which the compiled "
                         "model's contract needs; rename them")
-
-
-def _names(graph: onnx.GraphProto) -> set[str]:
-    """Every node and tensor name of ``graph`` and of the subgraphs its nodes hold."""
-    names = {t.name for t in [*graph.input, *graph.output, *graph.initializer, *graph.value_info]}
-    for node in graph.node:
-        names |= {node.name, *node.input, *node.output}
-        for attribute in node.attribute:
-            for inner in [attribute.g] * attribute.HasField("g") + list(attribute.graphs):
-                names |= _names(inner)
-    return names
 
 
 def _declare_planned_sizes(compiled: onnx.ModelProto, inputs) -> None:

@@ -43,7 +43,7 @@ class Options:
     given: tuple = ()
 
     def __init__(self, epsilon=None, gamma=None, alpha=None, beta=None, low=None, high=None, given=None):
-        passed = {"epsilon": epsilon, "gamma": gamma, "alpha": alpha, "beta": beta, "low": low, "high": high}
+        passed = dict(zip(PARAMETERS, (epsilon, gamma, alpha, beta, low, high)))
         defaults = {parameter.name: parameter.default for parameter in fields(self)}
         for name, value in passed.items():
             object.__setattr__(self, name, defaults[name] if value is None else value)

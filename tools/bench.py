@@ -44,8 +44,8 @@ imports, i.e. weights plus working memory while running. Megabytes (2**20 bytes)
 warm-up, ``--profile-runs`` runs alternating between the two sessions) and prints the time per op
 type, split into forward nodes and relevance-pass nodes (the compiler names the latter ``rlrp<n>``)
 and the layout conversions ORT inserts itself (``ReorderInput``/``ReorderOutput`` around its blocked
-NCHWc convolutions), and the forward nodes that run slowest inside the compiled model next to alone, and each forward
-layer's adjoints (the relevance pass's linear kernels on its weights) next to the layer itself.
+NCHWc convolutions), the forward nodes that run slowest inside the compiled model next to alone, and
+each forward layer's adjoints (the relevance pass's linear kernels on its weights) next to the layer.
 A last table splits the compiled model's profiled kernel time in units of its own forward part (same
 runs): 1 (the forward) + the relevance pass's linear adjoints (Conv/ConvTranspose/Gemm kernels) +
 layout conversions + the other relevance ops (masks, max-pool routing, sums); and the forward part's
@@ -369,15 +369,21 @@ def is_step_factor(node, producers) -> bool:
                                          for i in node.input)
 
 
-def conv_roles(model) -> dict[str, str]:
-    """The relevance pass's Convs that are not adjoints, by every name ONNX Runtime may give their
-    kernel (its fusions keep the Conv's or the HardSigmoid's name): ``Emitter.step``'s and
-    ``Emitter.band``'s Conv (with its HardSigmoid, the band's Add and the product of two steps) as MASK_STEP, ``Emitter.blocked``'s as LAYOUT_CONV."""
+def _links(model) -> tuple[dict, dict]:
+    """({tensor: the node writing it}, {tensor: the nodes reading it}) of a model's graph."""
     producers = {o: n for n in model.graph.node for o in n.output}
     readers = collections.defaultdict(list)
     for node in model.graph.node:
         for name in node.input:
             readers[name].append(node)
+    return producers, readers
+
+
+def conv_roles(model) -> dict[str, str]:
+    """The relevance pass's Convs that are not adjoints, by every name ONNX Runtime may give their
+    kernel (its fusions keep the Conv's or the HardSigmoid's name): ``Emitter.step``'s and
+    ``Emitter.band``'s Conv (with its HardSigmoid, the band's Add and the product of two steps) as MASK_STEP, ``Emitter.blocked``'s as LAYOUT_CONV."""
+    producers, readers = _links(model)
     roles = {}
     for node in model.graph.node:
         if node.op_type == "HardSigmoid" and is_relevance(node.name):
@@ -432,11 +438,7 @@ def adjoint_layers(model) -> dict[str, tuple[str, list[str]]]:
     layer's weights (flipped, transposed, doubled, Winograd-transformed); the Winograd tile transforms
     and the other linear nodes on constants of their own are not attributed. A layer without a name is
     named by its output. For the compiler's names (``is_relevance``): those of the benchmark models."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    readers = collections.defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    producers, readers = _links(model)
     constants = {t.name for t in model.graph.initializer} - {i.name for i in model.graph.input}
     for node in model.graph.node:  # (in topological order) tensors computed from constants alone
         if all(name in constants for name in node.input if name):

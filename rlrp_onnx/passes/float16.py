@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .names import subgraphs
+
 HALF, SINGLE = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 TYPE_ATTRIBUTES = ("to", "dtype")  # the element types Cast, EyeLike, Random* and Bernoulli produce
 
@@ -53,9 +55,8 @@ def _widen_graph(graph: onnx.GraphProto) -> None:
                 _widen_tensor(attribute.sparse_tensor.values)
             elif _makes_float16(attribute):
                 attribute.i = SINGLE
-            for subgraph in (*([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []),
-                             *attribute.graphs):
-                _widen_graph(subgraph)
+        for subgraph in subgraphs(node):
+            _widen_graph(subgraph)
 
 
 def _widen_tensor(tensor: onnx.TensorProto) -> None:
