@@ -74,6 +74,12 @@ def check_device(device: str) -> None:
         )
 
 
+def tries_cuda(device: str) -> bool:
+    """Whether ``create_session`` tries CUDA for ``device``: "cuda", or "auto" with onnxruntime-gpu
+    installed (it may still fall back to CPU there, when CUDA fails to load)."""
+    return device == "cuda" or (device == "auto" and CUDA in _onnxruntime().get_available_providers())
+
+
 def create_session(model: onnx.ModelProto | bytes | str | os.PathLike, device: str = "auto") -> RuntimeSession:
     """Open ``model`` (a ModelProto, its bytes or a path) in ONNX Runtime on ``device``: "auto", "cpu" or
     "cuda".
@@ -86,8 +92,7 @@ def create_session(model: onnx.ModelProto | bytes | str | os.PathLike, device: s
     check_device(device)
     ort = _onnxruntime()
     with _model_source(model) as source:
-        cuda_installed = CUDA in ort.get_available_providers()
-        wants_cuda = device == "cuda" or (device == "auto" and cuda_installed)
+        wants_cuda = tries_cuda(device)
         load_failure = _preload_cuda_libraries() if wants_cuda else None
         providers = [(CUDA, CUDA_OPTIONS), CPU] if wants_cuda else [CPU]
         session = _open_session(ort, source, providers)

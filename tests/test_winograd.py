@@ -126,6 +126,26 @@ def test_adjoints_form_is_kept_and_checked(wide, tmp_path, capsys):
     assert_one_line_error(code, err, "already compiled with adjoints 'winograd'")
 
 
+def test_the_explainer_takes_winograd_where_cuda_is_not_tried(wide, tmp_path, monkeypatch):
+    """A source model explained on CPU is compiled with Winograd adjoints unless others are named; where
+    CUDA is tried, with the Conv form; a compiled model keeps its own form either way."""
+    import rlrp_onnx.explainer as explainer_module
+
+    _, x, path = wide
+    form = lambda explainer: {p.key: p.value for p in explainer.model.metadata_props}.get("rlrp.adjoints", "conv")
+    on_cpu = Explainer(str(path), device="cpu")
+    assert form(on_cpu) == "winograd"
+    assert [n.op_type for n in on_cpu.model.graph.node].count("DepthToSpace") == WINOGRAD_LAYERS
+    assert form(Explainer(str(path), device="cpu", adjoints="conv")) == "conv"
+    compiled = tmp_path / "wide.conv.onnx"
+    onnx.save(compile_model(path), compiled)
+    kept = Explainer(str(compiled), device="cpu")
+    assert form(kept) == "conv"
+    np.testing.assert_array_equal(kept.explain(x).relevance, _run(onnx.load(compiled), x)["rlrp_relevance"])
+    monkeypatch.setattr(explainer_module, "tries_cuda", lambda device: True)
+    assert form(Explainer(str(path), device="cpu")) == "conv"
+
+
 def test_winograd_ops_have_cuda_kernels(wide):
     """The form is for ONNX Runtime's CPU provider, but a model compiled with it still runs on CUDA
     without CPU fallbacks: every op it adds has a CUDA kernel in the published table, and none has an

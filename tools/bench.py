@@ -5,7 +5,9 @@ weights, EfficientNet-Lite0 with its real weights; all 1000 classes, 3x224x224) 
 (``--batches``) it measures, on the CPU:
 
 compile
-    Wall time of ``rlrp_onnx.compile_model(path)`` on the exported model (once per model).
+    Wall time of ``rlrp_onnx.compile_model(path)`` on the exported model (once per model), in the
+    forms ``rlrp_onnx.Explainer`` compiles a source model in for the CPU (``--adjoints winograd``;
+    ``--adjoints conv`` for compile_model's default).
     The model is exported once with the TorchScript exporter (opset 17, dynamic batch, default
     constant folding, so BatchNorm is folded into the convs) into ``--cache-dir`` and reused
     from there on later runs (``--refresh`` re-exports).
@@ -221,9 +223,11 @@ def timed_sessions(sessions: dict, x: np.ndarray, args) -> dict[str, list[float]
     return alternate(runs, args.warmup, args.repeats, args.budget)
 
 
-def variants_parser(description: str, repeats: int, budget: float) -> argparse.ArgumentParser:
+def variants_parser(description: str, repeats: int, budget: float,
+                    default_forms: dict[str, str]) -> argparse.ArgumentParser:
     """The options of the tools that time compiled variants against the forward pass (bounds.py,
-    compare.py): models, batches, threads, rounds, optimisation level, seed, export cache."""
+    compare.py): models, batches, threads, rounds, optimisation level, seed, export cache, and the forms
+    (``add_form_options``)."""
     from reference_nets import MODELS
 
     parser = argparse.ArgumentParser(description=description)
@@ -237,18 +241,20 @@ def variants_parser(description: str, repeats: int, budget: float) -> argparse.A
                         help="ORT graph optimisation (basic: no blocked layout, as on CUDA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default="/tmp/rlrp-bench", help="exports (shared with tools/bench.py)")
-    add_form_options(parser)
+    add_form_options(parser, default_forms)
     return parser
 
 
-def add_form_options(parser: argparse.ArgumentParser) -> None:
+def add_form_options(parser: argparse.ArgumentParser, defaults: dict[str, str]) -> None:
     """``--masks`` and ``--adjoints``: ``compile_model``'s forms for the compiled models (compare.py: this
-    tree's)."""
+    tree's), by default those in ``defaults``, else compile_model's."""
     from rlrp_onnx.contract import FORMS
 
     for keyword, (_, choices) in FORMS.items():
-        parser.add_argument(f"--{keyword}", choices=choices, default=choices[0],
-                            help=f"compile_model's {keyword} for the compiled models (compare.py: this tree's)")
+        default = defaults.get(keyword, choices[0])
+        parser.add_argument(f"--{keyword}", choices=choices, default=default,
+                            help=f"compile_model's {keyword} for the compiled models (compare.py: this tree's; "
+                                 f"default {default})")
 
 
 def forms(args) -> dict[str, str]:
@@ -670,7 +676,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", help="write all results (with every sample) to this file")
     parser.add_argument("--profile", metavar="DIR", help="also write and summarise ORT profiles into DIR")
     parser.add_argument("--profile-runs", type=int, default=3)
-    add_form_options(parser)
+    from rlrp_onnx.explainer import CPU_FORMS
+
+    add_form_options(parser, CPU_FORMS)  # what Explainer compiles a source model in for the CPU provider
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:

@@ -16,6 +16,7 @@ upsampled routing
 both
     the two together.
 
+The compiled models are in the forms ``rlrp_onnx.Explainer`` takes on the CPU (``--adjoints``, ``--masks``).
 All run on the CPU in alternating rounds with the forward pass and the real compiled model
 (``tools/bench.py``'s timing); the table gives medians and each variant's time over the forward's.
 
@@ -156,7 +157,10 @@ def bound_model(name: str, args, cache: pathlib.Path) -> list[str]:
 
 
 def main(argv=None) -> None:
-    args = bench.variants_parser(__doc__.split("\n\n")[0], repeats=8, budget=60.0).parse_args(argv)
+    from rlrp_onnx.explainer import CPU_FORMS
+
+    parser = bench.variants_parser(__doc__.split("\n\n")[0], repeats=8, budget=60.0, default_forms=CPU_FORMS)
+    args = parser.parse_args(argv)
     cache = pathlib.Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     print(bench.machine_line(args) + ". Medians in ms (over the forward's):\n")

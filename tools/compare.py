@@ -82,7 +82,7 @@ def compare_model(name: str, args, cache: pathlib.Path, checkout: pathlib.Path) 
 
 
 def main(argv=None) -> None:
-    parser = bench.variants_parser(__doc__.split("\n\n")[0], repeats=10, budget=45.0)
+    parser = bench.variants_parser(__doc__.split("\n\n")[0], repeats=10, budget=45.0, default_forms={})
     parser.add_argument("--against", required=True, help="git revision of the other compiler")
     args = parser.parse_args(argv)
     cache = pathlib.Path(args.cache_dir)
