@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -442,8 +443,10 @@ def _add_input_shape(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlrp-onnx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    # options in full only: an abbreviation (--lo for --low) would dodge _joined_negative_lists
+    command = functools.partial(sub.add_parser, allow_abbrev=False)
 
-    p = sub.add_parser("compile", help="write the R-LRP explainer model of an ONNX classifier")
+    p = command("compile", help="write the R-LRP explainer model of an ONNX classifier")
     p.add_argument("model")
     p.add_argument("-o", "--out", required=True, help="where to write the compiled model")
     p.add_argument("--output", help="the explained output, when several could be class scores")
@@ -458,14 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "runtimes that ignore a feed of an input with a default (onnxruntime-node)")
     p.set_defaults(run=cmd_compile)
 
-    p = sub.add_parser("inspect", help="list a model's ops and which ones relevance rules cover")
+    p = command("inspect", help="list a model's ops and which ones relevance rules cover")
     p.add_argument("model")
     p.add_argument("--output")
     _add_input_shape(p)
     _add_method(p)
     p.set_defaults(run=cmd_inspect)
 
-    p = sub.add_parser("explain", help="explain images and write heatmaps")
+    p = command("explain", help="explain images and write heatmaps")
     p.add_argument("model", help="a source or compiled ONNX model")
     p.add_argument("images", nargs="+", help=f"image files or folders (searched for {IMAGE_KINDS} files)")
     p.add_argument("--out", required=True, help="folder for the heatmaps")
@@ -484,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_form(p, compiled_too=True)
     p.set_defaults(run=cmd_explain)
 
-    p = sub.add_parser("conservation", help="per-layer relevance totals and their ratio to the logit")
+    p = command("conservation", help="per-layer relevance totals and their ratio to the logit")
     p.add_argument("model")
     p.add_argument("image")
     p.add_argument("--target", type=int, help="class to explain (default: the top class)")
@@ -496,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_form(p)
     p.set_defaults(run=cmd_conservation)
 
-    p = sub.add_parser("demo", help="explain the bundled photos with the bundled EfficientNet-Lite0")
+    p = command("demo", help="explain the bundled photos with the bundled EfficientNet-Lite0")
     p.add_argument("--out", default="rlrp-demo")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--target", type=int, default=None)

@@ -16,7 +16,7 @@ from PIL import Image
 from onnx import TensorProto, helper
 
 from rlrp_onnx import RlrpError, compile_model
-from rlrp_onnx.cli import DEMO_IMAGES, DEMO_LABELS, DEMO_MODEL, Progress
+from rlrp_onnx.cli import DEMO_IMAGES, DEMO_LABELS, DEMO_MODEL, Progress, main
 from rlrp_onnx.contract import META_RULE, META_VERSION, TARGET_INPUT
 from rlrp_onnx.labels import load_labels
 
@@ -600,6 +600,11 @@ def test_number_lists_may_start_with_a_minus_sign(tmp_path, capsys):
     code, out, err = run_cli(capsys, "explain", model, write_image(tmp_path / "a.png"), "--out", tmp_path / "o",
                              "--mean", "-0.5,-0.5,-0.5", "--std", ".5", "--device", "cpu")
     assert code == 0, err
+    # an abbreviated option is refused, not left to take the list for another option
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", str(model), "--composite", "epsilon_gamma_box", "--lo", "-2.1,-2.0,-1.8"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith("unrecognized arguments: --lo -2.1,-2.0,-1.8")
 
 
 @pytest.mark.parametrize("options, rule", [
