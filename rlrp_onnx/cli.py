@@ -411,7 +411,7 @@ def _add_form(p, compiled_too: bool = False) -> None:
     g.add_argument("--masks", choices=MASK_FORMS, default=None if compiled_too else "steps",
                    help=f"Relu/Clip masks: steps (default{default}; faster on ONNX Runtime's CPU provider) "
                         "or comparisons (less working memory)")
-    adjoints = ("winograd where CUDA is not tried, else conv, or what a compiled model has" if compiled_too
+    adjoints = ("winograd where CUDA is not expected to run, else conv, or what a compiled model has" if compiled_too
                 else "conv")
     g.add_argument("--adjoints", choices=ADJOINT_FORMS, default=None if compiled_too else "conv",
                    help=f"large 3x3 convolutions of the relevance pass: conv or winograd (faster on ONNX Runtime's "

@@ -16,7 +16,7 @@ from .errors import RlrpError, first_line
 from .loading import load_model, read_metadata, serialized
 from .methods import Options
 from .runtime import (check_device, check_image_shape, class_count, create_session, fixed_batch, image_input,
-                      run_explainer, target_classes, tries_cuda)
+                      run_explainer, target_classes, expects_cuda)
 
 
 # The forms a source model is compiled in for ONNX Runtime's CPU provider, where not chosen: the large 3x3
@@ -118,7 +118,7 @@ class Explainer:
 
     ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``
     and ``masks``/``adjoints``, as by ``compile_model``, except that ``adjoints`` defaults to "winograd"
-    where CUDA is not tried, ``CPU_FORMS``; no rule: R-LRP) or an already compiled one (which keeps its
+    where CUDA is not expected to run, ``CPU_FORMS``; no rule: R-LRP) or an already compiled one (which keeps its
     rule and forms: naming others is an error); ``device`` is "auto", "cpu" or "cuda" (``provider``
     tells which one really runs, ``notice`` why CUDA was not used under "auto");
     ``batch_size`` caps the images per run, except for a model whose batch size is fixed: it runs that
@@ -134,7 +134,7 @@ class Explainer:
         check_device(device)
         forms = {"masks": masks, "adjoints": adjoints}
         compiled, meta, compiled_now = explainer_model(model, output_name, forms, input_shapes,
-                                                       default_forms=None if tries_cuda(device) else CPU_FORMS,
+                                                       default_forms=None if expects_cuda(device) else CPU_FORMS,
                                                        rule=rule, composite=composite, options=options)
         self.explained_output = meta[META_EXPLAINED_OUTPUT]
         # Held: the bytes of a model compiled here, which ONNX Runtime's Python session keeps too (past

@@ -80,6 +80,12 @@ def tries_cuda(device: str) -> bool:
     return device == "cuda" or (device == "auto" and CUDA in _onnxruntime().get_available_providers())
 
 
+def expects_cuda(device: str) -> bool:
+    """Whether a session ``create_session`` opens on ``device`` should run on CUDA: CUDA is tried and,
+    unless asked for by name, the NVIDIA driver finds a device (a guess made before opening one)."""
+    return tries_cuda(device) and (device == "cuda" or _cuda_driver_problem() is None)
+
+
 def create_session(model: onnx.ModelProto | bytes | str | os.PathLike, device: str = "auto") -> RuntimeSession:
     """Open ``model`` (a ModelProto, its bytes or a path) in ONNX Runtime on ``device``: "auto", "cpu" or
     "cuda".

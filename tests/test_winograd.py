@@ -126,10 +126,11 @@ def test_adjoints_form_is_kept_and_checked(wide, tmp_path, capsys):
     assert_one_line_error(code, err, "already compiled with adjoints 'winograd'")
 
 
-def test_the_explainer_takes_winograd_where_cuda_is_not_tried(wide, tmp_path, monkeypatch):
+def test_the_explainer_takes_winograd_where_cuda_is_not_expected(wide, tmp_path, monkeypatch):
     """A source model explained on CPU is compiled with Winograd adjoints unless others are named; where
-    CUDA is tried, with the Conv form; a compiled model keeps its own form either way."""
+    CUDA is expected to run, with the Conv form; a compiled model keeps its own form either way."""
     import rlrp_onnx.explainer as explainer_module
+    import rlrp_onnx.runtime as runtime_module
 
     _, x, path = wide
     form = lambda explainer: {p.key: p.value for p in explainer.model.metadata_props}.get("rlrp.adjoints", "conv")
@@ -142,8 +143,14 @@ def test_the_explainer_takes_winograd_where_cuda_is_not_tried(wide, tmp_path, mo
     kept = Explainer(str(compiled), device="cpu")
     assert form(kept) == "conv"
     np.testing.assert_array_equal(kept.explain(x).relevance, _run(onnx.load(compiled), x)["rlrp_relevance"])
-    monkeypatch.setattr(explainer_module, "tries_cuda", lambda device: True)
+    monkeypatch.setattr(explainer_module, "expects_cuda", lambda device: True)
     assert form(Explainer(str(path), device="cpu")) == "conv"
+    # "auto" with onnxruntime-gpu: CUDA expected where the driver finds a device, not without one
+    monkeypatch.setattr(runtime_module, "tries_cuda", lambda device: device != "cpu")
+    for problem, expected in ((None, True), ("no NVIDIA driver", False)):
+        monkeypatch.setattr(runtime_module, "_cuda_driver_problem", lambda: problem)
+        assert runtime_module.expects_cuda("auto") is expected
+        assert runtime_module.expects_cuda("cuda") and not runtime_module.expects_cuda("cpu")
 
 
 def test_winograd_ops_have_cuda_kernels(wide):
