@@ -279,6 +279,10 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
         name = f" ({e.label})" if e.label else ""
         files = ", ".join(str(f) for f in (e.heatmap, e.overlay, e.relevance) if f is not None)
         print(f"{e.image}: class {e.target}{name}, score {e.score:.4f} -> {files}")
+        if e.nonfinite:
+            print(f"  {e.nonfinite} relevance values are NaN or infinite (black in the heatmap); a classical rule "
+                  "without a stabilizer, such as lrp0, divides by pre-activations that vanish: epsilon and R-LRP "
+                  "stay finite there")
 
 
 def cmd_explain(args) -> None:

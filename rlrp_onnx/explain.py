@@ -28,6 +28,7 @@ class Explanation:
     heatmap: Path
     overlay: Path
     relevance: Path | None = None  # the relevance as a float32 .npy, when asked for
+    nonfinite: int = 0  # relevance values that are NaN or infinite (a classical rule's 0/0), black in the heatmap
 
 
 def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: Preprocessing, out_dir,
@@ -61,7 +62,7 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
                 if saved is not None:
                     _save_npy(np.asarray(r, dtype=np.float32), saved)
                 results.append(Explanation(str(path), int(c), class_name(labels, int(c)), float(s), heatmap, overlay,
-                                           saved))
+                                           saved, int(np.size(r) - np.count_nonzero(np.isfinite(r)))))
         if progress is not None:
             progress(min(start + explainer.batch_size, len(images)), len(images))
     return results

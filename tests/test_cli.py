@@ -290,6 +290,21 @@ def write_image(path, value=None):
     return path
 
 
+def test_explain_says_when_relevance_is_not_finite(tmp_path, capsys):
+    """A black photo through a bias-free network: every pre-activation is 0, so lrp0's 0/0 is NaN at every
+    pixel, which the command says (the heatmap shows NaN black); R-LRP's relevance is finite, no note."""
+    model, image = tiny_cnn(tmp_path, bias=False), write_image(tmp_path / "black.png", value=0)
+    code, out, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "o", "--rule", "lrp0",
+                             "--device", "cpu", "--save-relevance")
+    assert code == 0, err
+    relevance = np.load(tmp_path / "o" / "black_relevance.npy")
+    assert np.isnan(relevance).all()
+    assert f"  {relevance.size} relevance values are NaN or infinite (black in the heatmap)" in out.splitlines()[-1]
+    code, out, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "r", "--device", "cpu")
+    assert code == 0, err
+    assert "NaN" not in out and out.splitlines()[-1].startswith(str(image))
+
+
 def test_labels_must_have_one_line_per_class(tmp_path, capsys):
     model, image = tiny_cnn(tmp_path), write_image(tmp_path / "a.png")
     labels = tmp_path / "classes.txt"
