@@ -280,9 +280,10 @@ def _run_explain(model, images, out, args, labels_path=None) -> None:
         files = ", ".join(str(f) for f in (e.heatmap, e.overlay, e.relevance) if f is not None)
         print(f"{e.image}: class {e.target}{name}, score {e.score:.4f} -> {files}")
         if e.nonfinite:
-            print(f"  {e.nonfinite} relevance values are NaN or infinite (black in the heatmap); a classical rule "
-                  "without a stabilizer, such as lrp0, divides by pre-activations that vanish: epsilon and R-LRP "
-                  "stay finite there")
+            why = "; lrp0 divides by pre-activations that vanish (0/0), epsilon stabilizes them" \
+                if explainer.rule == "lrp0" else ""
+            print(f"  {e.nonfinite} relevance values are NaN or infinite (NaN black in the heatmap, ±inf "
+                  f"saturated){why}")
 
 
 def cmd_explain(args) -> None:
@@ -415,8 +416,8 @@ def _add_form(p, compiled_too: bool = False) -> None:
     g.add_argument("--masks", choices=MASK_FORMS, default=None if compiled_too else "steps",
                    help=f"Relu/Clip masks: steps (default{default}; faster on ONNX Runtime's CPU provider) "
                         "or comparisons (less working memory)")
-    adjoints = ("winograd where CUDA is not expected to run, else conv, or what a compiled model has" if compiled_too
-                else "conv")
+    adjoints = ("winograd for R-LRP where CUDA is not expected to run, else conv, or what a compiled model has"
+                if compiled_too else "conv")
     g.add_argument("--adjoints", choices=ADJOINT_FORMS, default=None if compiled_too else "conv",
                    help=f"large 3x3 convolutions of the relevance pass: conv or winograd (faster on ONNX Runtime's "
                         f"CPU provider for VGG-like layers, more memory; runs on CUDA too, without gain); default "

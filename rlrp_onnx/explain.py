@@ -28,7 +28,7 @@ class Explanation:
     heatmap: Path
     overlay: Path
     relevance: Path | None = None  # the relevance as a float32 .npy, when asked for
-    nonfinite: int = 0  # relevance values that are NaN or infinite (a classical rule's 0/0), black in the heatmap
+    nonfinite: int = 0  # relevance values that are NaN or infinite (lrp0's 0/0), black or saturated in the heatmap
 
 
 def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: Preprocessing, out_dir,

@@ -14,13 +14,14 @@ from .compiler import compile_model
 from .contract import FORMS, LOGITS_OUTPUT, META_EXPLAINED_OUTPUT, META_RULE, META_VERSION
 from .errors import RlrpError, first_line
 from .loading import load_model, read_metadata, serialized
-from .methods import Options
+from .methods import RLRP, Options
 from .runtime import (check_device, check_image_shape, class_count, create_session, fixed_batch, image_input,
                       run_explainer, target_classes, expects_cuda)
 
 
-# The forms a source model is compiled in for ONNX Runtime's CPU provider, where not chosen: the large 3x3
-# adjoints by Winograd tiles, 10-12% faster for VGG16/19 (README, Speed), no change where no layer is large
+# The forms a source model is compiled in for R-LRP on ONNX Runtime's CPU provider, where not chosen: the large
+# 3x3 adjoints by Winograd tiles, 10-12% faster for VGG16/19 (README, Speed), no change where no layer is large.
+# Not for the classical rules: a NaN of theirs (lrp0's 0/0) would spread over a whole tile
 CPU_FORMS = {"adjoints": "winograd"}
 
 
@@ -30,8 +31,8 @@ def explainer_model(model, output_name: str | None = None, forms: dict[str, str 
     """``(model, its metadata, compiled now)``: an already compiled model as given (a compiled file by
     its path, of which only the metadata is read), else its compiled form in memory; ``method`` holds
     ``compile_model``'s rule keywords, ``forms`` its form keywords (``contract.FORMS``; None: for a
-    source model the one in ``default_forms`` or ``compile_model``'s default, whichever a compiled one
-    has), ``input_shapes`` its sizes for inputs with dynamic ones."""
+    source model the one in ``default_forms``, else ``compile_model``'s default; for a compiled one,
+    whichever it has), ``input_shapes`` its sizes for inputs with dynamic ones."""
     chosen_forms = {keyword: value for keyword, value in (forms or {}).items() if value is not None}
     meta = read_metadata(model) if isinstance(model, (str, os.PathLike)) else None
     if meta and META_VERSION in meta:
@@ -117,8 +118,8 @@ class Explainer:
     """An explainer model opened in ONNX Runtime.
 
     ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``
-    and ``masks``/``adjoints``, as by ``compile_model``, except that ``adjoints`` defaults to "winograd"
-    where CUDA is not expected to run, ``CPU_FORMS``; no rule: R-LRP) or an already compiled one (which keeps its
+    and ``masks``/``adjoints``, as by ``compile_model``, except that for R-LRP ``adjoints`` defaults to
+    "winograd" where CUDA is not expected to run, ``CPU_FORMS``; no rule: R-LRP) or an already compiled one (which keeps its
     rule and forms: naming others is an error); ``device`` is "auto", "cpu" or "cuda" (``provider``
     tells which one really runs, ``notice`` why CUDA was not used under "auto");
     ``batch_size`` caps the images per run, except for a model whose batch size is fixed: it runs that
@@ -133,10 +134,12 @@ class Explainer:
         check_count(batch_size, "batch_size", "images")
         check_device(device)
         forms = {"masks": masks, "adjoints": adjoints}
+        for_cpu = (composite is None and rule in (None, RLRP) and any(forms[k] is None for k in CPU_FORMS)
+                   and not expects_cuda(device))
         compiled, meta, compiled_now = explainer_model(model, output_name, forms, input_shapes,
-                                                       default_forms=None if expects_cuda(device) else CPU_FORMS,
+                                                       default_forms=CPU_FORMS if for_cpu else None,
                                                        rule=rule, composite=composite, options=options)
-        self.explained_output = meta[META_EXPLAINED_OUTPUT]
+        self.explained_output, self.rule = meta[META_EXPLAINED_OUTPUT], meta[META_RULE]
         # Held: the bytes of a model compiled here, which ONNX Runtime's Python session keeps too (past
         # 2 GB, the model itself); else the caller's ModelProto, or the compiled file's path.
         self._held = (serialized(compiled) or compiled) if compiled_now else model

@@ -299,7 +299,9 @@ def test_explain_says_when_relevance_is_not_finite(tmp_path, capsys):
     assert code == 0, err
     relevance = np.load(tmp_path / "o" / "black_relevance.npy")
     assert np.isnan(relevance).all()
-    assert f"  {relevance.size} relevance values are NaN or infinite (black in the heatmap)" in out.splitlines()[-1]
+    note = out.splitlines()[-1]
+    assert note.startswith(f"  {relevance.size} relevance values are NaN or infinite (NaN black in the heatmap")
+    assert "lrp0 divides by pre-activations that vanish (0/0), epsilon stabilizes them" in note
     code, out, err = run_cli(capsys, "explain", model, image, "--out", tmp_path / "r", "--device", "cpu")
     assert code == 0, err
     assert "NaN" not in out and out.splitlines()[-1].startswith(str(image))

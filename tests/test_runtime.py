@@ -300,6 +300,20 @@ class FakeDriver:
         return 0
 
 
+def test_cuda_is_expected_where_it_is_tried_and_the_driver_finds_a_device(fake_ort, monkeypatch):
+    """``expects_cuda`` (which picks the Explainer's forms before a session is opened): "cuda" always,
+    "cpu" never, "auto" with onnxruntime-gpu only where the NVIDIA driver finds a device, and never
+    without onnxruntime-gpu."""
+    assert runtime.expects_cuda("cuda") and runtime.expects_cuda("auto") and not runtime.expects_cuda("cpu")
+    FakeDriver.devices = 0
+    assert not runtime.expects_cuda("auto") and runtime.expects_cuda("cuda")
+    FakeDriver.devices, FakeDriver.missing = 1, True
+    assert not runtime.expects_cuda("auto")
+    FakeDriver.missing = False
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    assert not runtime.tries_cuda("auto") and not runtime.expects_cuda("auto")
+
+
 def test_cpu_asks_for_the_cpu_provider_only(fake_ort):
     runtime = create_session(onnx.ModelProto(), device="cpu")
     assert fake_ort.requested == [[CPU]]

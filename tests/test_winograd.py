@@ -127,10 +127,10 @@ def test_adjoints_form_is_kept_and_checked(wide, tmp_path, capsys):
 
 
 def test_the_explainer_takes_winograd_where_cuda_is_not_expected(wide, tmp_path, monkeypatch):
-    """A source model explained on CPU is compiled with Winograd adjoints unless others are named; where
-    CUDA is expected to run, with the Conv form; a compiled model keeps its own form either way."""
+    """A source model explained by R-LRP on CPU is compiled with Winograd adjoints unless others are named;
+    with a classical rule, or where CUDA is expected to run, with the Conv form; a compiled model keeps
+    its own form either way."""
     import rlrp_onnx.explainer as explainer_module
-    import rlrp_onnx.runtime as runtime_module
 
     _, x, path = wide
     form = lambda explainer: {p.key: p.value for p in explainer.model.metadata_props}.get("rlrp.adjoints", "conv")
@@ -138,6 +138,8 @@ def test_the_explainer_takes_winograd_where_cuda_is_not_expected(wide, tmp_path,
     assert form(on_cpu) == "winograd"
     assert [n.op_type for n in on_cpu.model.graph.node].count("DepthToSpace") == WINOGRAD_LAYERS
     assert form(Explainer(str(path), device="cpu", adjoints="conv")) == "conv"
+    assert form(Explainer(str(path), device="cpu", rule="lrp0")) == "conv"
+    assert form(Explainer(str(path), device="cpu", rule="rlrp")) == "winograd"
     compiled = tmp_path / "wide.conv.onnx"
     onnx.save(compile_model(path), compiled)
     kept = Explainer(str(compiled), device="cpu")
@@ -145,12 +147,24 @@ def test_the_explainer_takes_winograd_where_cuda_is_not_expected(wide, tmp_path,
     np.testing.assert_array_equal(kept.explain(x).relevance, _run(onnx.load(compiled), x)["rlrp_relevance"])
     monkeypatch.setattr(explainer_module, "expects_cuda", lambda device: True)
     assert form(Explainer(str(path), device="cpu")) == "conv"
-    # "auto" with onnxruntime-gpu: CUDA expected where the driver finds a device, not without one
-    monkeypatch.setattr(runtime_module, "tries_cuda", lambda device: device != "cpu")
-    for problem, expected in ((None, True), ("no NVIDIA driver", False)):
-        monkeypatch.setattr(runtime_module, "_cuda_driver_problem", lambda: problem)
-        assert runtime_module.expects_cuda("auto") is expected
-        assert runtime_module.expects_cuda("cuda") and not runtime_module.expects_cuda("cpu")
+
+
+def test_winograd_spreads_a_nan_over_its_tile(wide):
+    """Why the classical rules keep the Conv form: lrp0's 0/0 (black columns through bias-free layers) is
+    NaN in the relevance; a Winograd tile mixes its 6x6 inputs into all 16 outputs, so the NaN reaches
+    pixels the Conv form explains."""
+    model, x, path = wide
+    source = onnx.load(path)
+    for tensor in source.graph.initializer:
+        if tensor.name.endswith("bias"):
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(tensor)),
+                                                         tensor.name))
+    black = x.copy()
+    black[..., :10] = 0.0
+    by_conv = _run(compile_model(source, rule="lrp0"), black)["rlrp_relevance"]
+    by_winograd = _run(compile_model(source, rule="lrp0", adjoints="winograd"), black)["rlrp_relevance"]
+    assert np.isnan(by_conv).any()
+    assert np.isnan(by_winograd).sum() > np.isnan(by_conv).sum()
 
 
 def test_winograd_ops_have_cuda_kernels(wide):
