@@ -119,9 +119,10 @@ class Explainer:
 
     ``model`` is a source ONNX classifier (compiled in memory with ``rule``/``composite``/``options``
     and ``masks``/``adjoints``, as by ``compile_model``, except that for R-LRP ``adjoints`` defaults to
-    "winograd" where CUDA is not expected to run, ``CPU_FORMS``; no rule: R-LRP) or an already compiled one (which keeps its
-    rule and forms: naming others is an error); ``device`` is "auto", "cpu" or "cuda" (``provider``
-    tells which one really runs, ``notice`` why CUDA was not used under "auto");
+    "winograd" where CUDA is not expected to run, ``CPU_FORMS``; no rule: R-LRP) or an already compiled
+    one (which keeps its rule and forms: naming others is an error); ``device`` is "auto", "cpu" or
+    "cuda" (``provider`` tells which one really runs, ``notice`` why CUDA was not used under "auto");
+    ``rule`` is the rule or composite it explains with, as the compiled model records it;
     ``batch_size`` caps the images per run, except for a model whose batch size is fixed: it runs that
     many (the last run filled up); ``input_shapes`` pins a source model's dynamic input sizes, as for
     ``compile_model``.

@@ -621,7 +621,8 @@ def test_number_lists_may_start_with_a_minus_sign(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["inspect", str(model), "--composite", "epsilon_gamma_box", "--lo", "-2.1,-2.0,-1.8"])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith("unrecognized arguments: --lo -2.1,-2.0,-1.8")
+    assert exit_.value.code == 2
+    assert err.strip().splitlines()[-1].endswith("unrecognized arguments: --lo -2.1,-2.0,-1.8")
 
 
 @pytest.mark.parametrize("options, rule", [
