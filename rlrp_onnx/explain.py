@@ -62,7 +62,7 @@ def explain_images(explainer: Explainer, images: Sequence[str], preprocessing: P
                 if saved is not None:
                     _save_npy(np.asarray(r, dtype=np.float32), saved)
                 results.append(Explanation(str(path), int(c), class_name(labels, int(c)), float(s), heatmap, overlay,
-                                           saved, int(np.size(r) - np.count_nonzero(np.isfinite(r)))))
+                                           saved, int(np.count_nonzero(~np.isfinite(r)))))
         if progress is not None:
             progress(min(start + explainer.batch_size, len(images)), len(images))
     return results

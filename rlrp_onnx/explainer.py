@@ -15,8 +15,8 @@ from .contract import FORMS, LOGITS_OUTPUT, META_EXPLAINED_OUTPUT, META_RULE, ME
 from .errors import RlrpError, first_line
 from .loading import load_model, read_metadata, serialized
 from .methods import RLRP, Options
-from .runtime import (check_device, check_image_shape, class_count, create_session, fixed_batch, image_input,
-                      run_explainer, target_classes, expects_cuda)
+from .runtime import (check_device, check_image_shape, class_count, create_session, expects_cuda, fixed_batch,
+                      image_input, run_explainer, target_classes)
 
 
 # The forms a source model is compiled in for R-LRP on ONNX Runtime's CPU provider, where not chosen: the large
